@@ -1,0 +1,137 @@
+//! `margay classbench`: the classifier on a ClassBench rule set and trace.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use margay_rulecompiler::classbench::{self, Key};
+use margay_rulecompiler::{Classifier, RuleId};
+
+use super::ClassbenchArgs;
+
+/// What one run measured; also the `--json` output.
+#[derive(Debug, serde::Serialize)]
+struct Report {
+    rules: usize,
+    tuples: usize,
+    mismatches: usize,
+    /// Tuples whose trace line carries no expected answer (5- or 6-column traces).
+    unchecked: usize,
+    build_ms: f64,
+    memory_bytes: usize,
+    mlookups_per_s: f64,
+    trees: usize,
+    rules_per_tree: Vec<usize>,
+    max_depth: usize,
+    max_leaf: usize,
+    batch: u32,
+    passes: u32,
+}
+
+pub(super) fn run(args: &ClassbenchArgs) -> anyhow::Result<ExitCode> {
+    let rules = classbench::load_rules(&args.rules)?;
+    let trace = classbench::load_trace(&args.trace)?;
+    if let Some((i, bad)) = trace
+        .iter()
+        .enumerate()
+        .find(|(_, t)| t.expected.is_some_and(|e| e as usize >= rules.len()))
+    {
+        bail!(
+            "{}: tuple {} expects rule {:?}, but {} has only {} rules: do the files belong together?",
+            args.trace.display(),
+            i + 1,
+            bad.expected,
+            args.rules.display(),
+            rules.len()
+        );
+    }
+
+    let started = Instant::now();
+    let classifier = Classifier::build(&rules).context("building the classifier")?;
+    let build_ms = started.elapsed().as_secs_f64() * 1e3;
+
+    let keys: Vec<Key> = trace.iter().map(|t| t.key).collect();
+    let mut out = vec![None::<RuleId>; keys.len()];
+    let batch = args.batch as usize;
+    let started = Instant::now();
+    for _ in 0..args.passes {
+        for (k, o) in keys.chunks(batch).zip(out.chunks_mut(batch)) {
+            classifier.classify_batch(k, o);
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let lookups = keys.len() as f64 * f64::from(args.passes);
+
+    let mut mismatches = 0;
+    let mut unchecked = 0;
+    let mut first_mismatches = Vec::new();
+    for (i, (t, got)) in trace.iter().zip(&out).enumerate() {
+        match t.expected {
+            None => unchecked += 1,
+            Some(e) if Some(e) != *got => {
+                mismatches += 1;
+                if first_mismatches.len() < 5 {
+                    first_mismatches.push(format!(
+                        "tuple {} {:?}: expected rule {e}, got {got:?}",
+                        i + 1,
+                        t.key
+                    ));
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    let stats = classifier.stats();
+    let report = Report {
+        rules: rules.len(),
+        tuples: trace.len(),
+        mismatches,
+        unchecked,
+        build_ms,
+        memory_bytes: classifier.memory_bytes(),
+        mlookups_per_s: if secs > 0.0 {
+            lookups / secs / 1e6
+        } else {
+            0.0
+        },
+        trees: stats.trees,
+        rules_per_tree: stats.rules_per_tree.clone(),
+        max_depth: stats.max_depth,
+        max_leaf: stats.max_leaf,
+        batch: args.batch,
+        passes: args.passes,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("rules         {}", report.rules);
+        println!(
+            "tuples        {} ({} unchecked: no expected column)",
+            report.tuples, report.unchecked
+        );
+        println!("mismatches    {}", report.mismatches);
+        println!("build         {:.1} ms", report.build_ms);
+        println!(
+            "memory        {} bytes ({:.2} MiB)",
+            report.memory_bytes,
+            report.memory_bytes as f64 / 1048576.0
+        );
+        println!(
+            "structure     {} trees {:?}, depth <= {}, leaf <= {}",
+            report.trees, report.rules_per_tree, report.max_depth, report.max_leaf
+        );
+        println!(
+            "lookup        {:.2} M lookups/s (1 core, batch {}, {} passes)",
+            report.mlookups_per_s, report.batch, report.passes
+        );
+    }
+    for m in &first_mismatches {
+        eprintln!("mismatch: {m}");
+    }
+    Ok(if mismatches == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
