@@ -57,16 +57,11 @@ pub enum ClassBenchError {
 
 /// Reads a whole file, decompressing it when it starts with the xz magic bytes.
 pub fn read_maybe_xz(path: &Path) -> Result<Vec<u8>, ClassBenchError> {
-    let io = |source| ClassBenchError::Io {
-        path: path.to_owned(),
-        source,
-    };
+    let io = |source| ClassBenchError::Io { path: path.to_owned(), source };
     let raw = std::fs::read(path).map_err(io)?;
     if raw.starts_with(&[0xFD, b'7', b'z', b'X', b'Z', 0x00]) {
         let mut out = Vec::with_capacity(raw.len() * 4);
-        liblzma::read::XzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .map_err(io)?;
+        liblzma::read::XzDecoder::new(raw.as_slice()).read_to_end(&mut out).map_err(io)?;
         Ok(out)
     } else {
         Ok(raw)
@@ -87,11 +82,7 @@ pub fn parse_rules(text: &[u8], path: &Path) -> Result<Vec<Rule<5>>, ClassBenchE
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let err = |message: String| ClassBenchError::Parse {
-            path: path.to_owned(),
-            line: i + 1,
-            message,
-        };
+        let err = |message: String| ClassBenchError::Parse { path: path.to_owned(), line: i + 1, message };
         let line = std::str::from_utf8(line).map_err(|_| err("not UTF-8".into()))?;
         rules.push(parse_rule(line).map_err(err)?);
     }
@@ -118,18 +109,12 @@ pub fn parse_rule(line: &str) -> Result<Rule<5>, String> {
     let sport = parse_port_range(tok[2], tok[4]).map_err(|e| format!("source port {e}"))?;
     let dport = parse_port_range(tok[5], tok[7]).map_err(|e| format!("destination port {e}"))?;
     let proto = parse_proto(tok[8])?;
-    Ok(Rule {
-        fields: [src, dst, sport, dport, proto],
-    })
+    Ok(Rule { fields: [src, dst, sport, dport, proto] })
 }
 
 fn parse_prefix(s: &str) -> Result<FieldRange, String> {
-    let (addr, len) = s
-        .split_once('/')
-        .ok_or_else(|| format!("'{s}' is not an address/length prefix"))?;
-    let addr: std::net::Ipv4Addr = addr
-        .parse()
-        .map_err(|_| format!("'{addr}' is not an IPv4 address"))?;
+    let (addr, len) = s.split_once('/').ok_or_else(|| format!("'{s}' is not an address/length prefix"))?;
+    let addr: std::net::Ipv4Addr = addr.parse().map_err(|_| format!("'{addr}' is not an IPv4 address"))?;
     let len: u8 = len
         .parse()
         .ok()
@@ -139,19 +124,13 @@ fn parse_prefix(s: &str) -> Result<FieldRange, String> {
 }
 
 fn parse_port_range(lo: &str, hi: &str) -> Result<FieldRange, String> {
-    let port = |p: &str| {
-        p.parse::<u16>()
-            .map_err(|_| format!("'{p}' is not a port (0..=65535)"))
-    };
+    let port = |p: &str| p.parse::<u16>().map_err(|_| format!("'{p}' is not a port (0..=65535)"));
     let (lo, hi) = (port(lo)?, port(hi)?);
-    FieldRange::new(u32::from(lo), u32::from(hi))
-        .ok_or_else(|| format!("range {lo} : {hi} is reversed"))
+    FieldRange::new(u32::from(lo), u32::from(hi)).ok_or_else(|| format!("range {lo} : {hi} is reversed"))
 }
 
 fn parse_proto(s: &str) -> Result<FieldRange, String> {
-    let (v, m) = s
-        .split_once('/')
-        .ok_or_else(|| format!("protocol '{s}' is not value/mask"))?;
+    let (v, m) = s.split_once('/').ok_or_else(|| format!("protocol '{s}' is not value/mask"))?;
     let hex = |h: &str| {
         h.strip_prefix("0x")
             .or_else(|| h.strip_prefix("0X"))
@@ -161,9 +140,7 @@ fn parse_proto(s: &str) -> Result<FieldRange, String> {
     match (hex(v)?, hex(m)?) {
         (v, 0xFF) => Ok(FieldRange::exact(u32::from(v))),
         (_, 0x00) => Ok(FieldRange::new(0, 255).unwrap_or(FieldRange::ANY)),
-        (_, m) => Err(format!(
-            "protocol mask 0x{m:02X} is not supported (only 0xFF exact or 0x00 any)"
-        )),
+        (_, m) => Err(format!("protocol mask 0x{m:02X} is not supported (only 0xFF exact or 0x00 any)")),
     }
 }
 
@@ -180,17 +157,10 @@ pub fn parse_trace(text: &[u8], path: &Path) -> Result<Vec<TraceEntry>, ClassBen
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let err = |message: String| ClassBenchError::Parse {
-            path: path.to_owned(),
-            line: i + 1,
-            message,
-        };
+        let err = |message: String| ClassBenchError::Parse { path: path.to_owned(), line: i + 1, message };
         let mut cols = [0u64; 7];
         let mut count = 0;
-        for tok in line
-            .split(|b| b.is_ascii_whitespace())
-            .filter(|t| !t.is_empty())
-        {
+        for tok in line.split(|b| b.is_ascii_whitespace()).filter(|t| !t.is_empty()) {
             if count == 7 {
                 return Err(err("more than 7 columns".into()));
             }
@@ -211,11 +181,7 @@ pub fn parse_trace(text: &[u8], path: &Path) -> Result<Vec<TraceEntry>, ClassBen
         let limits = [u64::from(u32::MAX), u64::from(u32::MAX), 65535, 65535, 255];
         for (c, (&v, &max)) in cols.iter().zip(&limits).enumerate() {
             if v > max {
-                return Err(err(format!(
-                    "column {} ({}) is {v}, above {max}",
-                    c + 1,
-                    FIELDS[c]
-                )));
+                return Err(err(format!("column {} ({}) is {v}, above {max}", c + 1, FIELDS[c])));
             }
         }
         let rule_col = |c: usize| -> Result<Option<RuleId>, ClassBenchError> {
@@ -226,22 +192,10 @@ pub fn parse_trace(text: &[u8], path: &Path) -> Result<Vec<TraceEntry>, ClassBen
                 .ok()
                 .filter(|&v| v != u32::MAX)
                 .map(Some)
-                .ok_or_else(|| {
-                    err(format!(
-                        "column {} ({}) is not a rule index",
-                        c + 1,
-                        cols[c]
-                    ))
-                })
+                .ok_or_else(|| err(format!("column {} ({}) is not a rule index", c + 1, cols[c])))
         };
         out.push(TraceEntry {
-            key: [
-                cols[0] as u32,
-                cols[1] as u32,
-                cols[2] as u32,
-                cols[3] as u32,
-                cols[4] as u32,
-            ],
+            key: [cols[0] as u32, cols[1] as u32, cols[2] as u32, cols[3] as u32, cols[4] as u32],
             generating_rule: rule_col(5)?,
             expected: rule_col(6)?,
         });
@@ -253,9 +207,7 @@ fn parse_decimal(tok: &[u8]) -> Option<u64> {
     if tok.is_empty() || tok.len() > 19 {
         return None;
     }
-    tok.iter().try_fold(0u64, |acc, &b| {
-        b.is_ascii_digit().then(|| acc * 10 + u64::from(b - b'0'))
-    })
+    tok.iter().try_fold(0u64, |acc, &b| b.is_ascii_digit().then(|| acc * 10 + u64::from(b - b'0')))
 }
 
 #[cfg(test)]
@@ -264,49 +216,28 @@ mod tests {
 
     #[test]
     fn parses_a_rule_line() {
-        let r =
-            parse_rule("@93.2.200.176/28\t94.99.213.32/28\t123 : 123\t80 : 80\t0x11/0xFF").unwrap();
+        let r = parse_rule("@93.2.200.176/28\t94.99.213.32/28\t123 : 123\t80 : 80\t0x11/0xFF").unwrap();
         assert_eq!(r.fields[0], FieldRange::prefix(0x5D02_C8B0, 28));
         assert_eq!(r.fields[2], FieldRange::exact(123));
         assert_eq!(r.fields[3], FieldRange::exact(80));
         assert_eq!(r.fields[4], FieldRange::exact(17));
-        let any =
-            parse_rule("@0.0.0.0/0\t10.0.0.1/32\t0 : 65535\t1024 : 65535\t0x00/0x00").unwrap();
+        let any = parse_rule("@0.0.0.0/0\t10.0.0.1/32\t0 : 65535\t1024 : 65535\t0x00/0x00").unwrap();
         assert_eq!(any.fields[0], FieldRange::ANY);
         assert_eq!(any.fields[4], FieldRange::new(0, 255).unwrap());
         // Host bits are masked even when the file leaves them set.
-        let masked =
-            parse_rule("@10.1.2.3/8\t10.0.0.1/32\t0 : 65535\t0 : 65535\t0x06/0xFF").unwrap();
+        let masked = parse_rule("@10.1.2.3/8\t10.0.0.1/32\t0 : 65535\t0 : 65535\t0x06/0xFF").unwrap();
         assert_eq!(masked.fields[0].lo(), 0x0A00_0000);
     }
 
     #[test]
     fn rejects_bad_rules_with_a_reason() {
         let cases = [
-            (
-                "93.2.200.176/28\t1.2.3.4/32\t0 : 1\t0 : 1\t0x11/0xFF",
-                "starts with '@'",
-            ),
-            (
-                "@1.2.3.4/33\t1.2.3.4/32\t0 : 1\t0 : 1\t0x11/0xFF",
-                "prefix length",
-            ),
-            (
-                "@1.2.3/8\t1.2.3.4/32\t0 : 1\t0 : 1\t0x11/0xFF",
-                "not an IPv4 address",
-            ),
-            (
-                "@1.2.3.4/8\t1.2.3.4/32\t9 : 1\t0 : 1\t0x11/0xFF",
-                "reversed",
-            ),
-            (
-                "@1.2.3.4/8\t1.2.3.4/32\t0 : 70000\t0 : 1\t0x11/0xFF",
-                "not a port",
-            ),
-            (
-                "@1.2.3.4/8\t1.2.3.4/32\t0 : 1\t0 : 1\t0x11/0xF0",
-                "not supported",
-            ),
+            ("93.2.200.176/28\t1.2.3.4/32\t0 : 1\t0 : 1\t0x11/0xFF", "starts with '@'"),
+            ("@1.2.3.4/33\t1.2.3.4/32\t0 : 1\t0 : 1\t0x11/0xFF", "prefix length"),
+            ("@1.2.3/8\t1.2.3.4/32\t0 : 1\t0 : 1\t0x11/0xFF", "not an IPv4 address"),
+            ("@1.2.3.4/8\t1.2.3.4/32\t9 : 1\t0 : 1\t0x11/0xFF", "reversed"),
+            ("@1.2.3.4/8\t1.2.3.4/32\t0 : 70000\t0 : 1\t0x11/0xFF", "not a port"),
+            ("@1.2.3.4/8\t1.2.3.4/32\t0 : 1\t0 : 1\t0x11/0xF0", "not supported"),
             ("@1.2.3.4/8\t1.2.3.4/32\t0 : 1\t0 : 1", "expected 9 fields"),
             ("@1.2.3.4/8\t1.2.3.4/32\t0 - 1\t0 : 1\t0x11/0xFF", "lo : hi"),
         ];
@@ -319,24 +250,16 @@ mod tests {
     #[test]
     fn rule_errors_name_file_and_line() {
         let text = b"@1.2.3.4/32\t5.6.7.8/32\t0 : 65535\t80 : 80\t0x06/0xFF\n@bad\n";
-        let e = parse_rules(text, Path::new("x.rules"))
-            .unwrap_err()
-            .to_string();
+        let e = parse_rules(text, Path::new("x.rules")).unwrap_err().to_string();
         assert!(e.starts_with("x.rules:2: "), "{e}");
     }
 
     #[test]
     fn parses_trace_lines() {
-        let t = parse_trace(
-            b"1044126168\t1559590493\t65535\t0\t6\t743\t741\n1 2 3 4 5\n",
-            Path::new("t"),
-        )
-        .unwrap();
+        let t = parse_trace(b"1044126168\t1559590493\t65535\t0\t6\t743\t741\n1 2 3 4 5\n", Path::new("t"))
+            .unwrap();
         assert_eq!(t[0].key, [1044126168, 1559590493, 65535, 0, 6]);
-        assert_eq!(
-            (t[0].generating_rule, t[0].expected),
-            (Some(743), Some(741))
-        );
+        assert_eq!((t[0].generating_rule, t[0].expected), (Some(743), Some(741)));
         assert_eq!((t[1].generating_rule, t[1].expected), (None, None));
         for (bad, want) in [
             (&b"1 2 3 4\n"[..], "at least 5"),

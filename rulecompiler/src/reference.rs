@@ -14,16 +14,11 @@ pub struct LinearMatcher<const D: usize> {
 impl<const D: usize> LinearMatcher<D> {
     /// A matcher over `rules`, in priority order.
     pub fn new(rules: &[Rule<D>]) -> Self {
-        Self {
-            rules: rules.to_vec(),
-        }
+        Self { rules: rules.to_vec() }
     }
 
     /// The index of the first rule that matches `key`.
     pub fn classify(&self, key: &[u32; D]) -> Option<RuleId> {
-        self.rules
-            .iter()
-            .position(|r| r.matches(key))
-            .map(|i| i as RuleId)
+        self.rules.iter().position(|r| r.matches(key)).map(|i| i as RuleId)
     }
 }

@@ -39,11 +39,7 @@ pub fn keys_in_rules<const D: usize>(rules: &[Rule<D>], count: usize, seed: u64)
     let mut rng = SplitMix64::new(seed);
     (0..count)
         .map(|_| {
-            let rule = if rules.is_empty() {
-                Rule::ANY
-            } else {
-                rules[rng.below(rules.len())]
-            };
+            let rule = if rules.is_empty() { Rule::ANY } else { rules[rng.below(rules.len())] };
             rule.fields.map(|f| rng.in_range(f.lo(), f.hi()))
         })
         .collect()
@@ -56,19 +52,13 @@ mod tests {
 
     #[test]
     fn keys_fall_inside_their_rules_and_are_deterministic() {
-        let rules = [Rule {
-            fields: [FieldRange::prefix(0x0A00_0000, 8), FieldRange::exact(80)],
-        }];
+        let rules = [Rule { fields: [FieldRange::prefix(0x0A00_0000, 8), FieldRange::exact(80)] }];
         let keys = keys_in_rules(&rules, 1000, 7);
         assert!(keys.iter().all(|k| rules[0].matches(k)));
         assert_eq!(keys, keys_in_rules(&rules, 1000, 7));
         assert_ne!(keys, keys_in_rules(&rules, 1000, 8));
         let mut rng = SplitMix64::new(1);
         assert!((0..1000).all(|_| rng.in_range(5, 5) == 5));
-        assert!(
-            (0..1000)
-                .map(|_| rng.in_range(0, u32::MAX))
-                .any(|v| v > u32::MAX / 2)
-        );
+        assert!((0..1000).map(|_| rng.in_range(0, u32::MAX)).any(|v| v > u32::MAX / 2));
     }
 }

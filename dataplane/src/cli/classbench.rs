@@ -31,10 +31,8 @@ struct Report {
 pub(super) fn run(args: &ClassbenchArgs) -> anyhow::Result<ExitCode> {
     let rules = classbench::load_rules(&args.rules)?;
     let trace = classbench::load_trace(&args.trace)?;
-    if let Some((i, bad)) = trace
-        .iter()
-        .enumerate()
-        .find(|(_, t)| t.expected.is_some_and(|e| e as usize >= rules.len()))
+    if let Some((i, bad)) =
+        trace.iter().enumerate().find(|(_, t)| t.expected.is_some_and(|e| e as usize >= rules.len()))
     {
         bail!(
             "{}: tuple {} expects rule {:?}, but {} has only {} rules: do the files belong together?",
@@ -47,7 +45,8 @@ pub(super) fn run(args: &ClassbenchArgs) -> anyhow::Result<ExitCode> {
     }
 
     let started = Instant::now();
-    let classifier = Classifier::build(&rules).context("building the classifier")?;
+    let classifier =
+        Classifier::build_with(&rules, &args.tuning.params()).context("building the classifier")?;
     let build_ms = started.elapsed().as_secs_f64() * 1e3;
 
     let keys: Vec<Key> = trace.iter().map(|t| t.key).collect();
@@ -90,11 +89,7 @@ pub(super) fn run(args: &ClassbenchArgs) -> anyhow::Result<ExitCode> {
         unchecked,
         build_ms,
         memory_bytes: classifier.memory_bytes(),
-        mlookups_per_s: if secs > 0.0 {
-            lookups / secs / 1e6
-        } else {
-            0.0
-        },
+        mlookups_per_s: if secs > 0.0 { lookups / secs / 1e6 } else { 0.0 },
         trees: stats.trees,
         rules_per_tree: stats.rules_per_tree.clone(),
         max_depth: stats.max_depth,
@@ -106,10 +101,7 @@ pub(super) fn run(args: &ClassbenchArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!("rules         {}", report.rules);
-        println!(
-            "tuples        {} ({} unchecked: no expected column)",
-            report.tuples, report.unchecked
-        );
+        println!("tuples        {} ({} unchecked: no expected column)", report.tuples, report.unchecked);
         println!("mismatches    {}", report.mismatches);
         println!("build         {:.1} ms", report.build_ms);
         println!(
@@ -129,9 +121,5 @@ pub(super) fn run(args: &ClassbenchArgs) -> anyhow::Result<ExitCode> {
     for m in &first_mismatches {
         eprintln!("mismatch: {m}");
     }
-    Ok(if mismatches == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if mismatches == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -28,10 +28,7 @@ pub struct DemoArgs {
 
 pub(super) fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     let rules = classbench::parse_rules(RULES.as_bytes(), Path::new("<embedded acl1_1k.rules>"))?;
-    println!(
-        "margay demo: classifier on an embedded ClassBench rule set (acl1, {} rules)",
-        rules.len()
-    );
+    println!("margay demo: classifier on an embedded ClassBench rule set (acl1, {} rules)", rules.len());
 
     let started = Instant::now();
     let classifier = Classifier::build(&rules).context("building the classifier")?;
@@ -47,11 +44,7 @@ pub(super) fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
 
     let reference = LinearMatcher::new(&rules);
     let started = Instant::now();
-    let mismatches = keys
-        .iter()
-        .zip(&out)
-        .filter(|(k, got)| reference.classify(k) != **got)
-        .count();
+    let mismatches = keys.iter().zip(&out).filter(|(k, got)| reference.classify(k) != **got).count();
     let linear = started.elapsed();
 
     let stats = classifier.stats();
@@ -67,15 +60,8 @@ pub(super) fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         keys.len(),
         rate(lookup)
     );
-    println!(
-        "  reference scan  {:.1} M lookups/s (linear first match, the oracle)",
-        rate(linear)
-    );
-    println!(
-        "  answers checked {} tuples against the reference: {} mismatches",
-        keys.len(),
-        mismatches
-    );
+    println!("  reference scan  {:.1} M lookups/s (linear first match, the oracle)", rate(linear));
+    println!("  answers checked {} tuples against the reference: {} mismatches", keys.len(), mismatches);
     Ok(if mismatches == 0 {
         println!("  result          OK");
         ExitCode::SUCCESS

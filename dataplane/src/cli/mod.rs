@@ -47,6 +47,52 @@ pub struct ClassbenchArgs {
     /// Timed passes over the whole trace; the rate is over all passes (test-acl uses 10).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     passes: u32,
+    #[command(flatten)]
+    tuning: TuningArgs,
+}
+
+/// Classifier builder knobs (defaults are the measured best; see docs/classifier.md).
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Classifier tuning")]
+pub struct TuningArgs {
+    /// A node with at most this many rules becomes a leaf.
+    #[arg(long, value_name = "N")]
+    leaf_size: Option<usize>,
+    /// A node with n rules cuts into at most FACTOR * n children.
+    #[arg(long, value_name = "FACTOR")]
+    space_factor: Option<usize>,
+    /// Widest single cut in bits (1..=16).
+    #[arg(long, value_name = "BITS")]
+    max_cut_bits: Option<u32>,
+    /// Most trees in the forest.
+    #[arg(long, value_name = "N")]
+    max_trees: Option<usize>,
+    /// Cost of deferring a rule to a later tree, in rules of leaf scan.
+    #[arg(long, value_name = "COST")]
+    defer_cost: Option<f64>,
+}
+
+impl TuningArgs {
+    /// The builder parameters: defaults overridden by what was given.
+    pub fn params(&self) -> margay_rulecompiler::BuildParams {
+        let mut p = margay_rulecompiler::BuildParams::default();
+        if let Some(v) = self.leaf_size {
+            p.leaf_size = v;
+        }
+        if let Some(v) = self.space_factor {
+            p.space_factor = v;
+        }
+        if let Some(v) = self.max_cut_bits {
+            p.max_cut_bits = v;
+        }
+        if let Some(v) = self.max_trees {
+            p.max_trees = v;
+        }
+        if let Some(v) = self.defer_cost {
+            p.defer_cost = v;
+        }
+        p
+    }
 }
 
 /// Runs the parsed command line.

@@ -15,9 +15,7 @@
 //! Rules keep ascending id order through every partition, so leaves come out sorted by
 //! priority and a leaf scan can stop at its first match.
 
-use super::{
-    BuildError, BuildParams, Classifier, ClassifierStats, LeafRule, Rule, RuleId, Slot, Tree,
-};
+use super::{BuildError, BuildParams, Classifier, ClassifierStats, LeafRule, Rule, RuleId, Slot, Tree};
 
 /// A chosen cut.
 #[derive(Debug, Clone, Copy)]
@@ -62,23 +60,16 @@ pub(super) fn build<const D: usize>(
         return Err(BuildError::BadParams("max_cut_bits must be 1..=16"));
     }
     if params.max_trees == 0 || params.space_factor == 0 {
-        return Err(BuildError::BadParams(
-            "max_trees and space_factor must be at least 1",
-        ));
+        return Err(BuildError::BadParams("max_trees and space_factor must be at least 1"));
     }
     if !(params.defer_cost >= 0.0) {
-        return Err(BuildError::BadParams(
-            "defer_cost must be a non-negative number",
-        ));
+        return Err(BuildError::BadParams("defer_cost must be a non-negative number"));
     }
 
     let mut b = Builder {
         rules,
         params,
-        free: rules
-            .iter()
-            .map(|r| r.fields.map(|f| f.free_bits() as u8))
-            .collect(),
+        free: rules.iter().map(|r| r.fields.map(|f| f.free_bits() as u8)).collect(),
         slots: Vec::new(),
         leaves: Vec::with_capacity(rules.len()),
         deferred: Vec::new(),
@@ -115,11 +106,7 @@ pub(super) fn build<const D: usize>(
         rules_per_tree,
         slots: b.slots.len(),
         nodes: b.nodes,
-        leaves: b
-            .slots
-            .iter()
-            .filter(|s| !s.is_node() && s.leaf_range().1 > 0)
-            .count()
+        leaves: b.slots.iter().filter(|s| !s.is_node() && s.leaf_range().1 > 0).count()
             + trees.iter().filter(|t| !t.root.is_node()).count(),
         max_leaf: b.max_leaf,
         max_depth: b.max_depth,
@@ -188,10 +175,7 @@ impl<const D: usize> Builder<'_, D> {
             return Err(BuildError::TooLarge("leaf"));
         }
         let start = u32::try_from(self.leaves.len()).map_err(|_| BuildError::TooLarge("leaves"))?;
-        self.leaves.extend(
-            ids.iter()
-                .map(|&id| LeafRule::new(&self.rules[id as usize], id)),
-        );
+        self.leaves.extend(ids.iter().map(|&id| LeafRule::new(&self.rules[id as usize], id)));
         self.max_leaf = self.max_leaf.max(ids.len());
         Ok(Slot::leaf(start, ids.len() as u32))
     }
@@ -224,10 +208,7 @@ impl<const D: usize> Builder<'_, D> {
             let mut differ = 0u32;
             let mut reference: Option<u32> = None;
             for shift in 0..32u32 {
-                let (from, to) = (
-                    offsets[shift as usize] as usize,
-                    offsets[shift as usize + 1] as usize,
-                );
+                let (from, to) = (offsets[shift as usize] as usize, offsets[shift as usize + 1] as usize);
                 if from == to {
                     continue;
                 }

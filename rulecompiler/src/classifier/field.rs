@@ -18,26 +18,16 @@ pub struct FieldRange {
 
 impl FieldRange {
     /// Matches every value.
-    pub const ANY: Self = Self {
-        lo: 0,
-        hi: u32::MAX,
-    };
+    pub const ANY: Self = Self { lo: 0, hi: u32::MAX };
 
     /// The range `lo..=hi`, or `None` when `lo > hi`.
     pub const fn new(lo: u32, hi: u32) -> Option<Self> {
-        if lo <= hi {
-            Some(Self { lo, hi })
-        } else {
-            None
-        }
+        if lo <= hi { Some(Self { lo, hi }) } else { None }
     }
 
     /// Exactly `value`.
     pub const fn exact(value: u32) -> Self {
-        Self {
-            lo: value,
-            hi: value,
-        }
+        Self { lo: value, hi: value }
     }
 
     /// The addresses of the prefix `value/len` of a 32-bit field; host bits of `value` are
@@ -49,10 +39,7 @@ impl FieldRange {
         let len = if len > 32 { 32 } else { len as u32 };
         let host = u32::MAX >> len;
         let host = if len == 32 { 0 } else { host };
-        Self {
-            lo: value & !host,
-            hi: (value & !host) | host,
-        }
+        Self { lo: value & !host, hi: (value & !host) | host }
     }
 
     /// The lowest value in the range.
@@ -99,12 +86,7 @@ pub fn prefix128(addr: u128, len: u8) -> [FieldRange; 4] {
 /// Splits an IPv6 address into four 32-bit words, most significant first: the key form of an
 /// address for a classifier built with [`prefix128`] fields.
 pub fn words128(addr: u128) -> [u32; 4] {
-    [
-        (addr >> 96) as u32,
-        (addr >> 64) as u32,
-        (addr >> 32) as u32,
-        addr as u32,
-    ]
+    [(addr >> 96) as u32, (addr >> 64) as u32, (addr >> 32) as u32, addr as u32]
 }
 
 /// A rule over `D` fields. A key matches when every field's value lies in the rule's range.
@@ -117,9 +99,7 @@ pub struct Rule<const D: usize> {
 
 impl<const D: usize> Rule<D> {
     /// A rule that matches every key.
-    pub const ANY: Self = Self {
-        fields: [FieldRange::ANY; D],
-    };
+    pub const ANY: Self = Self { fields: [FieldRange::ANY; D] };
 
     /// Whether `key` matches every field.
     pub fn matches(&self, key: &[u32; D]) -> bool {
@@ -147,10 +127,7 @@ mod tests {
         assert_eq!(FieldRange::ANY.free_bits(), 32);
         assert_eq!(FieldRange::prefix(0x0A00_0000, 8).free_bits(), 24);
         // 1023..=1024 crosses a 2^11 boundary... and the 2^10 one: lo^hi = 0x7FF.
-        assert_eq!(
-            FieldRange::new(1023, 1024).map(FieldRange::free_bits),
-            Some(11)
-        );
+        assert_eq!(FieldRange::new(1023, 1024).map(FieldRange::free_bits), Some(11));
         assert_eq!(FieldRange::new(5, 4), None);
     }
 
@@ -165,9 +142,7 @@ mod tests {
         let host = prefix128(addr, 128);
         assert_eq!(host.map(|r| r.lo()), words128(addr));
         assert_eq!(prefix128(addr, 0), [FieldRange::ANY; 4]);
-        let rule = Rule {
-            fields: prefix128(addr, 48),
-        };
+        let rule = Rule { fields: prefix128(addr, 48) };
         assert!(rule.matches(&words128(addr)));
         assert!(rule.matches(&words128(addr | 0xFFFF_FFFF)));
         assert!(!rule.matches(&words128(addr ^ (1 << 80))));

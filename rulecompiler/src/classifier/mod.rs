@@ -49,13 +49,7 @@ pub struct BuildParams {
 
 impl Default for BuildParams {
     fn default() -> Self {
-        Self {
-            leaf_size: 8,
-            space_factor: 4,
-            max_cut_bits: MAX_CUT_BITS,
-            max_trees: 8,
-            defer_cost: 1.0,
-        }
+        Self { leaf_size: 32, space_factor: 4, max_cut_bits: MAX_CUT_BITS, max_trees: 8, defer_cost: 2.0 }
     }
 }
 
@@ -140,10 +134,7 @@ impl Slot {
     /// `(start, count)` of a leaf slot's rules in `leaves`.
     #[inline(always)]
     fn leaf_range(self) -> (usize, usize) {
-        (
-            self.0 as u32 as usize,
-            ((self.0 >> 32) & 0xFF_FFFF) as usize,
-        )
+        (self.0 as u32 as usize, ((self.0 >> 32) & 0xFF_FFFF) as usize)
     }
 }
 
@@ -158,11 +149,7 @@ struct LeafRule<const D: usize> {
 
 impl<const D: usize> LeafRule<D> {
     fn new(rule: &Rule<D>, id: RuleId) -> Self {
-        Self {
-            lo: rule.fields.map(|f| f.lo()),
-            span: rule.fields.map(|f| f.hi() - f.lo()),
-            id,
-        }
+        Self { lo: rule.fields.map(|f| f.lo()), span: rule.fields.map(|f| f.hi() - f.lo()), id }
     }
 
     #[inline(always)]
