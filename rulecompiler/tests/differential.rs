@@ -124,8 +124,22 @@ fn keys_for<const D: usize>(rules: &[Rule<D>], count: usize, seed: u64) -> Vec<[
 fn param_sets() -> Vec<BuildParams> {
     vec![
         BuildParams::default(),
-        BuildParams { leaf_size: 1, space_factor: 1, max_cut_bits: 3, max_trees: 3, defer_cost: 0.0 },
-        BuildParams { leaf_size: 2, space_factor: 8, max_cut_bits: 16, max_trees: 1, defer_cost: 1.0 },
+        BuildParams {
+            leaf_size: 1,
+            space_factor: 1,
+            max_cut_bits: 3,
+            max_trees: 3,
+            defer_cost: 0.0,
+            defer_min_rules: 0,
+        },
+        BuildParams {
+            leaf_size: 2,
+            space_factor: 8,
+            max_cut_bits: 16,
+            max_trees: 1,
+            defer_cost: 1.0,
+            defer_min_rules: 0,
+        },
     ]
 }
 

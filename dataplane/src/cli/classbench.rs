@@ -26,6 +26,17 @@ struct Report {
     max_leaf: usize,
     batch: u32,
     passes: u32,
+    /// Average work per lookup over the trace (with `--cost`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cost: Option<CostReport>,
+}
+
+/// Average work per lookup.
+#[derive(Debug, serde::Serialize)]
+struct CostReport {
+    trees: f64,
+    steps: f64,
+    rules: f64,
 }
 
 pub(super) fn run(args: &ClassbenchArgs) -> anyhow::Result<ExitCode> {
@@ -54,8 +65,14 @@ pub(super) fn run(args: &ClassbenchArgs) -> anyhow::Result<ExitCode> {
     let batch = args.batch as usize;
     let started = Instant::now();
     for _ in 0..args.passes {
-        for (k, o) in keys.chunks(batch).zip(out.chunks_mut(batch)) {
-            classifier.classify_batch(k, o);
+        if args.single {
+            for (k, o) in keys.iter().zip(out.iter_mut()) {
+                *o = classifier.classify(k);
+            }
+        } else {
+            for (k, o) in keys.chunks(batch).zip(out.chunks_mut(batch)) {
+                classifier.classify_batch(k, o);
+            }
         }
     }
     let secs = started.elapsed().as_secs_f64();
@@ -81,6 +98,17 @@ pub(super) fn run(args: &ClassbenchArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
+    let cost = args.cost.then(|| {
+        let (mut trees, mut steps, mut rules) = (0u64, 0u64, 0u64);
+        for t in &trace {
+            let (_, c) = classifier.classify_with_cost(&t.key);
+            trees += u64::from(c.trees);
+            steps += u64::from(c.steps);
+            rules += u64::from(c.rules);
+        }
+        let n = trace.len().max(1) as f64;
+        CostReport { trees: trees as f64 / n, steps: steps as f64 / n, rules: rules as f64 / n }
+    });
     let stats = classifier.stats();
     let report = Report {
         rules: rules.len(),
@@ -96,6 +124,7 @@ pub(super) fn run(args: &ClassbenchArgs) -> anyhow::Result<ExitCode> {
         max_leaf: stats.max_leaf,
         batch: args.batch,
         passes: args.passes,
+        cost,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -117,6 +146,12 @@ pub(super) fn run(args: &ClassbenchArgs) -> anyhow::Result<ExitCode> {
             "lookup        {:.2} M lookups/s (1 core, batch {}, {} passes)",
             report.mlookups_per_s, report.batch, report.passes
         );
+        if let Some(c) = &report.cost {
+            println!(
+                "per lookup    {:.2} trees walked, {:.2} cut steps, {:.2} leaf rules compared",
+                c.trees, c.steps, c.rules
+            );
+        }
     }
     for m in &first_mismatches {
         eprintln!("mismatch: {m}");

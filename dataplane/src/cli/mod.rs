@@ -47,6 +47,12 @@ pub struct ClassbenchArgs {
     /// Timed passes over the whole trace; the rate is over all passes (test-acl uses 10).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     passes: u32,
+    /// Classify one key at a time with `classify` instead of `classify_batch` (for comparison).
+    #[arg(long)]
+    single: bool,
+    /// Also report the average work per lookup (trees walked, cut steps, leaf rules compared).
+    #[arg(long)]
+    cost: bool,
     #[command(flatten)]
     tuning: TuningArgs,
 }
@@ -70,6 +76,9 @@ pub struct TuningArgs {
     /// Cost of deferring a rule to a later tree, in rules of leaf scan.
     #[arg(long, value_name = "COST")]
     defer_cost: Option<f64>,
+    /// Only nodes with more than N rules may defer rules to a later tree.
+    #[arg(long, value_name = "N")]
+    defer_min_rules: Option<usize>,
 }
 
 impl TuningArgs {
@@ -90,6 +99,9 @@ impl TuningArgs {
         }
         if let Some(v) = self.defer_cost {
             p.defer_cost = v;
+        }
+        if let Some(v) = self.defer_min_rules {
+            p.defer_min_rules = v;
         }
         p
     }

@@ -186,6 +186,7 @@ impl<const D: usize> Builder<'_, D> {
         let budget = (self.params.space_factor.saturating_mul(n)).max(2);
         let budget_bits = (usize::BITS - 1 - budget.leading_zeros()).min(self.params.max_cut_bits);
         let mut best: Option<(f64, Cut)> = None;
+        let may_defer = self.allow_defer && n > self.params.defer_min_rules;
 
         for dim in 0..D {
             // Rules by free bits, so the whole set at shift s grows as s rises.
@@ -219,7 +220,7 @@ impl<const D: usize> Builder<'_, D> {
                 }
                 let whole = to;
                 let split = n - whole;
-                if split > 0 && !self.allow_defer {
+                if split > 0 && !may_defer {
                     continue;
                 }
                 let top = 32 - differ.leading_zeros();

@@ -20,8 +20,10 @@
 mod build;
 mod field;
 mod lookup;
+mod prefetch;
 
 pub use field::{FieldRange, Rule, RuleId, prefix128, words128};
+pub use lookup::LookupCost;
 
 /// Widest cut the builder makes, in bits. The slot format stores the mask in 16 bits.
 pub const MAX_CUT_BITS: u32 = 16;
@@ -45,11 +47,21 @@ pub struct BuildParams {
     pub max_trees: usize,
     /// Cost of deferring one rule to a later tree, in units of one rule of expected leaf scan.
     pub defer_cost: f64,
+    /// Only a node with more than this many rules may defer rules to a later tree; a smaller
+    /// node cuts only where every rule stays whole, or becomes a leaf.
+    pub defer_min_rules: usize,
 }
 
 impl Default for BuildParams {
     fn default() -> Self {
-        Self { leaf_size: 32, space_factor: 4, max_cut_bits: MAX_CUT_BITS, max_trees: 8, defer_cost: 2.0 }
+        Self {
+            leaf_size: 32,
+            space_factor: 4,
+            max_cut_bits: MAX_CUT_BITS,
+            max_trees: 8,
+            defer_cost: 2.0,
+            defer_min_rules: 32,
+        }
     }
 }
 
