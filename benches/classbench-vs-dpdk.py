@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Margay's classifier and DPDK rte_acl (dpdk-test-acl) side by side on the same ClassBench files.
 
-For each rule set it runs, interleaved and repeated, `margay classbench --json` and
+For each rule set it runs, interleaved and repeated, both pinned to CPU 1, `margay classbench --json` and
 `dpdk-test-acl` with each of its algorithms (scalar, sse, and avx2 where the CPU has it), the
 same trace, one core, bursts of 256, 10 passes. It checks Margay's answers against the trace's
 verified column (a mismatch fails the run), takes the best repetition of each (the machine is
@@ -40,7 +40,8 @@ def run(cmd, env=None, timeout=1800):
 
 
 def margay_once(margay, rules, trace):
-    code, out, err = run([margay, "classbench", "--rules", rules, "--trace", trace, "--json"])
+    # Same core as dpdk-test-acl's "-l 1".
+    code, out, err = run(["taskset", "-c", "1", margay, "classbench", "--rules", rules, "--trace", trace, "--json"])
     if code not in (0, 1):
         die(f"margay failed ({code}): {err.strip()}")
     r = json.loads(out)
@@ -82,7 +83,7 @@ def main():
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     a = ap.parse_args()
 
-    for tool in ("dpdk-test-acl", "gcc", "xz"):
+    for tool in ("dpdk-test-acl", "gcc", "xz", "taskset"):
         if not shutil.which(tool):
             die(f"{tool} not found (apt-get install dpdk-dev gcc xz-utils)")
     if not os.path.exists(a.margay):

@@ -3,6 +3,8 @@
 //! `#[ignore]`d to keep CI fast (run them with `cargo test --release -- --ignored`, or through
 //! the benchmark script, which checks answers too).
 
+#![expect(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on what it did not expect")]
+
 use margay_rulecompiler::classbench::{load_rules, load_trace};
 use margay_rulecompiler::reference::LinearMatcher;
 use margay_rulecompiler::{Classifier, RuleId};

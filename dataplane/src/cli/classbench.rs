@@ -42,14 +42,15 @@ struct CostReport {
 pub(super) fn run(args: &ClassbenchArgs) -> anyhow::Result<ExitCode> {
     let rules = classbench::load_rules(&args.rules)?;
     let trace = classbench::load_trace(&args.trace)?;
-    if let Some((i, bad)) =
-        trace.iter().enumerate().find(|(_, t)| t.expected.is_some_and(|e| e as usize >= rules.len()))
-    {
+    let too_far = trace
+        .iter()
+        .enumerate()
+        .find_map(|(i, t)| t.expected.filter(|&e| e as usize >= rules.len()).map(|e| (i, e)));
+    if let Some((i, expected)) = too_far {
         bail!(
-            "{}: tuple {} expects rule {:?}, but {} has only {} rules: do the files belong together?",
+            "{}: tuple {} expects rule {expected}, but {} has only {} rules: do the files belong together?",
             args.trace.display(),
             i + 1,
-            bad.expected,
             args.rules.display(),
             rules.len()
         );

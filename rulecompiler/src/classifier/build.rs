@@ -62,7 +62,7 @@ pub(super) fn build<const D: usize>(
     if params.max_trees == 0 || params.space_factor == 0 {
         return Err(BuildError::BadParams("max_trees and space_factor must be at least 1"));
     }
-    if !(params.defer_cost >= 0.0) {
+    if params.defer_cost.is_nan() || params.defer_cost < 0.0 {
         return Err(BuildError::BadParams("defer_cost must be a non-negative number"));
     }
 

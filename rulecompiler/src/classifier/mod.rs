@@ -167,8 +167,8 @@ impl<const D: usize> LeafRule<D> {
     #[inline(always)]
     fn matches(&self, key: &[u32; D]) -> bool {
         let mut ok = true;
-        for i in 0..D {
-            ok &= key[i].wrapping_sub(self.lo[i]) <= self.span[i];
+        for ((&k, &lo), &span) in key.iter().zip(&self.lo).zip(&self.span) {
+            ok &= k.wrapping_sub(lo) <= span;
         }
         ok
     }

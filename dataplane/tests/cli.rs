@@ -1,0 +1,163 @@
+//! The `margay` binary as a user runs it: exit codes, JSON output, errors that name the file
+//! and line, and the demo.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// A scratch folder removed on drop (also when a test fails).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("margay-cli-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn margay(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_margay")).args(args).output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+const RULES: &str = "@10.0.0.0/8\t198.18.0.0/15\t0 : 65535\t80 : 80\t0x06/0xFF\n\
+                     @10.1.0.0/16\t0.0.0.0/0\t0 : 65535\t0 : 65535\t0x11/0xFF\n\
+                     @0.0.0.0/0\t0.0.0.0/0\t0 : 65535\t0 : 65535\t0x00/0x00\n";
+
+// 10.1.2.3 -> 198.18.0.1:80 tcp = rule 0; udp from 10.1.x = rule 1; anything else = rule 2.
+const TRACE: &str = "167838211\t3323068417\t1234\t80\t6\t0\t0\n\
+                     167838211\t3323068417\t1234\t53\t17\t1\t1\n\
+                     167838211\t3323068417\t1234\t53\t6\t2\t2\n\
+                     3323068417\t167838211\t80\t1234\t1\t2\t2\n";
+
+#[test]
+fn classbench_json_reports_every_key_and_no_mismatch() {
+    let s = Scratch::new("json");
+    let rules = s.file("r.rules", RULES);
+    let trace = s.file("t.trace", TRACE);
+    let out = margay(&[
+        "classbench",
+        "--rules",
+        rules.to_str().unwrap(),
+        "--trace",
+        trace.to_str().unwrap(),
+        "--json",
+        "--passes",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["rules"], 3);
+    assert_eq!(v["tuples"], 4);
+    assert_eq!(v["mismatches"], 0);
+    for key in ["build_ms", "memory_bytes", "mlookups_per_s"] {
+        assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key}: {}", v[key]);
+    }
+}
+
+#[test]
+fn a_wrong_answer_in_the_trace_is_a_mismatch_and_exit_1() {
+    let s = Scratch::new("mismatch");
+    let rules = s.file("r.rules", RULES);
+    // Second tuple claims rule 2, but rule 1 matches first.
+    let trace = s.file("t.trace", &TRACE.replacen("53\t17\t1\t1", "53\t17\t1\t2", 1));
+    let out = margay(&[
+        "classbench",
+        "--rules",
+        rules.to_str().unwrap(),
+        "--trace",
+        trace.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["mismatches"], 1);
+    assert!(text(&out.stderr).contains("expected rule 2, got Some(1)"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn bad_input_names_the_file_and_line_and_exits_2() {
+    let s = Scratch::new("bad");
+    let good_rules = s.file("r.rules", RULES);
+    let good_trace = s.file("t.trace", TRACE);
+    let bad_rules =
+        s.file("bad.rules", &format!("{RULES}@10.0.0.0/8\t1.2.3.4/32\t9 : 1\t0 : 1\t0x06/0xFF\n"));
+    let bad_trace = s.file("bad.trace", "1 2 3 4 5 0 0\n1 2 3 x 5 0 0\n");
+    let far_trace = s.file("far.trace", "1 2 3 4 5 9 9\n");
+    let missing = s.0.join("nope.rules");
+    let cases = [
+        (bad_rules.clone(), good_trace.clone(), "bad.rules:4: source port range 9 : 1 is reversed"),
+        (good_rules.clone(), bad_trace, "bad.trace:2: column 4 'x' is not an unsigned decimal"),
+        (good_rules.clone(), far_trace, "expects rule 9, but"),
+        (missing, good_trace.clone(), "nope.rules"),
+    ];
+    for (rules, trace, want) in cases {
+        let out =
+            margay(&["classbench", "--rules", rules.to_str().unwrap(), "--trace", trace.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{want}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(want), "wanted {want:?} in {}", text(&out.stderr));
+        assert!(!text(&out.stderr).contains("panicked"), "{}", text(&out.stderr));
+    }
+}
+
+#[test]
+fn tuning_knobs_are_validated() {
+    let s = Scratch::new("knobs");
+    let rules = s.file("r.rules", RULES);
+    let trace = s.file("t.trace", TRACE);
+    let out = margay(&[
+        "classbench",
+        "--rules",
+        rules.to_str().unwrap(),
+        "--trace",
+        trace.to_str().unwrap(),
+        "--max-cut-bits",
+        "40",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("max_cut_bits"), "{}", text(&out.stderr));
+    let out = margay(&[
+        "classbench",
+        "--rules",
+        rules.to_str().unwrap(),
+        "--trace",
+        trace.to_str().unwrap(),
+        "--leaf-size",
+        "1",
+        "--cost",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("per lookup"), "{}", text(&out.stdout));
+}
+
+#[test]
+fn demo_checks_its_answers_against_the_reference() {
+    let out = margay(&["demo", "--tuples", "20000"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("20000 tuples against the reference: 0 mismatches"), "{stdout}");
+    assert!(stdout.contains("result          OK"), "{stdout}");
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let out = margay(&["--help"]);
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    assert!(help.contains("classbench") && help.contains("demo"), "{help}");
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Margay needs for one purpose, only those that are missing.
+#
+#   scripts/deps.sh build   # to build margay
+#   scripts/deps.sh test    # to build and run the test suite
+#   scripts/deps.sh bench   # to run the benchmarks (adds dpdk-dev for dpdk-test-acl)
+#
+# Needs root (or sudo) only when something is missing. Needs a Rust toolchain (cargo) already.
+set -euo pipefail
+
+purpose=${1:-build}
+build=(gcc make pkg-config liblzma-dev xz-utils)
+case "$purpose" in
+  build) want=("${build[@]}") ;;
+  test) want=("${build[@]}") ;;
+  bench) want=("${build[@]}" python3 dpdk-dev) ;;
+  *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
+esac
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "deps: cargo not found: install a Rust toolchain (https://rustup.rs) first" >&2
+  exit 1
+fi
+
+missing=()
+for pkg in "${want[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$pkg")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "deps: installing ${missing[*]}" >&2
+sudo=()
+if [ "$(id -u)" != 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then sudo=(sudo); else
+    echo "deps: need root to apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
