@@ -104,6 +104,7 @@ pub(super) fn build<const D: usize>(
         rules: rules.len(),
         trees: trees.len(),
         rules_per_tree,
+        best_rule_per_tree: trees.iter().map(|t| t.min_rule).collect(),
         slots: b.slots.len(),
         nodes: b.nodes,
         leaves: b.slots.iter().filter(|s| !s.is_node() && s.leaf_range().1 > 0).count()

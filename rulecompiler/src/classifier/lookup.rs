@@ -14,18 +14,7 @@ const NONE: RuleId = RuleId::MAX;
 impl<const D: usize> Classifier<D> {
     /// The highest-priority (lowest index) rule matching `key`, or `None`.
     pub fn classify(&self, key: &[u32; D]) -> Option<RuleId> {
-        let mut best = NONE;
-        for tree in self.trees.iter() {
-            if tree.min_rule >= best {
-                break;
-            }
-            let mut slot = tree.root;
-            while slot.is_node() {
-                slot = self.slots[slot.child(key)];
-            }
-            best = self.scan(slot, key, best);
-        }
-        (best != NONE).then_some(best)
+        self.finish(&self.trees, key, NONE)
     }
 
     /// Classifies every key of `keys` into the matching position of `out`, like
@@ -48,59 +37,69 @@ impl<const D: usize> Classifier<D> {
 
     /// One group of at most `BATCH_WIDTH` keys.
     ///
-    /// Per tree: every live key steps one level per pass, in two sweeps: first compute each
-    /// key's child and prefetch it, then load the children and keep the keys still at a cut.
-    /// Then prefetch every key's leaf and scan the leaves. Nothing a key does waits on another
-    /// key's miss.
+    /// The first tree (every key walks it, and it holds most rules) is walked by the whole
+    /// group in lockstep, one level per pass, in two sweeps: compute every key's child and
+    /// prefetch it, then load the children. Then every key's leaf is prefetched and scanned.
+    /// The later trees are small and most keys skip them (their best rule cannot beat the
+    /// match found), so each key finishes them on its own, as [`Classifier::classify`] does:
+    /// lockstep bookkeeping there cost more than it saved (measured in `docs/classifier.md`).
     fn classify_group(&self, keys: &[[u32; D]], out: &mut [Option<RuleId>]) {
         let n = keys.len();
-        let mut best = [NONE; BATCH_WIDTH];
-        let mut slot = [Slot::EMPTY; BATCH_WIDTH];
+        let Some((first, rest)) = self.trees.split_first() else {
+            out[..n].fill(None);
+            return;
+        };
+        let mut slot = [first.root; BATCH_WIDTH];
         let mut next = [0usize; BATCH_WIDTH];
-        for tree in self.trees.iter() {
-            // The keys this tree can still improve on.
-            let mut live = 0usize;
-            let mut lanes = [0u8; BATCH_WIDTH];
-            for (i, &b) in best[..n].iter().enumerate() {
-                lanes[live] = i as u8;
-                live += usize::from(tree.min_rule < b);
-                slot[i] = tree.root;
+        let mut active = [0u8; BATCH_WIDTH];
+        let mut walking = 0;
+        if first.root.is_node() {
+            for (i, a) in active[..n].iter_mut().enumerate() {
+                *a = i as u8;
             }
-            if live == 0 {
-                // Trees are sorted by best rule: no later tree can help either.
+            walking = n;
+        }
+        while walking > 0 {
+            for &i in &active[..walking] {
+                let i = i as usize;
+                next[i] = slot[i].child(&keys[i]);
+                prefetch(&self.slots[next[i]]);
+            }
+            let mut still = 0;
+            for j in 0..walking {
+                let i = active[j] as usize;
+                slot[i] = self.slots[next[i]];
+                active[still] = i as u8;
+                still += usize::from(slot[i].is_node());
+            }
+            walking = still;
+        }
+        for s in &slot[..n] {
+            let (start, count) = s.leaf_range();
+            if count > 0 {
+                prefetch(&self.leaves[start]);
+            }
+        }
+        for i in 0..n {
+            let best = self.scan(slot[i], &keys[i], NONE);
+            out[i] = self.finish(rest, &keys[i], best);
+        }
+    }
+
+    /// Walks `trees` for one key, starting from the match `best` found so far.
+    #[inline(always)]
+    fn finish(&self, trees: &[super::Tree], key: &[u32; D], mut best: RuleId) -> Option<RuleId> {
+        for tree in trees {
+            if tree.min_rule >= best {
                 break;
             }
-            let mut walking = if tree.root.is_node() { live } else { 0 };
-            let mut active = lanes;
-            while walking > 0 {
-                for &i in &active[..walking] {
-                    let i = i as usize;
-                    next[i] = slot[i].child(&keys[i]);
-                    prefetch(&self.slots[next[i]]);
-                }
-                let mut still = 0;
-                for j in 0..walking {
-                    let i = active[j] as usize;
-                    slot[i] = self.slots[next[i]];
-                    active[still] = i as u8;
-                    still += usize::from(slot[i].is_node());
-                }
-                walking = still;
+            let mut slot = tree.root;
+            while slot.is_node() {
+                slot = self.slots[slot.child(key)];
             }
-            for &i in &lanes[..live] {
-                let (start, count) = slot[i as usize].leaf_range();
-                if count > 0 {
-                    prefetch(&self.leaves[start]);
-                }
-            }
-            for &i in &lanes[..live] {
-                let i = i as usize;
-                best[i] = self.scan(slot[i], &keys[i], best[i]);
-            }
+            best = self.scan(slot, key, best);
         }
-        for (o, &b) in out.iter_mut().zip(&best[..n]) {
-            *o = (b != NONE).then_some(b);
-        }
+        (best != NONE).then_some(best)
     }
 
     /// Scans a leaf for the first rule matching `key` that beats `best`.

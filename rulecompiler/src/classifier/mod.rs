@@ -74,6 +74,9 @@ pub struct ClassifierStats {
     pub trees: usize,
     /// Rules held by each tree, in lookup order.
     pub rules_per_tree: Vec<usize>,
+    /// The best (lowest) rule id of each tree: a lookup skips a tree once it holds a better
+    /// match.
+    pub best_rule_per_tree: Vec<RuleId>,
     /// Tree slots (internal and leaf), 8 bytes each.
     pub slots: usize,
     /// Internal (cut) nodes.
