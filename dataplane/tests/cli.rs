@@ -1,6 +1,8 @@
 //! The `margay` binary as a user runs it: exit codes, JSON output, errors that name the file
 //! and line, and the demo.
 
+#![expect(clippy::unwrap_used, reason = "a test fails loudly on what it did not expect")]
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
