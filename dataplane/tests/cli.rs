@@ -3,7 +3,7 @@
 
 #![expect(clippy::unwrap_used, reason = "a test fails loudly on what it did not expect")]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// A scratch folder removed on drop (also when a test fails).
@@ -33,6 +33,13 @@ fn margay(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_margay")).args(args).output().unwrap()
 }
 
+/// `margay classbench --rules RULES --trace TRACE EXTRA...`
+fn classbench(rules: &Path, trace: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["classbench", "--rules", rules.to_str().unwrap(), "--trace", trace.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    margay(&args)
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -52,16 +59,7 @@ fn classbench_json_reports_every_key_and_no_mismatch() {
     let s = Scratch::new("json");
     let rules = s.file("r.rules", RULES);
     let trace = s.file("t.trace", TRACE);
-    let out = margay(&[
-        "classbench",
-        "--rules",
-        rules.to_str().unwrap(),
-        "--trace",
-        trace.to_str().unwrap(),
-        "--json",
-        "--passes",
-        "2",
-    ]);
+    let out = classbench(&rules, &trace, &["--json", "--passes", "2"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["rules"], 3);
@@ -78,14 +76,7 @@ fn a_wrong_answer_in_the_trace_is_a_mismatch_and_exit_1() {
     let rules = s.file("r.rules", RULES);
     // Second tuple claims rule 2, but rule 1 matches first.
     let trace = s.file("t.trace", &TRACE.replacen("53\t17\t1\t1", "53\t17\t1\t2", 1));
-    let out = margay(&[
-        "classbench",
-        "--rules",
-        rules.to_str().unwrap(),
-        "--trace",
-        trace.to_str().unwrap(),
-        "--json",
-    ]);
+    let out = classbench(&rules, &trace, &["--json"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["mismatches"], 1);
@@ -109,8 +100,7 @@ fn bad_input_names_the_file_and_line_and_exits_2() {
         (missing, good_trace.clone(), "nope.rules"),
     ];
     for (rules, trace, want) in cases {
-        let out =
-            margay(&["classbench", "--rules", rules.to_str().unwrap(), "--trace", trace.to_str().unwrap()]);
+        let out = classbench(&rules, &trace, &[]);
         assert_eq!(out.status.code(), Some(2), "{want}: {}", text(&out.stderr));
         assert!(text(&out.stderr).contains(want), "wanted {want:?} in {}", text(&out.stderr));
         assert!(!text(&out.stderr).contains("panicked"), "{}", text(&out.stderr));
@@ -122,27 +112,10 @@ fn tuning_knobs_are_validated() {
     let s = Scratch::new("knobs");
     let rules = s.file("r.rules", RULES);
     let trace = s.file("t.trace", TRACE);
-    let out = margay(&[
-        "classbench",
-        "--rules",
-        rules.to_str().unwrap(),
-        "--trace",
-        trace.to_str().unwrap(),
-        "--max-cut-bits",
-        "40",
-    ]);
+    let out = classbench(&rules, &trace, &["--max-cut-bits", "40"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("max_cut_bits"), "{}", text(&out.stderr));
-    let out = margay(&[
-        "classbench",
-        "--rules",
-        rules.to_str().unwrap(),
-        "--trace",
-        trace.to_str().unwrap(),
-        "--leaf-size",
-        "1",
-        "--cost",
-    ]);
+    let out = classbench(&rules, &trace, &["--leaf-size", "1", "--cost"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("per lookup"), "{}", text(&out.stdout));
 }

@@ -84,26 +84,15 @@ pub struct TuningArgs {
 impl TuningArgs {
     /// The builder parameters: defaults overridden by what was given.
     pub fn params(&self) -> margay_rulecompiler::BuildParams {
-        let mut p = margay_rulecompiler::BuildParams::default();
-        if let Some(v) = self.leaf_size {
-            p.leaf_size = v;
+        let d = margay_rulecompiler::BuildParams::default();
+        margay_rulecompiler::BuildParams {
+            leaf_size: self.leaf_size.unwrap_or(d.leaf_size),
+            space_factor: self.space_factor.unwrap_or(d.space_factor),
+            max_cut_bits: self.max_cut_bits.unwrap_or(d.max_cut_bits),
+            max_trees: self.max_trees.unwrap_or(d.max_trees),
+            defer_cost: self.defer_cost.unwrap_or(d.defer_cost),
+            defer_min_rules: self.defer_min_rules.unwrap_or(d.defer_min_rules),
         }
-        if let Some(v) = self.space_factor {
-            p.space_factor = v;
-        }
-        if let Some(v) = self.max_cut_bits {
-            p.max_cut_bits = v;
-        }
-        if let Some(v) = self.max_trees {
-            p.max_trees = v;
-        }
-        if let Some(v) = self.defer_cost {
-            p.defer_cost = v;
-        }
-        if let Some(v) = self.defer_min_rules {
-            p.defer_min_rules = v;
-        }
-        p
     }
 }
 
