@@ -10,7 +10,13 @@ mod demo;
 
 /// Margay: a userspace packet-processing dataplane for network microsegmentation.
 #[derive(Debug, Parser)]
-#[command(name = "margay", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "margay",
+    version,
+    about = "Margay: a userspace packet-processing dataplane for network microsegmentation",
+    after_help = "Exit status: 0 success, 1 a check failed (e.g. a classifier answer differed), 2 bad input or error.\nDocs: README.md and docs/ in the repository.",
+    propagate_version = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
