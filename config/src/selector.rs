@@ -1,0 +1,403 @@
+//! Label selectors: the Calico subset of `../shared/design/POLICY.md`.
+//!
+//! Grammar, loosest binding first:
+//!
+//! ```text
+//! selector := or?                         (empty: all())
+//! or       := and ( "||" and )*
+//! and      := unary ( "&&" unary )*
+//! unary    := "!" unary | atom
+//! atom     := "(" or ")" | "all()" | "has(" key ")"
+//!           | key "==" str | key "!=" str | key "in" set | key "not" "in" set
+//! set      := "{" ( str ( "," str )* )? "}"
+//! str      := '...' | "..."               (no escapes, as in Calico)
+//! key      := [A-Za-z0-9_.\-/]+            (Kubernetes label keys, with an optional prefix/)
+//! ```
+//!
+//! Semantics, as Calico's: `key != 'v'` and `key not in {...}` are true when the key is absent;
+//! `key == 'v'` and `key in {...}` need it present. An empty selector selects everything.
+//!
+//! The parser is a small hand-written recursive descent: the grammar is a dozen productions,
+//! and every error must point at a column of the selector, which a hand-written lexer gives
+//! directly. Parsing validates once; the resulting [`Selector`] evaluates without errors.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// A parsed selector.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Selector {
+    /// `all()`, or an empty selector.
+    All,
+    /// `has(key)`.
+    Has(String),
+    /// `key == 'value'`.
+    Eq(String, String),
+    /// `key != 'value'` (true when the key is absent).
+    Ne(String, String),
+    /// `key in {...}`.
+    In(String, BTreeSet<String>),
+    /// `key not in {...}` (true when the key is absent).
+    NotIn(String, BTreeSet<String>),
+    /// `!selector`.
+    Not(Box<Selector>),
+    /// `a && b`.
+    And(Box<Selector>, Box<Selector>),
+    /// `a || b`.
+    Or(Box<Selector>, Box<Selector>),
+}
+
+/// A selector that does not parse: where (1-based column, in characters) and what.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("column {column}: {message}")]
+pub struct SelectorError {
+    /// 1-based column of the offending character (one past the end for "unexpected end").
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl Selector {
+    /// Parses `text`.
+    pub fn parse(text: &str) -> Result<Self, SelectorError> {
+        let mut p = Parser { chars: text.chars().collect(), pos: 0, depth: 0 };
+        p.skip_space();
+        if p.at_end() {
+            return Ok(Selector::All);
+        }
+        let sel = p.or()?;
+        p.skip_space();
+        if !p.at_end() {
+            return Err(p.error(format!("unexpected '{}' after a complete selector", p.chars[p.pos])));
+        }
+        Ok(sel)
+    }
+
+    /// Whether an object with `labels` is selected.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        match self {
+            Selector::All => true,
+            Selector::Has(k) => labels.contains_key(k),
+            Selector::Eq(k, v) => labels.get(k) == Some(v),
+            Selector::Ne(k, v) => labels.get(k) != Some(v),
+            Selector::In(k, set) => labels.get(k).is_some_and(|v| set.contains(v)),
+            Selector::NotIn(k, set) => labels.get(k).is_none_or(|v| !set.contains(v)),
+            Selector::Not(s) => !s.matches(labels),
+            Selector::And(a, b) => a.matches(labels) && b.matches(labels),
+            Selector::Or(a, b) => a.matches(labels) || b.matches(labels),
+        }
+    }
+}
+
+/// Prints the selector back in canonical form (it parses to an equal selector).
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A parsed value never holds both quote characters: print it in the one it lacks.
+        let quoted = |v: &str| if v.contains('\'') { format!("\"{v}\"") } else { format!("'{v}'") };
+        let set = |s: &BTreeSet<String>| s.iter().map(|v| quoted(v)).collect::<Vec<_>>().join(", ");
+        match self {
+            Selector::All => write!(f, "all()"),
+            Selector::Has(k) => write!(f, "has({k})"),
+            Selector::Eq(k, v) => write!(f, "{k} == {}", quoted(v)),
+            Selector::Ne(k, v) => write!(f, "{k} != {}", quoted(v)),
+            Selector::In(k, s) => write!(f, "{k} in {{{}}}", set(s)),
+            Selector::NotIn(k, s) => write!(f, "{k} not in {{{}}}", set(s)),
+            Selector::Not(s) => write!(f, "!({s})"),
+            Selector::And(a, b) => write!(f, "({a} && {b})"),
+            Selector::Or(a, b) => write!(f, "({a} || {b})"),
+        }
+    }
+}
+
+/// Deepest nesting of parentheses and `!` accepted: a bound on the parser's recursion, so a
+/// hostile selector gets an error instead of exhausting the stack.
+pub const MAX_NESTING: usize = 256;
+
+struct Parser {
+    chars: Vec<char>,
+    pos: usize,
+    depth: usize,
+}
+
+fn is_key_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/')
+}
+
+impl Parser {
+    fn error(&self, message: String) -> SelectorError {
+        SelectorError { column: self.pos + 1, message }
+    }
+
+    fn at_end(&self) -> bool {
+        self.pos >= self.chars.len()
+    }
+
+    fn peek(&self) -> Option<char> {
+        self.chars.get(self.pos).copied()
+    }
+
+    fn skip_space(&mut self) {
+        while self.peek().is_some_and(char::is_whitespace) {
+            self.pos += 1;
+        }
+    }
+
+    /// Consumes `token` (after spaces) if it is next.
+    fn eat(&mut self, token: &str) -> bool {
+        self.skip_space();
+        let n = token.chars().count();
+        if self.chars.len() >= self.pos + n
+            && self.chars[self.pos..self.pos + n].iter().copied().eq(token.chars())
+        {
+            self.pos += n;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expect(&mut self, token: &str, what: &str) -> Result<(), SelectorError> {
+        if self.eat(token) { Ok(()) } else { Err(self.unexpected(what)) }
+    }
+
+    /// "expected WHAT, found ..." at the next non-space character.
+    fn unexpected(&mut self, what: &str) -> SelectorError {
+        self.skip_space();
+        match self.peek() {
+            Some(c) => self.error(format!("expected {what}, found '{c}'")),
+            None => self.error(format!("expected {what}, found the end of the selector")),
+        }
+    }
+
+    fn or(&mut self) -> Result<Selector, SelectorError> {
+        let mut left = self.and()?;
+        while self.eat("||") {
+            left = Selector::Or(Box::new(left), Box::new(self.and()?));
+        }
+        Ok(left)
+    }
+
+    fn and(&mut self) -> Result<Selector, SelectorError> {
+        let mut left = self.unary()?;
+        while self.eat("&&") {
+            left = Selector::And(Box::new(left), Box::new(self.unary()?));
+        }
+        Ok(left)
+    }
+
+    fn unary(&mut self) -> Result<Selector, SelectorError> {
+        self.skip_space();
+        if self.depth >= MAX_NESTING {
+            return Err(self.error(format!("nested more than {MAX_NESTING} deep")));
+        }
+        self.depth += 1;
+        let result = self.unary_inner();
+        self.depth -= 1;
+        result
+    }
+
+    fn unary_inner(&mut self) -> Result<Selector, SelectorError> {
+        // `!` but not the start of `!=` (which cannot begin a term anyway).
+        if self.peek() == Some('!') && self.chars.get(self.pos + 1) != Some(&'=') {
+            self.pos += 1;
+            return Ok(Selector::Not(Box::new(self.unary()?)));
+        }
+        self.atom()
+    }
+
+    fn atom(&mut self) -> Result<Selector, SelectorError> {
+        if self.eat("(") {
+            let inner = self.or()?;
+            self.expect(")", "')' to close the parenthesis")?;
+            return Ok(inner);
+        }
+        self.skip_space();
+        let start = self.pos;
+        let key = self.key()?;
+        if key == "all" && self.eat("(") {
+            self.expect(")", "')' after 'all('")?;
+            return Ok(Selector::All);
+        }
+        if key == "has" && self.eat("(") {
+            self.skip_space();
+            let k = self.key()?;
+            self.expect(")", "')' after the key in has(...)")?;
+            return Ok(Selector::Has(k));
+        }
+        if self.eat("==") {
+            return Ok(Selector::Eq(key, self.string()?));
+        }
+        if self.eat("!=") {
+            return Ok(Selector::Ne(key, self.string()?));
+        }
+        let save = self.pos;
+        if self.word("in") {
+            return Ok(Selector::In(key, self.set()?));
+        }
+        if self.word("not") {
+            if !self.word("in") {
+                return Err(self.unexpected("'in' after 'not'"));
+            }
+            return Ok(Selector::NotIn(key, self.set()?));
+        }
+        self.pos = save;
+        self.skip_space();
+        if self.at_end() || matches!(self.peek(), Some(')' | '&' | '|')) {
+            self.pos = start;
+            return Err(self.error(format!(
+                "'{key}' alone is not a selector: use has({key}), {key} == '...', {key} in {{...}}"
+            )));
+        }
+        Err(self.unexpected("'==', '!=', 'in' or 'not in'"))
+    }
+
+    /// A keyword followed by a non-key character.
+    fn word(&mut self, w: &str) -> bool {
+        let save = self.pos;
+        if self.eat(w) && !self.peek().is_some_and(is_key_char) {
+            return true;
+        }
+        self.pos = save;
+        false
+    }
+
+    fn key(&mut self) -> Result<String, SelectorError> {
+        self.skip_space();
+        let start = self.pos;
+        while self.peek().is_some_and(is_key_char) {
+            self.pos += 1;
+        }
+        if start == self.pos {
+            return Err(self.unexpected("a label key"));
+        }
+        Ok(self.chars[start..self.pos].iter().collect())
+    }
+
+    fn string(&mut self) -> Result<String, SelectorError> {
+        self.skip_space();
+        let quote = match self.peek() {
+            Some(q @ ('\'' | '"')) => q,
+            _ => return Err(self.unexpected("a quoted string")),
+        };
+        let open = self.pos;
+        self.pos += 1;
+        let start = self.pos;
+        while self.peek().is_some_and(|c| c != quote) {
+            self.pos += 1;
+        }
+        if self.at_end() {
+            self.pos = open;
+            return Err(self.error(format!("string opened here is never closed (missing {quote})")));
+        }
+        let s = self.chars[start..self.pos].iter().collect();
+        self.pos += 1;
+        Ok(s)
+    }
+
+    fn set(&mut self) -> Result<BTreeSet<String>, SelectorError> {
+        self.expect("{", "'{' to open a set")?;
+        let mut set = BTreeSet::new();
+        if self.eat("}") {
+            return Ok(set);
+        }
+        loop {
+            set.insert(self.string()?);
+            if self.eat("}") {
+                return Ok(set);
+            }
+            self.expect(",", "',' or '}' in the set")?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn sel(s: &str) -> Selector {
+        Selector::parse(s).unwrap_or_else(|e| panic!("{s:?}: {e}"))
+    }
+
+    #[test]
+    fn evaluates_every_form() {
+        let web = labels(&[("app", "web"), ("tier", "frontend"), ("example.com/team", "a-1")]);
+        let none = labels(&[]);
+        let cases: &[(&str, bool, bool)] = &[
+            // selector, on web, on no labels
+            ("", true, true),
+            ("all()", true, true),
+            ("app == 'web'", true, false),
+            ("app == \"web\"", true, false),
+            ("app != 'web'", false, true),
+            ("app != 'db'", true, true),
+            ("app in {'web', 'db'}", true, false),
+            ("app in {}", false, false),
+            ("app not in {'db'}", true, true),
+            ("app not in {'web'}", false, true),
+            ("has(tier)", true, false),
+            ("!has(tier)", false, true),
+            ("example.com/team == 'a-1'", true, false),
+            ("app == 'web' && tier == 'frontend'", true, false),
+            ("app == 'db' || tier == 'frontend'", true, false),
+            ("!(app == 'web')", false, true),
+            ("!app == 'web'", false, true),
+            ("app == 'db' || app == 'web' && has(nope)", false, false),
+            ("(app == 'db' || app == 'web') && !has(nope)", true, false),
+            ("  app=='web'&&has(tier)  ", true, false),
+        ];
+        for &(s, on_web, on_none) in cases {
+            assert_eq!(sel(s).matches(&web), on_web, "{s:?} on web");
+            assert_eq!(sel(s).matches(&none), on_none, "{s:?} on no labels");
+        }
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for s in [
+            "app == 'web' && (tier in {'a', 'b'} || !has(x))",
+            "all()",
+            "k not in {}",
+            "a != 'b' || c == 'd' && e == 'f'",
+        ] {
+            let parsed = sel(s);
+            assert_eq!(sel(&parsed.to_string()), parsed, "{s:?} printed as {parsed}");
+        }
+    }
+
+    #[test]
+    fn errors_point_at_the_column() {
+        let cases = [
+            ("app = 'web'", 5, "expected '==', '!=', 'in' or 'not in'"),
+            ("app == web", 8, "expected a quoted string"),
+            ("app == 'web", 8, "never closed"),
+            ("app == 'web' &&", 16, "expected a label key, found the end"),
+            ("(app == 'web'", 14, "')' to close"),
+            ("app", 1, "'app' alone is not a selector"),
+            ("app in {'a' 'b'}", 13, "',' or '}'"),
+            ("app not {'a'}", 9, "'in' after 'not'"),
+            ("has()", 5, "a label key"),
+            ("app == 'web' )", 14, "unexpected ')'"),
+            ("== 'x'", 1, "a label key"),
+        ];
+        for (s, column, want) in cases {
+            let e = Selector::parse(s).unwrap_err();
+            assert_eq!(e.column, column, "{s:?}: {e}");
+            assert!(e.message.contains(want), "{s:?}: {e} should mention {want:?}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_bounded() {
+        let s = format!("{}app == 'x'{}", "(".repeat(200), ")".repeat(200));
+        assert_eq!(sel(&s), Selector::Eq("app".into(), "x".into()));
+        assert!(Selector::parse(&"(".repeat(50)).is_err());
+        for hostile in ["(".repeat(100_000), "!".repeat(100_000)] {
+            let e = Selector::parse(&hostile).unwrap_err();
+            assert!(e.message.contains("nested more than"), "{e}");
+        }
+    }
+}
