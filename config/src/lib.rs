@@ -1,12 +1,18 @@
 //! Margay's configuration schemas.
 //!
 //! Two-stage configuration (see `docs/architecture.md`): raw serde structs with
-//! `deny_unknown_fields`, then validated newtypes; nothing past this crate sees raw integers.
+//! `deny_unknown_fields`, then validated types; nothing past this crate sees raw TOML.
 //!
-//! Status: the label-selector language ([`selector`]) of the policy language. The policy
-//! files themselves (issue "Policy language") and the daemon configuration (issue "The daemon")
-//! come next.
+//! - [`selector`]: the label-selector language.
+//! - [`net`]: CIDRs, port ranges, protocols, ICMP matches.
+//! - [`policy`]: policy files, parsed and validated into a [`policy::PolicySet`], with errors
+//!   that name the file, line and column.
+//!
+//! The daemon configuration (issue "The daemon") comes later.
 
+pub mod net;
+pub mod policy;
 pub mod selector;
 
+pub use policy::{PolicyError, PolicySet};
 pub use selector::{Selector, SelectorError};

@@ -310,6 +310,15 @@ impl Parser {
     }
 }
 
+/// A selector in TOML is a string; a bad one is reported with the string's position and the
+/// column inside it.
+impl<'de> serde::Deserialize<'de> for Selector {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Selector::parse(&text).map_err(|e| serde::de::Error::custom(format!("bad selector \"{text}\": {e}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,203 @@
+//! Policy files: the shop example validates, and every class of mistake is rejected with the
+//! file, line and column of the offending value.
+
+use std::path::{Path, PathBuf};
+
+use margay_config::PolicySet;
+use margay_config::policy::{Action, PolicyError, TierDefault, Verdict};
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name)
+}
+
+#[test]
+fn the_shop_example_validates() {
+    let set = PolicySet::load(&example("shop.toml")).unwrap();
+    assert_eq!(
+        set.namespaces.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+        ["default", "shop", "infra"]
+    );
+    assert_eq!(set.endpoints.len(), 6);
+    assert_eq!(set.netsets[0].nets.len(), 3);
+    // Tiers in evaluation order, the built-in default last.
+    assert_eq!(set.tiers.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["security", "default"]);
+    assert_eq!(set.tiers[0].default_action, TierDefault::Pass);
+    let web = set.policies.iter().find(|p| p.name == "web").unwrap();
+    assert_eq!((web.tier.as_str(), web.namespace.as_deref()), ("default", Some("shop")));
+    // types omitted: ingress, plus egress because it has egress rules.
+    assert!(web.ingress_type && web.egress_type);
+    let db = set.policies.iter().find(|p| p.name == "db").unwrap();
+    assert!(db.ingress_type && !db.egress_type);
+    assert_eq!(web.ingress[1].destination.ports[0].to_string(), "8000:8080");
+    let pci = set.policies.iter().find(|p| p.name == "pci-isolation").unwrap();
+    assert_eq!(
+        pci.ingress.iter().map(|r| r.action).collect::<Vec<_>>(),
+        [Action::Log, Action::Pass, Action::Deny]
+    );
+    assert!(set.policies.iter().any(|p| p.staged));
+    assert_eq!(set.defaults.no_policy_action, Verdict::Allow);
+}
+
+/// Parses `text` and returns the error as `line:column: message`.
+fn error(text: &str) -> String {
+    match PolicySet::parse(text, Path::new("p.toml")) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(PolicyError::Invalid { path, line, column, message }) => {
+            assert_eq!(path, Path::new("p.toml"));
+            format!("{line}:{column}: {message}")
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn assert_error(text: &str, at: &str, contains: &str) {
+    let e = error(text);
+    assert!(e.starts_with(at) && e.contains(contains), "wanted {at} ... {contains:?}, got {e:?}\n{text}");
+}
+
+const POLICY: &str = "[[policy]]\nname = \"p\"\nselector = \"all()\"\n";
+
+#[test]
+fn unknown_fields_are_rejected_where_they_are() {
+    assert_error(
+        "[[endpoint]]\nname = \"a\"\nips = [\"198.18.0.1\"]\nlabel = {}\n",
+        "4:1:",
+        "unknown field `label`",
+    );
+    assert_error(
+        &format!("{POLICY}  [[policy.ingress]]\n  action = \"allow\"\n  sorce = {{}}\n"),
+        "6:3:",
+        "unknown field `sorce`",
+    );
+    assert_error("[defaults]\nno_policy = \"allow\"\n", "2:1:", "unknown field");
+    assert_error("[[nonsense]]\n", "1:", "unknown field `nonsense`");
+}
+
+#[test]
+fn bad_values_point_at_the_value() {
+    assert_error(
+        "[[netset]]\nname = \"n\"\nnets = [\"10.0.0.0/8\", \"10.0.0/8\"]\n",
+        "3:8:",
+        "'10.0.0/8' is not a CIDR",
+    );
+    assert_error("[[netset]]\nname = \"n\"\nnets = [\"10.0.0.0/40\"]\n", "3:8:", "prefix length '40'");
+    assert_error(
+        &format!(
+            "{POLICY}  [[policy.ingress]]\n  action = \"allow\"\n  protocol = \"tcp\"\n  destination = {{ ports = [80, \"9000:80\"] }}\n"
+        ),
+        "7:",
+        "reversed",
+    );
+    assert_error(
+        &format!(
+            "{POLICY}  [[policy.ingress]]\n  action = \"allow\"\n  protocol = \"tcp\"\n  destination = {{ ports = [70000] }}\n"
+        ),
+        "7:",
+        "not a port",
+    );
+    assert_error(
+        "[[policy]]\nname = \"p\"\nselector = \"app = 'web'\"\n",
+        "3:12:",
+        "bad selector \"app = 'web'\": column 5",
+    );
+    assert_error(
+        &format!("{POLICY}  [[policy.ingress]]\n  action = \"allow\"\n  protocol = \"gre\"\n"),
+        "6:14:",
+        "not a protocol",
+    );
+    assert_error(
+        &format!("{POLICY}  [[policy.ingress]]\n  action = \"accept\"\n"),
+        "5:12:",
+        "unknown variant `accept`",
+    );
+    assert_error(
+        &format!(
+            "{POLICY}  [[policy.ingress]]\n  action = \"allow\"\n  protocol = \"icmp\"\n  icmp = {{ code = 0 }}\n"
+        ),
+        "7:10:",
+        "ICMP code needs a type",
+    );
+    assert_error(
+        &format!("{POLICY}  [[policy.ingress]]\n  action = \"allow\"\n  ip_version = 5\n"),
+        "6:16:",
+        "ip_version is 4 or 6",
+    );
+    assert_error("[[endpoint]]\nname = \"a\"\nips = [\"198.18.0.256\"]\n", "3:8:", "invalid IP address");
+    assert_error("this is not toml", "1:", "");
+}
+
+#[test]
+fn cross_object_mistakes_point_at_the_object() {
+    assert_error(&format!("{POLICY}{POLICY}"), "5:8:", "duplicate policy name 'p' in global");
+    assert_error(
+        "[[tier]]\nname = \"t\"\norder = 1\n[[tier]]\nname = \"t\"\norder = 2\n",
+        "5:8:",
+        "duplicate tier name 't'",
+    );
+    assert_error("[[tier]]\nname = \"default\"\norder = 1\n", "2:8:", "built in");
+    assert_error("[[policy]]\nname = \"p\"\ntier = \"secuirty\"\n", "3:8:", "unknown tier 'secuirty'");
+    assert_error("[[policy]]\nname = \"p\"\nnamespace = \"shp\"\n", "3:13:", "unknown namespace 'shp'");
+    assert_error(
+        "[[endpoint]]\nname = \"a\"\nnamespace = \"x\"\nips = [\"198.18.0.1\"]\n",
+        "3:13:",
+        "unknown namespace 'x'",
+    );
+    assert_error(
+        "[[endpoint]]\nname = \"a\"\nips = [\"198.18.0.1\"]\n[[endpoint]]\nname = \"b\"\nips = [\"198.18.0.2\", \"198.18.0.1\"]\n",
+        "6:22:",
+        "belongs to endpoint 'a'",
+    );
+    assert_error("[[endpoint]]\nname = \"a\"\nips = []\n", "2:8:", "has no ips");
+    assert_error(
+        &format!("{POLICY}  [[policy.ingress]]\n  action = \"allow\"\n  destination = {{ ports = [80] }}\n"),
+        "4:3:",
+        "ports need protocol",
+    );
+    assert_error(
+        &format!(
+            "{POLICY}  [[policy.ingress]]\n  action = \"allow\"\n  protocol = \"icmp\"\n  source = {{ not_ports = [80] }}\n"
+        ),
+        "4:3:",
+        "ports need protocol",
+    );
+    assert_error(
+        &format!("{POLICY}  [[policy.ingress]]\n  action = \"allow\"\n  icmp = {{ type = 8 }}\n"),
+        "4:3:",
+        "need protocol = \"icmp\"",
+    );
+    assert_error(
+        &format!(
+            "{POLICY}  [[policy.ingress]]\n  action = \"allow\"\n  protocol = \"icmp\"\n  ip_version = 6\n"
+        ),
+        "4:3:",
+        "does not go with ip_version 6",
+    );
+    assert_error(
+        &format!(
+            "{POLICY}  [[policy.ingress]]\n  action = \"allow\"\n  ip_version = 4\n  source = {{ nets = [\"2001:db8::/32\"] }}\n"
+        ),
+        "4:3:",
+        "other address family",
+    );
+    assert_error("[[policy]]\nname = \"p\"\ntypes = []\n", "3:9:", "types is empty");
+    assert_error(
+        "[[policy]]\nname = \"p\"\ntypes = [\"ingress\"]\n  [[policy.egress]]\n  action = \"allow\"\n",
+        "4:3:",
+        "egress rules in a policy whose types leave out egress",
+    );
+    assert_error("[[tier]]\nname = \"t\"\norder = nan\n", "3:9:", "finite");
+}
+
+#[test]
+fn namespaced_policies_may_share_a_name_across_namespaces() {
+    let text = "[[namespace]]\nname = \"a\"\n[[namespace]]\nname = \"b\"\n\
+                [[policy]]\nname = \"p\"\nnamespace = \"a\"\n[[policy]]\nname = \"p\"\nnamespace = \"b\"\n[[policy]]\nname = \"p\"\n";
+    let set = PolicySet::parse(text, Path::new("p.toml")).unwrap();
+    assert_eq!(set.policies.len(), 3);
+}
+
+#[test]
+fn a_missing_file_is_an_io_error_naming_it() {
+    let e = PolicySet::load(Path::new("/nonexistent/policy.toml")).unwrap_err().to_string();
+    assert!(e.starts_with("/nonexistent/policy.toml: "), "{e}");
+}
