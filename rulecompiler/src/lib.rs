@@ -14,6 +14,7 @@
 
 pub mod classbench;
 pub mod classifier;
+pub mod policy;
 pub mod reference;
 pub mod synth;
 

@@ -1,0 +1,112 @@
+//! The policy corpus in `tests/policies/`: each file names a policy (inline `policy = '''...'''`
+//! or `policy_file`) and cases of a flow and its expected decision. Today the reference
+//! evaluator is checked against it; the compiled policy will be checked against the same files.
+
+#![expect(clippy::unwrap_used, reason = "a test fails loudly on what it did not expect")]
+
+use std::path::{Path, PathBuf};
+
+use margay_config::PolicySet;
+use margay_config::policy::Verdict;
+use margay_rulecompiler::policy::reference::ReferenceEvaluator;
+use margay_rulecompiler::policy::{Decision, Flow, SideDecision};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CorpusFile {
+    policy: Option<String>,
+    policy_file: Option<PathBuf>,
+    case: Vec<Case>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    name: String,
+    flow: String,
+    icmp: Option<String>,
+    verdict: String,
+    egress: String,
+    ingress: String,
+    #[serde(default)]
+    log: Vec<String>,
+    staged: Option<String>,
+}
+
+fn verdict(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Allow => "allow",
+        Verdict::Deny => "deny",
+    }
+}
+
+fn side(s: Option<&SideDecision>) -> String {
+    s.map_or("-".into(), |s| format!("{} {}/{}/{}", verdict(s.verdict), s.tier, s.policy, s.rule))
+}
+
+fn render(d: &Decision) -> (String, String, String, Vec<String>, Option<String>) {
+    (
+        verdict(d.verdict).into(),
+        side(d.egress.as_ref()),
+        side(d.ingress.as_ref()),
+        d.log
+            .iter()
+            .map(|h| {
+                format!("{} {}/{}/{}", if h.ingress { "ingress" } else { "egress" }, h.tier, h.policy, h.rule)
+            })
+            .collect(),
+        d.staged.map(|v| verdict(v).to_owned()),
+    )
+}
+
+fn corpus_files() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no corpus files in {}", dir.display());
+    files
+}
+
+#[test]
+fn reference_evaluator_agrees_with_the_corpus() {
+    let mut failures = Vec::new();
+    let mut cases = 0;
+    for file in corpus_files() {
+        let corpus: CorpusFile = toml::from_str(&std::fs::read_to_string(&file).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let set = match (&corpus.policy, &corpus.policy_file) {
+            (Some(text), None) => PolicySet::parse(text, &file),
+            (None, Some(p)) => PolicySet::load(&file.parent().unwrap().join(p)),
+            _ => panic!("{}: give exactly one of policy and policy_file", file.display()),
+        }
+        .unwrap_or_else(|e| panic!("{e}"));
+        let eval = ReferenceEvaluator::new(&set);
+        for case in &corpus.case {
+            cases += 1;
+            let flow = Flow::parse(&case.flow, case.icmp.as_deref())
+                .unwrap_or_else(|e| panic!("{}: {}: {e}", file.display(), case.name));
+            let got = render(&eval.evaluate(&flow));
+            let want = (
+                case.verdict.clone(),
+                case.egress.clone(),
+                case.ingress.clone(),
+                case.log.clone(),
+                case.staged.clone(),
+            );
+            if got != want {
+                failures.push(format!(
+                    "{} / {}:\n  want {want:?}\n  got  {got:?}",
+                    file.display(),
+                    case.name
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} of {cases} cases differ:\n{}", failures.len(), failures.join("\n"));
+    eprintln!("{cases} corpus cases agree");
+}
