@@ -134,5 +134,94 @@ fn help_lists_the_commands() {
     let out = margay(&["--help"]);
     assert!(out.status.success());
     let help = text(&out.stdout);
-    assert!(help.contains("classbench") && help.contains("demo"), "{help}");
+    for cmd in ["classbench", "demo", "check", "explain"] {
+        assert!(help.contains(cmd), "{cmd} missing from {help}");
+    }
+}
+
+fn shop() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop.toml").to_str().unwrap().to_owned()
+}
+
+#[test]
+fn check_summarises_valid_files_and_positions_errors() {
+    let s = Scratch::new("check");
+    let bad = s.file("bad.toml", "[[policy]]\nname = \"p\"\ntier = \"nope\"\n");
+    let out = margay(&["check", &shop()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("shop.toml: ok: 3 namespaces, 6 endpoints"), "{}", text(&out.stdout));
+    let out = margay(&["check", &shop(), bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("shop.toml: ok"), "valid files are still reported");
+    assert!(text(&out.stderr).contains("bad.toml:3:8: unknown tier 'nope'"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn explain_json_names_what_decided_each_side() {
+    let out = margay(&[
+        "explain",
+        "--policy",
+        &shop(),
+        "--flow",
+        "tcp 198.18.10.11:40000 -> 198.18.30.11:5432",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verdict"], "deny");
+    assert_eq!(
+        v["egress"],
+        serde_json::json!({"tier": "default", "policy": "web", "rule": -1, "action": "deny"})
+    );
+    assert_eq!(
+        v["ingress"],
+        serde_json::json!({"tier": "security", "policy": "pci-isolation", "rule": 2, "action": "deny"})
+    );
+    assert_eq!(v["log"][0]["policy"], "pci-isolation");
+    assert_eq!(v["staged"], "deny");
+
+    let out =
+        margay(&["explain", "--policy", &shop(), "--flow", "tcp 192.0.2.1:1 -> 192.0.2.2:80", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["verdict"].as_str(), v["egress"].is_null(), v["ingress"].is_null()),
+        (Some("allow"), true, true)
+    );
+    assert!(v["staged"].is_null());
+
+    let out = margay(&[
+        "explain",
+        "--policy",
+        &shop(),
+        "--flow",
+        "icmpv6 2001:2::1 -> 2001:2:0:10::11",
+        "--icmp",
+        "128/0",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("verdict  deny\n"), "{}", text(&out.stdout));
+}
+
+#[test]
+fn explain_rejects_bad_flows_and_policies_with_exit_2() {
+    let s = Scratch::new("explain");
+    let bad = s.file("bad.toml", "[[endpoint]]\nname = \"a\"\nips = [\"1.2.3.4/8\"]\n");
+    for (args, want) in [
+        (
+            vec!["explain", "--policy", &shop(), "--flow", "tcp 198.18.0.1 198.18.0.2"],
+            "--flow: expected '->'",
+        ),
+        (
+            vec!["explain", "--policy", &shop(), "--flow", "tcp 198.18.0.1 -> 198.18.0.2", "--icmp", "8"],
+            "needs protocol icmp",
+        ),
+        (
+            vec!["explain", "--policy", bad.to_str().unwrap(), "--flow", "tcp 1.2.3.4 -> 1.2.3.5"],
+            "bad.toml:3:",
+        ),
+    ] {
+        let out = margay(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(want), "{args:?}: {}", text(&out.stderr));
+    }
 }

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod classbench;
 mod demo;
+mod policy;
 
 /// Margay: a userspace packet-processing dataplane for network microsegmentation.
 #[derive(Debug, Parser)]
@@ -31,6 +32,12 @@ enum Command {
     /// check every answer against the trace's expected first match, and report build time,
     /// memory and lookup rate. Exits 1 when any answer differs.
     Classbench(ClassbenchArgs),
+    /// Validate policy files: a one-line summary per valid file; errors with file, line and
+    /// column otherwise (exit 1).
+    Check(policy::CheckArgs),
+    /// Explain the decision a policy file gives a flow: the verdict, what decided each side
+    /// (tier, policy, rule), log hits and the staged verdict.
+    Explain(policy::ExplainArgs),
 }
 
 /// Arguments of `margay classbench`.
@@ -107,5 +114,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Classbench(args) => classbench::run(&args),
+        Command::Check(args) => policy::check(&args),
+        Command::Explain(args) => policy::explain(&args),
     }
 }

@@ -1,0 +1,132 @@
+//! `margay check` and `margay explain`: policy files for humans.
+//!
+//! `explain` answers with the reference evaluator (`rulecompiler::policy::reference`), which is
+//! the contract's own reading of POLICY.md. The compiled policy, when it lands, must agree with
+//! it, and the daemon's `explain` will ask the running compiled policy instead.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use margay_config::PolicySet;
+use margay_config::policy::Verdict;
+use margay_rulecompiler::policy::reference::ReferenceEvaluator;
+use margay_rulecompiler::policy::{Decision, Flow, SideDecision};
+use serde_json::{Value, json};
+
+/// Arguments of `margay check`.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// Policy files to validate.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+}
+
+/// Arguments of `margay explain`.
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// The policy file.
+    #[arg(long, value_name = "FILE")]
+    policy: PathBuf,
+    /// The flow: "PROTO SRC[:PORT] -> DST[:PORT]", PROTO tcp, udp, icmp, icmpv6, sctp or a
+    /// number; IPv6 addresses with a port are written [addr]:port.
+    #[arg(long, value_name = "FLOW", allow_hyphen_values = true)]
+    flow: String,
+    /// ICMP type and code of an icmp or icmpv6 flow, "TYPE/CODE" (code defaults to 0).
+    #[arg(long, value_name = "TYPE/CODE")]
+    icmp: Option<String>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
+    let mut failed = false;
+    for file in &args.files {
+        match PolicySet::load(file) {
+            Ok(set) => {
+                let rules: usize = set.policies.iter().map(|p| p.ingress.len() + p.egress.len()).sum();
+                let cidrs: usize = set.netsets.iter().map(|n| n.nets.len()).sum();
+                let staged = set.policies.iter().filter(|p| p.staged).count();
+                println!(
+                    "{}: ok: {} namespaces, {} endpoints, {} netsets ({cidrs} CIDRs), {} tiers, {} policies ({staged} staged), {rules} rules",
+                    file.display(),
+                    set.namespaces.len(),
+                    set.endpoints.len(),
+                    set.netsets.len(),
+                    set.tiers.len(),
+                    set.policies.len(),
+                );
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn verdict(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Allow => "allow",
+        Verdict::Deny => "deny",
+    }
+}
+
+fn side_json(s: Option<&SideDecision>) -> Value {
+    s.map_or(
+        Value::Null,
+        |s| json!({"tier": s.tier, "policy": s.policy, "rule": s.rule, "action": verdict(s.verdict)}),
+    )
+}
+
+fn side_text(s: Option<&SideDecision>, dir: &str) -> String {
+    match s {
+        None => "-  (not a local endpoint)".to_owned(),
+        Some(s) if s.tier.is_empty() => format!("{:<5}  by [defaults] (no tier decided)", verdict(s.verdict)),
+        Some(s) if s.rule < 0 => {
+            format!("{:<5}  by tier '{}' default (last policy '{}')", verdict(s.verdict), s.tier, s.policy)
+        }
+        Some(s) => format!(
+            "{:<5}  by tier '{}', policy '{}', {dir} rule {}",
+            verdict(s.verdict),
+            s.tier,
+            s.policy,
+            s.rule
+        ),
+    }
+}
+
+fn decision_json(d: &Decision) -> Value {
+    json!({
+        "verdict": verdict(d.verdict),
+        "egress": side_json(d.egress.as_ref()),
+        "ingress": side_json(d.ingress.as_ref()),
+        "log": d.log.iter().map(|h| json!({
+            "direction": if h.ingress { "ingress" } else { "egress" },
+            "tier": h.tier, "policy": h.policy, "rule": h.rule,
+        })).collect::<Vec<_>>(),
+        "staged": d.staged.map(verdict),
+    })
+}
+
+pub(super) fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
+    let set = PolicySet::load(&args.policy)?;
+    let flow = Flow::parse(&args.flow, args.icmp.as_deref()).map_err(|e| anyhow::anyhow!("--flow: {e}"))?;
+    let d = ReferenceEvaluator::new(&set).evaluate(&flow);
+    if args.json {
+        println!("{}", decision_json(&d));
+    } else {
+        println!("verdict  {}", verdict(d.verdict));
+        println!("egress   {}", side_text(d.egress.as_ref(), "egress"));
+        println!("ingress  {}", side_text(d.ingress.as_ref(), "ingress"));
+        for h in &d.log {
+            let dir = if h.ingress { "ingress" } else { "egress" };
+            println!("log      {dir} tier '{}', policy '{}', rule {}", h.tier, h.policy, h.rule);
+        }
+        if let Some(s) = d.staged {
+            println!("staged   {} (if staged policies were enforced)", verdict(s));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
