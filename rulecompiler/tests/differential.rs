@@ -161,6 +161,17 @@ fn check_against_reference<const D: usize>(rules: &[Rule<D>], seed: u64) -> Resu
         let mut out = vec![None; keys.len()];
         c.classify_batch(&keys, &mut out);
         prop_assert_eq!(out, want.clone());
+        // classify_after: the first match above a bound, against a filtered linear scan.
+        for (i, k) in keys.iter().enumerate().take(20) {
+            let after = (i * 7 % (rules.len() + 1)) as u32;
+            let expect = rules
+                .iter()
+                .enumerate()
+                .position(|(j, r)| j as u32 > after && r.matches(k))
+                .map(|j| j as u32);
+            prop_assert_eq!(c.classify_after(k, Some(after)), expect, "after {} for {:?}", after, k);
+            prop_assert_eq!(c.classify_after(k, None), want[i]);
+        }
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use margay_config::PolicySet;
 use margay_config::policy::Verdict;
+use margay_rulecompiler::policy::compile::CompiledPolicy;
 use margay_rulecompiler::policy::reference::ReferenceEvaluator;
 use margay_rulecompiler::policy::{Decision, Flow, SideDecision};
 use serde::Deserialize;
@@ -73,7 +74,7 @@ fn corpus_files() -> Vec<PathBuf> {
 }
 
 #[test]
-fn reference_evaluator_agrees_with_the_corpus() {
+fn reference_and_compiled_policy_agree_with_the_corpus() {
     let mut failures = Vec::new();
     let mut cases = 0;
     for file in corpus_files() {
@@ -86,6 +87,7 @@ fn reference_evaluator_agrees_with_the_corpus() {
         }
         .unwrap_or_else(|e| panic!("{e}"));
         let eval = ReferenceEvaluator::new(&set);
+        let compiled = CompiledPolicy::compile(&set).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         for case in &corpus.case {
             cases += 1;
             let flow = Flow::parse(&case.flow, case.icmp.as_deref())
@@ -101,6 +103,14 @@ fn reference_evaluator_agrees_with_the_corpus() {
             if got != want {
                 failures.push(format!(
                     "{} / {}:\n  want {want:?}\n  got  {got:?}",
+                    file.display(),
+                    case.name
+                ));
+            }
+            let compiled_got = render(&compiled.evaluate(&flow));
+            if compiled_got != want {
+                failures.push(format!(
+                    "{} / {} (compiled):\n  want {want:?}\n  got  {compiled_got:?}",
                     file.display(),
                     case.name
                 ));

@@ -17,6 +17,33 @@ impl<const D: usize> Classifier<D> {
         self.finish(&self.trees, key, NONE)
     }
 
+    /// The first rule matching `key` whose index is above `after` (all rules when `None`).
+    /// Used by the policy lookup to continue past `log` and `pass` rules.
+    pub fn classify_after(&self, key: &[u32; D], after: Option<RuleId>) -> Option<RuleId> {
+        let Some(after) = after else { return self.classify(key) };
+        let mut best = NONE;
+        for tree in self.trees.iter() {
+            if tree.min_rule >= best {
+                break;
+            }
+            let mut slot = tree.root;
+            while slot.is_node() {
+                slot = self.slots[slot.child(key)];
+            }
+            let (start, count) = slot.leaf_range();
+            for rule in &self.leaves[start..start + count] {
+                if rule.id >= best {
+                    break;
+                }
+                if rule.id > after && rule.matches(key) {
+                    best = rule.id;
+                    break;
+                }
+            }
+        }
+        (best != NONE).then_some(best)
+    }
+
     /// Classifies every key of `keys` into the matching position of `out`, like
     /// [`Classifier::classify`] on each. Any batch length works; internally keys go in groups
     /// of [`BATCH_WIDTH`].

@@ -6,6 +6,8 @@
 //! A [`Flow`] is what the first packet of a connection says: protocol, addresses, ports (TCP,
 //! UDP, SCTP) or ICMP type and code. A [`Decision`] names what decided it, per side.
 
+pub mod compile;
+mod intervals;
 pub mod reference;
 
 use std::net::IpAddr;

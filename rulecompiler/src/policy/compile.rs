@@ -1,0 +1,585 @@
+//! The policy compiler: a [`PolicySet`] lowered onto the classifier, and the compiled lookup.
+//!
+//! **Signatures.** For one direction, the rules that can decide for an endpoint are those of
+//! the policies that select it. Endpoints selected by the same policies share one rule list,
+//! keyed by a *signature id*: the classifier's first field, matched exactly. Lists of different
+//! signatures never overlap, and a policy shared by many endpoints is lowered once per
+//! signature, not once per endpoint.
+//!
+//! **Lowering.** Per address family (IPv4 keys: 8 fields; IPv6: 14, the addresses as four
+//! words each), a policy rule becomes the cross product of interval sets: source and
+//! destination addresses (`nets` ∩ selected, minus `not_nets` ∪ not-selected), protocols (minus
+//! `not_protocol`), ports (minus `not_ports`) and ICMP type/code boxes (minus `not_icmp`). IPv6
+//! address intervals are cut into prefixes, which split exactly into word ranges.
+//!
+//! **Control flow on a first-match classifier.** Each signature's list is: per applying tier,
+//! its policies' rules in order, then a sentinel that matches everything (the tier default);
+//! at the end, a sentinel for `no_policy_action`. A side's lookup asks for the first match,
+//! then acts: allow/deny decide; `log` records and asks again *after the rule's last lowered
+//! piece*; `pass` asks again after the tier's sentinel; a tier default of pass asks again after
+//! the sentinel. The final sentinel guarantees an answer.
+//!
+//! **Staged policies** compile into a second view in which they count as enforced.
+//!
+//! The reference evaluator is the oracle: `tests/tests/policies.rs` runs both on the corpus
+//! and on generated policies.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use margay_config::net::{Cidr, IcmpMatch};
+use margay_config::policy::{
+    Action, Endpoint, IpVersion, Peer, Policy, PolicySet, Rule as PolicyRule, TierDefault, Verdict,
+};
+use margay_config::selector::Selector;
+
+use super::intervals::{IntervalSet, range_to_prefixes};
+use super::{Decision, Flow, LogHit, SideDecision};
+use crate::classifier::{BuildError, Classifier, FieldRange, Rule, RuleId};
+
+const V4_FIELDS: usize = 8;
+const V6_FIELDS: usize = 14;
+
+/// What a lowered classifier rule means.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// A policy rule: allow, deny, pass or log.
+    Rule { meta: u32, action: Action, group_end: RuleId, tier_end: RuleId },
+    /// The end of an applying tier.
+    TierDefault { meta: u32, default: TierDefault },
+    /// The end of the list: `no_policy_action`.
+    NoPolicy(Verdict),
+}
+
+/// Names for decisions: tier, policy, rule index.
+#[derive(Debug, Clone)]
+struct Meta {
+    tier: String,
+    policy: String,
+    rule: i32,
+}
+
+/// One family's classifier and what its rules mean.
+#[derive(Debug)]
+struct Lowered<const D: usize> {
+    classifier: Classifier<D>,
+    steps: Vec<Step>,
+}
+
+/// One view (enforced, or with staged policies enforced too).
+#[derive(Debug)]
+struct View {
+    v4: Lowered<V4_FIELDS>,
+    v6: Lowered<V6_FIELDS>,
+    meta: Vec<Meta>,
+    /// Signature id per endpoint: `[egress, ingress]`.
+    signature: Vec<[u32; 2]>,
+    /// Whether a staged policy selects the endpoint: `[egress, ingress]` (staged view only).
+    staged_selects: Vec<[bool; 2]>,
+}
+
+/// Sizes of a compiled policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompileStats {
+    /// Distinct rule lists (signatures) over both directions, enforced view.
+    pub signatures: usize,
+    /// Classifier rules, IPv4 and IPv6, all views.
+    pub classifier_rules: usize,
+    /// Bytes of the classifiers, all views.
+    pub memory_bytes: usize,
+}
+
+/// A policy set compiled onto the classifier. Immutable; lookups take `&self`.
+#[derive(Debug)]
+pub struct CompiledPolicy {
+    endpoint_of: HashMap<IpAddr, u32>,
+    enforced: View,
+    staged: Option<View>,
+    unmanaged: Verdict,
+    stats: CompileStats,
+}
+
+impl CompiledPolicy {
+    /// Compiles `set`.
+    pub fn compile(set: &PolicySet) -> Result<Self, BuildError> {
+        let mut endpoint_of = HashMap::new();
+        for (i, e) in set.endpoints.iter().enumerate() {
+            for ip in &e.ips {
+                endpoint_of.insert(*ip, i as u32);
+            }
+        }
+        let enforced = View::build(set, false)?;
+        let staged = if set.policies.iter().any(|p| p.staged) { Some(View::build(set, true)?) } else { None };
+        let views = [Some(&enforced), staged.as_ref()];
+        let stats = CompileStats {
+            signatures: enforced
+                .signature
+                .iter()
+                .flat_map(|s| s.iter())
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
+            classifier_rules: views.iter().flatten().map(|v| v.v4.steps.len() + v.v6.steps.len()).sum(),
+            memory_bytes: views
+                .iter()
+                .flatten()
+                .map(|v| v.v4.classifier.memory_bytes() + v.v6.classifier.memory_bytes())
+                .sum(),
+        };
+        Ok(Self { endpoint_of, enforced, staged, unmanaged: set.defaults.unmanaged_action, stats })
+    }
+
+    /// Sizes.
+    pub fn stats(&self) -> &CompileStats {
+        &self.stats
+    }
+
+    /// The decision for `flow`; equal to the reference evaluator's.
+    pub fn evaluate(&self, flow: &Flow) -> Decision {
+        let src = self.endpoint_of.get(&flow.src).copied();
+        let dst = self.endpoint_of.get(&flow.dst).copied();
+        let mut log = Vec::new();
+        if src.is_none() && dst.is_none() {
+            return Decision { verdict: self.unmanaged, egress: None, ingress: None, log, staged: None };
+        }
+        let egress = src.map(|e| self.enforced.side(e, false, flow, &mut log));
+        let ingress = dst.map(|e| self.enforced.side(e, true, flow, &mut log));
+        let verdict = combine(egress.as_ref(), ingress.as_ref());
+        let staged = self.staged.as_ref().and_then(|view| {
+            let applies = src.is_some_and(|e| view.staged_selects[e as usize][0])
+                || dst.is_some_and(|e| view.staged_selects[e as usize][1]);
+            applies.then(|| {
+                let mut ignored = Vec::new();
+                let eg = src.map(|e| view.side(e, false, flow, &mut ignored));
+                let ing = dst.map(|e| view.side(e, true, flow, &mut ignored));
+                combine(eg.as_ref(), ing.as_ref())
+            })
+        });
+        Decision { verdict, egress, ingress, log, staged }
+    }
+}
+
+fn combine(egress: Option<&SideDecision>, ingress: Option<&SideDecision>) -> Verdict {
+    let denied = [egress, ingress].into_iter().flatten().any(|s| s.verdict == Verdict::Deny);
+    if denied { Verdict::Deny } else { Verdict::Allow }
+}
+
+/// Whether `policy` selects `endpoint` for the direction (as the reference evaluator).
+fn selects(policy: &Policy, endpoint: &Endpoint, ingress: bool) -> bool {
+    (if ingress { policy.ingress_type } else { policy.egress_type })
+        && policy.namespace.as_ref().is_none_or(|n| *n == endpoint.namespace)
+        && policy.selector.matches(&endpoint.labels)
+}
+
+impl View {
+    fn build(set: &PolicySet, with_staged: bool) -> Result<Self, BuildError> {
+        let tier_rank = |p: &Policy| set.tiers.iter().position(|t| t.name == p.tier).unwrap_or(usize::MAX);
+        let mut order: Vec<usize> = (0..set.policies.len()).collect();
+        order.sort_by(|&a, &b| {
+            let (a, b) = (&set.policies[a], &set.policies[b]);
+            tier_rank(a)
+                .cmp(&tier_rank(b))
+                .then_with(|| match (a.order, b.order) {
+                    (Some(x), Some(y)) => x.total_cmp(&y),
+                    (Some(_), None) => std::cmp::Ordering::Less,
+                    (None, Some(_)) => std::cmp::Ordering::Greater,
+                    (None, None) => std::cmp::Ordering::Equal,
+                })
+                .then_with(|| a.name.cmp(&b.name))
+        });
+
+        // Signatures: (direction, sorted policy list) -> id.
+        let mut ids: BTreeMap<(bool, Vec<usize>), u32> = BTreeMap::new();
+        let mut signature = Vec::with_capacity(set.endpoints.len());
+        let mut staged_selects = Vec::with_capacity(set.endpoints.len());
+        for e in &set.endpoints {
+            let mut sig = [0u32; 2];
+            let mut staged = [false; 2];
+            for (d, ingress) in [(0, false), (1, true)] {
+                let list: Vec<usize> = order
+                    .iter()
+                    .copied()
+                    .filter(|&p| {
+                        (with_staged || !set.policies[p].staged) && selects(&set.policies[p], e, ingress)
+                    })
+                    .collect();
+                staged[d] = list.iter().any(|&p| set.policies[p].staged);
+                let next = ids.len() as u32;
+                sig[d] = *ids.entry((ingress, list)).or_insert(next);
+            }
+            signature.push(sig);
+            staged_selects.push(staged);
+        }
+
+        let mut lowering = Lowering { set, meta: Vec::new(), v4: Emit::default(), v6: Emit::default() };
+        let mut by_id: Vec<(&(bool, Vec<usize>), u32)> = ids.iter().map(|(k, &v)| (k, v)).collect();
+        by_id.sort_by_key(|&(_, id)| id);
+        for ((ingress, list), sig) in by_id {
+            lowering.signature(*ingress, list, sig);
+        }
+        let Lowering { meta, v4, v6, .. } = lowering;
+        Ok(View { v4: v4.finish()?, v6: v6.finish()?, meta, signature, staged_selects })
+    }
+
+    fn side(&self, endpoint: u32, ingress: bool, flow: &Flow, log: &mut Vec<LogHit>) -> SideDecision {
+        let sig = self.signature[endpoint as usize][usize::from(ingress)];
+        match (flow.src, flow.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let key = [
+                    sig,
+                    u32::from(s),
+                    u32::from(d),
+                    u32::from(flow.protocol),
+                    port(flow.src_port),
+                    port(flow.dst_port),
+                    icmp(flow, 0),
+                    icmp(flow, 1),
+                ];
+                self.walk(&self.v4, &key, ingress, log)
+            }
+            _ => {
+                let (s, d) = (v6_words(flow.src), v6_words(flow.dst));
+                let key = [
+                    sig,
+                    s[0],
+                    s[1],
+                    s[2],
+                    s[3],
+                    d[0],
+                    d[1],
+                    d[2],
+                    d[3],
+                    u32::from(flow.protocol),
+                    port(flow.src_port),
+                    port(flow.dst_port),
+                    icmp(flow, 0),
+                    icmp(flow, 1),
+                ];
+                self.walk(&self.v6, &key, ingress, log)
+            }
+        }
+    }
+
+    fn walk<const D: usize>(
+        &self,
+        l: &Lowered<D>,
+        key: &[u32; D],
+        ingress: bool,
+        log: &mut Vec<LogHit>,
+    ) -> SideDecision {
+        let mut after = None;
+        // Every list ends in a sentinel that matches all of its keys: a miss cannot happen.
+        while let Some(id) = l.classifier.classify_after(key, after) {
+            match l.steps[id as usize] {
+                Step::Rule { meta, action, group_end, tier_end } => {
+                    let m = &self.meta[meta as usize];
+                    let decided = |verdict| SideDecision {
+                        verdict,
+                        tier: m.tier.clone(),
+                        policy: m.policy.clone(),
+                        rule: m.rule,
+                    };
+                    match action {
+                        Action::Allow => return decided(Verdict::Allow),
+                        Action::Deny => return decided(Verdict::Deny),
+                        Action::Pass => after = Some(tier_end),
+                        Action::Log => {
+                            log.push(LogHit {
+                                ingress,
+                                tier: m.tier.clone(),
+                                policy: m.policy.clone(),
+                                rule: m.rule,
+                            });
+                            after = Some(group_end);
+                        }
+                    }
+                }
+                Step::TierDefault { meta, default: TierDefault::Deny } => {
+                    let m = &self.meta[meta as usize];
+                    return SideDecision {
+                        verdict: Verdict::Deny,
+                        tier: m.tier.clone(),
+                        policy: m.policy.clone(),
+                        rule: -1,
+                    };
+                }
+                Step::TierDefault { default: TierDefault::Pass, .. } => after = Some(id),
+                Step::NoPolicy(verdict) => {
+                    return SideDecision { verdict, tier: String::new(), policy: String::new(), rule: -1 };
+                }
+            }
+        }
+        // Unreachable while every list ends in its sentinel; deny rather than guess.
+        SideDecision { verdict: Verdict::Deny, tier: String::new(), policy: String::new(), rule: -1 }
+    }
+}
+
+fn port(p: Option<u16>) -> u32 {
+    u32::from(p.unwrap_or(0))
+}
+
+fn icmp(flow: &Flow, i: usize) -> u32 {
+    flow.icmp.map_or(0, |(t, c)| u32::from(if i == 0 { t } else { c }))
+}
+
+fn v6_words(ip: IpAddr) -> [u32; 4] {
+    match ip {
+        IpAddr::V6(a) => crate::classifier::words128(u128::from(a)),
+        IpAddr::V4(a) => crate::classifier::words128(u128::from(a.to_ipv6_mapped())),
+    }
+}
+
+/// Lowered rules of one family, and what each means.
+#[derive(Debug, Default)]
+struct Emit<const D: usize> {
+    rules: Vec<Rule<D>>,
+    steps: Vec<Step>,
+}
+
+impl<const D: usize> Emit<D> {
+    fn finish(self) -> Result<Lowered<D>, BuildError> {
+        Ok(Lowered { classifier: Classifier::build(&self.rules)?, steps: self.steps })
+    }
+
+    fn next_id(&self) -> RuleId {
+        self.steps.len() as RuleId
+    }
+
+    /// A rule matching every key of signature `sig`.
+    fn sentinel(&mut self, sig: u32, step: Step) {
+        let mut fields = [FieldRange::ANY; D];
+        fields[0] = FieldRange::exact(sig);
+        self.rules.push(Rule { fields });
+        self.steps.push(step);
+    }
+
+    /// Sets `tier_end` of the rule steps from `from` on.
+    fn close_tier(&mut self, from: usize, tier_end: RuleId) {
+        for step in &mut self.steps[from..] {
+            if let Step::Rule { tier_end: t, .. } = step {
+                *t = tier_end;
+            }
+        }
+    }
+}
+
+struct Lowering<'a> {
+    set: &'a PolicySet,
+    meta: Vec<Meta>,
+    v4: Emit<V4_FIELDS>,
+    v6: Emit<V6_FIELDS>,
+}
+
+/// The pieces of one lowered policy rule in one family: each field's ranges.
+struct Pieces {
+    src: Vec<Vec<FieldRange>>,
+    dst: Vec<Vec<FieldRange>>,
+    proto: Vec<FieldRange>,
+    sport: Vec<FieldRange>,
+    dport: Vec<FieldRange>,
+    icmp: Vec<(FieldRange, FieldRange)>,
+}
+
+fn to_field(r: (u128, u128)) -> FieldRange {
+    FieldRange::new(r.0 as u32, r.1 as u32).unwrap_or(FieldRange::ANY)
+}
+
+impl Lowering<'_> {
+    fn signature(&mut self, ingress: bool, list: &[usize], sig: u32) {
+        let set = self.set;
+        for tier in &set.tiers {
+            let policies: Vec<&Policy> =
+                list.iter().map(|&p| &set.policies[p]).filter(|p| p.tier == tier.name).collect();
+            let Some(last) = policies.last() else { continue };
+            let (from4, from6) = (self.v4.steps.len(), self.v6.steps.len());
+            for policy in &policies {
+                let rules = if ingress { &policy.ingress } else { &policy.egress };
+                for (i, rule) in rules.iter().enumerate() {
+                    let meta = self.meta.len() as u32;
+                    self.meta.push(Meta {
+                        tier: tier.name.clone(),
+                        policy: policy.name.clone(),
+                        rule: i as i32,
+                    });
+                    if let Some(p) = self.pieces(policy, rule, true) {
+                        emit_rule(&mut self.v4, sig, 1, &p, meta, rule.action);
+                    }
+                    if let Some(p) = self.pieces(policy, rule, false) {
+                        emit_rule(&mut self.v6, sig, 4, &p, meta, rule.action);
+                    }
+                }
+            }
+            let meta = self.meta.len() as u32;
+            self.meta.push(Meta { tier: tier.name.clone(), policy: last.name.clone(), rule: -1 });
+            let end4 = self.v4.next_id();
+            self.v4.sentinel(sig, Step::TierDefault { meta, default: tier.default_action });
+            self.v4.close_tier(from4, end4);
+            let end6 = self.v6.next_id();
+            self.v6.sentinel(sig, Step::TierDefault { meta, default: tier.default_action });
+            self.v6.close_tier(from6, end6);
+        }
+        self.v4.sentinel(sig, Step::NoPolicy(set.defaults.no_policy_action));
+        self.v6.sentinel(sig, Step::NoPolicy(set.defaults.no_policy_action));
+    }
+
+    /// `rule` of `policy` in one family, or `None` when it cannot match there.
+    fn pieces(&self, policy: &Policy, rule: &PolicyRule, v4: bool) -> Option<Pieces> {
+        if rule.ip_version.is_some_and(|v| (v == IpVersion::V4) != v4) {
+            return None;
+        }
+        let src = self.addresses(policy, &rule.source, v4);
+        let dst = self.addresses(policy, &rule.destination, v4);
+        let mut proto =
+            rule.protocol.map_or(IntervalSet::range(0, 255), |p| IntervalSet::range(p.0.into(), p.0.into()));
+        if let Some(p) = rule.not_protocol {
+            proto = proto.subtract(&IntervalSet::range(p.0.into(), p.0.into()));
+        }
+        let (sport, dport) = (ports(&rule.source), ports(&rule.destination));
+        let icmp = icmp_boxes(rule.icmp, rule.not_icmp);
+        if [&src, &dst, &proto, &sport, &dport].iter().any(|s| s.is_empty()) || icmp.is_empty() {
+            return None;
+        }
+        let addr = |s: &IntervalSet| -> Vec<Vec<FieldRange>> {
+            if v4 {
+                s.ranges().iter().map(|&r| vec![to_field(r)]).collect()
+            } else {
+                s.ranges()
+                    .iter()
+                    .flat_map(|&(lo, hi)| range_to_prefixes(lo, hi, 128))
+                    .map(|(v, len)| crate::classifier::prefix128(v, len).to_vec())
+                    .collect()
+            }
+        };
+        let fields = |s: &IntervalSet| s.ranges().iter().map(|&r| to_field(r)).collect();
+        Some(Pieces {
+            src: addr(&src),
+            dst: addr(&dst),
+            proto: fields(&proto),
+            sport: fields(&sport),
+            dport: fields(&dport),
+            icmp: icmp.into_iter().map(|(t, c)| (to_field(t), to_field(c))).collect(),
+        })
+    }
+
+    /// The addresses of one family a peer matches.
+    fn addresses(&self, policy: &Policy, peer: &Peer, v4: bool) -> IntervalSet {
+        let universe = IntervalSet::range(0, if v4 { u128::from(u32::MAX) } else { u128::MAX });
+        let cidrs = |list: &[Cidr]| {
+            IntervalSet::from_ranges(
+                list.iter().filter(|c| c.is_ipv4() == v4).map(|&c| cidr_range(c)).collect(),
+            )
+        };
+        let mut s = if peer.nets.is_empty() { universe } else { cidrs(&peer.nets) };
+        let ns = peer.namespace_selector.as_ref();
+        if let Some(sel) = peer.selector.as_ref().or(ns.map(|_| &Selector::All)) {
+            s = s.intersect(&self.selected(policy, sel, ns, peer.selector.is_some(), v4));
+        }
+        s = s.subtract(&cidrs(&peer.not_nets));
+        if let Some(sel) = &peer.not_selector {
+            s = s.subtract(&self.selected(policy, sel, ns, true, v4));
+        }
+        s
+    }
+
+    /// What a selector denotes, as the reference evaluator defines it.
+    fn selected(
+        &self,
+        policy: &Policy,
+        sel: &Selector,
+        ns: Option<&Selector>,
+        netsets: bool,
+        v4: bool,
+    ) -> IntervalSet {
+        let set = self.set;
+        let namespace_ok = |e: &Endpoint| match (ns, &policy.namespace) {
+            (Some(ns_sel), _) => {
+                set.namespaces.iter().any(|n| n.name == e.namespace && ns_sel.matches(&n.labels))
+            }
+            (None, Some(own)) => e.namespace == *own,
+            (None, None) => true,
+        };
+        let mut ranges = Vec::new();
+        for e in set.endpoints.iter().filter(|e| namespace_ok(e) && sel.matches(&e.labels)) {
+            for ip in e.ips.iter().filter(|ip| ip.is_ipv4() == v4) {
+                let v = ip_value(*ip);
+                ranges.push((v, v));
+            }
+        }
+        if netsets {
+            for n in set.netsets.iter().filter(|n| sel.matches(&n.labels)) {
+                ranges.extend(n.nets.iter().filter(|c| c.is_ipv4() == v4).map(|&c| cidr_range(c)));
+            }
+        }
+        IntervalSet::from_ranges(ranges)
+    }
+}
+
+fn ip_value(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+fn cidr_range(c: Cidr) -> (u128, u128) {
+    let lo = ip_value(c.addr());
+    let bits = if c.is_ipv4() { 32 } else { 128 };
+    let host = u32::from(bits - c.prefix_len());
+    let span = if host >= 128 { u128::MAX } else { (1u128 << host) - 1 };
+    (lo, lo | span)
+}
+
+fn ports(peer: &Peer) -> IntervalSet {
+    let list = |l: &[margay_config::net::PortRange]| {
+        IntervalSet::from_ranges(l.iter().map(|r| (u128::from(r.lo()), u128::from(r.hi()))).collect())
+    };
+    let base = if peer.ports.is_empty() { IntervalSet::range(0, 65535) } else { list(&peer.ports) };
+    base.subtract(&list(&peer.not_ports))
+}
+
+type IcmpBox = ((u128, u128), (u128, u128));
+
+/// ICMP (type, code) boxes: `icmp` (or everything) minus `not_icmp`.
+fn icmp_boxes(icmp: Option<IcmpMatch>, not_icmp: Option<IcmpMatch>) -> Vec<IcmpBox> {
+    let all = (0, 255);
+    let as_box = |m: IcmpMatch| {
+        ((u128::from(m.kind), u128::from(m.kind)), m.code.map_or(all, |c| (c.into(), c.into())))
+    };
+    let base = icmp.map_or((all, all), as_box);
+    let Some(n) = not_icmp.map(as_box) else { return vec![base] };
+    let (bt, bc) = (IntervalSet::range(base.0.0, base.0.1), IntervalSet::range(base.1.0, base.1.1));
+    let (nt, nc) = (IntervalSet::range(n.0.0, n.0.1), IntervalSet::range(n.1.0, n.1.1));
+    let mut out: Vec<IcmpBox> = bt.subtract(&nt).ranges().iter().map(|&t| (t, base.1)).collect();
+    for &t in bt.intersect(&nt).ranges() {
+        out.extend(bc.subtract(&nc).ranges().iter().map(|&c| (t, c)));
+    }
+    out
+}
+
+/// Emits the cross product of `p` for one rule: fields `[sig, src (w), dst (w), proto, sport,
+/// dport, icmp type, icmp code]`.
+fn emit_rule<const D: usize>(emit: &mut Emit<D>, sig: u32, w: usize, p: &Pieces, meta: u32, action: Action) {
+    let first = emit.steps.len();
+    for src in &p.src {
+        for dst in &p.dst {
+            for &proto in &p.proto {
+                for &sport in &p.sport {
+                    for &dport in &p.dport {
+                        for &(itype, icode) in &p.icmp {
+                            let mut fields = [FieldRange::ANY; D];
+                            fields[0] = FieldRange::exact(sig);
+                            fields[1..1 + w].copy_from_slice(src);
+                            fields[1 + w..1 + 2 * w].copy_from_slice(dst);
+                            fields[1 + 2 * w..].copy_from_slice(&[proto, sport, dport, itype, icode]);
+                            emit.rules.push(Rule { fields });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Rules and steps stay in step: the pieces are `first..rules.len()`.
+    let group_end = emit.rules.len().saturating_sub(1) as RuleId;
+    for _ in first..emit.rules.len() {
+        emit.steps.push(Step::Rule { meta, action, group_end, tier_end: 0 });
+    }
+}
