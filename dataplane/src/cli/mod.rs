@@ -38,6 +38,8 @@ enum Command {
     /// Explain the decision a policy file gives a flow: the verdict, what decided each side
     /// (tier, policy, rule), log hits and the staged verdict.
     Explain(policy::ExplainArgs),
+    /// Compile a policy file onto the classifier; with --stats, print sizes and build time.
+    Compile(policy::CompileArgs),
 }
 
 /// Arguments of `margay classbench`.
@@ -116,5 +118,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Classbench(args) => classbench::run(&args),
         Command::Check(args) => policy::check(&args),
         Command::Explain(args) => policy::explain(&args),
+        Command::Compile(args) => policy::compile(&args),
     }
 }

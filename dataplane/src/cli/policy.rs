@@ -1,14 +1,14 @@
-//! `margay check` and `margay explain`: policy files for humans.
+//! `margay check`, `compile` and `explain`: policy files for humans.
 //!
-//! `explain` answers with the reference evaluator (`rulecompiler::policy::reference`), which is
-//! the contract's own reading of POLICY.md. The compiled policy, when it lands, must agree with
-//! it, and the daemon's `explain` will ask the running compiled policy instead.
+//! `explain` answers with the compiled policy, what the dataplane runs; `--reference` asks the
+//! reference evaluator instead (the tests hold the two equal).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use margay_config::PolicySet;
 use margay_config::policy::Verdict;
+use margay_rulecompiler::policy::compile::CompiledPolicy;
 use margay_rulecompiler::policy::reference::ReferenceEvaluator;
 use margay_rulecompiler::policy::{Decision, Flow, SideDecision};
 use serde_json::{Value, json};
@@ -37,6 +37,61 @@ pub struct ExplainArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Answer with the reference evaluator instead of the compiled policy.
+    #[arg(long)]
+    reference: bool,
+}
+
+/// Arguments of `margay compile`.
+#[derive(Debug, clap::Args)]
+pub struct CompileArgs {
+    /// The policy file.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// Print sizes and build time.
+    #[arg(long)]
+    stats: bool,
+    /// Print the statistics as one JSON object (implies --stats).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Compiles `set`, timing it.
+fn compile_timed(set: &PolicySet) -> anyhow::Result<(CompiledPolicy, f64)> {
+    let started = std::time::Instant::now();
+    let compiled = CompiledPolicy::compile(set)?;
+    Ok((compiled, started.elapsed().as_secs_f64() * 1e3))
+}
+
+pub(super) fn compile(args: &CompileArgs) -> anyhow::Result<ExitCode> {
+    let set = PolicySet::load(&args.file)?;
+    let (compiled, build_ms) = compile_timed(&set)?;
+    let s = compiled.stats();
+    let rules: usize = set.policies.iter().map(|p| p.ingress.len() + p.egress.len()).sum();
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "file": args.file.display().to_string(), "endpoints": set.endpoints.len(),
+                "policies": set.policies.len(), "rules": rules, "signatures": s.signatures,
+                "classifier_rules": s.classifier_rules, "memory_bytes": s.memory_bytes, "build_ms": build_ms,
+            })
+        );
+    } else if args.stats {
+        println!("file              {}", args.file.display());
+        println!(
+            "policy            {} endpoints, {} policies, {rules} rules",
+            set.endpoints.len(),
+            set.policies.len()
+        );
+        println!("signatures        {} distinct rule lists", s.signatures);
+        println!("classifier rules  {}", s.classifier_rules);
+        println!("memory            {} bytes ({:.2} MiB)", s.memory_bytes, s.memory_bytes as f64 / 1048576.0);
+        println!("build             {build_ms:.1} ms");
+    } else {
+        println!("{}: compiled in {build_ms:.1} ms", args.file.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub(super) fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
@@ -44,17 +99,20 @@ pub(super) fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     for file in &args.files {
         match PolicySet::load(file) {
             Ok(set) => {
+                let (compiled, build_ms) = compile_timed(&set)?;
                 let rules: usize = set.policies.iter().map(|p| p.ingress.len() + p.egress.len()).sum();
                 let cidrs: usize = set.netsets.iter().map(|n| n.nets.len()).sum();
                 let staged = set.policies.iter().filter(|p| p.staged).count();
                 println!(
-                    "{}: ok: {} namespaces, {} endpoints, {} netsets ({cidrs} CIDRs), {} tiers, {} policies ({staged} staged), {rules} rules",
+                    "{}: ok: {} namespaces, {} endpoints, {} netsets ({cidrs} CIDRs), {} tiers, {} policies ({staged} staged), {rules} rules; compiled to {} classifier rules, {} KiB in {build_ms:.1} ms",
                     file.display(),
                     set.namespaces.len(),
                     set.endpoints.len(),
                     set.netsets.len(),
                     set.tiers.len(),
                     set.policies.len(),
+                    compiled.stats().classifier_rules,
+                    compiled.stats().memory_bytes / 1024,
                 );
             }
             Err(e) => {
@@ -113,7 +171,11 @@ fn decision_json(d: &Decision) -> Value {
 pub(super) fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
     let set = PolicySet::load(&args.policy)?;
     let flow = Flow::parse(&args.flow, args.icmp.as_deref()).map_err(|e| anyhow::anyhow!("--flow: {e}"))?;
-    let d = ReferenceEvaluator::new(&set).evaluate(&flow);
+    let d = if args.reference {
+        ReferenceEvaluator::new(&set).evaluate(&flow)
+    } else {
+        CompiledPolicy::compile(&set)?.evaluate(&flow)
+    };
     if args.json {
         println!("{}", decision_json(&d));
     } else {

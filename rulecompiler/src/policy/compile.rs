@@ -1,10 +1,13 @@
 //! The policy compiler: a [`PolicySet`] lowered onto the classifier, and the compiled lookup.
 //!
 //! **Signatures.** For one direction, the rules that can decide for an endpoint are those of
-//! the policies that select it. Endpoints selected by the same policies share one rule list,
-//! keyed by a *signature id*: the classifier's first field, matched exactly. Lists of different
-//! signatures never overlap, and a policy shared by many endpoints is lowered once per
-//! signature, not once per endpoint.
+//! the policies that select it. Endpoints selected by the same policies share a *signature id*,
+//! the classifier's first field. Every policy rule is emitted **once**, in the global
+//! evaluation order, with the signature field as the ranges of signature ids whose endpoints
+//! the policy selects. Signature ids are numbered in order of policy membership, so those ids
+//! form few runs (one for a policy that selects every endpoint). A signature's rules are then a
+//! subsequence of the global order, which is its own evaluation order, and a rule shared by many
+//! endpoints (a 100k-CIDR threat feed in a global policy) is not copied per endpoint.
 //!
 //! **Lowering.** Per address family (IPv4 keys: 8 fields; IPv6: 14, the addresses as four
 //! words each), a policy rule becomes the cross product of interval sets: source and
@@ -12,9 +15,10 @@
 //! `not_protocol`), ports (minus `not_ports`) and ICMP type/code boxes (minus `not_icmp`). IPv6
 //! address intervals are cut into prefixes, which split exactly into word ranges.
 //!
-//! **Control flow on a first-match classifier.** Each signature's list is: per applying tier,
-//! its policies' rules in order, then a sentinel that matches everything (the tier default);
-//! at the end, a sentinel for `no_policy_action`. A side's lookup asks for the first match,
+//! **Control flow on a first-match classifier.** After each tier's rules come its sentinels:
+//! rules that match every key of the signatures the tier applies to (grouped by the tier's last
+//! selecting policy, which a tier-default decision names). At the very end, one sentinel for
+//! `no_policy_action` matches every signature. A side's lookup asks for the first match,
 //! then acts: allow/deny decide; `log` records and asks again *after the rule's last lowered
 //! piece*; `pass` asks again after the tier's sentinel; a tier default of pass asks again after
 //! the sentinel. The final sentinel guarantees an answer.
@@ -187,35 +191,51 @@ impl View {
                 .then_with(|| a.name.cmp(&b.name))
         });
 
-        // Signatures: (direction, sorted policy list) -> id.
-        let mut ids: BTreeMap<(bool, Vec<usize>), u32> = BTreeMap::new();
-        let mut signature = Vec::with_capacity(set.endpoints.len());
+        // Per endpoint and direction: the selecting policies, in evaluation order.
+        let mut lists: Vec<[Vec<usize>; 2]> = Vec::with_capacity(set.endpoints.len());
         let mut staged_selects = Vec::with_capacity(set.endpoints.len());
         for e in &set.endpoints {
-            let mut sig = [0u32; 2];
-            let mut staged = [false; 2];
-            for (d, ingress) in [(0, false), (1, true)] {
-                let list: Vec<usize> = order
+            let pick = |ingress: bool| -> Vec<usize> {
+                order
                     .iter()
                     .copied()
                     .filter(|&p| {
                         (with_staged || !set.policies[p].staged) && selects(&set.policies[p], e, ingress)
                     })
-                    .collect();
-                staged[d] = list.iter().any(|&p| set.policies[p].staged);
-                let next = ids.len() as u32;
-                sig[d] = *ids.entry((ingress, list)).or_insert(next);
-            }
-            signature.push(sig);
-            staged_selects.push(staged);
+                    .collect()
+            };
+            let l = [pick(false), pick(true)];
+            staged_selects.push([0, 1].map(|d| l[d].iter().any(|&p| set.policies[p].staged)));
+            lists.push(l);
         }
+        // Distinct lists per direction, numbered by membership in evaluation order (members of
+        // earlier policies first), egress signatures before ingress ones.
+        let rank: BTreeMap<usize, usize> = order.iter().enumerate().map(|(r, &p)| (p, r)).collect();
+        let mut sigs: Vec<(usize, Vec<usize>)> = Vec::new();
+        for d in 0..2 {
+            let mut distinct: Vec<Vec<usize>> = lists.iter().map(|l| l[d].clone()).collect();
+            distinct.sort_by_key(|l| {
+                let mut bits = vec![false; order.len()];
+                for p in l {
+                    bits[rank[p]] = true;
+                }
+                std::cmp::Reverse(bits)
+            });
+            distinct.dedup();
+            sigs.extend(distinct.into_iter().map(|l| (d, l)));
+        }
+        let sig_id: BTreeMap<(usize, &Vec<usize>), u32> =
+            sigs.iter().enumerate().map(|(i, (d, l))| ((*d, l), i as u32)).collect();
+        let signature: Vec<[u32; 2]> = lists.iter().map(|l| [0, 1].map(|d| sig_id[&(d, &l[d])])).collect();
 
-        let mut lowering = Lowering { set, meta: Vec::new(), v4: Emit::default(), v6: Emit::default() };
-        let mut by_id: Vec<(&(bool, Vec<usize>), u32)> = ids.iter().map(|(k, &v)| (k, v)).collect();
-        by_id.sort_by_key(|&(_, id)| id);
-        for ((ingress, list), sig) in by_id {
-            lowering.signature(*ingress, list, sig);
-        }
+        let mut lowering = Lowering {
+            set,
+            meta: Vec::new(),
+            v4: Emit::default(),
+            v6: Emit::default(),
+            selected: HashMap::new(),
+        };
+        lowering.all(&order, &sigs, with_staged);
         let Lowering { meta, v4, v6, .. } = lowering;
         Ok(View { v4: v4.finish()?, v6: v6.finish()?, meta, signature, staged_selects })
     }
@@ -266,9 +286,12 @@ impl View {
         ingress: bool,
         log: &mut Vec<LogHit>,
     ) -> SideDecision {
-        let mut after = None;
-        // Every list ends in a sentinel that matches all of its keys: a miss cannot happen.
-        while let Some(id) = l.classifier.classify_after(key, after) {
+        let mut after: Option<RuleId> = None;
+        // Every list ends in a sentinel that matches all of its keys, and each step moves
+        // strictly forward, so a walk takes at most `steps.len()` lookups. The bound turns a
+        // broken invariant into the deny below instead of a hang.
+        for _ in 0..=l.steps.len() {
+            let Some(id) = l.classifier.classify_after(key, after) else { break };
             match l.steps[id as usize] {
                 Step::Rule { meta, action, group_end, tier_end } => {
                     let m = &self.meta[meta as usize];
@@ -281,7 +304,7 @@ impl View {
                     match action {
                         Action::Allow => return decided(Verdict::Allow),
                         Action::Deny => return decided(Verdict::Deny),
-                        Action::Pass => after = Some(tier_end),
+                        Action::Pass => after = Some(tier_end.max(id)),
                         Action::Log => {
                             log.push(LogHit {
                                 ingress,
@@ -289,7 +312,7 @@ impl View {
                                 policy: m.policy.clone(),
                                 rule: m.rule,
                             });
-                            after = Some(group_end);
+                            after = Some(group_end.max(id));
                         }
                     }
                 }
@@ -344,12 +367,14 @@ impl<const D: usize> Emit<D> {
         self.steps.len() as RuleId
     }
 
-    /// A rule matching every key of signature `sig`.
-    fn sentinel(&mut self, sig: u32, step: Step) {
-        let mut fields = [FieldRange::ANY; D];
-        fields[0] = FieldRange::exact(sig);
-        self.rules.push(Rule { fields });
-        self.steps.push(step);
+    /// Rules matching every key of the signatures in `runs`.
+    fn sentinel(&mut self, runs: &[FieldRange], step: Step) {
+        for &run in runs {
+            let mut fields = [FieldRange::ANY; D];
+            fields[0] = run;
+            self.rules.push(Rule { fields });
+            self.steps.push(step);
+        }
     }
 
     /// Sets `tier_end` of the rule steps from `from` on.
@@ -362,11 +387,17 @@ impl<const D: usize> Emit<D> {
     }
 }
 
+/// (policy namespace, selector, namespace selector, with netsets, IPv4).
+type SelectedKey = (Option<String>, String, Option<String>, bool, bool);
+
 struct Lowering<'a> {
     set: &'a PolicySet,
     meta: Vec<Meta>,
     v4: Emit<V4_FIELDS>,
     v6: Emit<V6_FIELDS>,
+    /// Memo of what selectors denote, by (policy namespace, selector, namespace selector,
+    /// netsets, family).
+    selected: HashMap<SelectedKey, IntervalSet>,
 }
 
 /// The pieces of one lowered policy rule in one family: each field's ranges.
@@ -383,46 +414,83 @@ fn to_field(r: (u128, u128)) -> FieldRange {
     FieldRange::new(r.0 as u32, r.1 as u32).unwrap_or(FieldRange::ANY)
 }
 
+/// Sorted signature ids as runs of consecutive ids.
+fn runs(ids: &[u32]) -> Vec<FieldRange> {
+    let mut out: Vec<FieldRange> = Vec::new();
+    for &id in ids {
+        match out.last_mut() {
+            Some(last) if last.hi() + 1 == id => *last = FieldRange::new(last.lo(), id).unwrap_or(*last),
+            _ => out.push(FieldRange::exact(id)),
+        }
+    }
+    out
+}
+
 impl Lowering<'_> {
-    fn signature(&mut self, ingress: bool, list: &[usize], sig: u32) {
+    /// Emits every tier: its policies' rules once each, over the signatures that hold them,
+    /// then its sentinels; finally the `no_policy_action` sentinel over every signature.
+    fn all(&mut self, order: &[usize], sigs: &[(usize, Vec<usize>)], with_staged: bool) {
         let set = self.set;
         for tier in &set.tiers {
-            let policies: Vec<&Policy> =
-                list.iter().map(|&p| &set.policies[p]).filter(|p| p.tier == tier.name).collect();
-            let Some(last) = policies.last() else { continue };
             let (from4, from6) = (self.v4.steps.len(), self.v6.steps.len());
-            for policy in &policies {
-                let rules = if ingress { &policy.ingress } else { &policy.egress };
-                for (i, rule) in rules.iter().enumerate() {
-                    let meta = self.meta.len() as u32;
-                    self.meta.push(Meta {
-                        tier: tier.name.clone(),
-                        policy: policy.name.clone(),
-                        rule: i as i32,
-                    });
-                    if let Some(p) = self.pieces(policy, rule, true) {
-                        emit_rule(&mut self.v4, sig, 1, &p, meta, rule.action);
+            for &p in order.iter().filter(|&&p| set.policies[p].tier == tier.name) {
+                let policy = &set.policies[p];
+                if policy.staged && !with_staged {
+                    continue;
+                }
+                for (d, rules) in [(0, &policy.egress), (1, &policy.ingress)] {
+                    let holders: Vec<u32> = (0..sigs.len() as u32)
+                        .filter(|&i| sigs[i as usize].0 == d && sigs[i as usize].1.contains(&p))
+                        .collect();
+                    if holders.is_empty() {
+                        continue;
                     }
-                    if let Some(p) = self.pieces(policy, rule, false) {
-                        emit_rule(&mut self.v6, sig, 4, &p, meta, rule.action);
+                    let sig_runs = runs(&holders);
+                    for (i, rule) in rules.iter().enumerate() {
+                        let meta = self.meta.len() as u32;
+                        self.meta.push(Meta {
+                            tier: tier.name.clone(),
+                            policy: policy.name.clone(),
+                            rule: i as i32,
+                        });
+                        if let Some(pc) = self.pieces(policy, rule, true) {
+                            emit_rule(&mut self.v4, &sig_runs, 1, &pc, meta, rule.action);
+                        }
+                        if let Some(pc) = self.pieces(policy, rule, false) {
+                            emit_rule(&mut self.v6, &sig_runs, 4, &pc, meta, rule.action);
+                        }
                     }
                 }
             }
-            let meta = self.meta.len() as u32;
-            self.meta.push(Meta { tier: tier.name.clone(), policy: last.name.clone(), rule: -1 });
-            let end4 = self.v4.next_id();
-            self.v4.sentinel(sig, Step::TierDefault { meta, default: tier.default_action });
+            // Sentinels: signatures the tier applies to, grouped by its last selecting policy.
+            let mut by_last: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+            for (i, (_, list)) in sigs.iter().enumerate() {
+                if let Some(&last) = list.iter().rev().find(|&&p| set.policies[p].tier == tier.name) {
+                    by_last.entry(last).or_default().push(i as u32);
+                }
+            }
+            for (last, ids) in by_last {
+                let meta = self.meta.len() as u32;
+                self.meta.push(Meta {
+                    tier: tier.name.clone(),
+                    policy: set.policies[last].name.clone(),
+                    rule: -1,
+                });
+                let step = Step::TierDefault { meta, default: tier.default_action };
+                self.v4.sentinel(&runs(&ids), step);
+                self.v6.sentinel(&runs(&ids), step);
+            }
+            let (end4, end6) = (self.v4.next_id().saturating_sub(1), self.v6.next_id().saturating_sub(1));
             self.v4.close_tier(from4, end4);
-            let end6 = self.v6.next_id();
-            self.v6.sentinel(sig, Step::TierDefault { meta, default: tier.default_action });
             self.v6.close_tier(from6, end6);
         }
-        self.v4.sentinel(sig, Step::NoPolicy(set.defaults.no_policy_action));
-        self.v6.sentinel(sig, Step::NoPolicy(set.defaults.no_policy_action));
+        let every = runs(&(0..sigs.len() as u32).collect::<Vec<_>>());
+        self.v4.sentinel(&every, Step::NoPolicy(set.defaults.no_policy_action));
+        self.v6.sentinel(&every, Step::NoPolicy(set.defaults.no_policy_action));
     }
 
     /// `rule` of `policy` in one family, or `None` when it cannot match there.
-    fn pieces(&self, policy: &Policy, rule: &PolicyRule, v4: bool) -> Option<Pieces> {
+    fn pieces(&mut self, policy: &Policy, rule: &PolicyRule, v4: bool) -> Option<Pieces> {
         if rule.ip_version.is_some_and(|v| (v == IpVersion::V4) != v4) {
             return None;
         }
@@ -461,7 +529,7 @@ impl Lowering<'_> {
     }
 
     /// The addresses of one family a peer matches.
-    fn addresses(&self, policy: &Policy, peer: &Peer, v4: bool) -> IntervalSet {
+    fn addresses(&mut self, policy: &Policy, peer: &Peer, v4: bool) -> IntervalSet {
         let universe = IntervalSet::range(0, if v4 { u128::from(u32::MAX) } else { u128::MAX });
         let cidrs = |list: &[Cidr]| {
             IntervalSet::from_ranges(
@@ -480,15 +548,19 @@ impl Lowering<'_> {
         s
     }
 
-    /// What a selector denotes, as the reference evaluator defines it.
+    /// What a selector denotes, as the reference evaluator defines it (memoized).
     fn selected(
-        &self,
+        &mut self,
         policy: &Policy,
         sel: &Selector,
         ns: Option<&Selector>,
         netsets: bool,
         v4: bool,
     ) -> IntervalSet {
+        let key = (policy.namespace.clone(), sel.to_string(), ns.map(ToString::to_string), netsets, v4);
+        if let Some(s) = self.selected.get(&key) {
+            return s.clone();
+        }
         let set = self.set;
         let namespace_ok = |e: &Endpoint| match (ns, &policy.namespace) {
             (Some(ns_sel), _) => {
@@ -509,7 +581,9 @@ impl Lowering<'_> {
                 ranges.extend(n.nets.iter().filter(|c| c.is_ipv4() == v4).map(|&c| cidr_range(c)));
             }
         }
-        IntervalSet::from_ranges(ranges)
+        let result = IntervalSet::from_ranges(ranges);
+        self.selected.insert(key, result.clone());
+        result
     }
 }
 
@@ -555,22 +629,31 @@ fn icmp_boxes(icmp: Option<IcmpMatch>, not_icmp: Option<IcmpMatch>) -> Vec<IcmpB
     out
 }
 
-/// Emits the cross product of `p` for one rule: fields `[sig, src (w), dst (w), proto, sport,
-/// dport, icmp type, icmp code]`.
-fn emit_rule<const D: usize>(emit: &mut Emit<D>, sig: u32, w: usize, p: &Pieces, meta: u32, action: Action) {
+/// Emits the cross product of `p` for one rule over the signature `runs`: fields `[sig,
+/// src (w), dst (w), proto, sport, dport, icmp type, icmp code]`.
+fn emit_rule<const D: usize>(
+    emit: &mut Emit<D>,
+    runs: &[FieldRange],
+    w: usize,
+    p: &Pieces,
+    meta: u32,
+    action: Action,
+) {
     let first = emit.steps.len();
-    for src in &p.src {
-        for dst in &p.dst {
-            for &proto in &p.proto {
-                for &sport in &p.sport {
-                    for &dport in &p.dport {
-                        for &(itype, icode) in &p.icmp {
-                            let mut fields = [FieldRange::ANY; D];
-                            fields[0] = FieldRange::exact(sig);
-                            fields[1..1 + w].copy_from_slice(src);
-                            fields[1 + w..1 + 2 * w].copy_from_slice(dst);
-                            fields[1 + 2 * w..].copy_from_slice(&[proto, sport, dport, itype, icode]);
-                            emit.rules.push(Rule { fields });
+    for &sig in runs {
+        for src in &p.src {
+            for dst in &p.dst {
+                for &proto in &p.proto {
+                    for &sport in &p.sport {
+                        for &dport in &p.dport {
+                            for &(itype, icode) in &p.icmp {
+                                let mut fields = [FieldRange::ANY; D];
+                                fields[0] = sig;
+                                fields[1..1 + w].copy_from_slice(src);
+                                fields[1 + w..1 + 2 * w].copy_from_slice(dst);
+                                fields[1 + 2 * w..].copy_from_slice(&[proto, sport, dport, itype, icode]);
+                                emit.rules.push(Rule { fields });
+                            }
                         }
                     }
                 }
