@@ -5,7 +5,12 @@
 //! - `classbench-vs-dpdk.py`: Margay's classifier and DPDK's rte_acl side by side on the
 //!   same ClassBench files, with ratios. Figures go to `docs/benchmarks.md`.
 //!
-//! This library holds what the benchmarks share: finding the ClassBench data.
+//! - `benches/policy.rs` (criterion): the policy issue's scale case ([`policygen`]): parse,
+//!   compile, and decisions per second.
+//!
+//! This library holds what the benchmarks share: finding the ClassBench data, and generators.
+
+pub mod policygen;
 
 use std::path::PathBuf;
 

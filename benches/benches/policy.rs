@@ -1,0 +1,57 @@
+//! The policy issue's scale case: `policy/{parse,compile,decide}/scale`.
+//!
+//! 1,000 endpoints, 500 policies, 10,000 rules and a 100,000-CIDR threat feed
+//! (`margay_benches::policygen`). Targets: compile in under 1 s; at least 1 M decisions/s on
+//! one core.
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use margay_benches::policygen::{scale_flows, scale_policy};
+use margay_config::PolicySet;
+use margay_rulecompiler::policy::Flow;
+use margay_rulecompiler::policy::compile::CompiledPolicy;
+
+fn bench(c: &mut Criterion) {
+    let text = scale_policy();
+    let set = PolicySet::parse(&text, Path::new("scale.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let rules: usize = set.policies.iter().map(|p| p.ingress.len() + p.egress.len()).sum();
+    let compiled = CompiledPolicy::compile(&set).unwrap_or_else(|e| panic!("{e}"));
+    let s = compiled.stats();
+    eprintln!(
+        "scale policy: {} bytes of TOML, {} endpoints, {} policies, {rules} rules, {} feed CIDRs -> {} signatures, {} classifier rules, {:.1} MiB",
+        text.len(),
+        set.endpoints.len(),
+        set.policies.len(),
+        set.netsets[0].nets.len(),
+        s.signatures,
+        s.classifier_rules,
+        s.memory_bytes as f64 / 1048576.0
+    );
+    let flows: Vec<Flow> =
+        scale_flows(100_000).iter().map(|f| Flow::parse(f, None).unwrap_or_else(|e| panic!("{e}"))).collect();
+
+    let mut g = c.benchmark_group("policy");
+    g.sample_size(10);
+    g.bench_function("parse/scale", |b| {
+        b.iter(|| PolicySet::parse(black_box(&text), Path::new("scale.toml")))
+    });
+    g.bench_function("compile/scale", |b| b.iter(|| CompiledPolicy::compile(black_box(&set))));
+    g.throughput(Throughput::Elements(flows.len() as u64));
+    g.bench_function("decide/scale", |b| {
+        b.iter(|| {
+            let mut denied = 0usize;
+            for f in &flows {
+                denied += usize::from(
+                    compiled.evaluate(black_box(f)).verdict == margay_config::policy::Verdict::Deny,
+                );
+            }
+            denied
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,111 @@
+//! A generated policy at the scale the policy issue names: 1,000 endpoints in 10 namespaces,
+//! 500 policies (one global security policy and 499 namespaced application policies) with
+//! 10,000 rules in all, and a threat-feed netset of 100,000 CIDRs. Deterministic.
+
+use std::fmt::Write;
+
+use margay_rulecompiler::synth::SplitMix64;
+
+/// Endpoints in the generated policy.
+pub const ENDPOINTS: usize = 1_000;
+/// Policies in the generated policy.
+pub const POLICIES: usize = 500;
+/// Rules per policy (so 10,000 in all).
+pub const RULES_PER_POLICY: usize = 20;
+/// CIDRs in the threat feed.
+pub const FEED_CIDRS: usize = 100_000;
+
+/// Endpoint `i`'s address: 198.18.0.0/15, counting from .1.
+pub fn endpoint_ip(i: usize) -> String {
+    format!("198.18.{}.{}", i / 250, i % 250 + 1)
+}
+
+/// The policy file text.
+pub fn scale_policy() -> String {
+    let mut rng = SplitMix64::new(7);
+    let mut out = String::with_capacity(4 << 20);
+    for n in 0..10 {
+        writeln!(out, "[[namespace]]\nname = \"ns{n}\"\nlabels = {{ team = \"t{n}\" }}").ok();
+    }
+    for i in 0..ENDPOINTS {
+        let tier = ["web", "api", "db"][i % 3];
+        writeln!(
+            out,
+            "[[endpoint]]\nname = \"e{i}\"\nnamespace = \"ns{}\"\nips = [\"{}\"]\nlabels = {{ app = \"a{}\", tier = \"{tier}\" }}",
+            i % 10,
+            endpoint_ip(i),
+            i % 100
+        )
+        .ok();
+    }
+    out.push_str("[[netset]]\nname = \"threat-feed\"\nlabels = { feed = \"threats\" }\nnets = [\n");
+    for k in 0..FEED_CIDRS {
+        // Every other /24 from 11.0.0.0: 100,000 disjoint prefixes.
+        let a = 0x0B00_0000u32 + (k as u32) * 512;
+        writeln!(out, "\"{}.{}.{}.0/24\",", a >> 24, (a >> 16) & 255, (a >> 8) & 255).ok();
+    }
+    out.push_str("]\n[[tier]]\nname = \"security\"\norder = 100\ndefault_action = \"pass\"\n");
+
+    // Policy 0: global, in the security tier; the feed in both directions, then other rules.
+    out.push_str("[[policy]]\nname = \"security\"\ntier = \"security\"\norder = 1\nselector = \"all()\"\ntypes = [\"ingress\", \"egress\"]\n");
+    out.push_str(
+        "  [[policy.ingress]]\n  action = \"deny\"\n  source = { selector = \"feed == 'threats'\" }\n",
+    );
+    out.push_str(
+        "  [[policy.egress]]\n  action = \"deny\"\n  destination = { selector = \"feed == 'threats'\" }\n",
+    );
+    for r in 2..RULES_PER_POLICY {
+        let port = 1 + rng.below(1024);
+        writeln!(out, "  [[policy.ingress]]\n  action = \"{}\"\n  protocol = \"tcp\"\n  destination = {{ ports = [{port}] }}", if r % 2 == 0 { "deny" } else { "log" }).ok();
+    }
+    // Policies 1..: namespaced application allow-lists.
+    for i in 1..POLICIES {
+        writeln!(
+            out,
+            "[[policy]]\nname = \"p{i}\"\nnamespace = \"ns{}\"\norder = {i}\nselector = \"app == 'a{}'\"",
+            i % 10,
+            i % 100
+        )
+        .ok();
+        for r in 0..RULES_PER_POLICY {
+            let dir = if r % 4 == 3 { "egress" } else { "ingress" };
+            let action = match rng.below(20) {
+                0 => "deny",
+                1 => "pass",
+                2 => "log",
+                _ => "allow",
+            };
+            let proto = if rng.below(3) == 0 { "udp" } else { "tcp" };
+            let peer = match rng.below(3) {
+                0 => format!("selector = \"app == 'a{}'\", namespace_selector = \"all()\"", rng.below(100)),
+                1 => format!("nets = [\"198.18.{}.0/24\"]", rng.below(4)),
+                _ => format!("selector = \"tier == '{}'\"", ["web", "api", "db"][rng.below(3)]),
+            };
+            let ports = (0..1 + rng.below(3))
+                .map(|_| (1 + rng.below(10_000)).to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let (from, to) =
+                if dir == "ingress" { ("source", "destination") } else { ("destination", "source") };
+            writeln!(out, "  [[policy.{dir}]]\n  action = \"{action}\"\n  protocol = \"{proto}\"\n  {from} = {{ {peer} }}\n  {to} = {{ ports = [{ports}] }}").ok();
+        }
+    }
+    out
+}
+
+/// Flow strings for lookups: mostly between endpoints, some from the feed and outside.
+pub fn scale_flows(count: usize) -> Vec<String> {
+    let mut rng = SplitMix64::new(11);
+    (0..count)
+        .map(|_| {
+            let src = match rng.below(10) {
+                0 => format!("11.{}.{}.9", rng.below(256), 2 * rng.below(128)),
+                1 => "192.0.2.1".to_owned(),
+                _ => endpoint_ip(rng.below(ENDPOINTS)),
+            };
+            let dst = endpoint_ip(rng.below(ENDPOINTS));
+            let proto = if rng.below(3) == 0 { "udp" } else { "tcp" };
+            format!("{proto} {src}:{} -> {dst}:{}", 1024 + rng.below(60_000), 1 + rng.below(10_000))
+        })
+        .collect()
+}
