@@ -89,6 +89,14 @@ impl<'de> Deserialize<'de> for Cidr {
     }
 }
 
+/// A TOML value that may be written as a number or a string (ports, protocols).
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum NumberOrText {
+    Number(i64),
+    Text(String),
+}
+
 /// An inclusive port range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortRange {
@@ -143,17 +151,11 @@ impl FromStr for PortRange {
 
 impl<'de> Deserialize<'de> for PortRange {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(serde::Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(i64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Number(n) => u16::try_from(n)
+        match NumberOrText::deserialize(d)? {
+            NumberOrText::Number(n) => u16::try_from(n)
                 .map(|p| Self { lo: p, hi: p })
                 .map_err(|_| de::Error::custom(format!("{n} is not a port (0..=65535)"))),
-            Raw::Text(s) => s.parse().map_err(de::Error::custom),
+            NumberOrText::Text(s) => s.parse().map_err(de::Error::custom),
         }
     }
 }
@@ -217,17 +219,11 @@ impl fmt::Display for Protocol {
 
 impl<'de> Deserialize<'de> for Protocol {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(serde::Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(i64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Number(n) => u8::try_from(n)
+        match NumberOrText::deserialize(d)? {
+            NumberOrText::Number(n) => u8::try_from(n)
                 .map(Self)
                 .map_err(|_| de::Error::custom(format!("{n} is not a protocol number (0..=255)"))),
-            Raw::Text(s) => s.parse().map_err(de::Error::custom),
+            NumberOrText::Text(s) => s.parse().map_err(de::Error::custom),
         }
     }
 }

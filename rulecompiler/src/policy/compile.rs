@@ -38,7 +38,7 @@ use margay_config::policy::{
 use margay_config::selector::Selector;
 
 use super::intervals::{IntervalSet, range_to_prefixes};
-use super::{Decision, Flow, LogHit, SideDecision};
+use super::{Decision, Flow, LogHit, SideDecision, combine, selects};
 use crate::classifier::{BuildError, Classifier, FieldRange, Rule, RuleId};
 
 const V4_FIELDS: usize = 8;
@@ -162,34 +162,9 @@ impl CompiledPolicy {
     }
 }
 
-fn combine(egress: Option<&SideDecision>, ingress: Option<&SideDecision>) -> Verdict {
-    let denied = [egress, ingress].into_iter().flatten().any(|s| s.verdict == Verdict::Deny);
-    if denied { Verdict::Deny } else { Verdict::Allow }
-}
-
-/// Whether `policy` selects `endpoint` for the direction (as the reference evaluator).
-fn selects(policy: &Policy, endpoint: &Endpoint, ingress: bool) -> bool {
-    (if ingress { policy.ingress_type } else { policy.egress_type })
-        && policy.namespace.as_ref().is_none_or(|n| *n == endpoint.namespace)
-        && policy.selector.matches(&endpoint.labels)
-}
-
 impl View {
     fn build(set: &PolicySet, with_staged: bool) -> Result<Self, BuildError> {
-        let tier_rank = |p: &Policy| set.tiers.iter().position(|t| t.name == p.tier).unwrap_or(usize::MAX);
-        let mut order: Vec<usize> = (0..set.policies.len()).collect();
-        order.sort_by(|&a, &b| {
-            let (a, b) = (&set.policies[a], &set.policies[b]);
-            tier_rank(a)
-                .cmp(&tier_rank(b))
-                .then_with(|| match (a.order, b.order) {
-                    (Some(x), Some(y)) => x.total_cmp(&y),
-                    (Some(_), None) => std::cmp::Ordering::Less,
-                    (None, Some(_)) => std::cmp::Ordering::Greater,
-                    (None, None) => std::cmp::Ordering::Equal,
-                })
-                .then_with(|| a.name.cmp(&b.name))
-        });
+        let order = super::evaluation_order(set);
 
         // Per endpoint and direction: the selecting policies, in evaluation order.
         let mut lists: Vec<[Vec<usize>; 2]> = Vec::with_capacity(set.endpoints.len());
@@ -244,38 +219,9 @@ impl View {
         let sig = self.signature[endpoint as usize][usize::from(ingress)];
         match (flow.src, flow.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
-                let key = [
-                    sig,
-                    u32::from(s),
-                    u32::from(d),
-                    u32::from(flow.protocol),
-                    port(flow.src_port),
-                    port(flow.dst_port),
-                    icmp(flow, 0),
-                    icmp(flow, 1),
-                ];
-                self.walk(&self.v4, &key, ingress, log)
+                self.walk(&self.v4, &key(sig, &[u32::from(s)], &[u32::from(d)], flow), ingress, log)
             }
-            _ => {
-                let (s, d) = (v6_words(flow.src), v6_words(flow.dst));
-                let key = [
-                    sig,
-                    s[0],
-                    s[1],
-                    s[2],
-                    s[3],
-                    d[0],
-                    d[1],
-                    d[2],
-                    d[3],
-                    u32::from(flow.protocol),
-                    port(flow.src_port),
-                    port(flow.dst_port),
-                    icmp(flow, 0),
-                    icmp(flow, 1),
-                ];
-                self.walk(&self.v6, &key, ingress, log)
-            }
+            _ => self.walk(&self.v6, &key(sig, &v6_words(flow.src), &v6_words(flow.dst), flow), ingress, log),
         }
     }
 
@@ -334,6 +280,24 @@ impl View {
         // Unreachable while every list ends in its sentinel; deny rather than guess.
         SideDecision { verdict: Verdict::Deny, tier: String::new(), policy: String::new(), rule: -1 }
     }
+}
+
+/// A lookup key, in the layout `emit_rule` writes: `[sig, src (w words), dst (w words), proto,
+/// sport, dport, icmp type, icmp code]`; ports and ICMP fields are 0 when the flow has none.
+fn key<const D: usize>(sig: u32, src: &[u32], dst: &[u32], flow: &Flow) -> [u32; D] {
+    let w = src.len();
+    let mut k = [0u32; D];
+    k[0] = sig;
+    k[1..1 + w].copy_from_slice(src);
+    k[1 + w..1 + 2 * w].copy_from_slice(dst);
+    k[1 + 2 * w..].copy_from_slice(&[
+        u32::from(flow.protocol),
+        port(flow.src_port),
+        port(flow.dst_port),
+        icmp(flow, 0),
+        icmp(flow, 1),
+    ]);
+    k
 }
 
 fn port(p: Option<u16>) -> u32 {

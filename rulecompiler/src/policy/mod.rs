@@ -12,7 +12,7 @@ pub mod reference;
 
 use std::net::IpAddr;
 
-use margay_config::policy::Verdict;
+use margay_config::policy::{Endpoint, Policy, PolicySet, Verdict};
 
 /// The header fields a policy decision depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -72,6 +72,40 @@ pub struct Decision {
     pub log: Vec<LogHit>,
     /// The verdict if staged policies were enforced, when a staged policy selected a side.
     pub staged: Option<Verdict>,
+}
+
+/// Whether `policy` selects `endpoint` for the direction: its selector matches the labels, the
+/// endpoint is in its namespace (for a namespaced policy), and the direction is in its types.
+pub(crate) fn selects(policy: &Policy, endpoint: &Endpoint, ingress: bool) -> bool {
+    (if ingress { policy.ingress_type } else { policy.egress_type })
+        && policy.namespace.as_ref().is_none_or(|n| *n == endpoint.namespace)
+        && policy.selector.matches(&endpoint.labels)
+}
+
+/// Indexes of `set.policies` in evaluation order: by tier (in `set.tiers` order), then
+/// `order` (unset last), then name.
+pub(crate) fn evaluation_order(set: &PolicySet) -> Vec<usize> {
+    let tier_rank = |p: &Policy| set.tiers.iter().position(|t| t.name == p.tier).unwrap_or(usize::MAX);
+    let mut order: Vec<usize> = (0..set.policies.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&set.policies[a], &set.policies[b]);
+        tier_rank(a)
+            .cmp(&tier_rank(b))
+            .then_with(|| match (a.order, b.order) {
+                (Some(x), Some(y)) => x.total_cmp(&y),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => std::cmp::Ordering::Equal,
+            })
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    order
+}
+
+/// Allow only when every side present allows.
+pub(crate) fn combine(egress: Option<&SideDecision>, ingress: Option<&SideDecision>) -> Verdict {
+    let denied = [egress, ingress].into_iter().flatten().any(|s| s.verdict == Verdict::Deny);
+    if denied { Verdict::Deny } else { Verdict::Allow }
 }
 
 impl Flow {

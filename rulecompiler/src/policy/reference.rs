@@ -2,7 +2,9 @@
 //!
 //! No precomputation beyond sorting, no indexes: every selector is evaluated against every
 //! endpoint and netset on every lookup. It is slow on purpose, and it is the oracle the compiled
-//! policy must agree with.
+//! policy must agree with. It shares three one-line definitions with the compiler (which
+//! policies select an endpoint, the evaluation order, how sides combine; `super`); the
+//! hand-worked corpus in `tests/policies/` is the independent check of those.
 //!
 //! Steps, as in POLICY.md:
 //! 1. The source's endpoint (if local) decides egress; the destination's decides ingress; both
@@ -14,13 +16,12 @@
 //! 3. No tier decided: `no_policy_action`.
 //! 4. Staged policies: the same walk with them enforced gives the `staged` verdict.
 
-use std::cmp::Ordering;
 use std::net::IpAddr;
 
 use margay_config::policy::{Action, Endpoint, Peer, Policy, PolicySet, Rule, TierDefault, Verdict};
 use margay_config::selector::Selector;
 
-use super::{Decision, Flow, LogHit, SideDecision};
+use super::{Decision, Flow, LogHit, SideDecision, combine, selects};
 
 /// Evaluates flows against a policy set, by the book.
 #[derive(Debug, Clone)]
@@ -33,19 +34,7 @@ pub struct ReferenceEvaluator<'a> {
 impl<'a> ReferenceEvaluator<'a> {
     /// An evaluator over `set`.
     pub fn new(set: &'a PolicySet) -> Self {
-        let tier_rank = |p: &Policy| set.tiers.iter().position(|t| t.name == p.tier).unwrap_or(usize::MAX);
-        let mut policies: Vec<&Policy> = set.policies.iter().collect();
-        policies.sort_by(|a, b| {
-            tier_rank(a)
-                .cmp(&tier_rank(b))
-                .then_with(|| match (a.order, b.order) {
-                    (Some(x), Some(y)) => x.total_cmp(&y),
-                    (Some(_), None) => Ordering::Less,
-                    (None, Some(_)) => Ordering::Greater,
-                    (None, None) => Ordering::Equal,
-                })
-                .then_with(|| a.name.cmp(&b.name))
-        });
+        let policies = super::evaluation_order(set).into_iter().map(|i| &set.policies[i]).collect();
         Self { set, policies }
     }
 
@@ -207,18 +196,4 @@ impl<'a> ReferenceEvaluator<'a> {
                 .any(|n| selector.matches(&n.labels) && n.nets.iter().any(|c| c.contains(ip)));
         by_endpoint || by_netset
     }
-}
-
-/// Whether `policy` selects `endpoint` for the direction.
-fn selects(policy: &Policy, endpoint: &Endpoint, ingress: bool) -> bool {
-    let wanted = if ingress { policy.ingress_type } else { policy.egress_type };
-    wanted
-        && policy.namespace.as_ref().is_none_or(|n| *n == endpoint.namespace)
-        && policy.selector.matches(&endpoint.labels)
-}
-
-/// Allow only when every side present allows.
-fn combine(egress: Option<&SideDecision>, ingress: Option<&SideDecision>) -> Verdict {
-    let denied = [egress, ingress].into_iter().flatten().any(|s| s.verdict == Verdict::Deny);
-    if denied { Verdict::Deny } else { Verdict::Allow }
 }
