@@ -14,34 +14,18 @@ const NONE: RuleId = RuleId::MAX;
 impl<const D: usize> Classifier<D> {
     /// The highest-priority (lowest index) rule matching `key`, or `None`.
     pub fn classify(&self, key: &[u32; D]) -> Option<RuleId> {
-        self.finish(&self.trees, key, NONE)
+        self.finish::<false>(&self.trees, key, NONE, 0)
     }
 
     /// The first rule matching `key` whose index is above `after` (all rules when `None`).
     /// Used by the policy lookup to continue past `log` and `pass` rules.
     pub fn classify_after(&self, key: &[u32; D], after: Option<RuleId>) -> Option<RuleId> {
-        let Some(after) = after else { return self.classify(key) };
-        let mut best = NONE;
-        for tree in self.trees.iter() {
-            if tree.min_rule >= best {
-                break;
-            }
-            let mut slot = tree.root;
-            while slot.is_node() {
-                slot = self.slots[slot.child(key)];
-            }
-            let (start, count) = slot.leaf_range();
-            for rule in &self.leaves[start..start + count] {
-                if rule.id >= best {
-                    break;
-                }
-                if rule.id > after && rule.matches(key) {
-                    best = rule.id;
-                    break;
-                }
-            }
+        match after {
+            None => self.finish::<false>(&self.trees, key, NONE, 0),
+            // No rule is above the largest id.
+            Some(RuleId::MAX) => None,
+            Some(a) => self.finish::<true>(&self.trees, key, NONE, a + 1),
         }
-        (best != NONE).then_some(best)
     }
 
     /// Classifies every key of `keys` into the matching position of `out`, like
@@ -108,14 +92,22 @@ impl<const D: usize> Classifier<D> {
             }
         }
         for i in 0..n {
-            let best = self.scan(slot[i], &keys[i], NONE);
-            out[i] = self.finish(rest, &keys[i], best);
+            let best = self.scan::<false>(slot[i], &keys[i], NONE, 0);
+            out[i] = self.finish::<false>(rest, &keys[i], best, 0);
         }
     }
 
-    /// Walks `trees` for one key, starting from the match `best` found so far.
+    /// Walks `trees` for one key, starting from the match `best` found so far, considering
+    /// only rules numbered `floor` or above when `BOUNDED` (the unbounded instantiation
+    /// compiles the floor check away: it is the hot path).
     #[inline(always)]
-    fn finish(&self, trees: &[super::Tree], key: &[u32; D], mut best: RuleId) -> Option<RuleId> {
+    fn finish<const BOUNDED: bool>(
+        &self,
+        trees: &[super::Tree],
+        key: &[u32; D],
+        mut best: RuleId,
+        floor: RuleId,
+    ) -> Option<RuleId> {
         for tree in trees {
             if tree.min_rule >= best {
                 break;
@@ -124,20 +116,21 @@ impl<const D: usize> Classifier<D> {
             while slot.is_node() {
                 slot = self.slots[slot.child(key)];
             }
-            best = self.scan(slot, key, best);
+            best = self.scan::<BOUNDED>(slot, key, best, floor);
         }
         (best != NONE).then_some(best)
     }
 
-    /// Scans a leaf for the first rule matching `key` that beats `best`.
+    /// Scans a leaf for the first rule numbered `floor` or above that matches `key` and beats
+    /// `best`.
     #[inline(always)]
-    fn scan(&self, leaf: Slot, key: &[u32; D], best: RuleId) -> RuleId {
+    fn scan<const BOUNDED: bool>(&self, leaf: Slot, key: &[u32; D], best: RuleId, floor: RuleId) -> RuleId {
         let (start, count) = leaf.leaf_range();
         for rule in &self.leaves[start..start + count] {
             if rule.id >= best {
                 break;
             }
-            if rule.matches(key) {
+            if (!BOUNDED || rule.id >= floor) && rule.matches(key) {
                 return rule.id;
             }
         }
