@@ -99,7 +99,14 @@ pub(super) fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     for file in &args.files {
         match PolicySet::load(file) {
             Ok(set) => {
-                let (compiled, build_ms) = compile_timed(&set)?;
+                let (compiled, build_ms) = match compile_timed(&set) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("{}: valid, but cannot be compiled: {e:#}", file.display());
+                        failed = true;
+                        continue;
+                    }
+                };
                 let rules: usize = set.policies.iter().map(|p| p.ingress.len() + p.egress.len()).sum();
                 let cidrs: usize = set.netsets.iter().map(|n| n.nets.len()).sum();
                 let staged = set.policies.iter().filter(|p| p.staged).count();

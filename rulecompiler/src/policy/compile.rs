@@ -44,6 +44,11 @@ use crate::classifier::{BuildError, Classifier, FieldRange, Rule, RuleId};
 const V4_FIELDS: usize = 8;
 const V6_FIELDS: usize = 14;
 
+/// Most classifier rules one address family of one view may lower to (2^23: about 0.5 GiB of
+/// IPv4 rules, 0.9 GiB of IPv6). A policy past it is rejected with an error before the rules
+/// are generated, instead of exhausting memory.
+pub const MAX_CLASSIFIER_RULES: usize = 1 << 23;
+
 /// What a lowered classifier rule means.
 #[derive(Debug, Clone, Copy)]
 enum Step {
@@ -82,6 +87,20 @@ struct View {
     staged_selects: Vec<[bool; 2]>,
 }
 
+/// Why a valid policy set cannot be compiled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    /// The cross products of the rules' lists are too large.
+    #[error(
+        "the policy lowers to more than {MAX_CLASSIFIER_RULES} classifier rules in one address family: \
+         split long nets or ports lists across rules, or merge adjacent CIDRs and port ranges"
+    )]
+    TooManyRules,
+    /// The classifier build failed.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
 /// Sizes of a compiled policy.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CompileStats {
@@ -105,7 +124,7 @@ pub struct CompiledPolicy {
 
 impl CompiledPolicy {
     /// Compiles `set`.
-    pub fn compile(set: &PolicySet) -> Result<Self, BuildError> {
+    pub fn compile(set: &PolicySet) -> Result<Self, CompileError> {
         let mut endpoint_of = HashMap::new();
         for (i, e) in set.endpoints.iter().enumerate() {
             for ip in &e.ips {
@@ -163,7 +182,7 @@ impl CompiledPolicy {
 }
 
 impl View {
-    fn build(set: &PolicySet, with_staged: bool) -> Result<Self, BuildError> {
+    fn build(set: &PolicySet, with_staged: bool) -> Result<Self, CompileError> {
         let order = super::evaluation_order(set);
 
         // Per endpoint and direction: the selecting policies, in evaluation order.
@@ -320,10 +339,15 @@ fn v6_words(ip: IpAddr) -> [u32; 4] {
 struct Emit<const D: usize> {
     rules: Vec<Rule<D>>,
     steps: Vec<Step>,
+    /// Set when a rule would have taken the list past [`MAX_CLASSIFIER_RULES`].
+    overflow: bool,
 }
 
 impl<const D: usize> Emit<D> {
-    fn finish(self) -> Result<Lowered<D>, BuildError> {
+    fn finish(self) -> Result<Lowered<D>, CompileError> {
+        if self.overflow {
+            return Err(CompileError::TooManyRules);
+        }
         Ok(Lowered { classifier: Classifier::build(&self.rules)?, steps: self.steps })
     }
 
@@ -603,6 +627,14 @@ fn emit_rule<const D: usize>(
     meta: u32,
     action: Action,
 ) {
+    let count =
+        [runs.len(), p.src.len(), p.dst.len(), p.proto.len(), p.sport.len(), p.dport.len(), p.icmp.len()]
+            .into_iter()
+            .fold(1usize, usize::saturating_mul);
+    if emit.overflow || emit.rules.len().saturating_add(count) > MAX_CLASSIFIER_RULES {
+        emit.overflow = true;
+        return;
+    }
     let first = emit.steps.len();
     for &sig in runs {
         for src in &p.src {
