@@ -85,6 +85,16 @@ pub enum Verdict {
     Deny,
 }
 
+impl Verdict {
+    /// `"allow"` or `"deny"`, as written in policy files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+        }
+    }
+}
+
 /// Traffic direction relative to an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -7,7 +7,6 @@
 use std::path::{Path, PathBuf};
 
 use margay_config::PolicySet;
-use margay_config::policy::Verdict;
 use margay_rulecompiler::policy::compile::CompiledPolicy;
 use margay_rulecompiler::policy::reference::ReferenceEvaluator;
 use margay_rulecompiler::policy::{Decision, Flow, SideDecision};
@@ -35,20 +34,13 @@ struct Case {
     staged: Option<String>,
 }
 
-fn verdict(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Allow => "allow",
-        Verdict::Deny => "deny",
-    }
-}
-
 fn side(s: Option<&SideDecision>) -> String {
-    s.map_or("-".into(), |s| format!("{} {}/{}/{}", verdict(s.verdict), s.tier, s.policy, s.rule))
+    s.map_or("-".into(), |s| format!("{} {}/{}/{}", s.verdict.as_str(), s.tier, s.policy, s.rule))
 }
 
 fn render(d: &Decision) -> (String, String, String, Vec<String>, Option<String>) {
     (
-        verdict(d.verdict).into(),
+        d.verdict.as_str().into(),
         side(d.egress.as_ref()),
         side(d.ingress.as_ref()),
         d.log
@@ -57,7 +49,7 @@ fn render(d: &Decision) -> (String, String, String, Vec<String>, Option<String>)
                 format!("{} {}/{}/{}", if h.ingress { "ingress" } else { "egress" }, h.tier, h.policy, h.rule)
             })
             .collect(),
-        d.staged.map(|v| verdict(v).to_owned()),
+        d.staged.map(|v| v.as_str().to_owned()),
     )
 }
 

@@ -131,30 +131,23 @@ pub(super) fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
-fn verdict(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Allow => "allow",
-        Verdict::Deny => "deny",
-    }
-}
-
 fn side_json(s: Option<&SideDecision>) -> Value {
     s.map_or(
         Value::Null,
-        |s| json!({"tier": s.tier, "policy": s.policy, "rule": s.rule, "action": verdict(s.verdict)}),
+        |s| json!({"tier": s.tier, "policy": s.policy, "rule": s.rule, "action": s.verdict.as_str()}),
     )
 }
 
 fn side_text(s: Option<&SideDecision>, dir: &str) -> String {
     match s {
         None => "-  (not a local endpoint)".to_owned(),
-        Some(s) if s.tier.is_empty() => format!("{:<5}  by [defaults] (no tier decided)", verdict(s.verdict)),
+        Some(s) if s.tier.is_empty() => format!("{:<5}  by [defaults] (no tier decided)", s.verdict.as_str()),
         Some(s) if s.rule < 0 => {
-            format!("{:<5}  by tier '{}' default (last policy '{}')", verdict(s.verdict), s.tier, s.policy)
+            format!("{:<5}  by tier '{}' default (last policy '{}')", s.verdict.as_str(), s.tier, s.policy)
         }
         Some(s) => format!(
             "{:<5}  by tier '{}', policy '{}', {dir} rule {}",
-            verdict(s.verdict),
+            s.verdict.as_str(),
             s.tier,
             s.policy,
             s.rule
@@ -164,14 +157,14 @@ fn side_text(s: Option<&SideDecision>, dir: &str) -> String {
 
 fn decision_json(d: &Decision) -> Value {
     json!({
-        "verdict": verdict(d.verdict),
+        "verdict": d.verdict.as_str(),
         "egress": side_json(d.egress.as_ref()),
         "ingress": side_json(d.ingress.as_ref()),
         "log": d.log.iter().map(|h| json!({
             "direction": if h.ingress { "ingress" } else { "egress" },
             "tier": h.tier, "policy": h.policy, "rule": h.rule,
         })).collect::<Vec<_>>(),
-        "staged": d.staged.map(verdict),
+        "staged": d.staged.map(Verdict::as_str),
     })
 }
 
@@ -186,7 +179,7 @@ pub(super) fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         println!("{}", decision_json(&d));
     } else {
-        println!("verdict  {}", verdict(d.verdict));
+        println!("verdict  {}", d.verdict.as_str());
         println!("egress   {}", side_text(d.egress.as_ref(), "egress"));
         println!("ingress  {}", side_text(d.ingress.as_ref(), "ingress"));
         for h in &d.log {
@@ -194,7 +187,7 @@ pub(super) fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
             println!("log      {dir} tier '{}', policy '{}', rule {}", h.tier, h.policy, h.rule);
         }
         if let Some(s) = d.staged {
-            println!("staged   {} (if staged policies were enforced)", verdict(s));
+            println!("staged   {} (if staged policies were enforced)", s.as_str());
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -550,13 +550,7 @@ impl Lowering<'_> {
             return s.clone();
         }
         let set = self.set;
-        let namespace_ok = |e: &Endpoint| match (ns, &policy.namespace) {
-            (Some(ns_sel), _) => {
-                set.namespaces.iter().any(|n| n.name == e.namespace && ns_sel.matches(&n.labels))
-            }
-            (None, Some(own)) => e.namespace == *own,
-            (None, None) => true,
-        };
+        let namespace_ok = |e: &Endpoint| super::in_scope(set, policy, ns, e);
         let mut ranges = Vec::new();
         for e in set.endpoints.iter().filter(|e| namespace_ok(e) && sel.matches(&e.labels)) {
             for ip in e.ips.iter().filter(|ip| ip.is_ipv4() == v4) {

@@ -82,6 +82,24 @@ pub(crate) fn selects(policy: &Policy, endpoint: &Endpoint, ingress: bool) -> bo
         && policy.selector.matches(&endpoint.labels)
 }
 
+/// Whether `endpoint` is within a rule peer's namespace scope: the namespaces `ns` (the peer's
+/// `namespace_selector`) selects; else the policy's own namespace for a namespaced policy; else
+/// every namespace.
+pub(crate) fn in_scope(
+    set: &PolicySet,
+    policy: &Policy,
+    ns: Option<&margay_config::Selector>,
+    endpoint: &Endpoint,
+) -> bool {
+    match (ns, &policy.namespace) {
+        (Some(ns_sel), _) => {
+            set.namespaces.iter().any(|n| n.name == endpoint.namespace && ns_sel.matches(&n.labels))
+        }
+        (None, Some(own)) => endpoint.namespace == *own,
+        (None, None) => true,
+    }
+}
+
 /// Indexes of `set.policies` in evaluation order: by tier (in `set.tiers` order), then
 /// `order` (unset last), then name.
 pub(crate) fn evaluation_order(set: &PolicySet) -> Vec<usize> {

@@ -2,8 +2,9 @@
 //!
 //! No precomputation beyond sorting, no indexes: every selector is evaluated against every
 //! endpoint and netset on every lookup. It is slow on purpose, and it is the oracle the compiled
-//! policy must agree with. It shares three one-line definitions with the compiler (which
-//! policies select an endpoint, the evaluation order, how sides combine; `super`); the
+//! policy must agree with. It shares four short definitions with the compiler (which
+//! policies select an endpoint, which endpoints a peer selector may see, the evaluation order,
+//! how sides combine; `super`); the
 //! hand-worked corpus in `tests/policies/` is the independent check of those.
 //!
 //! Steps, as in POLICY.md:
@@ -176,13 +177,7 @@ impl<'a> ReferenceEvaluator<'a> {
         netsets: bool,
         ip: IpAddr,
     ) -> bool {
-        let namespace_ok = |e: &Endpoint| match (ns, &policy.namespace) {
-            (Some(ns_sel), _) => {
-                self.set.namespaces.iter().any(|n| n.name == e.namespace && ns_sel.matches(&n.labels))
-            }
-            (None, Some(own)) => e.namespace == *own,
-            (None, None) => true,
-        };
+        let namespace_ok = |e: &Endpoint| super::in_scope(self.set, policy, ns, e);
         let by_endpoint = self
             .set
             .endpoints
