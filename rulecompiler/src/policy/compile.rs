@@ -38,7 +38,7 @@ use margay_config::policy::{
 use margay_config::selector::Selector;
 
 use super::intervals::{IntervalSet, range_to_prefixes};
-use super::{Decision, Flow, LogHit, SideDecision, combine, selects};
+use super::{Decision, Flow, LogHit, SideDecision, combine_verdicts, selects};
 use crate::classifier::{BuildError, Classifier, FieldRange, Rule, RuleId};
 
 const V4_FIELDS: usize = 8;
@@ -116,6 +116,8 @@ pub struct CompileStats {
 #[derive(Debug)]
 pub struct CompiledPolicy {
     endpoint_of: HashMap<IpAddr, u32>,
+    /// Name and namespace per endpoint.
+    endpoints: Vec<(String, String)>,
     enforced: View,
     staged: Option<View>,
     unmanaged: Verdict,
@@ -148,7 +150,8 @@ impl CompiledPolicy {
                 .map(|v| v.v4.classifier.memory_bytes() + v.v6.classifier.memory_bytes())
                 .sum(),
         };
-        Ok(Self { endpoint_of, enforced, staged, unmanaged: set.defaults.unmanaged_action, stats })
+        let endpoints = set.endpoints.iter().map(|e| (e.name.clone(), e.namespace.clone())).collect();
+        Ok(Self { endpoint_of, endpoints, enforced, staged, unmanaged: set.defaults.unmanaged_action, stats })
     }
 
     /// Sizes.
@@ -156,29 +159,99 @@ impl CompiledPolicy {
         &self.stats
     }
 
-    /// The decision for `flow`; equal to the reference evaluator's.
+    /// The decision for `flow`; equal to the reference evaluator's. It names what decided; the
+    /// packet path uses [`CompiledPolicy::decide`], which does not allocate.
     pub fn evaluate(&self, flow: &Flow) -> Decision {
+        let mut log = Vec::new();
+        let d = self.decide_with(flow, &mut |ingress, meta| {
+            let (tier, policy, rule) = self.enforced.names(SideRef { verdict: Verdict::Allow, meta, tier_default: false });
+            log.push(LogHit { ingress, tier: tier.to_owned(), policy: policy.to_owned(), rule });
+        });
+        let named = |s: SideRef| {
+            let (tier, policy, rule) = self.side_names(s);
+            SideDecision { verdict: s.verdict, tier: tier.to_owned(), policy: policy.to_owned(), rule }
+        };
+        Decision {
+            verdict: d.verdict,
+            egress: d.egress.map(named),
+            ingress: d.ingress.map(named),
+            log,
+            staged: d.staged,
+        }
+    }
+
+    /// The decision for `flow` by index, without allocating: what the packet path asks.
+    pub fn decide(&self, flow: &Flow) -> Verdicts {
+        self.decide_with(flow, &mut |_, _| {})
+    }
+
+    fn decide_with<F: FnMut(bool, u32)>(&self, flow: &Flow, log: &mut F) -> Verdicts {
         let src = self.endpoint_of.get(&flow.src).copied();
         let dst = self.endpoint_of.get(&flow.dst).copied();
-        let mut log = Vec::new();
         if src.is_none() && dst.is_none() {
-            return Decision { verdict: self.unmanaged, egress: None, ingress: None, log, staged: None };
+            return Verdicts { verdict: self.unmanaged, egress: None, ingress: None, staged: None, logged: false };
         }
-        let egress = src.map(|e| self.enforced.side(e, false, flow, &mut log));
-        let ingress = dst.map(|e| self.enforced.side(e, true, flow, &mut log));
-        let verdict = combine(egress.as_ref(), ingress.as_ref());
+        let mut logged = false;
+        let mut on_log = |ingress, meta| {
+            logged = true;
+            log(ingress, meta);
+        };
+        let egress = src.map(|e| self.enforced.side(e, false, flow, &mut on_log));
+        let ingress = dst.map(|e| self.enforced.side(e, true, flow, &mut on_log));
+        let verdict = combine_verdicts(egress.map(|s| s.verdict), ingress.map(|s| s.verdict));
         let staged = self.staged.as_ref().and_then(|view| {
             let applies = src.is_some_and(|e| view.staged_selects[e as usize][0])
                 || dst.is_some_and(|e| view.staged_selects[e as usize][1]);
             applies.then(|| {
-                let mut ignored = Vec::new();
-                let eg = src.map(|e| view.side(e, false, flow, &mut ignored));
-                let ing = dst.map(|e| view.side(e, true, flow, &mut ignored));
-                combine(eg.as_ref(), ing.as_ref())
+                let eg = src.map(|e| view.side(e, false, flow, &mut |_, _| {}).verdict);
+                let ing = dst.map(|e| view.side(e, true, flow, &mut |_, _| {}).verdict);
+                combine_verdicts(eg, ing)
             })
         });
-        Decision { verdict, egress, ingress, log, staged }
+        Verdicts { verdict, egress, ingress, staged, logged }
     }
+
+    /// Tier, policy and rule index of a side's decision (see [`SideDecision`]).
+    pub fn side_names(&self, side: SideRef) -> (&str, &str, i32) {
+        self.enforced.names(side)
+    }
+
+    /// The local endpoint with address `ip`: its name and namespace.
+    pub fn endpoint(&self, ip: IpAddr) -> Option<(&str, &str)> {
+        let e = *self.endpoint_of.get(&ip)?;
+        self.endpoints.get(e as usize).map(|(n, ns)| (n.as_str(), ns.as_str()))
+    }
+}
+
+/// One side's decision by index; [`CompiledPolicy::side_names`] resolves the names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SideRef {
+    /// The side's verdict.
+    pub verdict: Verdict,
+    /// The deciding rule's names, by index; [`SideRef::DEFAULTS`] for a `[defaults]` verdict.
+    pub meta: u32,
+    /// Whether a tier default decided (the names are then the tier and its last policy).
+    pub tier_default: bool,
+}
+
+impl SideRef {
+    /// `meta` of a `[defaults]` verdict.
+    pub const DEFAULTS: u32 = u32::MAX;
+}
+
+/// A decision by index, as [`CompiledPolicy::decide`] returns it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdicts {
+    /// Allow only when every side present allows (or, with no local side, `unmanaged_action`).
+    pub verdict: Verdict,
+    /// The source endpoint's egress, when the source is local.
+    pub egress: Option<SideRef>,
+    /// The destination endpoint's ingress, when the destination is local.
+    pub ingress: Option<SideRef>,
+    /// The verdict if staged policies were enforced, when a staged policy selected a side.
+    pub staged: Option<Verdict>,
+    /// Whether a `log` rule matched.
+    pub logged: bool,
 }
 
 impl View {
@@ -234,7 +307,7 @@ impl View {
         Ok(View { v4: v4.finish()?, v6: v6.finish()?, meta, signature, staged_selects })
     }
 
-    fn side(&self, endpoint: u32, ingress: bool, flow: &Flow, log: &mut Vec<LogHit>) -> SideDecision {
+    fn side<F: FnMut(bool, u32)>(&self, endpoint: u32, ingress: bool, flow: &Flow, log: &mut F) -> SideRef {
         let sig = self.signature[endpoint as usize][usize::from(ingress)];
         match (flow.src, flow.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
@@ -244,13 +317,15 @@ impl View {
         }
     }
 
-    fn walk<const D: usize>(
+    /// One side's walk down the classifier; `log(ingress, meta)` is called for each `log` rule
+    /// that matches on the way.
+    fn walk<const D: usize, F: FnMut(bool, u32)>(
         &self,
         l: &Lowered<D>,
         key: &[u32; D],
         ingress: bool,
-        log: &mut Vec<LogHit>,
-    ) -> SideDecision {
+        log: &mut F,
+    ) -> SideRef {
         let mut after: Option<RuleId> = None;
         // Every list ends in a sentinel that matches all of its keys, and each step moves
         // strictly forward, so a walk takes at most `steps.len()` lookups. The bound turns a
@@ -258,46 +333,33 @@ impl View {
         for _ in 0..=l.steps.len() {
             let Some(id) = l.classifier.classify_after(key, after) else { break };
             match l.steps[id as usize] {
-                Step::Rule { meta, action, group_end, tier_end } => {
-                    let m = &self.meta[meta as usize];
-                    let decided = |verdict| SideDecision {
-                        verdict,
-                        tier: m.tier.clone(),
-                        policy: m.policy.clone(),
-                        rule: m.rule,
-                    };
-                    match action {
-                        Action::Allow => return decided(Verdict::Allow),
-                        Action::Deny => return decided(Verdict::Deny),
-                        Action::Pass => after = Some(tier_end.max(id)),
-                        Action::Log => {
-                            log.push(LogHit {
-                                ingress,
-                                tier: m.tier.clone(),
-                                policy: m.policy.clone(),
-                                rule: m.rule,
-                            });
-                            after = Some(group_end.max(id));
-                        }
+                Step::Rule { meta, action, group_end, tier_end } => match action {
+                    Action::Allow => return SideRef { verdict: Verdict::Allow, meta, tier_default: false },
+                    Action::Deny => return SideRef { verdict: Verdict::Deny, meta, tier_default: false },
+                    Action::Pass => after = Some(tier_end.max(id)),
+                    Action::Log => {
+                        log(ingress, meta);
+                        after = Some(group_end.max(id));
                     }
-                }
+                },
                 Step::TierDefault { meta, default: TierDefault::Deny } => {
-                    let m = &self.meta[meta as usize];
-                    return SideDecision {
-                        verdict: Verdict::Deny,
-                        tier: m.tier.clone(),
-                        policy: m.policy.clone(),
-                        rule: -1,
-                    };
+                    return SideRef { verdict: Verdict::Deny, meta, tier_default: true };
                 }
                 Step::TierDefault { default: TierDefault::Pass, .. } => after = Some(id),
-                Step::NoPolicy(verdict) => {
-                    return SideDecision { verdict, tier: String::new(), policy: String::new(), rule: -1 };
-                }
+                Step::NoPolicy(verdict) => return SideRef { verdict, meta: SideRef::DEFAULTS, tier_default: false },
             }
         }
         // Unreachable while every list ends in its sentinel; deny rather than guess.
-        SideDecision { verdict: Verdict::Deny, tier: String::new(), policy: String::new(), rule: -1 }
+        SideRef { verdict: Verdict::Deny, meta: SideRef::DEFAULTS, tier_default: false }
+    }
+
+    /// The names behind `side`: tier, policy and rule index (-1 for a tier default or a
+    /// `[defaults]` verdict, whose tier and policy are `""`).
+    fn names(&self, side: SideRef) -> (&str, &str, i32) {
+        match self.meta.get(side.meta as usize) {
+            Some(m) => (&m.tier, &m.policy, if side.tier_default { -1 } else { m.rule }),
+            None => ("", "", -1),
+        }
     }
 }
 

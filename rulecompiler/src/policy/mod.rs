@@ -122,8 +122,12 @@ pub(crate) fn evaluation_order(set: &PolicySet) -> Vec<usize> {
 
 /// Allow only when every side present allows.
 pub(crate) fn combine(egress: Option<&SideDecision>, ingress: Option<&SideDecision>) -> Verdict {
-    let denied = [egress, ingress].into_iter().flatten().any(|s| s.verdict == Verdict::Deny);
-    if denied { Verdict::Deny } else { Verdict::Allow }
+    combine_verdicts(egress.map(|s| s.verdict), ingress.map(|s| s.verdict))
+}
+
+/// Allow only when every side present allows.
+pub(crate) fn combine_verdicts(egress: Option<Verdict>, ingress: Option<Verdict>) -> Verdict {
+    if egress == Some(Verdict::Deny) || ingress == Some(Verdict::Deny) { Verdict::Deny } else { Verdict::Allow }
 }
 
 impl Flow {
