@@ -5,3 +5,4 @@
 //! come with their issues; `docs/architecture.md` has the plan.
 
 pub mod cli;
+pub mod wire;

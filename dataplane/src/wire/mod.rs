@@ -1,0 +1,409 @@
+//! Packet parsing: Ethernet, one or two 802.1Q tags, IPv4 (with options), IPv6 (a bounded
+//! extension-header walk), TCP, UDP, ICMP and ICMPv6; for ICMP errors, the quoted header.
+//!
+//! Hand-written rather than `etherparse` (which the tests use as the independent parser): the
+//! packet path needs the offsets of the fields it rewrites in place, one flat result without
+//! enums of slices, and a drop reason per way a packet can be malformed. Every read is
+//! bounds-checked through [`Bytes`]; a short or inconsistent packet is an [`Malformed`] value,
+//! never a panic.
+//!
+//! Decisions (docs/pipeline.md): IPv4 non-first fragments are dropped (they carry no ports, so
+//! neither conntrack nor policy can place them); a first fragment is parsed like any packet.
+//! IPv6 extension headers are walked up to [`MAX_EXT_HEADERS`]; an IPv6 fragment header with a
+//! nonzero offset is a non-first fragment. The IPv4 header checksum is verified; L4 checksums
+//! are not (senders on veth leave them partial, and they are end-to-end).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+#[cfg(test)]
+mod tests;
+
+/// Most IPv6 extension headers walked before the packet is dropped.
+pub const MAX_EXT_HEADERS: usize = 8;
+
+/// EtherTypes.
+const ETH_IPV4: u16 = 0x0800;
+const ETH_IPV6: u16 = 0x86dd;
+const ETH_VLAN: u16 = 0x8100;
+const ETH_QINQ: u16 = 0x88a8;
+
+/// IP protocol numbers.
+pub const PROTO_ICMP: u8 = 1;
+/// TCP.
+pub const PROTO_TCP: u8 = 6;
+/// UDP.
+pub const PROTO_UDP: u8 = 17;
+/// ICMPv6.
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// TCP flag bits.
+pub mod tcp_flags {
+    /// FIN.
+    pub const FIN: u8 = 0x01;
+    /// SYN.
+    pub const SYN: u8 = 0x02;
+    /// RST.
+    pub const RST: u8 = 0x04;
+    /// ACK.
+    pub const ACK: u8 = 0x10;
+}
+
+/// Why a frame could not be parsed; each is a counted drop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Malformed {
+    /// Shorter than the header it claims, at this layer.
+    Truncated(Layer),
+    /// An EtherType that is neither IPv4, IPv6 nor VLAN (ARP and the like belong to the host).
+    NotIp,
+    /// IPv4: version, IHL below 5, or total length shorter than the header.
+    BadIpv4Header,
+    /// IPv4 header checksum does not verify.
+    BadIpv4Checksum,
+    /// IPv6: version field.
+    BadIpv6Header,
+    /// More than [`MAX_EXT_HEADERS`] IPv6 extension headers.
+    TooManyExtHeaders,
+    /// A non-first fragment (IPv4 offset > 0 or IPv6 fragment offset > 0).
+    Fragment,
+    /// TCP data offset below 5 words or past the packet.
+    BadTcpHeader,
+}
+
+impl Malformed {
+    /// Short name, as counters and flow records spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Malformed::Truncated(Layer::Ethernet) => "truncated-ethernet",
+            Malformed::Truncated(Layer::Ip) => "truncated-ip",
+            Malformed::Truncated(Layer::L4) => "truncated-l4",
+            Malformed::NotIp => "not-ip",
+            Malformed::BadIpv4Header => "bad-ipv4-header",
+            Malformed::BadIpv4Checksum => "bad-ipv4-checksum",
+            Malformed::BadIpv6Header => "bad-ipv6-header",
+            Malformed::TooManyExtHeaders => "too-many-ext-headers",
+            Malformed::Fragment => "fragment",
+            Malformed::BadTcpHeader => "bad-tcp-header",
+        }
+    }
+
+    /// Every value, in counter order.
+    pub const ALL: [Malformed; 10] = [
+        Malformed::Truncated(Layer::Ethernet),
+        Malformed::Truncated(Layer::Ip),
+        Malformed::Truncated(Layer::L4),
+        Malformed::NotIp,
+        Malformed::BadIpv4Header,
+        Malformed::BadIpv4Checksum,
+        Malformed::BadIpv6Header,
+        Malformed::TooManyExtHeaders,
+        Malformed::Fragment,
+        Malformed::BadTcpHeader,
+    ];
+
+    /// Position in [`Malformed::ALL`].
+    pub fn index(self) -> usize {
+        Malformed::ALL.iter().position(|&m| m == self).unwrap_or(0)
+    }
+}
+
+/// The layer a truncation was found at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Layer {
+    /// Ethernet or VLAN header.
+    Ethernet,
+    /// IPv4 or IPv6 header, or an IPv6 extension header.
+    Ip,
+    /// TCP, UDP, ICMP or ICMPv6 header, or an ICMP error's quoted header.
+    L4,
+}
+
+/// The transport fields of a packet (or of the header an ICMP error quotes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct L4 {
+    /// IP protocol (after IPv6 extension headers).
+    pub proto: u8,
+    /// Source port (TCP, UDP); ICMP echo identifier for echo request and reply.
+    pub sport: u16,
+    /// Destination port (TCP, UDP); ICMP echo identifier for echo request and reply.
+    pub dport: u16,
+    /// ICMP or ICMPv6 type and code.
+    pub icmp: Option<(u8, u8)>,
+    /// TCP flags.
+    pub flags: u8,
+    /// TCP sequence number.
+    pub seq: u32,
+    /// TCP acknowledgement number.
+    pub ack: u32,
+}
+
+/// What kind of ICMP message, for connection tracking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IcmpKind {
+    /// Echo request (v4 type 8, v6 128).
+    EchoRequest,
+    /// Echo reply (v4 type 0, v6 129).
+    EchoReply,
+    /// An error quoting another packet (v4 3, 4, 5, 11, 12; v6 1 to 4).
+    Error,
+    /// Anything else (neighbour discovery, router advertisements, timestamps...).
+    Other,
+}
+
+/// The header an ICMP error quotes: the packet that caused it, as it was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quoted {
+    /// Its source address.
+    pub src: IpAddr,
+    /// Its destination address.
+    pub dst: IpAddr,
+    /// Its transport fields (ports need the first 8 bytes, which RFC 792 guarantees).
+    pub l4: L4,
+}
+
+/// A parsed packet: addresses, transport fields and the offsets the forwarder rewrites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Packet {
+    /// Offset of the IP header.
+    pub l3: usize,
+    /// Offset of the transport header.
+    pub l4_off: usize,
+    /// Outer VLAN id, if tagged.
+    pub vlan: Option<u16>,
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub ttl: u8,
+    /// Transport fields.
+    pub l4: L4,
+    /// Bytes of the IP packet (header and payload) as its header states.
+    pub ip_len: usize,
+    /// For an ICMP error, the quoted header.
+    pub quoted: Option<Quoted>,
+}
+
+impl Packet {
+    /// Whether this is IPv4.
+    pub fn is_v4(&self) -> bool {
+        self.src.is_ipv4()
+    }
+
+    /// The ICMP kind, for ICMP and ICMPv6.
+    pub fn icmp_kind(&self) -> Option<IcmpKind> {
+        let (t, _) = self.l4.icmp?;
+        Some(icmp_kind(self.l4.proto, t))
+    }
+}
+
+fn icmp_kind(proto: u8, t: u8) -> IcmpKind {
+    match (proto, t) {
+        (PROTO_ICMP, 8) | (PROTO_ICMPV6, 128) => IcmpKind::EchoRequest,
+        (PROTO_ICMP, 0) | (PROTO_ICMPV6, 129) => IcmpKind::EchoReply,
+        (PROTO_ICMP, 3 | 4 | 5 | 11 | 12) | (PROTO_ICMPV6, 1..=4) => IcmpKind::Error,
+        _ => IcmpKind::Other,
+    }
+}
+
+/// Bounds-checked big-endian reads.
+#[derive(Clone, Copy)]
+struct Bytes<'a>(&'a [u8]);
+
+impl Bytes<'_> {
+    fn u8(&self, at: usize, layer: Layer) -> Result<u8, Malformed> {
+        self.0.get(at).copied().ok_or(Malformed::Truncated(layer))
+    }
+
+    fn u16(&self, at: usize, layer: Layer) -> Result<u16, Malformed> {
+        match self.0.get(at..at + 2) {
+            Some(b) => Ok(u16::from_be_bytes([b[0], b[1]])),
+            None => Err(Malformed::Truncated(layer)),
+        }
+    }
+
+    fn u32(&self, at: usize, layer: Layer) -> Result<u32, Malformed> {
+        match self.0.get(at..at + 4) {
+            Some(b) => Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
+            None => Err(Malformed::Truncated(layer)),
+        }
+    }
+
+    fn array<const N: usize>(&self, at: usize, layer: Layer) -> Result<[u8; N], Malformed> {
+        self.0.get(at..at + N).and_then(|s| s.try_into().ok()).ok_or(Malformed::Truncated(layer))
+    }
+
+    fn need(&self, end: usize, layer: Layer) -> Result<(), Malformed> {
+        if end <= self.0.len() { Ok(()) } else { Err(Malformed::Truncated(layer)) }
+    }
+}
+
+/// Parses an Ethernet frame.
+pub fn parse(frame: &[u8]) -> Result<Packet, Malformed> {
+    let b = Bytes(frame);
+    let mut ethertype = b.u16(12, Layer::Ethernet)?;
+    let mut l3 = 14;
+    let mut vlan = None;
+    // At most two tags (802.1ad outer, 802.1Q inner); the outer id is kept.
+    for _ in 0..2 {
+        if ethertype != ETH_VLAN && ethertype != ETH_QINQ {
+            break;
+        }
+        let tci = b.u16(l3, Layer::Ethernet)?;
+        vlan.get_or_insert(tci & 0x0fff);
+        ethertype = b.u16(l3 + 2, Layer::Ethernet)?;
+        l3 += 4;
+    }
+    let mut pkt = match ethertype {
+        ETH_IPV4 => parse_ipv4(b, l3, true)?,
+        ETH_IPV6 => parse_ipv6(b, l3, true)?,
+        _ => return Err(Malformed::NotIp),
+    };
+    pkt.vlan = vlan;
+    Ok(pkt)
+}
+
+/// An IPv4 packet at `l3`. `outer` is false for the header an ICMP error quotes, which may be
+/// cut short after 8 bytes of transport header and whose checksum is not ours to check.
+fn parse_ipv4(b: Bytes<'_>, l3: usize, outer: bool) -> Result<Packet, Malformed> {
+    let vihl = b.u8(l3, Layer::Ip)?;
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    b.need(l3 + 20, Layer::Ip)?;
+    if vihl >> 4 != 4 || ihl < 20 {
+        return Err(Malformed::BadIpv4Header);
+    }
+    b.need(l3 + ihl, Layer::Ip)?;
+    let total = usize::from(b.u16(l3 + 2, Layer::Ip)?);
+    if total < ihl {
+        return Err(Malformed::BadIpv4Header);
+    }
+    if outer {
+        b.need(l3 + total, Layer::Ip)?;
+    }
+    if outer && checksum(&b.0[l3..l3 + ihl]) != 0 {
+        return Err(Malformed::BadIpv4Checksum);
+    }
+    let frag = b.u16(l3 + 6, Layer::Ip)?;
+    if frag & 0x1fff != 0 {
+        return Err(Malformed::Fragment);
+    }
+    let src = IpAddr::V4(Ipv4Addr::from(b.array::<4>(l3 + 12, Layer::Ip)?));
+    let dst = IpAddr::V4(Ipv4Addr::from(b.array::<4>(l3 + 16, Layer::Ip)?));
+    let proto = b.u8(l3 + 9, Layer::Ip)?;
+    let ttl = b.u8(l3 + 8, Layer::Ip)?;
+    // A quoted packet's L4 may extend past what was quoted; only its first 8 bytes count.
+    let end = if outer { l3 + total } else { b.0.len() };
+    let (l4, quoted) = parse_l4(Bytes(&b.0[..end]), l3 + ihl, proto, outer)?;
+    Ok(Packet { l3, l4_off: l3 + ihl, vlan: None, src, dst, ttl, l4, ip_len: total, quoted })
+}
+
+fn parse_ipv6(b: Bytes<'_>, l3: usize, outer: bool) -> Result<Packet, Malformed> {
+    b.need(l3 + 40, Layer::Ip)?;
+    if b.u8(l3, Layer::Ip)? >> 4 != 6 {
+        return Err(Malformed::BadIpv6Header);
+    }
+    let payload = usize::from(b.u16(l3 + 4, Layer::Ip)?);
+    if outer {
+        b.need(l3 + 40 + payload, Layer::Ip)?;
+    }
+    let src = IpAddr::V6(Ipv6Addr::from(b.array::<16>(l3 + 8, Layer::Ip)?));
+    let dst = IpAddr::V6(Ipv6Addr::from(b.array::<16>(l3 + 24, Layer::Ip)?));
+    let ttl = b.u8(l3 + 7, Layer::Ip)?;
+    let end = if outer { l3 + 40 + payload } else { b.0.len() };
+    let b = Bytes(&b.0[..end]);
+    let mut next = b.u8(l3 + 6, Layer::Ip)?;
+    let mut off = l3 + 40;
+    let mut walked = 0;
+    // Hop-by-hop 0, routing 43, fragment 44, destination options 60, mobility 135, HIP 139,
+    // shim6 140. ESP (50) and AH (51) end the walk: their protocol is what policy sees.
+    while matches!(next, 0 | 43 | 44 | 60 | 135 | 139 | 140) {
+        walked += 1;
+        if walked > MAX_EXT_HEADERS {
+            return Err(Malformed::TooManyExtHeaders);
+        }
+        let hdr_next = b.u8(off, Layer::Ip)?;
+        let len = if next == 44 {
+            let frag = b.u16(off + 2, Layer::Ip)?;
+            if frag & 0xfff8 != 0 {
+                return Err(Malformed::Fragment);
+            }
+            8
+        } else {
+            (usize::from(b.u8(off + 1, Layer::Ip)?) + 1) * 8
+        };
+        b.need(off + len, Layer::Ip)?;
+        next = hdr_next;
+        off += len;
+    }
+    let (l4, quoted) = parse_l4(b, off, next, outer)?;
+    Ok(Packet { l3, l4_off: off, vlan: None, src, dst, ttl, l4, ip_len: 40 + payload, quoted })
+}
+
+/// The transport header at `off`. For the outer packet, a full header is required; a quoted
+/// one needs only its first 8 bytes (ports, or ICMP type, code and identifier).
+fn parse_l4(b: Bytes<'_>, off: usize, proto: u8, outer: bool) -> Result<(L4, Option<Quoted>), Malformed> {
+    let mut l4 = L4 { proto, ..L4::default() };
+    let mut quoted = None;
+    match proto {
+        PROTO_TCP => {
+            l4.sport = b.u16(off, Layer::L4)?;
+            l4.dport = b.u16(off + 2, Layer::L4)?;
+            l4.seq = b.u32(off + 4, Layer::L4)?;
+            if outer {
+                l4.ack = b.u32(off + 8, Layer::L4)?;
+                let data_off = usize::from(b.u8(off + 12, Layer::L4)? >> 4) * 4;
+                l4.flags = b.u8(off + 13, Layer::L4)?;
+                b.need(off + 20, Layer::L4)?;
+                if data_off < 20 || off + data_off > b.0.len() {
+                    return Err(Malformed::BadTcpHeader);
+                }
+            }
+        }
+        PROTO_UDP => {
+            l4.sport = b.u16(off, Layer::L4)?;
+            l4.dport = b.u16(off + 2, Layer::L4)?;
+            b.need(off + 8, Layer::L4)?;
+        }
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            let t = b.u8(off, Layer::L4)?;
+            let c = b.u8(off + 1, Layer::L4)?;
+            b.need(off + 8, Layer::L4)?;
+            l4.icmp = Some((t, c));
+            match icmp_kind(proto, t) {
+                IcmpKind::EchoRequest | IcmpKind::EchoReply => {
+                    let id = b.u16(off + 4, Layer::L4)?;
+                    l4.sport = id;
+                    l4.dport = id;
+                }
+                // One level of quoting: an error inside an error is not followed.
+                IcmpKind::Error if outer => {
+                    let inner = Bytes(&b.0[off + 8..]);
+                    let q = if proto == PROTO_ICMP { parse_ipv4(inner, 0, false) } else { parse_ipv6(inner, 0, false) };
+                    let q = q.map_err(|e| match e {
+                        Malformed::Truncated(_) => Malformed::Truncated(Layer::L4),
+                        other => other,
+                    })?;
+                    quoted = Some(Quoted { src: q.src, dst: q.dst, l4: q.l4 });
+                }
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+    Ok((l4, quoted))
+}
+
+/// The Internet checksum of `data` (RFC 1071): 0 over a header whose checksum is right.
+pub fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        sum += u32::from(*last) << 8;
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
