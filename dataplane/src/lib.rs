@@ -5,4 +5,5 @@
 //! come with their issues; `docs/architecture.md` has the plan.
 
 pub mod cli;
+pub mod conntrack;
 pub mod wire;

@@ -9,7 +9,7 @@
 /// Hints the CPU to bring the cache line holding `value` into L1. Never faults, never changes
 /// program state; a no-op off x86_64.
 #[inline(always)]
-pub(super) fn prefetch<T>(value: &T) {
+pub fn prefetch<T>(value: &T) {
     #[cfg(target_arch = "x86_64")]
     #[expect(unsafe_code, reason = "prefetch hint; see the module documentation")]
     // SAFETY: `_mm_prefetch` is a hint: it performs no architectural memory access, cannot

@@ -1,0 +1,547 @@
+//! Connection tracking: one normalised entry per connection, serving both directions.
+//!
+//! The table is hand-written (docs/conntrack.md says why): a slab of fixed-size [`Entry`]s and
+//! an open-addressing index of 8-byte slots (a 32-bit hash tag and the entry's slab index),
+//! linear probing at a load of at most one half, backward-shift deletion (no tombstones), a
+//! keyed hash (a random seed per table, against collision floods) and a prefetch by hash so a
+//! burst's misses overlap. Capacity is fixed when the table is made; the slab's pages are
+//! touched only as entries are used.
+//!
+//! When the table is full, an insert reclaims: it scans up to [`RECLAIM_SCAN`] entries from the
+//! aging hand for an expired one, else takes the first *unestablished* one it saw (a TCP
+//! connection that has not completed its handshake or is closing, or a UDP/ICMP/other flow
+//! that has seen no reply); when neither is found, the new flow is refused and counted.
+//! Aging sweeps [`Table::age`]'s budget of slab slots per call from the same hand.
+
+pub mod tcp;
+
+use std::hash::BuildHasher;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use foldhash::fast::FixedState;
+use margay_rulecompiler::classifier::prefetch;
+
+/// Entries an insert into a full table examines for one to reclaim.
+pub const RECLAIM_SCAN: usize = 64;
+
+/// Default capacity.
+pub const DEFAULT_CAPACITY: usize = 1 << 20;
+
+/// Idle timeouts per class, in nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP handshake (SYN_SENT, SYN_RECV).
+    pub syn: u64,
+    /// TCP ESTABLISHED.
+    pub established: u64,
+    /// TCP FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT.
+    pub fin: u64,
+    /// TCP CLOSE (after a RST).
+    pub rst: u64,
+    /// UDP.
+    pub udp: u64,
+    /// ICMP and ICMPv6 echo.
+    pub icmp: u64,
+    /// Other protocols.
+    pub generic: u64,
+}
+
+const SEC: u64 = 1_000_000_000;
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            syn: 20 * SEC,
+            established: 3600 * SEC,
+            fin: 30 * SEC,
+            rst: 40 * SEC,
+            udp: 60 * SEC,
+            icmp: 5 * SEC,
+            generic: 600 * SEC,
+        }
+    }
+}
+
+impl Timeouts {
+    /// The idle timeout of an entry in `state`.
+    pub fn of(&self, state: State) -> u64 {
+        match state {
+            State::TcpSynSent | State::TcpSynRecv => self.syn,
+            State::TcpEstablished => self.established,
+            State::TcpFinWait | State::TcpCloseWait | State::TcpLastAck | State::TcpTimeWait => self.fin,
+            State::TcpClose => self.rst,
+            State::Udp => self.udp,
+            State::Icmp => self.icmp,
+            State::Generic | State::Free => self.generic,
+        }
+    }
+}
+
+/// An entry's state: a TCP state, or the class of a stateless protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum State {
+    /// An unused slab slot.
+    #[default]
+    Free,
+    /// SYN seen.
+    TcpSynSent,
+    /// SYN-ACK seen.
+    TcpSynRecv,
+    /// Handshake complete.
+    TcpEstablished,
+    /// One side sent FIN.
+    TcpFinWait,
+    /// The other side acknowledged the first FIN.
+    TcpCloseWait,
+    /// Both sides sent FIN.
+    TcpLastAck,
+    /// The last FIN was acknowledged.
+    TcpTimeWait,
+    /// Reset.
+    TcpClose,
+    /// UDP.
+    Udp,
+    /// ICMP echo, by identifier.
+    Icmp,
+    /// Any other protocol.
+    Generic,
+}
+
+impl State {
+    /// The name docs and flow dumps use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Free => "FREE",
+            State::TcpSynSent => "SYN_SENT",
+            State::TcpSynRecv => "SYN_RECV",
+            State::TcpEstablished => "ESTABLISHED",
+            State::TcpFinWait => "FIN_WAIT",
+            State::TcpCloseWait => "CLOSE_WAIT",
+            State::TcpLastAck => "LAST_ACK",
+            State::TcpTimeWait => "TIME_WAIT",
+            State::TcpClose => "CLOSE",
+            State::Udp => "UDP",
+            State::Icmp => "ICMP",
+            State::Generic => "GENERIC",
+        }
+    }
+}
+
+/// A connection's identity, normalised so both directions give the same key: side `a` is the
+/// lower (address, port) pair. IPv4 addresses are stored IPv4-mapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(C)]
+pub struct FlowKey {
+    /// Side a's address.
+    pub a: [u8; 16],
+    /// Side b's address.
+    pub b: [u8; 16],
+    /// Side a's port (ICMP echo: the identifier).
+    pub a_port: u16,
+    /// Side b's port (ICMP echo: the identifier).
+    pub b_port: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Whether the addresses are IPv4.
+    pub v4: bool,
+    _pad: [u8; 2],
+}
+
+impl FlowKey {
+    /// The key of a packet from `src:sport` to `dst:dport`, and whether the packet goes from
+    /// side a to side b.
+    pub fn new(proto: u8, src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> (FlowKey, bool) {
+        let (s, d) = (octets(src), octets(dst));
+        let a_to_b = (s, sport) <= (d, dport);
+        let (a, a_port, b, b_port) = if a_to_b { (s, sport, d, dport) } else { (d, dport, s, sport) };
+        (FlowKey { a, b, a_port, b_port, proto, v4: src.is_ipv4(), _pad: [0; 2] }, a_to_b)
+    }
+
+    /// Side a's address.
+    pub fn addr_a(&self) -> IpAddr {
+        addr(self.a, self.v4)
+    }
+
+    /// Side b's address.
+    pub fn addr_b(&self) -> IpAddr {
+        addr(self.b, self.v4)
+    }
+}
+
+fn octets(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+fn addr(o: [u8; 16], v4: bool) -> IpAddr {
+    let a = Ipv6Addr::from(o);
+    match a.to_ipv4_mapped() {
+        Some(v) if v4 => IpAddr::V4(v),
+        _ if v4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        _ => IpAddr::V6(a),
+    }
+}
+
+/// Entry flag bits.
+pub mod flags {
+    /// The originator (first packet's sender) is side a.
+    pub const ORIG_IS_A: u16 = 1 << 0;
+    /// A packet was seen from the responder.
+    pub const REPLIED: u16 = 1 << 1;
+    /// The first FIN came from the originator.
+    pub const FIN_BY_ORIG: u16 = 1 << 2;
+    /// The decision had an egress side (`egress_meta` is meaningful).
+    pub const EGRESS: u16 = 1 << 3;
+    /// The decision had an ingress side.
+    pub const INGRESS: u16 = 1 << 4;
+    /// The egress side was decided by a tier default.
+    pub const EGRESS_TIER_DEFAULT: u16 = 1 << 5;
+    /// The ingress side was decided by a tier default.
+    pub const INGRESS_TIER_DEFAULT: u16 = 1 << 6;
+    /// A staged policy applied.
+    pub const STAGED: u16 = 1 << 7;
+    /// ... and the staged verdict is deny.
+    pub const STAGED_DENY: u16 = 1 << 8;
+    /// A `log` rule matched.
+    pub const LOGGED: u16 = 1 << 9;
+}
+
+/// One tracked connection. At most 128 bytes (asserted below); counters count what happened
+/// since the flow's previous flow record, so each packet is in exactly one record.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+pub struct Entry {
+    /// The connection.
+    pub key: FlowKey,
+    /// First packet, ns.
+    pub created: u64,
+    /// Last packet, ns.
+    pub last_seen: u64,
+    /// Time of the flow's last record (its start record, then each aggregate), ns.
+    pub reported: u64,
+    /// Packets since the last record: `[originator to responder, responder to originator]`.
+    pub packets: [u64; 2],
+    /// Bytes since the last record, same order.
+    pub bytes: [u64; 2],
+    /// Policy epoch the flow was allowed under.
+    pub epoch: u32,
+    /// The egress side's decision (a `SideRef::meta`).
+    pub egress_meta: u32,
+    /// The ingress side's decision.
+    pub ingress_meta: u32,
+    /// TCP: the originator's initial sequence number.
+    pub isn: u32,
+    /// State.
+    pub state: State,
+    /// [`flags`] bits.
+    pub flags: u16,
+}
+
+const _: () = assert!(size_of::<Entry>() <= 128);
+
+impl Entry {
+    /// Whether a packet from side a to side b travels in the originator's direction.
+    pub fn from_orig(&self, a_to_b: bool) -> bool {
+        a_to_b == (self.flags & flags::ORIG_IS_A != 0)
+    }
+
+    /// The originator's (address, port) and the responder's.
+    pub fn endpoints(&self) -> ((IpAddr, u16), (IpAddr, u16)) {
+        let a = (self.key.addr_a(), self.key.a_port);
+        let b = (self.key.addr_b(), self.key.b_port);
+        if self.flags & flags::ORIG_IS_A != 0 { (a, b) } else { (b, a) }
+    }
+
+    /// Whether the connection is established: a TCP handshake completed (and not closing), or
+    /// a reply seen for other protocols. Unestablished entries are reclaimed first.
+    pub fn established(&self) -> bool {
+        match self.state {
+            State::TcpEstablished => true,
+            State::Udp | State::Icmp | State::Generic => self.flags & flags::REPLIED != 0,
+            _ => false,
+        }
+    }
+
+    /// Whether the entry has been idle past its timeout at `now`.
+    pub fn expired(&self, now: u64, t: &Timeouts) -> bool {
+        now.saturating_sub(self.last_seen) > t.of(self.state)
+    }
+
+    /// Counts one packet.
+    #[inline]
+    pub fn count(&mut self, from_orig: bool, len: usize, now: u64) {
+        let d = usize::from(!from_orig);
+        self.packets[d] += 1;
+        self.bytes[d] += len as u64;
+        self.last_seen = now;
+    }
+}
+
+/// Why an entry left the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// Idle past its timeout (or a closed TCP connection's grace period).
+    Expired,
+    /// Reclaimed to make room for a new flow.
+    Reclaimed,
+    /// Removed by the caller (policy change, TCP reopen).
+    Removed,
+}
+
+/// A full table that could reclaim nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Full;
+
+/// The table.
+#[derive(Debug)]
+pub struct Table {
+    /// `(tag << 32) | (slab index + 1)`; 0 is empty. The tag is the hash's low 32 bits, which
+    /// also give the home slot.
+    index: Vec<u64>,
+    mask: usize,
+    slab: Vec<Entry>,
+    free: Vec<u32>,
+    live: usize,
+    capacity: usize,
+    hand: usize,
+    hasher: FixedState,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+}
+
+impl Table {
+    /// A table for at most `capacity` entries (at least 1), hashing with `seed`.
+    pub fn new(capacity: usize, timeouts: Timeouts, seed: u64) -> Table {
+        let capacity = capacity.clamp(1, u32::MAX as usize / 2);
+        let slots = (capacity * 2).next_power_of_two();
+        Table {
+            index: vec![0; slots],
+            mask: slots - 1,
+            slab: Vec::with_capacity(capacity),
+            free: Vec::new(),
+            live: 0,
+            capacity,
+            hand: 0,
+            hasher: FixedState::with_seed(seed),
+            timeouts,
+        }
+    }
+
+    /// Live entries.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    /// Whether no entry is live.
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Most entries.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Bytes reserved by the index and the slab at full capacity.
+    pub fn memory_bytes(&self) -> usize {
+        self.index.len() * size_of::<u64>() + self.capacity * size_of::<Entry>()
+    }
+
+    /// The 32-bit hash of `key`.
+    #[inline]
+    pub fn hash(&self, key: &FlowKey) -> u32 {
+        self.hasher.hash_one(key) as u32
+    }
+
+    /// Starts loading the index slot `hash` probes first.
+    #[inline]
+    pub fn prefetch_index(&self, hash: u32) {
+        prefetch(&self.index[hash as usize & self.mask]);
+    }
+
+    /// Starts loading the entry the index slot for `hash` points at, if the slot is loaded
+    /// and its tag matches (a guess: the first probe usually holds the entry).
+    #[inline]
+    pub fn prefetch_entry(&self, hash: u32) {
+        let s = self.index[hash as usize & self.mask];
+        if s != 0 && (s >> 32) as u32 == hash {
+            if let Some(e) = self.slab.get((s as u32 - 1) as usize) {
+                prefetch(e);
+            }
+        }
+    }
+
+    /// The slab index of `key`'s entry.
+    #[inline]
+    pub fn find(&self, key: &FlowKey, hash: u32) -> Option<u32> {
+        let mut pos = hash as usize & self.mask;
+        loop {
+            let s = self.index[pos];
+            if s == 0 {
+                return None;
+            }
+            if (s >> 32) as u32 == hash {
+                let i = s as u32 - 1;
+                if self.slab[i as usize].key == *key {
+                    return Some(i);
+                }
+            }
+            pos = (pos + 1) & self.mask;
+        }
+    }
+
+    /// The entry at slab index `i`.
+    #[inline]
+    pub fn get(&self, i: u32) -> &Entry {
+        &self.slab[i as usize]
+    }
+
+    /// The entry at slab index `i`, mutably.
+    #[inline]
+    pub fn get_mut(&mut self, i: u32) -> &mut Entry {
+        &mut self.slab[i as usize]
+    }
+
+    /// Inserts `entry` (whose key is not in the table), reclaiming when full; a reclaimed
+    /// entry is passed to `ended` before it is overwritten.
+    pub fn insert(
+        &mut self,
+        entry: Entry,
+        hash: u32,
+        now: u64,
+        ended: &mut impl FnMut(&Entry, EndReason),
+    ) -> Result<u32, Full> {
+        if self.live >= self.capacity {
+            self.reclaim(now, ended)?;
+        }
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slab[i as usize] = entry;
+                i
+            }
+            None => {
+                self.slab.push(entry);
+                (self.slab.len() - 1) as u32
+            }
+        };
+        let mut pos = hash as usize & self.mask;
+        while self.index[pos] != 0 {
+            pos = (pos + 1) & self.mask;
+        }
+        self.index[pos] = (u64::from(hash) << 32) | u64::from(i + 1);
+        self.live += 1;
+        Ok(i)
+    }
+
+    /// Frees one entry: the first expired one within [`RECLAIM_SCAN`] of the hand, else the
+    /// first unestablished one seen.
+    fn reclaim(&mut self, now: u64, ended: &mut impl FnMut(&Entry, EndReason)) -> Result<(), Full> {
+        let n = self.slab.len();
+        let mut candidate = None;
+        for k in 0..RECLAIM_SCAN.min(n) {
+            let i = (self.hand + k) % n;
+            let e = &self.slab[i];
+            if e.state == State::Free {
+                continue;
+            }
+            if e.expired(now, &self.timeouts) {
+                self.hand = (i + 1) % n;
+                self.remove(i as u32, EndReason::Expired, ended);
+                return Ok(());
+            }
+            if candidate.is_none() && !e.established() {
+                candidate = Some(i);
+            }
+        }
+        self.hand = (self.hand + RECLAIM_SCAN) % n.max(1);
+        match candidate {
+            Some(i) => {
+                self.remove(i as u32, EndReason::Reclaimed, ended);
+                Ok(())
+            }
+            None => Err(Full),
+        }
+    }
+
+    /// Removes the entry at slab index `i`, passing it to `ended` first.
+    pub fn remove(&mut self, i: u32, why: EndReason, ended: &mut impl FnMut(&Entry, EndReason)) {
+        let e = self.slab[i as usize];
+        if e.state == State::Free {
+            return;
+        }
+        ended(&e, why);
+        let hash = self.hash(&e.key);
+        let mut pos = hash as usize & self.mask;
+        let want = (u64::from(hash) << 32) | u64::from(i + 1);
+        while self.index[pos] != want {
+            if self.index[pos] == 0 {
+                // Not indexed: only reachable if the slab and index disagree.
+                debug_assert!(false, "conntrack entry {i} missing from the index");
+                return;
+            }
+            pos = (pos + 1) & self.mask;
+        }
+        self.unlink(pos);
+        self.slab[i as usize].state = State::Free;
+        self.free.push(i);
+        self.live -= 1;
+    }
+
+    /// Backward-shift deletion of index slot `hole`.
+    fn unlink(&mut self, mut hole: usize) {
+        self.index[hole] = 0;
+        let mut j = (hole + 1) & self.mask;
+        loop {
+            let s = self.index[j];
+            if s == 0 {
+                return;
+            }
+            let home = (s >> 32) as usize & self.mask;
+            if (j.wrapping_sub(home) & self.mask) >= (j.wrapping_sub(hole) & self.mask) {
+                self.index[hole] = s;
+                self.index[j] = 0;
+                hole = j;
+            }
+            j = (j + 1) & self.mask;
+        }
+    }
+
+    /// Visits up to `budget` slab slots from the aging hand: expired entries are removed
+    /// (passed to `ended`), live ones are passed to `visit` (for periodic records).
+    pub fn age(
+        &mut self,
+        now: u64,
+        budget: usize,
+        visit: &mut impl FnMut(&mut Entry),
+        ended: &mut impl FnMut(&Entry, EndReason),
+    ) {
+        let n = self.slab.len();
+        if n == 0 {
+            return;
+        }
+        for _ in 0..budget.min(n) {
+            let i = self.hand;
+            self.hand = (self.hand + 1) % n;
+            let e = &mut self.slab[i];
+            if e.state == State::Free {
+                continue;
+            }
+            if e.expired(now, &self.timeouts) {
+                self.remove(i as u32, EndReason::Expired, ended);
+            } else {
+                visit(e);
+            }
+        }
+    }
+
+    /// Live entries with their slab indexes.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &Entry)> {
+        self.slab.iter().enumerate().filter(|(_, e)| e.state != State::Free).map(|(i, e)| (i as u32, e))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,164 @@
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(198, 18, 0, last))
+}
+
+fn entry(key: FlowKey, state: State, now: u64) -> Entry {
+    Entry { key, state, created: now, last_seen: now, ..Entry::default() }
+}
+
+fn key(n: u32) -> FlowKey {
+    FlowKey::new(17, ip(1), (n % 60000) as u16, ip(2 + (n / 60000) as u8), 53).0
+}
+
+fn none(_: &Entry, _: EndReason) {
+    panic!("nothing should end here");
+}
+
+#[test]
+fn both_directions_share_one_key() {
+    let (k1, fwd) = FlowKey::new(6, ip(9), 40000, ip(3), 80);
+    let (k2, rev) = FlowKey::new(6, ip(3), 80, ip(9), 40000);
+    assert_eq!(k1, k2);
+    assert!(!fwd && rev, "side a is the lower address");
+    let v6a: IpAddr = "2001:2::1".parse().unwrap();
+    let v6b: IpAddr = "2001:2::2".parse().unwrap();
+    let (k6, _) = FlowKey::new(6, v6b, 1, v6a, 2);
+    assert_ne!(k6, k1);
+    assert_eq!(k1.addr_a(), ip(3));
+    assert_eq!(k1.addr_b(), ip(9));
+    assert_eq!((k6.addr_a(), k6.addr_b()), (v6a, v6b));
+}
+
+#[test]
+fn entry_fits_two_cache_lines() {
+    assert!(size_of::<Entry>() <= 128, "{}", size_of::<Entry>());
+}
+
+#[test]
+fn insert_find_remove() {
+    let mut t = Table::new(1000, Timeouts::default(), 7);
+    for n in 0..1000 {
+        let k = key(n);
+        t.insert(entry(k, State::Udp, 0), t.hash(&k), 0, &mut none).unwrap();
+    }
+    assert_eq!(t.len(), 1000);
+    for n in 0..1000 {
+        let k = key(n);
+        let i = t.find(&k, t.hash(&k)).unwrap();
+        assert_eq!(t.get(i).key, k);
+    }
+    let mut ended = Vec::new();
+    for n in (0..1000).step_by(2) {
+        let k = key(n);
+        let i = t.find(&k, t.hash(&k)).unwrap();
+        t.remove(i, EndReason::Removed, &mut |e: &Entry, r| ended.push((e.key, r)));
+    }
+    assert_eq!(ended.len(), 500);
+    assert_eq!(t.len(), 500);
+    for n in 0..1000 {
+        let k = key(n);
+        assert_eq!(t.find(&k, t.hash(&k)).is_some(), n % 2 == 1, "flow {n}");
+    }
+}
+
+#[test]
+fn a_full_table_reclaims_expired_then_unestablished_then_refuses() {
+    let t0 = Timeouts::default();
+    let mut t = Table::new(4, t0, 1);
+    // Four established UDP flows at time 0, one of them old enough to expire at `late`.
+    for n in 0..4 {
+        let k = key(n);
+        let mut e = entry(k, State::Udp, if n == 2 { 0 } else { 50 * SEC });
+        e.flags |= flags::REPLIED;
+        t.insert(e, t.hash(&k), 0, &mut none).unwrap();
+    }
+    let late = 61 * SEC;
+    let mut ended = Vec::new();
+    let k = key(10);
+    t.insert(entry(k, State::Udp, late), t.hash(&k), late, &mut |e: &Entry, r| ended.push((e.key, r))).unwrap();
+    assert_eq!(ended, vec![(key(2), EndReason::Expired)]);
+    // Now full of established flows except the new, unreplied one: it is the one reclaimed.
+    let k2 = key(11);
+    ended.clear();
+    t.insert(entry(k2, State::Udp, late), t.hash(&k2), late, &mut |e: &Entry, r| ended.push((e.key, r))).unwrap();
+    assert_eq!(ended, vec![(key(10), EndReason::Reclaimed)]);
+    // Mark everything established: the next new flow is refused.
+    let all: Vec<u32> = t.iter().map(|(i, _)| i).collect();
+    for i in all {
+        t.get_mut(i).flags |= flags::REPLIED;
+    }
+    let k3 = key(12);
+    assert_eq!(t.insert(entry(k3, State::Udp, late), t.hash(&k3), late, &mut none), Err(Full));
+    assert_eq!(t.len(), 4);
+}
+
+#[test]
+fn aging_is_bounded_and_removes_expired() {
+    let mut t = Table::new(100, Timeouts::default(), 3);
+    for n in 0..100 {
+        let k = key(n);
+        let state = if n < 50 { State::Icmp } else { State::TcpEstablished };
+        t.insert(entry(k, state, 0), t.hash(&k), 0, &mut none).unwrap();
+    }
+    let now = 10 * SEC; // past ICMP's 5 s, within ESTABLISHED's hour
+    let mut visited = 0;
+    let mut expired = 0;
+    t.age(now, 30, &mut |_| visited += 1, &mut |_, r| {
+        assert_eq!(r, EndReason::Expired);
+        expired += 1;
+    });
+    assert_eq!(visited + expired, 30, "one budget's worth of slots");
+    t.age(now, 1000, &mut |_| {}, &mut |_, _| expired += 1);
+    assert_eq!(expired, 50);
+    assert_eq!(t.len(), 50);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Insert(u16),
+    Remove(u16),
+}
+
+proptest! {
+    /// Random inserts and removes agree with a HashMap model; a small key space forces long
+    /// probe chains and backward shifts across the wrap of the index.
+    #[test]
+    fn agrees_with_a_hashmap(ops in proptest::collection::vec(
+        prop_oneof![(0u16..200).prop_map(Op::Insert), (0u16..200).prop_map(Op::Remove)], 1..400),
+        seed in any::<u64>())
+    {
+        let mut t = Table::new(200, Timeouts::default(), seed);
+        let mut model: HashMap<FlowKey, u32> = HashMap::new();
+        for op in ops {
+            match op {
+                Op::Insert(n) => {
+                    let k = key(u32::from(n));
+                    let h = t.hash(&k);
+                    if t.find(&k, h).is_none() {
+                        let i = t.insert(entry(k, State::Udp, 0), h, 0, &mut none).unwrap();
+                        model.insert(k, i);
+                    }
+                }
+                Op::Remove(n) => {
+                    let k = key(u32::from(n));
+                    let h = t.hash(&k);
+                    if let Some(i) = t.find(&k, h) {
+                        t.remove(i, EndReason::Removed, &mut |_, _| {});
+                        model.remove(&k);
+                    }
+                }
+            }
+            prop_assert_eq!(t.len(), model.len());
+        }
+        for n in 0..200u32 {
+            let k = key(n);
+            prop_assert_eq!(t.find(&k, t.hash(&k)), model.get(&k).copied());
+        }
+    }
+}
