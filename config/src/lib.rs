@@ -10,6 +10,7 @@
 //!
 //! The daemon configuration (issue "The daemon") comes later.
 
+pub mod daemon;
 pub mod net;
 pub mod policy;
 pub mod selector;
