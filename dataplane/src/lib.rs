@@ -6,4 +6,7 @@
 
 pub mod cli;
 pub mod conntrack;
+pub mod flowlog;
+pub mod forward;
+pub mod pipeline;
 pub mod wire;

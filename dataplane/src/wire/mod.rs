@@ -35,6 +35,8 @@ pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 /// ICMPv6.
 pub const PROTO_ICMPV6: u8 = 58;
+/// SCTP.
+pub const PROTO_SCTP: u8 = 132;
 
 /// TCP flag bits.
 pub mod tcp_flags {
@@ -67,6 +69,8 @@ pub enum Malformed {
     Fragment,
     /// TCP data offset below 5 words or past the packet.
     BadTcpHeader,
+    /// UDP length below 8 or past the IP packet.
+    BadUdpHeader,
 }
 
 impl Malformed {
@@ -83,11 +87,12 @@ impl Malformed {
             Malformed::TooManyExtHeaders => "too-many-ext-headers",
             Malformed::Fragment => "fragment",
             Malformed::BadTcpHeader => "bad-tcp-header",
+            Malformed::BadUdpHeader => "bad-udp-header",
         }
     }
 
     /// Every value, in counter order.
-    pub const ALL: [Malformed; 10] = [
+    pub const ALL: [Malformed; 11] = [
         Malformed::Truncated(Layer::Ethernet),
         Malformed::Truncated(Layer::Ip),
         Malformed::Truncated(Layer::L4),
@@ -98,6 +103,7 @@ impl Malformed {
         Malformed::TooManyExtHeaders,
         Malformed::Fragment,
         Malformed::BadTcpHeader,
+        Malformed::BadUdpHeader,
     ];
 
     /// Position in [`Malformed::ALL`].
@@ -122,9 +128,9 @@ pub enum Layer {
 pub struct L4 {
     /// IP protocol (after IPv6 extension headers).
     pub proto: u8,
-    /// Source port (TCP, UDP); ICMP echo identifier for echo request and reply.
+    /// Source port (TCP, UDP, SCTP); ICMP echo identifier for echo request and reply.
     pub sport: u16,
-    /// Destination port (TCP, UDP); ICMP echo identifier for echo request and reply.
+    /// Destination port (TCP, UDP, SCTP); ICMP echo identifier for echo request and reply.
     pub dport: u16,
     /// ICMP or ICMPv6 type and code.
     pub icmp: Option<(u8, u8)>,
@@ -184,6 +190,11 @@ pub struct Packet {
 }
 
 impl Packet {
+    /// Whether the protocol has ports (TCP, UDP, SCTP).
+    pub fn has_ports(&self) -> bool {
+        matches!(self.l4.proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP)
+    }
+
     /// Whether this is IPv4.
     pub fn is_v4(&self) -> bool {
         self.src.is_ipv4()
@@ -358,10 +369,17 @@ fn parse_l4(b: Bytes<'_>, off: usize, proto: u8, outer: bool) -> Result<(L4, Opt
                 }
             }
         }
-        PROTO_UDP => {
+        PROTO_UDP | PROTO_SCTP => {
             l4.sport = b.u16(off, Layer::L4)?;
             l4.dport = b.u16(off + 2, Layer::L4)?;
-            b.need(off + 8, Layer::L4)?;
+            // UDP's header is 8 bytes, SCTP's common header 12; a quote holds the first 8.
+            b.need(off + if proto == PROTO_SCTP && outer { 12 } else { 8 }, Layer::L4)?;
+            if proto == PROTO_UDP && outer {
+                let len = usize::from(b.u16(off + 4, Layer::L4)?);
+                if len < 8 || off + len > b.0.len() {
+                    return Err(Malformed::BadUdpHeader);
+                }
+            }
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
             let t = b.u8(off, Layer::L4)?;

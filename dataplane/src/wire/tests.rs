@@ -185,6 +185,17 @@ fn tcp_data_offset_errors() {
 }
 
 #[test]
+fn udp_length_errors() {
+    let mut ip = IPV4_UDP;
+    ip[25] = 7; // below the header
+    assert_eq!(parse(&frame(&ETH_V4, &ip)), Err(Malformed::BadUdpHeader));
+    ip[25] = 13; // past the IP packet
+    assert_eq!(parse(&frame(&ETH_V4, &ip)), Err(Malformed::BadUdpHeader));
+    ip[25] = 10; // shorter than the IP payload (trailing bytes): accepted, as the kernel does
+    assert!(parse(&frame(&ETH_V4, &ip)).is_ok());
+}
+
+#[test]
 fn ipv6_errors() {
     let mut ip = IPV6_HBH_UDP;
     ip[0] = 0x40;

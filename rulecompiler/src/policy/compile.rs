@@ -224,7 +224,7 @@ impl CompiledPolicy {
 }
 
 /// One side's decision by index; [`CompiledPolicy::side_names`] resolves the names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SideRef {
     /// The side's verdict.
     pub verdict: Verdict,

@@ -1,0 +1,216 @@
+//! Flow records, modelled on Calico's flow logs, and a JSON-lines writer.
+//!
+//! Three kinds: `start` when a flow is allowed and tracked, `aggregate` every flow-log
+//! interval while it sees traffic, and `end` when it leaves the table (expired, reclaimed, cut
+//! by a policy change, or reopened). Packets and bytes in a record count what happened since
+//! the flow's previous record, so each packet is in exactly one record: a flow's totals are
+//! the sums over its records. Dropped traffic (denied by policy, invalid, table full, no
+//! route, TTL) is aggregated per 5-tuple and reason and written as `aggregate` records with
+//! action `deny` at each interval. docs/pipeline.md has the field reference.
+//!
+//! Records carry indexes into the policy they were decided under (an `Arc`), so making one
+//! does not allocate names; names are resolved when the record is written.
+
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use margay_config::policy::Verdict;
+use margay_rulecompiler::policy::compile::{CompiledPolicy, SideRef};
+use serde_json::{Value, json};
+
+/// A compiled policy with its epoch (incremented by every reload).
+#[derive(Debug)]
+pub struct PolicyVersion {
+    /// The epoch.
+    pub epoch: u32,
+    /// The policy.
+    pub compiled: CompiledPolicy,
+}
+
+/// A record's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A flow was allowed and is now tracked.
+    Start,
+    /// Traffic over an interval.
+    Aggregate,
+    /// A tracked flow ended.
+    End,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Start => "start",
+            Kind::Aggregate => "aggregate",
+            Kind::End => "end",
+        }
+    }
+}
+
+/// Why a flow was allowed or dropped (or, for an `end` record, why it ended).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The policy decided.
+    Policy,
+    /// Conntrack found the packet fits no state (or an ICMP error relates to no flow).
+    Invalid,
+    /// The conntrack table was full (or the flow was reclaimed to make room).
+    TableFull,
+    /// A reload denied a tracked flow, which was cut.
+    PolicyChanged,
+    /// TTL or hop limit expired.
+    Ttl,
+    /// No route to the destination.
+    NoRoute,
+    /// The next hop's MAC is unknown.
+    NoNeighbour,
+    /// The flow stayed idle past its timeout.
+    Expired,
+    /// A TCP connection was reopened (a new SYN on a closed connection).
+    Reopened,
+}
+
+impl Reason {
+    /// The name records and counters use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Policy => "policy",
+            Reason::Invalid => "invalid",
+            Reason::TableFull => "table-full",
+            Reason::PolicyChanged => "policy-changed",
+            Reason::Ttl => "ttl",
+            Reason::NoRoute => "no-route",
+            Reason::NoNeighbour => "no-neighbour",
+            Reason::Expired => "expired",
+            Reason::Reopened => "reopened",
+        }
+    }
+}
+
+/// The policy decision a record reports, by index.
+#[derive(Debug, Clone)]
+pub struct RecordDecision {
+    /// The policy it was made under.
+    pub policy: Arc<PolicyVersion>,
+    /// The egress side, when the source is a local endpoint.
+    pub egress: Option<SideRef>,
+    /// The ingress side, when the destination is a local endpoint.
+    pub ingress: Option<SideRef>,
+    /// The staged verdict, when a staged policy applied.
+    pub staged: Option<Verdict>,
+}
+
+/// One flow record. Addresses and ports are the originator's (`src`) and the responder's.
+#[derive(Debug, Clone)]
+pub struct FlowRecord {
+    /// Kind.
+    pub kind: Kind,
+    /// Start of the period the record covers (the flow's start for `start`), ns.
+    pub start_ns: u64,
+    /// End of the period, ns.
+    pub end_ns: u64,
+    /// IP protocol.
+    pub proto: u8,
+    /// Originator address.
+    pub src: IpAddr,
+    /// Originator port (ICMP echo: identifier; 0 without ports).
+    pub src_port: u16,
+    /// Responder address.
+    pub dst: IpAddr,
+    /// Responder port.
+    pub dst_port: u16,
+    /// Allowed or dropped.
+    pub action: Verdict,
+    /// Why.
+    pub reason: Reason,
+    /// The policy decision, when the policy was consulted.
+    pub decision: Option<RecordDecision>,
+    /// Packets `[out (originator to responder), in]`.
+    pub packets: [u64; 2],
+    /// Bytes, same order.
+    pub bytes: [u64; 2],
+    /// Flows started in the period.
+    pub flows_started: u32,
+    /// Flows completed in the period.
+    pub flows_completed: u32,
+}
+
+fn proto_name(p: u8) -> Value {
+    match p {
+        1 => json!("icmp"),
+        6 => json!("tcp"),
+        17 => json!("udp"),
+        58 => json!("icmp6"),
+        132 => json!("sctp"),
+        n => json!(n),
+    }
+}
+
+impl FlowRecord {
+    /// The record as a JSON object, names resolved.
+    pub fn to_json(&self) -> Value {
+        let policy = self.decision.as_ref().map(|d| &d.policy);
+        let endpoint = |ip: IpAddr| policy.and_then(|p| p.compiled.endpoint(ip));
+        let side = |s: Option<SideRef>| match (s, policy) {
+            (Some(s), Some(p)) => {
+                let (tier, pol, rule) = p.compiled.side_names(s);
+                json!({"action": s.verdict.as_str(), "tier": tier, "policy": pol, "rule": rule})
+            }
+            _ => Value::Null,
+        };
+        let (src_ep, dst_ep) = (endpoint(self.src), endpoint(self.dst));
+        json!({
+            "type": self.kind.as_str(),
+            "start_time_ns": self.start_ns,
+            "end_time_ns": self.end_ns,
+            "proto": proto_name(self.proto),
+            "src_ip": self.src.to_string(),
+            "src_port": self.src_port,
+            "dst_ip": self.dst.to_string(),
+            "dst_port": self.dst_port,
+            "src_name": src_ep.map(|e| e.0),
+            "src_namespace": src_ep.map(|e| e.1),
+            "dst_name": dst_ep.map(|e| e.0),
+            "dst_namespace": dst_ep.map(|e| e.1),
+            "action": self.action.as_str(),
+            "reason": self.reason.as_str(),
+            "policy_epoch": policy.map(|p| p.epoch),
+            "egress": side(self.decision.as_ref().and_then(|d| d.egress)),
+            "ingress": side(self.decision.as_ref().and_then(|d| d.ingress)),
+            "staged_action": self.decision.as_ref().and_then(|d| d.staged).map(Verdict::as_str),
+            "packets_out": self.packets[0],
+            "bytes_out": self.bytes[0],
+            "packets_in": self.packets[1],
+            "bytes_in": self.bytes[1],
+            "flows_started": self.flows_started,
+            "flows_completed": self.flows_completed,
+        })
+    }
+}
+
+/// Writes records as JSON lines.
+#[derive(Debug)]
+pub struct JsonLines<W: Write> {
+    out: W,
+}
+
+impl<W: Write> JsonLines<W> {
+    /// A writer onto `out`.
+    pub fn new(out: W) -> Self {
+        JsonLines { out }
+    }
+
+    /// Writes one record as a line.
+    pub fn write(&mut self, r: &FlowRecord) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, &r.to_json())?;
+        self.out.write_all(b"\n")
+    }
+
+    /// Flushes and returns the sink.
+    pub fn into_inner(mut self) -> io::Result<W> {
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}

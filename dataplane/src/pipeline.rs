@@ -1,0 +1,700 @@
+//! The per-burst logic: parse, route, track, classify, rewrite, account (steps 3 to 7 of
+//! docs/architecture.md), pure: frames in, outcomes and flow records out, time given by the
+//! caller. The same code runs on captures (`margay replay`), in memory (benchmarks) and on
+//! AF_XDP (the daemon).
+//!
+//! A burst is processed in three passes so its memory accesses overlap: parse every frame and
+//! hash its flow key (prefetching the index slot), then prefetch the entries, then decide each
+//! packet. Order of checks per packet: parse (malformed: drop), route and neighbour and TTL (a
+//! packet that cannot be forwarded never creates state), conntrack (an entry from an older
+//! policy epoch is classified again first), then the policy for packets that may open a flow.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use foldhash::fast::FixedState;
+use margay_config::daemon::DaemonConfig;
+use margay_config::policy::Verdict;
+use margay_rulecompiler::policy::Flow;
+use margay_rulecompiler::policy::compile::{CompiledPolicy, SideRef, Verdicts};
+
+use crate::conntrack::tcp::{self, Segment, Step};
+use crate::conntrack::{EndReason, Entry, FlowKey, State, Table, Timeouts, flags};
+use crate::flowlog::{FlowRecord, Kind, PolicyVersion, Reason, RecordDecision};
+use crate::forward::{ForwardError, Forwarder};
+use crate::wire::{self, IcmpKind, Malformed, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet};
+
+/// Frames decided together (prefetch depth).
+pub const BURST: usize = 64;
+/// Conntrack slots the aging hand visits per burst.
+pub const AGE_BUDGET: usize = 64;
+/// Distinct dropped flows aggregated per flow-log interval; past it, records are counted as lost.
+pub const MAX_DROP_AGGREGATES: usize = 65_536;
+/// Older policies kept to name the decisions of flows not yet seen under the current one.
+pub const POLICY_HISTORY: usize = 8;
+
+/// Why a packet was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Drop {
+    /// It did not parse.
+    Malformed(Malformed),
+    /// The policy denied its flow.
+    Denied,
+    /// It fits no conntrack state, or is an ICMP error about no tracked flow.
+    Invalid,
+    /// A new flow found the conntrack table full.
+    TableFull,
+    /// A reload denied its tracked flow, which was cut.
+    PolicyChanged,
+    /// TTL or hop limit expired.
+    Ttl,
+    /// No route.
+    NoRoute,
+    /// No neighbour entry for the next hop.
+    NoNeighbour,
+}
+
+/// Number of drop counters: one per [`Malformed`] kind, then the others.
+pub const DROP_REASONS: usize = Malformed::ALL.len() + 7;
+
+impl Drop {
+    /// Position among the counters.
+    pub fn index(self) -> usize {
+        let n = Malformed::ALL.len();
+        match self {
+            Drop::Malformed(m) => m.index(),
+            Drop::Denied => n,
+            Drop::Invalid => n + 1,
+            Drop::TableFull => n + 2,
+            Drop::PolicyChanged => n + 3,
+            Drop::Ttl => n + 4,
+            Drop::NoRoute => n + 5,
+            Drop::NoNeighbour => n + 6,
+        }
+    }
+
+    /// Name of the counter at `index`.
+    pub fn name(index: usize) -> &'static str {
+        const OTHERS: [&str; 7] =
+            ["policy", "invalid", "table-full", "policy-changed", "ttl", "no-route", "no-neighbour"];
+        let n = Malformed::ALL.len();
+        if index < n { Malformed::ALL[index].as_str() } else { OTHERS.get(index - n).copied().unwrap_or("?") }
+    }
+
+    fn reason(self) -> Reason {
+        match self {
+            Drop::Malformed(_) | Drop::Invalid => Reason::Invalid,
+            Drop::Denied => Reason::Policy,
+            Drop::TableFull => Reason::TableFull,
+            Drop::PolicyChanged => Reason::PolicyChanged,
+            Drop::Ttl => Reason::Ttl,
+            Drop::NoRoute => Reason::NoRoute,
+            Drop::NoNeighbour => Reason::NoNeighbour,
+        }
+    }
+}
+
+/// What became of a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Rewritten in place; transmit on this interface.
+    Forward(u16),
+    /// Dropped.
+    Drop(Drop),
+}
+
+/// Per-pipeline counters (one pipeline per worker: no sharing, no atomics).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Frames received.
+    pub rx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Frames forwarded.
+    pub tx_packets: u64,
+    /// Bytes forwarded.
+    pub tx_bytes: u64,
+    /// Packets of tracked flows (conntrack hits that were forwarded or dropped).
+    pub tracked_packets: u64,
+    /// Packets the policy was asked about (new flows and stateless ICMP).
+    pub classified: u64,
+    /// Packets whose policy verdict was allow.
+    pub verdict_allow: u64,
+    /// Packets whose policy verdict was deny.
+    pub verdict_deny: u64,
+    /// Tracked flows classified again after a reload.
+    pub reclassified: u64,
+    /// Flows that entered the table.
+    pub flows_started: u64,
+    /// Flows that left it.
+    pub flows_ended: u64,
+    /// Drops by reason, indexed by [`Drop::index`].
+    pub drops: [u64; DROP_REASONS],
+    /// Flow records lost because the drop aggregate table was full.
+    pub records_lost: u64,
+}
+
+impl Counters {
+    /// All drops.
+    pub fn dropped(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    /// `(name, value)` of each nonzero drop counter.
+    pub fn drop_reasons(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        self.drops.iter().enumerate().filter(|(_, v)| **v > 0).map(|(i, v)| (Drop::name(i), *v))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct DropKey {
+    proto: u8,
+    src: IpAddr,
+    src_port: u16,
+    dst: IpAddr,
+    dst_port: u16,
+    reason: Reason,
+    egress: Option<SideRef>,
+    ingress: Option<SideRef>,
+    staged: Option<Verdict>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct DropAgg {
+    first: u64,
+    last: u64,
+    packets: u64,
+    bytes: u64,
+}
+
+/// Everything but the table, so the table's callbacks can borrow it.
+#[derive(Debug)]
+struct Accounting {
+    policy: Arc<PolicyVersion>,
+    history: VecDeque<Arc<PolicyVersion>>,
+    counters: Counters,
+    records: Vec<FlowRecord>,
+    drops: HashMap<DropKey, DropAgg, FixedState>,
+    interval: u64,
+    last_flush: Option<u64>,
+}
+
+/// The packet pipeline of one worker.
+#[derive(Debug)]
+pub struct Pipeline {
+    table: Table,
+    fwd: Forwarder,
+    acct: Accounting,
+    scratch: Vec<Option<(Packet, FlowKey, bool, u32)>>,
+}
+
+const SEC: u64 = 1_000_000_000;
+
+impl Pipeline {
+    /// A pipeline with `config`'s routes, neighbours, conntrack and flow-log settings,
+    /// enforcing `policy` as epoch 1. `seed` keys the conntrack hash.
+    pub fn new(config: &DaemonConfig, policy: CompiledPolicy, seed: u64) -> Pipeline {
+        let t = config.conntrack.timeouts;
+        let timeouts = Timeouts {
+            syn: t.syn * SEC,
+            established: t.established * SEC,
+            fin: t.fin * SEC,
+            rst: t.rst * SEC,
+            udp: t.udp * SEC,
+            icmp: t.icmp * SEC,
+            generic: t.generic * SEC,
+        };
+        Pipeline {
+            table: Table::new(config.conntrack.capacity, timeouts, seed),
+            fwd: Forwarder::from_config(config),
+            acct: Accounting {
+                policy: Arc::new(PolicyVersion { epoch: 1, compiled: policy }),
+                history: VecDeque::new(),
+                counters: Counters::default(),
+                records: Vec::new(),
+                drops: HashMap::default(),
+                interval: config.flow_logs.interval * SEC,
+                last_flush: None,
+            },
+            scratch: Vec::with_capacity(BURST),
+        }
+    }
+
+    /// Enforces `policy` from now on, as the next epoch (which it returns). Tracked flows are
+    /// classified again on their next packet.
+    pub fn set_policy(&mut self, policy: CompiledPolicy) -> u32 {
+        let epoch = self.acct.policy.epoch.wrapping_add(1);
+        let old = std::mem::replace(&mut self.acct.policy, Arc::new(PolicyVersion { epoch, compiled: policy }));
+        self.acct.history.push_front(old);
+        self.acct.history.truncate(POLICY_HISTORY);
+        epoch
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Arc<PolicyVersion> {
+        &self.acct.policy
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> &Counters {
+        &self.acct.counters
+    }
+
+    /// The conntrack table.
+    pub fn conntrack(&self) -> &Table {
+        &self.table
+    }
+
+    /// Moves the flow records made so far into `out`.
+    pub fn take_records(&mut self, out: &mut Vec<FlowRecord>) {
+        out.append(&mut self.acct.records);
+    }
+
+    /// Decides every frame of `frames` (rewriting forwarded ones in place) into the same
+    /// position of `out`, at time `now` (ns). `out` must be at least as long as `frames`.
+    pub fn process<F: AsMut<[u8]>>(&mut self, now: u64, frames: &mut [F], out: &mut [Outcome]) {
+        debug_assert!(out.len() >= frames.len());
+        self.tick(now, AGE_BUDGET);
+        for (frames, out) in frames.chunks_mut(BURST).zip(out.chunks_mut(BURST)) {
+            self.burst(now, frames, out);
+        }
+    }
+
+    fn burst<F: AsMut<[u8]>>(&mut self, now: u64, frames: &mut [F], out: &mut [Outcome]) {
+        self.scratch.clear();
+        for (f, o) in frames.iter_mut().zip(out.iter_mut()) {
+            let frame = f.as_mut();
+            self.acct.counters.rx_packets += 1;
+            self.acct.counters.rx_bytes += frame.len() as u64;
+            match wire::parse(frame) {
+                Ok(p) => {
+                    let (key, a_to_b) = key_of(&p);
+                    let h = self.table.hash(&key);
+                    self.table.prefetch_index(h);
+                    self.scratch.push(Some((p, key, a_to_b, h)));
+                }
+                Err(m) => {
+                    *o = self.acct.drop(Drop::Malformed(m));
+                    self.scratch.push(None);
+                }
+            }
+        }
+        for (_, _, _, h) in self.scratch.iter().flatten() {
+            self.table.prefetch_entry(*h);
+        }
+        for i in 0..frames.len() {
+            if let Some((p, key, a_to_b, h)) = self.scratch[i] {
+                out[i] = self.packet(now, frames[i].as_mut(), &p, &key, a_to_b, h);
+            }
+        }
+    }
+
+    fn packet(&mut self, now: u64, frame: &mut [u8], p: &Packet, key: &FlowKey, a_to_b: bool, h: u32) -> Outcome {
+        let hop = match self.fwd.resolve(p) {
+            Ok(hop) => hop,
+            Err(e) => {
+                let d = match e {
+                    ForwardError::NoRoute => Drop::NoRoute,
+                    ForwardError::NoNeighbour => Drop::NoNeighbour,
+                    ForwardError::TtlExpired => Drop::Ttl,
+                };
+                return self.drop_logged(now, p, d, None, frame.len());
+            }
+        };
+        let len = frame.len();
+        let verdict = if p.quoted.is_some() {
+            self.related(now, p, key, h, len)
+        } else {
+            self.track(now, p, key, a_to_b, h, len)
+        };
+        match verdict {
+            Ok(()) => {
+                hop.apply(frame, p);
+                self.acct.counters.tx_packets += 1;
+                self.acct.counters.tx_bytes += len as u64;
+                Outcome::Forward(hop.interface)
+            }
+            Err(d) => Outcome::Drop(d),
+        }
+    }
+
+    /// An ICMP error: allowed exactly when the flow it quotes is tracked (and still allowed).
+    fn related(&mut self, now: u64, p: &Packet, key: &FlowKey, h: u32, len: usize) -> Result<(), Drop> {
+        match self.table.find(key, h) {
+            Some(i) => self.revalidate(now, i),
+            None => Err(self.drop_logged(now, p, Drop::Invalid, None, len).dropped()),
+        }
+    }
+
+    /// Classifies a tracked flow again when it was allowed under an older policy; cuts it
+    /// when the policy in force denies it.
+    fn revalidate(&mut self, now: u64, i: u32) -> Result<(), Drop> {
+        let e = self.table.get(i);
+        if e.epoch == self.acct.policy.epoch {
+            return Ok(());
+        }
+        self.acct.counters.reclassified += 1;
+        let d = self.acct.policy.compiled.decide(&flow_of_entry(e));
+        if d.verdict == Verdict::Deny {
+            let acct = &mut self.acct;
+            self.table.remove(i, EndReason::Removed, &mut |e, _| acct.end(e, now, Reason::PolicyChanged, Verdict::Deny));
+            acct.counters.drops[Drop::PolicyChanged.index()] += 1;
+            return Err(Drop::PolicyChanged);
+        }
+        let epoch = self.acct.policy.epoch;
+        let e = self.table.get_mut(i);
+        store_decision(e, &d, epoch);
+        Ok(())
+    }
+
+    fn track(&mut self, now: u64, p: &Packet, key: &FlowKey, a_to_b: bool, h: u32, len: usize) -> Result<(), Drop> {
+        if p.icmp_kind() == Some(IcmpKind::Other) {
+            return self.stateless(now, p, len);
+        }
+        let Some(i) = self.table.find(key, h) else {
+            return self.open(now, p, key, a_to_b, h, len);
+        };
+        self.revalidate(now, i)?;
+        let e = self.table.get_mut(i);
+        let from_orig = e.from_orig(a_to_b);
+        let valid = match e.state {
+            State::Udp | State::Generic => true,
+            State::Icmp => {
+                let k = p.icmp_kind();
+                (from_orig && k == Some(IcmpKind::EchoRequest)) || (!from_orig && k == Some(IcmpKind::EchoReply))
+            }
+            _ => {
+                let seg = Segment { from_orig, flags: p.l4.flags, ack: p.l4.ack };
+                match tcp::step(e.state, e.flags & flags::FIN_BY_ORIG != 0, e.isn, seg) {
+                    Step::To { state, fin_by_orig } => {
+                        e.state = state;
+                        e.flags = (e.flags & !flags::FIN_BY_ORIG) | if fin_by_orig { flags::FIN_BY_ORIG } else { 0 };
+                        true
+                    }
+                    Step::Reopen => {
+                        let acct = &mut self.acct;
+                        self.table.remove(i, EndReason::Removed, &mut |e, _| acct.end(e, now, Reason::Reopened, Verdict::Allow));
+                        return self.open(now, p, key, a_to_b, h, len);
+                    }
+                    Step::Invalid => false,
+                }
+            }
+        };
+        if !valid {
+            return Err(self.drop_logged(now, p, Drop::Invalid, None, len).dropped());
+        }
+        if !from_orig {
+            e.flags |= flags::REPLIED;
+        }
+        e.count(from_orig, len, now);
+        self.acct.counters.tracked_packets += 1;
+        Ok(())
+    }
+
+    /// ICMP messages that are neither echo nor errors (router advertisements, timestamps...):
+    /// the policy decides each one; nothing is tracked.
+    fn stateless(&mut self, now: u64, p: &Packet, len: usize) -> Result<(), Drop> {
+        let d = self.acct.classify(&flow_of_packet(p));
+        if d.verdict == Verdict::Deny {
+            return Err(self.drop_logged(now, p, Drop::Denied, Some(&d), len).dropped());
+        }
+        Ok(())
+    }
+
+    /// A packet of an untracked flow: if it may open one and the policy allows it, track it.
+    fn open(&mut self, now: u64, p: &Packet, key: &FlowKey, a_to_b: bool, h: u32, len: usize) -> Result<(), Drop> {
+        let state = match p.l4.proto {
+            PROTO_TCP if tcp::opens(p.l4.flags) => State::TcpSynSent,
+            PROTO_TCP => return Err(self.drop_logged(now, p, Drop::Invalid, None, len).dropped()),
+            PROTO_UDP => State::Udp,
+            PROTO_ICMP | PROTO_ICMPV6 if p.icmp_kind() == Some(IcmpKind::EchoRequest) => State::Icmp,
+            PROTO_ICMP | PROTO_ICMPV6 => return Err(self.drop_logged(now, p, Drop::Invalid, None, len).dropped()),
+            _ => State::Generic,
+        };
+        let d = self.acct.classify(&flow_of_packet(p));
+        if d.verdict == Verdict::Deny {
+            return Err(self.drop_logged(now, p, Drop::Denied, Some(&d), len).dropped());
+        }
+        let mut e = Entry {
+            key: *key,
+            created: now,
+            last_seen: now,
+            reported: now,
+            isn: p.l4.seq,
+            state,
+            flags: if a_to_b { flags::ORIG_IS_A } else { 0 },
+            ..Entry::default()
+        };
+        store_decision(&mut e, &d, self.acct.policy.epoch);
+        let acct = &mut self.acct;
+        let inserted = self.table.insert(e, h, now, &mut |old, why| {
+            let reason = if why == EndReason::Expired { Reason::Expired } else { Reason::TableFull };
+            acct.end(old, now, reason, Verdict::Allow);
+        });
+        if inserted.is_err() {
+            return Err(self.drop_logged(now, p, Drop::TableFull, Some(&d), len).dropped());
+        }
+        let acct = &mut self.acct;
+        acct.counters.flows_started += 1;
+        acct.counters.tracked_packets += 1;
+        let mut rec = acct.record(Kind::Start, &e, now, now, Reason::Policy, Verdict::Allow);
+        rec.packets = [1, 0];
+        rec.bytes = [len as u64, 0];
+        rec.flows_started = 1;
+        acct.records.push(rec);
+        Ok(())
+    }
+
+    /// Counts a dropped packet and adds it to the interval's drop aggregates.
+    fn drop_logged(&mut self, now: u64, p: &Packet, d: Drop, decision: Option<&Verdicts>, len: usize) -> Outcome {
+        self.acct.drop(d);
+        let (src_port, dst_port) = if p.has_ports() || p.icmp_kind().is_some() { (p.l4.sport, p.l4.dport) } else { (0, 0) };
+        let key = DropKey {
+            proto: p.l4.proto,
+            src: p.src,
+            src_port,
+            dst: p.dst,
+            dst_port,
+            reason: d.reason(),
+            egress: decision.and_then(|v| v.egress),
+            ingress: decision.and_then(|v| v.ingress),
+            staged: decision.and_then(|v| v.staged),
+        };
+        let full = self.acct.drops.len() >= MAX_DROP_AGGREGATES;
+        match self.acct.drops.get_mut(&key) {
+            Some(a) => {
+                a.last = now;
+                a.packets += 1;
+                a.bytes += len as u64;
+            }
+            None if full => self.acct.counters.records_lost += 1,
+            None => {
+                self.acct.drops.insert(key, DropAgg { first: now, last: now, packets: 1, bytes: len as u64 });
+            }
+        }
+        Outcome::Drop(d)
+    }
+
+    /// Housekeeping at `now`: ages up to `budget` conntrack slots (ending expired flows, writing
+    /// aggregate records of flows whose interval is over) and, once per interval, writes the
+    /// drop aggregates. `process` calls it with [`AGE_BUDGET`]; an idle worker calls it itself.
+    pub fn tick(&mut self, now: u64, budget: usize) {
+        let acct = &mut self.acct;
+        let interval = acct.interval;
+        let mut visit = |e: &mut Entry| {
+            if now.saturating_sub(e.reported) >= interval && e.packets != [0, 0] {
+                acct.aggregate(e, now);
+            }
+        };
+        let mut ended_records = Vec::new();
+        self.table.age(now, budget, &mut visit, &mut |e, _| ended_records.push(*e));
+        for e in ended_records {
+            self.acct.end(&e, now, Reason::Expired, Verdict::Allow);
+        }
+        let due = match self.acct.last_flush {
+            None => {
+                self.acct.last_flush = Some(now);
+                false
+            }
+            Some(t) => now.saturating_sub(t) >= self.acct.interval,
+        };
+        if due {
+            self.acct.flush_drops(now);
+        }
+    }
+
+    /// Writes what is pending at `now`: an aggregate record for every tracked flow with
+    /// unreported traffic, and the drop aggregates. Flows stay tracked. For the end of a
+    /// capture, and a daemon's shutdown.
+    pub fn flush(&mut self, now: u64) {
+        let acct = &mut self.acct;
+        let idx: Vec<u32> = self.table.iter().filter(|(_, e)| e.packets != [0, 0]).map(|(i, _)| i).collect();
+        for i in idx {
+            acct.aggregate(self.table.get_mut(i), now);
+        }
+        acct.flush_drops(now);
+    }
+}
+
+impl Outcome {
+    fn dropped(self) -> Drop {
+        match self {
+            Outcome::Drop(d) => d,
+            Outcome::Forward(_) => Drop::Invalid,
+        }
+    }
+}
+
+impl Accounting {
+    fn drop(&mut self, d: Drop) -> Outcome {
+        self.counters.drops[d.index()] += 1;
+        Outcome::Drop(d)
+    }
+
+    fn classify(&mut self, flow: &Flow) -> Verdicts {
+        let d = self.policy.compiled.decide(flow);
+        self.counters.classified += 1;
+        match d.verdict {
+            Verdict::Allow => self.counters.verdict_allow += 1,
+            Verdict::Deny => self.counters.verdict_deny += 1,
+        }
+        d
+    }
+
+    fn policy_at(&self, epoch: u32) -> Option<&Arc<PolicyVersion>> {
+        std::iter::once(&self.policy).chain(self.history.iter()).find(|p| p.epoch == epoch)
+    }
+
+    fn record(&self, kind: Kind, e: &Entry, start: u64, end: u64, reason: Reason, action: Verdict) -> FlowRecord {
+        let ((src, src_port), (dst, dst_port)) = e.endpoints();
+        let decision = self.policy_at(e.epoch).map(|policy| {
+            let side = |present, td, meta| {
+                (e.flags & present != 0).then_some(SideRef { verdict: Verdict::Allow, meta, tier_default: e.flags & td != 0 })
+            };
+            RecordDecision {
+                policy: Arc::clone(policy),
+                egress: side(flags::EGRESS, flags::EGRESS_TIER_DEFAULT, e.egress_meta),
+                ingress: side(flags::INGRESS, flags::INGRESS_TIER_DEFAULT, e.ingress_meta),
+                staged: (e.flags & flags::STAGED != 0).then_some(if e.flags & flags::STAGED_DENY != 0 {
+                    Verdict::Deny
+                } else {
+                    Verdict::Allow
+                }),
+            }
+        });
+        FlowRecord {
+            kind,
+            start_ns: start,
+            end_ns: end,
+            proto: e.key.proto,
+            src,
+            src_port,
+            dst,
+            dst_port,
+            action,
+            reason,
+            decision,
+            packets: e.packets,
+            bytes: e.bytes,
+            flows_started: 0,
+            flows_completed: 0,
+        }
+    }
+
+    fn aggregate(&mut self, e: &mut Entry, now: u64) {
+        let rec = self.record(Kind::Aggregate, e, e.reported, now, Reason::Policy, Verdict::Allow);
+        self.records.push(rec);
+        e.reported = now;
+        e.packets = [0, 0];
+        e.bytes = [0, 0];
+    }
+
+    fn end(&mut self, e: &Entry, now: u64, reason: Reason, action: Verdict) {
+        let mut rec = self.record(Kind::End, e, e.reported, now, reason, action);
+        rec.flows_completed = 1;
+        self.records.push(rec);
+        self.counters.flows_ended += 1;
+    }
+
+    fn flush_drops(&mut self, now: u64) {
+        self.last_flush = Some(now);
+        let mut drops: Vec<(DropKey, DropAgg)> = self.drops.drain().collect();
+        // Deterministic output: by first packet, then by key fields.
+        drops.sort_by_key(|(k, a)| (a.first, k.src, k.src_port, k.dst, k.dst_port, k.proto));
+        for (k, a) in drops {
+            let decision = (k.egress.is_some() || k.ingress.is_some() || k.staged.is_some()).then(|| RecordDecision {
+                policy: Arc::clone(&self.policy),
+                egress: k.egress,
+                ingress: k.ingress,
+                staged: k.staged,
+            });
+            self.records.push(FlowRecord {
+                kind: Kind::Aggregate,
+                start_ns: a.first,
+                end_ns: a.last,
+                proto: k.proto,
+                src: k.src,
+                src_port: k.src_port,
+                dst: k.dst,
+                dst_port: k.dst_port,
+                action: Verdict::Deny,
+                reason: k.reason,
+                decision,
+                packets: [a.packets, 0],
+                bytes: [a.bytes, 0],
+                flows_started: 1,
+                flows_completed: 1,
+            });
+        }
+    }
+}
+
+/// The conntrack key of a packet (of the quoted packet, for an ICMP error) and whether the
+/// packet goes from side a to side b.
+fn key_of(p: &Packet) -> (FlowKey, bool) {
+    match &p.quoted {
+        Some(q) => FlowKey::new(q.l4.proto, q.src, q.l4.sport, q.dst, q.l4.dport),
+        None if p.has_ports() || p.icmp_kind().is_some() => {
+            FlowKey::new(p.l4.proto, p.src, p.l4.sport, p.dst, p.l4.dport)
+        }
+        None => FlowKey::new(p.l4.proto, p.src, 0, p.dst, 0),
+    }
+}
+
+/// What the policy sees of a packet.
+fn flow_of_packet(p: &Packet) -> Flow {
+    let ports = p.has_ports();
+    Flow {
+        protocol: p.l4.proto,
+        src: p.src,
+        dst: p.dst,
+        src_port: ports.then_some(p.l4.sport),
+        dst_port: ports.then_some(p.l4.dport),
+        icmp: p.l4.icmp,
+    }
+}
+
+/// The flow a tracked entry was opened by, as the policy saw it.
+fn flow_of_entry(e: &Entry) -> Flow {
+    let ((src, sport), (dst, dport)) = e.endpoints();
+    let ports = matches!(e.key.proto, PROTO_TCP | PROTO_UDP | wire::PROTO_SCTP);
+    let icmp = match (e.state, e.key.proto) {
+        (State::Icmp, PROTO_ICMP) => Some((8, 0)),
+        (State::Icmp, _) => Some((128, 0)),
+        _ => None,
+    };
+    Flow {
+        protocol: e.key.proto,
+        src,
+        dst,
+        src_port: ports.then_some(sport),
+        dst_port: ports.then_some(dport),
+        icmp,
+    }
+}
+
+/// Records an allow decision in an entry.
+fn store_decision(e: &mut Entry, d: &Verdicts, epoch: u32) {
+    let keep = flags::ORIG_IS_A | flags::REPLIED | flags::FIN_BY_ORIG;
+    let mut f = e.flags & keep;
+    if let Some(s) = d.egress {
+        f |= flags::EGRESS | if s.tier_default { flags::EGRESS_TIER_DEFAULT } else { 0 };
+        e.egress_meta = s.meta;
+    }
+    if let Some(s) = d.ingress {
+        f |= flags::INGRESS | if s.tier_default { flags::INGRESS_TIER_DEFAULT } else { 0 };
+        e.ingress_meta = s.meta;
+    }
+    if let Some(v) = d.staged {
+        f |= flags::STAGED | if v == Verdict::Deny { flags::STAGED_DENY } else { 0 };
+    }
+    if d.logged {
+        f |= flags::LOGGED;
+    }
+    e.flags = f;
+    e.epoch = epoch;
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,463 @@
+//! Pipeline behaviour on frames built by an independent library (etherparse), checked by it.
+
+use std::path::Path;
+
+use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+use margay_config::PolicySet;
+use proptest::prelude::*;
+
+use super::*;
+use crate::wire::tcp_flags::{ACK, FIN, RST, SYN};
+
+pub(crate) const CONFIG: &str = r#"
+[[interface]]
+name = "client0"
+mac = "02:00:00:00:01:01"
+[[interface]]
+name = "server0"
+mac = "02:00:00:00:02:01"
+[[route]]
+to = "198.18.1.0/24"
+interface = "client0"
+[[route]]
+to = "198.18.2.0/24"
+interface = "server0"
+[[route]]
+to = "2001:2:0:2::/64"
+interface = "server0"
+[[route]]
+to = "2001:2:0:1::/64"
+interface = "client0"
+[[neighbour]]
+ip = "198.18.1.10"
+mac = "02:00:00:00:01:10"
+interface = "client0"
+[[neighbour]]
+ip = "198.18.2.20"
+mac = "02:00:00:00:02:20"
+interface = "server0"
+[[neighbour]]
+ip = "198.18.2.21"
+mac = "02:00:00:00:02:21"
+interface = "server0"
+[[neighbour]]
+ip = "2001:2:0:2::20"
+mac = "02:00:00:00:02:20"
+interface = "server0"
+[[neighbour]]
+ip = "2001:2:0:1::10"
+mac = "02:00:00:00:01:10"
+interface = "client0"
+[conntrack]
+capacity = 1000
+"#;
+
+pub(crate) const POLICY: &str = r#"
+[[endpoint]]
+name = "client"
+ips = ["198.18.1.10", "2001:2:0:1::10"]
+labels = { app = "client" }
+
+[[endpoint]]
+name = "server"
+ips = ["198.18.2.20", "2001:2:0:2::20"]
+labels = { app = "server" }
+
+[[endpoint]]
+name = "db"
+ips = ["198.18.2.21"]
+labels = { app = "db" }
+
+[[policy]]
+name = "server-in"
+selector = "app == 'server'"
+types = ["ingress"]
+
+  [[policy.ingress]]
+  action = "allow"
+  protocol = "tcp"
+  source = { selector = "app == 'client'" }
+  destination = { ports = [80] }
+
+  [[policy.ingress]]
+  action = "allow"
+  protocol = "udp"
+  destination = { ports = [53] }
+
+  [[policy.ingress]]
+  action = "allow"
+  protocol = "icmp"
+
+  [[policy.ingress]]
+  action = "allow"
+  protocol = "icmpv6"
+
+[[policy]]
+name = "db-in"
+selector = "app == 'db'"
+types = ["ingress"]
+
+  [[policy.ingress]]
+  action = "allow"
+  protocol = "udp"
+  destination = { ports = [53] }
+"#;
+
+pub(crate) fn compile(text: &str) -> CompiledPolicy {
+    CompiledPolicy::compile(&PolicySet::parse(text, Path::new("p.toml")).unwrap()).unwrap()
+}
+
+fn pipeline(capacity: usize) -> Pipeline {
+    let text = CONFIG.replace("capacity = 1000", &format!("capacity = {capacity}"));
+    let config = DaemonConfig::parse(&text, Path::new("d.toml")).unwrap();
+    Pipeline::new(&config, compile(POLICY), 42)
+}
+
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 1, 0x10];
+const NODE_CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
+const NODE_SERVER_MAC: [u8; 6] = [2, 0, 0, 0, 2, 1];
+const SERVER_MAC: [u8; 6] = [2, 0, 0, 0, 2, 0x20];
+const CLIENT: [u8; 4] = [198, 18, 1, 10];
+const SERVER: [u8; 4] = [198, 18, 2, 20];
+const DB: [u8; 4] = [198, 18, 2, 21];
+
+/// The last step of an etherparse builder, written out.
+trait Build {
+    fn bytes(self, payload: &[u8]) -> Vec<u8>;
+}
+
+macro_rules! build {
+    ($($t:ty),*) => {$(
+        impl Build for etherparse::PacketBuilderStep<$t> {
+            fn bytes(self, payload: &[u8]) -> Vec<u8> {
+                let mut v = Vec::new();
+                self.write(&mut v, payload).unwrap();
+                v
+            }
+        }
+    )*};
+}
+
+build!(etherparse::UdpHeader, etherparse::TcpHeader, etherparse::Icmpv4Header);
+
+fn finish(b: impl Build, payload: &[u8]) -> Vec<u8> {
+    b.bytes(payload)
+}
+
+/// A frame from the client side (to the node) or the server side.
+fn v4(from_client: bool, src: [u8; 4], dst: [u8; 4], ttl: u8) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+    let (s, d) = if from_client { (CLIENT_MAC, NODE_CLIENT_MAC) } else { (SERVER_MAC, NODE_SERVER_MAC) };
+    PacketBuilder::ethernet2(s, d).ipv4(src, dst, ttl)
+}
+
+fn udp(from_client: bool, src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    finish(v4(from_client, src, dst, 64).udp(sport, dport), b"hello")
+}
+
+fn tcp(from_client: bool, src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
+    let mut b = v4(from_client, src, dst, 64).tcp(sport, dport, seq, 1000);
+    if flags & SYN != 0 {
+        b = b.syn();
+    }
+    if flags & ACK != 0 {
+        b = b.ack(ack);
+    }
+    if flags & FIN != 0 {
+        b = b.fin();
+    }
+    if flags & RST != 0 {
+        b = b.rst();
+    }
+    finish(b, &[])
+}
+
+fn run(p: &mut Pipeline, now: u64, frames: &mut [Vec<u8>]) -> Vec<Outcome> {
+    let mut out = vec![Outcome::Drop(Drop::Invalid); frames.len()];
+    p.process(now, frames, &mut out);
+    out
+}
+
+fn one(p: &mut Pipeline, now: u64, frame: Vec<u8>) -> (Outcome, Vec<u8>) {
+    let mut f = [frame];
+    let o = run(p, now, &mut f);
+    let [frame] = f;
+    (o[0], frame)
+}
+
+fn records(p: &mut Pipeline) -> Vec<Value> {
+    let mut r = Vec::new();
+    p.take_records(&mut r);
+    r.iter().map(FlowRecord::to_json).collect()
+}
+
+use serde_json::Value;
+
+/// The independent check of a forwarded IPv4 frame: etherparse parses it, and the header
+/// checksum it computes equals the one in the frame.
+fn assert_valid_ipv4(frame: &[u8]) -> etherparse::Ipv4Header {
+    let sliced = SlicedPacket::from_ethernet(frame).unwrap();
+    let Some(etherparse::NetSlice::Ipv4(ip)) = sliced.net else { panic!("not IPv4") };
+    let h = ip.header().to_header();
+    assert_eq!(h.calc_header_checksum(), h.header_checksum, "header checksum");
+    h
+}
+
+#[test]
+fn udp_allowed_forwarded_rewritten_and_the_reply_tracked() {
+    let mut p = pipeline(1000);
+    let (o, f) = one(&mut p, 1_000, udp(true, CLIENT, 40000, SERVER, 53));
+    assert_eq!(o, Outcome::Forward(1));
+    assert_eq!(&f[0..6], &SERVER_MAC);
+    assert_eq!(&f[6..12], &NODE_SERVER_MAC);
+    assert_eq!(assert_valid_ipv4(&f).time_to_live, 63);
+    // The reply is allowed by conntrack (no policy lets the server send to the client: the
+    // client has no egress policy, and nothing selects it for ingress, so the defaults allow,
+    // but the reply never reaches the policy: it is a conntrack hit).
+    let (o, f) = one(&mut p, 2_000, udp(false, SERVER, 53, CLIENT, 40000));
+    assert_eq!(o, Outcome::Forward(0));
+    assert_eq!(&f[0..6], &CLIENT_MAC);
+    assert_eq!(p.counters().classified, 1);
+    assert_eq!(p.counters().tracked_packets, 2);
+    let recs = records(&mut p);
+    assert_eq!(recs.len(), 1);
+    let r = &recs[0];
+    assert_eq!(r["type"], "start");
+    assert_eq!((r["src_ip"].as_str(), r["dst_ip"].as_str()), (Some("198.18.1.10"), Some("198.18.2.20")));
+    assert_eq!((r["src_name"].as_str(), r["dst_name"].as_str()), (Some("client"), Some("server")));
+    assert_eq!(r["ingress"]["policy"], "server-in");
+    assert_eq!(r["ingress"]["rule"], 1);
+    assert_eq!((r["packets_out"].as_u64(), r["flows_started"].as_u64()), (Some(1), Some(1)));
+    // At the end, an aggregate carries the reply.
+    p.flush(3_000);
+    let recs = records(&mut p);
+    assert_eq!(recs.len(), 1);
+    assert_eq!((recs[0]["type"].as_str(), recs[0]["packets_in"].as_u64()), (Some("aggregate"), Some(1)));
+}
+
+#[test]
+fn denied_flows_are_dropped_counted_and_aggregated() {
+    let mut p = pipeline(1000);
+    for sport in [1, 1, 2] {
+        let (o, _) = one(&mut p, 5, udp(true, CLIENT, sport, DB, 5353));
+        assert_eq!(o, Outcome::Drop(Drop::Denied));
+    }
+    assert_eq!(p.counters().drops[Drop::Denied.index()], 3);
+    assert_eq!(p.counters().verdict_deny, 3);
+    assert!(p.conntrack().is_empty());
+    p.flush(10);
+    let recs = records(&mut p);
+    assert_eq!(recs.len(), 2, "{recs:?}");
+    assert_eq!(recs[0]["action"], "deny");
+    assert_eq!(recs[0]["reason"], "policy");
+    assert_eq!(recs[0]["packets_out"], 2);
+    // db-in decided by its tier's default (its only rule did not match).
+    assert_eq!(recs[0]["ingress"]["rule"], -1);
+    assert_eq!(recs[0]["ingress"]["policy"], "db-in");
+}
+
+#[test]
+fn tcp_handshake_data_and_close() {
+    let mut p = pipeline(1000);
+    let c = |flags, seq, ack| tcp(true, CLIENT, 40000, SERVER, 80, flags, seq, ack);
+    let s = |flags, seq, ack| tcp(false, SERVER, 80, CLIENT, 40000, flags, seq, ack);
+    let steps: Vec<(Vec<u8>, Outcome, &str)> = vec![
+        (c(SYN, 100, 0), Outcome::Forward(1), "SYN_SENT"),
+        (s(SYN | ACK, 900, 555), Outcome::Drop(Drop::Invalid), "SYN_SENT"), // wrong ack
+        (s(SYN | ACK, 900, 101), Outcome::Forward(0), "SYN_RECV"),
+        (c(ACK, 101, 901), Outcome::Forward(1), "ESTABLISHED"),
+        (c(ACK, 101, 901), Outcome::Forward(1), "ESTABLISHED"),
+        (s(FIN | ACK, 901, 101), Outcome::Forward(0), "FIN_WAIT"),
+        (c(ACK, 101, 902), Outcome::Forward(1), "CLOSE_WAIT"),
+        (c(FIN | ACK, 101, 902), Outcome::Forward(1), "LAST_ACK"),
+        (s(ACK, 902, 102), Outcome::Forward(0), "TIME_WAIT"),
+        (c(SYN, 5000, 0), Outcome::Forward(1), "SYN_SENT"), // reopened
+    ];
+    for (i, (frame, want, state)) in steps.into_iter().enumerate() {
+        let (o, _) = one(&mut p, i as u64, frame);
+        assert_eq!(o, want, "step {i}");
+        let (_, e) = p.conntrack().iter().next().unwrap();
+        assert_eq!(e.state.as_str(), state, "step {i}");
+    }
+    let recs = records(&mut p);
+    let kinds: Vec<&str> = recs.iter().map(|r| r["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["start", "end", "start"]);
+    assert_eq!(recs[1]["reason"], "reopened");
+    assert_eq!((recs[1]["packets_out"].as_u64(), recs[1]["packets_in"].as_u64()), (Some(4), Some(3)));
+}
+
+#[test]
+fn tcp_without_a_syn_is_invalid() {
+    let mut p = pipeline(1000);
+    let (o, _) = one(&mut p, 0, tcp(true, CLIENT, 1, SERVER, 80, ACK, 1, 1));
+    assert_eq!(o, Outcome::Drop(Drop::Invalid));
+    assert_eq!(p.counters().classified, 0, "invalid packets never reach the policy");
+}
+
+fn icmp_echo(from_client: bool, src: [u8; 4], dst: [u8; 4], id: u16, reply: bool) -> Vec<u8> {
+    let b = v4(from_client, src, dst, 64);
+    let b = if reply { b.icmpv4_echo_reply(id, 1) } else { b.icmpv4_echo_request(id, 1) };
+    finish(b, b"ping")
+}
+
+#[test]
+fn icmp_echo_by_identifier_and_related_errors() {
+    let mut p = pipeline(1000);
+    assert_eq!(one(&mut p, 0, icmp_echo(true, CLIENT, SERVER, 7, false)).0, Outcome::Forward(1));
+    assert_eq!(one(&mut p, 1, icmp_echo(false, SERVER, CLIENT, 7, true)).0, Outcome::Forward(0));
+    // A reply with another identifier matches nothing: invalid.
+    assert_eq!(one(&mut p, 2, icmp_echo(false, SERVER, CLIENT, 8, true)).0, Outcome::Drop(Drop::Invalid));
+
+    // A UDP flow, then a port unreachable from the server quoting it: related, forwarded.
+    assert_eq!(one(&mut p, 3, udp(true, CLIENT, 40000, SERVER, 53)).0, Outcome::Forward(1));
+    let quote = |sport: u16| {
+        let mut inner = Vec::new();
+        PacketBuilder::ipv4(CLIENT, SERVER, 63).udp(sport, 53).write(&mut inner, b"").unwrap();
+        let b = v4(false, SERVER, CLIENT, 64)
+            .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port));
+        finish(b, &inner)
+    };
+    assert_eq!(one(&mut p, 4, quote(40000)).0, Outcome::Forward(0));
+    // Quoting a flow never seen: dropped.
+    assert_eq!(one(&mut p, 5, quote(40001)).0, Outcome::Drop(Drop::Invalid));
+}
+
+#[test]
+fn a_reload_that_denies_a_tracked_flow_cuts_it() {
+    let mut p = pipeline(1000);
+    assert_eq!(one(&mut p, 0, udp(true, CLIENT, 40000, SERVER, 53)).0, Outcome::Forward(1));
+    assert_eq!(one(&mut p, 1, udp(true, CLIENT, 40001, SERVER, 53)).0, Outcome::Forward(1));
+    records(&mut p);
+    // The new policy allows only source port 40001.
+    let stricter = POLICY.replace(
+        "  protocol = \"udp\"\n  destination = { ports = [53] }\n\n  [[policy.ingress]]\n  action = \"allow\"\n  protocol = \"icmp\"",
+        "  protocol = \"udp\"\n  source = { ports = [40001] }\n  destination = { ports = [53] }\n\n  [[policy.ingress]]\n  action = \"allow\"\n  protocol = \"icmp\"",
+    );
+    assert_ne!(stricter, POLICY);
+    assert_eq!(p.set_policy(compile(&stricter)), 2);
+    // The reply of the cut flow is dropped too: the entry is gone and a reply cannot open.
+    assert_eq!(one(&mut p, 2, udp(false, SERVER, 53, CLIENT, 40000)).0, Outcome::Drop(Drop::PolicyChanged));
+    assert_eq!(one(&mut p, 3, udp(true, CLIENT, 40001, SERVER, 53)).0, Outcome::Forward(1));
+    assert_eq!(p.counters().reclassified, 2);
+    assert_eq!(p.conntrack().len(), 1);
+    let recs = records(&mut p);
+    assert_eq!(recs.len(), 1);
+    assert_eq!((recs[0]["type"].as_str(), recs[0]["reason"].as_str()), (Some("end"), Some("policy-changed")));
+    assert_eq!((recs[0]["action"].as_str(), recs[0]["src_port"].as_u64()), (Some("deny"), Some(40000)));
+    // Its decision is named from the policy it was allowed under (epoch 1).
+    assert_eq!(recs[0]["policy_epoch"], 1);
+}
+
+#[test]
+fn a_full_table_refuses_new_flows_and_counts() {
+    let mut p = pipeline(2);
+    for sport in [1, 2] {
+        assert_eq!(one(&mut p, 0, udp(true, CLIENT, sport, SERVER, 53)).0, Outcome::Forward(1));
+        // Replied: established, not reclaimable.
+        assert_eq!(one(&mut p, 0, udp(false, SERVER, 53, CLIENT, sport)).0, Outcome::Forward(0));
+    }
+    assert_eq!(one(&mut p, 1, udp(true, CLIENT, 3, SERVER, 53)).0, Outcome::Drop(Drop::TableFull));
+    assert_eq!(p.counters().drops[Drop::TableFull.index()], 1);
+    // After the UDP timeout (60 s), the next flow reclaims an expired entry.
+    assert_eq!(one(&mut p, 61 * SEC + 1, udp(true, CLIENT, 3, SERVER, 53)).0, Outcome::Forward(1));
+}
+
+#[test]
+fn unroutable_ttl_and_malformed_drops() {
+    let mut p = pipeline(1000);
+    let (o, f) = one(&mut p, 0, udp(true, CLIENT, 1, [198, 19, 9, 9], 53));
+    assert_eq!(o, Outcome::Drop(Drop::NoRoute));
+    assert_eq!(f, udp(true, CLIENT, 1, [198, 19, 9, 9], 53), "a dropped frame is not rewritten");
+    let (o, _) = one(&mut p, 0, udp(true, CLIENT, 1, [198, 18, 2, 99], 53));
+    assert_eq!(o, Outcome::Drop(Drop::NoNeighbour));
+    let ttl1 = finish(v4(true, CLIENT, SERVER, 1).udp(1, 53), b"x");
+    assert_eq!(one(&mut p, 0, ttl1).0, Outcome::Drop(Drop::Ttl));
+    assert_eq!(one(&mut p, 0, vec![0; 10]).0, Outcome::Drop(Drop::Malformed(Malformed::Truncated(wire::Layer::Ethernet))));
+    assert!(p.conntrack().is_empty(), "no state for packets that cannot be forwarded");
+    let c = p.counters();
+    assert_eq!(c.dropped(), 4);
+    assert_eq!(c.rx_packets, 4);
+    assert_eq!(c.tx_packets, 0);
+}
+
+#[test]
+fn ipv6_forwarding_decrements_the_hop_limit() {
+    let mut p = pipeline(1000);
+    let c6 = [0x20, 0x01, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0x10];
+    let s6 = [0x20, 0x01, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0x20];
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, NODE_CLIENT_MAC).ipv6(c6, s6, 9).udp(1000, 53);
+    let (o, f) = one(&mut p, 0, finish(b, b"q"));
+    assert_eq!(o, Outcome::Forward(1));
+    let sliced = SlicedPacket::from_ethernet(&f).unwrap();
+    let Some(etherparse::NetSlice::Ipv6(ip)) = sliced.net else { panic!("not IPv6") };
+    assert_eq!(ip.header().hop_limit(), 8);
+}
+
+#[test]
+fn expired_flows_end_with_a_record() {
+    let mut p = pipeline(1000);
+    assert_eq!(one(&mut p, 0, icmp_echo(true, CLIENT, SERVER, 1, false)).0, Outcome::Forward(1));
+    records(&mut p);
+    p.tick(6 * SEC, 1000);
+    assert!(p.conntrack().is_empty());
+    let recs = records(&mut p);
+    assert_eq!(recs.len(), 1);
+    assert_eq!((recs[0]["type"].as_str(), recs[0]["reason"].as_str()), (Some("end"), Some("expired")));
+    assert_eq!(recs[0]["flows_completed"], 1);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Whatever bytes arrive, the pipeline does not panic, every frame gets an outcome, and
+    /// every forwarded IPv4 frame has a valid header checksum per etherparse.
+    #[test]
+    fn arbitrary_frames_never_panic_and_forwarded_ipv4_checksums_hold(
+        frames in proptest::collection::vec(frame_strategy(), 1..80),
+    ) {
+        let mut p = pipeline(64);
+        let mut frames = frames;
+        let out = run(&mut p, 1, &mut frames);
+        for (o, f) in out.iter().zip(&frames) {
+            if let Outcome::Forward(_) = o {
+                let sliced = SlicedPacket::from_ethernet(f).unwrap();
+                if let Some(etherparse::NetSlice::Ipv4(ip)) = sliced.net {
+                    let h = ip.header().to_header();
+                    prop_assert_eq!(h.calc_header_checksum(), h.header_checksum);
+                }
+                prop_assert!(matches!(sliced.transport, Some(TransportSlice::Udp(_) | TransportSlice::Tcp(_) | TransportSlice::Icmpv4(_) | TransportSlice::Icmpv6(_))) || sliced.transport.is_none());
+            }
+        }
+        let c = p.counters();
+        prop_assert_eq!(c.rx_packets, frames.len() as u64);
+        prop_assert_eq!(c.tx_packets + c.dropped(), c.rx_packets);
+    }
+}
+
+/// Valid frames of allowed and denied flows (with random TTL, options, TOS), and the same
+/// frames with random bytes overwritten or cut short.
+fn frame_strategy() -> impl Strategy<Value = Vec<u8>> {
+    (any::<u16>(), 1u8..=255, prop_oneof![Just(SERVER), Just(DB)], any::<u8>(), 0usize..3, proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4), any::<Option<usize>>())
+        .prop_map(|(sport, ttl, dst, tos, kind, pokes, cut)| {
+            let b = v4(true, CLIENT, dst, ttl);
+            let mut f = match kind {
+                0 => finish(b.udp(sport, 53), b"payload"),
+                1 => finish(b.tcp(sport, 80, 1, 100).syn(), &[]),
+                _ => finish(b.icmpv4_echo_request(sport, 1), b"ping"),
+            };
+            f[15] = tos;
+            // Keep the IPv4 header checksum right after the TOS change, so the frame is valid
+            // unless a poke breaks it.
+            f[24..26].copy_from_slice(&[0, 0]);
+            let c = wire::checksum(&f[14..34]);
+            f[24..26].copy_from_slice(&c.to_be_bytes());
+            for (at, v) in pokes {
+                let n = f.len();
+                f[at % n] = v;
+            }
+            if let Some(cut) = cut {
+                let n = f.len();
+                f.truncate(cut % (n + 1));
+            }
+            f
+        })
+}
