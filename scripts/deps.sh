@@ -12,7 +12,7 @@ purpose=${1:-build}
 build=(gcc make pkg-config liblzma-dev xz-utils)
 case "$purpose" in
   build) want=("${build[@]}") ;;
-  test) want=("${build[@]}") ;;
+  test) want=("${build[@]}" tshark) ;;
   bench) want=("${build[@]}" python3 dpdk-dev) ;;
   *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
 esac

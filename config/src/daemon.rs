@@ -68,7 +68,8 @@ impl FromStr for Mac {
             if p.len() != 2 {
                 return Err(format!("'{s}' is not a MAC address (six hex pairs separated by ':')"));
             }
-            *o = u8::from_str_radix(p, 16).map_err(|_| format!("'{s}' is not a MAC address: bad hex '{p}'"))?;
+            *o = u8::from_str_radix(p, 16)
+                .map_err(|_| format!("'{s}' is not a MAC address: bad hex '{p}'"))?;
         }
         Ok(Mac(out))
     }
@@ -302,7 +303,10 @@ impl DaemonConfig {
             raw.interface.into_iter().map(|i| Interface { name: i.name.into_inner(), mac: i.mac }).collect();
         let iface = |n: &Spanned<String>| {
             interfaces.iter().position(|i| i.name == *n.get_ref()).ok_or_else(|| {
-                at(Some(n.span()), format!("unknown interface '{}' (declare it with [[interface]])", n.get_ref()))
+                at(
+                    Some(n.span()),
+                    format!("unknown interface '{}' (declare it with [[interface]])", n.get_ref()),
+                )
             })
         };
         let mut routes = Vec::new();
@@ -310,9 +314,16 @@ impl DaemonConfig {
             if let Some(via) = &r.via
                 && via.get_ref().is_ipv4() != r.to.get_ref().is_ipv4()
             {
-                return Err(at(Some(via.span()), format!("gateway {} is not in {}'s family", via.get_ref(), r.to.get_ref())));
+                return Err(at(
+                    Some(via.span()),
+                    format!("gateway {} is not in {}'s family", via.get_ref(), r.to.get_ref()),
+                ));
             }
-            routes.push(Route { to: *r.to.get_ref(), via: r.via.as_ref().map(|v| *v.get_ref()), interface: iface(&r.interface)? });
+            routes.push(Route {
+                to: *r.to.get_ref(),
+                via: r.via.as_ref().map(|v| *v.get_ref()),
+                interface: iface(&r.interface)?,
+            });
         }
         let mut neighbours = Vec::new();
         for n in &raw.neighbour {
@@ -326,7 +337,10 @@ impl DaemonConfig {
             ));
         }
         let t = *raw.conntrack.timeouts.get_ref();
-        if [t.syn, t.established, t.fin, t.rst, t.udp, t.icmp, t.generic].iter().any(|&s| s == 0 || s > 86_400 * 365) {
+        if [t.syn, t.established, t.fin, t.rst, t.udp, t.icmp, t.generic]
+            .iter()
+            .any(|&s| s == 0 || s > 86_400 * 365)
+        {
             return Err(at(
                 Some(raw.conntrack.timeouts.span()),
                 "conntrack timeouts are seconds between 1 and 31536000".to_owned(),
@@ -398,9 +412,18 @@ udp = 30
     #[test]
     fn errors_name_the_place() {
         let cases = [
-            (OK.replace("interface = \"out0\"\n[[route]]", "interface = \"nope\"\n[[route]]"), "d.toml:10:13: unknown interface 'nope'"),
-            (OK.replace("02:00:00:00:00:02\"", "02:00:00:00:02\""), "d.toml:7:7: '02:00:00:00:02' is not a MAC address"),
-            (OK.replace("via = \"2001:2::1\"", "via = \"198.18.0.1\""), "d.toml:13:7: gateway 198.18.0.1 is not in 2001:2::/48's family"),
+            (
+                OK.replace("interface = \"out0\"\n[[route]]", "interface = \"nope\"\n[[route]]"),
+                "d.toml:10:13: unknown interface 'nope'",
+            ),
+            (
+                OK.replace("02:00:00:00:00:02\"", "02:00:00:00:02\""),
+                "d.toml:7:7: '02:00:00:00:02' is not a MAC address",
+            ),
+            (
+                OK.replace("via = \"2001:2::1\"", "via = \"198.18.0.1\""),
+                "d.toml:13:7: gateway 198.18.0.1 is not in 2001:2::/48's family",
+            ),
             (OK.replace("capacity = 1000", "capacity = 0"), "d.toml:20:12: conntrack capacity must be"),
             (OK.replace("udp = 30", "udp = 0"), "d.toml:21:1: conntrack timeouts are seconds"),
             (OK.replace("udp = 30", "udp = 30\nfoo = 1"), "d.toml:23:1: unknown field `foo`"),

@@ -89,11 +89,9 @@ impl Reason {
     }
 }
 
-/// The policy decision a record reports, by index.
-#[derive(Debug, Clone)]
+/// The policy decision a record reports, by index into the record's policy.
+#[derive(Debug, Clone, Copy)]
 pub struct RecordDecision {
-    /// The policy it was made under.
-    pub policy: Arc<PolicyVersion>,
     /// The egress side, when the source is a local endpoint.
     pub egress: Option<SideRef>,
     /// The ingress side, when the destination is a local endpoint.
@@ -125,6 +123,8 @@ pub struct FlowRecord {
     pub action: Verdict,
     /// Why.
     pub reason: Reason,
+    /// The policy that names endpoints and decisions (the one the decision was made under).
+    pub policy: Option<Arc<PolicyVersion>>,
     /// The policy decision, when the policy was consulted.
     pub decision: Option<RecordDecision>,
     /// Packets `[out (originator to responder), in]`.
@@ -151,7 +151,7 @@ fn proto_name(p: u8) -> Value {
 impl FlowRecord {
     /// The record as a JSON object, names resolved.
     pub fn to_json(&self) -> Value {
-        let policy = self.decision.as_ref().map(|d| &d.policy);
+        let policy = self.policy.as_ref();
         let endpoint = |ip: IpAddr| policy.and_then(|p| p.compiled.endpoint(ip));
         let side = |s: Option<SideRef>| match (s, policy) {
             (Some(s), Some(p)) => {
@@ -176,7 +176,7 @@ impl FlowRecord {
             "dst_namespace": dst_ep.map(|e| e.1),
             "action": self.action.as_str(),
             "reason": self.reason.as_str(),
-            "policy_epoch": policy.map(|p| p.epoch),
+            "policy_epoch": self.decision.and(policy).map(|p| p.epoch),
             "egress": side(self.decision.as_ref().and_then(|d| d.egress)),
             "ingress": side(self.decision.as_ref().and_then(|d| d.ingress)),
             "staged_action": self.decision.as_ref().and_then(|d| d.staged).map(Verdict::as_str),

@@ -47,7 +47,8 @@ pub struct Forwarder {
 impl Forwarder {
     /// The static routes and neighbours of `config`.
     pub fn from_config(config: &DaemonConfig) -> Forwarder {
-        let mut f = Forwarder { macs: config.interfaces.iter().map(|i| i.mac.0).collect(), ..Forwarder::default() };
+        let mut f =
+            Forwarder { macs: config.interfaces.iter().map(|i| i.mac.0).collect(), ..Forwarder::default() };
         for r in &config.routes {
             let hop = NextHop { interface: r.interface as u16, via: r.via };
             match r.to.addr() {

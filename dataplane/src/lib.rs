@@ -8,5 +8,6 @@ pub mod cli;
 pub mod conntrack;
 pub mod flowlog;
 pub mod forward;
+pub mod io;
 pub mod pipeline;
 pub mod wire;

@@ -225,7 +225,8 @@ impl Pipeline {
     /// classified again on their next packet.
     pub fn set_policy(&mut self, policy: CompiledPolicy) -> u32 {
         let epoch = self.acct.policy.epoch.wrapping_add(1);
-        let old = std::mem::replace(&mut self.acct.policy, Arc::new(PolicyVersion { epoch, compiled: policy }));
+        let old =
+            std::mem::replace(&mut self.acct.policy, Arc::new(PolicyVersion { epoch, compiled: policy }));
         self.acct.history.push_front(old);
         self.acct.history.truncate(POLICY_HISTORY);
         epoch
@@ -290,7 +291,15 @@ impl Pipeline {
         }
     }
 
-    fn packet(&mut self, now: u64, frame: &mut [u8], p: &Packet, key: &FlowKey, a_to_b: bool, h: u32) -> Outcome {
+    fn packet(
+        &mut self,
+        now: u64,
+        frame: &mut [u8],
+        p: &Packet,
+        key: &FlowKey,
+        a_to_b: bool,
+        h: u32,
+    ) -> Outcome {
         let hop = match self.fwd.resolve(p) {
             Ok(hop) => hop,
             Err(e) => {
@@ -338,7 +347,9 @@ impl Pipeline {
         let d = self.acct.policy.compiled.decide(&flow_of_entry(e));
         if d.verdict == Verdict::Deny {
             let acct = &mut self.acct;
-            self.table.remove(i, EndReason::Removed, &mut |e, _| acct.end(e, now, Reason::PolicyChanged, Verdict::Deny));
+            self.table.remove(i, EndReason::Removed, &mut |e, _| {
+                acct.end(e, now, Reason::PolicyChanged, Verdict::Deny)
+            });
             acct.counters.drops[Drop::PolicyChanged.index()] += 1;
             return Err(Drop::PolicyChanged);
         }
@@ -348,7 +359,15 @@ impl Pipeline {
         Ok(())
     }
 
-    fn track(&mut self, now: u64, p: &Packet, key: &FlowKey, a_to_b: bool, h: u32, len: usize) -> Result<(), Drop> {
+    fn track(
+        &mut self,
+        now: u64,
+        p: &Packet,
+        key: &FlowKey,
+        a_to_b: bool,
+        h: u32,
+        len: usize,
+    ) -> Result<(), Drop> {
         if p.icmp_kind() == Some(IcmpKind::Other) {
             return self.stateless(now, p, len);
         }
@@ -362,19 +381,23 @@ impl Pipeline {
             State::Udp | State::Generic => true,
             State::Icmp => {
                 let k = p.icmp_kind();
-                (from_orig && k == Some(IcmpKind::EchoRequest)) || (!from_orig && k == Some(IcmpKind::EchoReply))
+                (from_orig && k == Some(IcmpKind::EchoRequest))
+                    || (!from_orig && k == Some(IcmpKind::EchoReply))
             }
             _ => {
                 let seg = Segment { from_orig, flags: p.l4.flags, ack: p.l4.ack };
                 match tcp::step(e.state, e.flags & flags::FIN_BY_ORIG != 0, e.isn, seg) {
                     Step::To { state, fin_by_orig } => {
                         e.state = state;
-                        e.flags = (e.flags & !flags::FIN_BY_ORIG) | if fin_by_orig { flags::FIN_BY_ORIG } else { 0 };
+                        e.flags = (e.flags & !flags::FIN_BY_ORIG)
+                            | if fin_by_orig { flags::FIN_BY_ORIG } else { 0 };
                         true
                     }
                     Step::Reopen => {
                         let acct = &mut self.acct;
-                        self.table.remove(i, EndReason::Removed, &mut |e, _| acct.end(e, now, Reason::Reopened, Verdict::Allow));
+                        self.table.remove(i, EndReason::Removed, &mut |e, _| {
+                            acct.end(e, now, Reason::Reopened, Verdict::Allow)
+                        });
                         return self.open(now, p, key, a_to_b, h, len);
                     }
                     Step::Invalid => false,
@@ -403,13 +426,23 @@ impl Pipeline {
     }
 
     /// A packet of an untracked flow: if it may open one and the policy allows it, track it.
-    fn open(&mut self, now: u64, p: &Packet, key: &FlowKey, a_to_b: bool, h: u32, len: usize) -> Result<(), Drop> {
+    fn open(
+        &mut self,
+        now: u64,
+        p: &Packet,
+        key: &FlowKey,
+        a_to_b: bool,
+        h: u32,
+        len: usize,
+    ) -> Result<(), Drop> {
         let state = match p.l4.proto {
             PROTO_TCP if tcp::opens(p.l4.flags) => State::TcpSynSent,
             PROTO_TCP => return Err(self.drop_logged(now, p, Drop::Invalid, None, len).dropped()),
             PROTO_UDP => State::Udp,
             PROTO_ICMP | PROTO_ICMPV6 if p.icmp_kind() == Some(IcmpKind::EchoRequest) => State::Icmp,
-            PROTO_ICMP | PROTO_ICMPV6 => return Err(self.drop_logged(now, p, Drop::Invalid, None, len).dropped()),
+            PROTO_ICMP | PROTO_ICMPV6 => {
+                return Err(self.drop_logged(now, p, Drop::Invalid, None, len).dropped());
+            }
             _ => State::Generic,
         };
         let d = self.acct.classify(&flow_of_packet(p));
@@ -447,9 +480,17 @@ impl Pipeline {
     }
 
     /// Counts a dropped packet and adds it to the interval's drop aggregates.
-    fn drop_logged(&mut self, now: u64, p: &Packet, d: Drop, decision: Option<&Verdicts>, len: usize) -> Outcome {
+    fn drop_logged(
+        &mut self,
+        now: u64,
+        p: &Packet,
+        d: Drop,
+        decision: Option<&Verdicts>,
+        len: usize,
+    ) -> Outcome {
         self.acct.drop(d);
-        let (src_port, dst_port) = if p.has_ports() || p.icmp_kind().is_some() { (p.l4.sport, p.l4.dport) } else { (0, 0) };
+        let (src_port, dst_port) =
+            if p.has_ports() || p.icmp_kind().is_some() { (p.l4.sport, p.l4.dport) } else { (0, 0) };
         let key = DropKey {
             proto: p.l4.proto,
             src: p.src,
@@ -546,14 +587,26 @@ impl Accounting {
         std::iter::once(&self.policy).chain(self.history.iter()).find(|p| p.epoch == epoch)
     }
 
-    fn record(&self, kind: Kind, e: &Entry, start: u64, end: u64, reason: Reason, action: Verdict) -> FlowRecord {
+    fn record(
+        &self,
+        kind: Kind,
+        e: &Entry,
+        start: u64,
+        end: u64,
+        reason: Reason,
+        action: Verdict,
+    ) -> FlowRecord {
         let ((src, src_port), (dst, dst_port)) = e.endpoints();
-        let decision = self.policy_at(e.epoch).map(|policy| {
+        let policy = self.policy_at(e.epoch).cloned();
+        let decision = policy.as_ref().map(|_| {
             let side = |present, td, meta| {
-                (e.flags & present != 0).then_some(SideRef { verdict: Verdict::Allow, meta, tier_default: e.flags & td != 0 })
+                (e.flags & present != 0).then_some(SideRef {
+                    verdict: Verdict::Allow,
+                    meta,
+                    tier_default: e.flags & td != 0,
+                })
             };
             RecordDecision {
-                policy: Arc::clone(policy),
                 egress: side(flags::EGRESS, flags::EGRESS_TIER_DEFAULT, e.egress_meta),
                 ingress: side(flags::INGRESS, flags::INGRESS_TIER_DEFAULT, e.ingress_meta),
                 staged: (e.flags & flags::STAGED != 0).then_some(if e.flags & flags::STAGED_DENY != 0 {
@@ -574,6 +627,7 @@ impl Accounting {
             dst_port,
             action,
             reason,
+            policy,
             decision,
             packets: e.packets,
             bytes: e.bytes,
@@ -603,12 +657,8 @@ impl Accounting {
         // Deterministic output: by first packet, then by key fields.
         drops.sort_by_key(|(k, a)| (a.first, k.src, k.src_port, k.dst, k.dst_port, k.proto));
         for (k, a) in drops {
-            let decision = (k.egress.is_some() || k.ingress.is_some() || k.staged.is_some()).then(|| RecordDecision {
-                policy: Arc::clone(&self.policy),
-                egress: k.egress,
-                ingress: k.ingress,
-                staged: k.staged,
-            });
+            let decision = (k.egress.is_some() || k.ingress.is_some() || k.staged.is_some())
+                .then_some(RecordDecision { egress: k.egress, ingress: k.ingress, staged: k.staged });
             self.records.push(FlowRecord {
                 kind: Kind::Aggregate,
                 start_ns: a.first,
@@ -620,6 +670,7 @@ impl Accounting {
                 dst_port: k.dst_port,
                 action: Verdict::Deny,
                 reason: k.reason,
+                policy: Some(Arc::clone(&self.policy)),
                 decision,
                 packets: [a.packets, 0],
                 bytes: [a.bytes, 0],

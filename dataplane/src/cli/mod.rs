@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod classbench;
 mod demo;
 mod policy;
+mod replay;
 
 /// Margay: a userspace packet-processing dataplane for network microsegmentation.
 #[derive(Debug, Parser)]
@@ -40,6 +41,13 @@ enum Command {
     Explain(policy::ExplainArgs),
     /// Compile a policy file onto the classifier; with --stats, print sizes and build time.
     Compile(policy::CompileArgs),
+    /// Run the packet pipeline (parse, conntrack, policy, forwarding, flow records) over a
+    /// pcap capture as if it arrived on one interface; write the forwarded, rewritten frames
+    /// to another capture and print the counters. Deterministic: the clock is the capture's.
+    #[command(
+        after_help = "Example:\n  margay replay --config node.toml --policy policy.toml --in-interface eth0 \\\n      --in trace.pcap --out forwarded.pcap --flows flows.jsonl --stats"
+    )]
+    Replay(replay::ReplayArgs),
 }
 
 /// Arguments of `margay classbench`.
@@ -119,5 +127,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(args) => policy::check(&args),
         Command::Explain(args) => policy::explain(&args),
         Command::Compile(args) => policy::compile(&args),
+        Command::Replay(args) => replay::run(&args),
     }
 }

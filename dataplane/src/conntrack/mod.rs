@@ -367,10 +367,11 @@ impl Table {
     #[inline]
     pub fn prefetch_entry(&self, hash: u32) {
         let s = self.index[hash as usize & self.mask];
-        if s != 0 && (s >> 32) as u32 == hash {
-            if let Some(e) = self.slab.get((s as u32 - 1) as usize) {
-                prefetch(e);
-            }
+        if s != 0
+            && (s >> 32) as u32 == hash
+            && let Some(e) = self.slab.get((s as u32 - 1) as usize)
+        {
+            prefetch(e);
         }
     }
 

@@ -81,12 +81,14 @@ fn a_full_table_reclaims_expired_then_unestablished_then_refuses() {
     let late = 61 * SEC;
     let mut ended = Vec::new();
     let k = key(10);
-    t.insert(entry(k, State::Udp, late), t.hash(&k), late, &mut |e: &Entry, r| ended.push((e.key, r))).unwrap();
+    t.insert(entry(k, State::Udp, late), t.hash(&k), late, &mut |e: &Entry, r| ended.push((e.key, r)))
+        .unwrap();
     assert_eq!(ended, vec![(key(2), EndReason::Expired)]);
     // Now full of established flows except the new, unreplied one: it is the one reclaimed.
     let k2 = key(11);
     ended.clear();
-    t.insert(entry(k2, State::Udp, late), t.hash(&k2), late, &mut |e: &Entry, r| ended.push((e.key, r))).unwrap();
+    t.insert(entry(k2, State::Udp, late), t.hash(&k2), late, &mut |e: &Entry, r| ended.push((e.key, r)))
+        .unwrap();
     assert_eq!(ended, vec![(key(10), EndReason::Reclaimed)]);
     // Mark everything established: the next new flow is refused.
     let all: Vec<u32> = t.iter().map(|(i, _)| i).collect();

@@ -9,99 +9,9 @@ use proptest::prelude::*;
 use super::*;
 use crate::wire::tcp_flags::{ACK, FIN, RST, SYN};
 
-pub(crate) const CONFIG: &str = r#"
-[[interface]]
-name = "client0"
-mac = "02:00:00:00:01:01"
-[[interface]]
-name = "server0"
-mac = "02:00:00:00:02:01"
-[[route]]
-to = "198.18.1.0/24"
-interface = "client0"
-[[route]]
-to = "198.18.2.0/24"
-interface = "server0"
-[[route]]
-to = "2001:2:0:2::/64"
-interface = "server0"
-[[route]]
-to = "2001:2:0:1::/64"
-interface = "client0"
-[[neighbour]]
-ip = "198.18.1.10"
-mac = "02:00:00:00:01:10"
-interface = "client0"
-[[neighbour]]
-ip = "198.18.2.20"
-mac = "02:00:00:00:02:20"
-interface = "server0"
-[[neighbour]]
-ip = "198.18.2.21"
-mac = "02:00:00:00:02:21"
-interface = "server0"
-[[neighbour]]
-ip = "2001:2:0:2::20"
-mac = "02:00:00:00:02:20"
-interface = "server0"
-[[neighbour]]
-ip = "2001:2:0:1::10"
-mac = "02:00:00:00:01:10"
-interface = "client0"
-[conntrack]
-capacity = 1000
-"#;
+pub(crate) const CONFIG: &str = include_str!("../../../examples/replay/node.toml");
 
-pub(crate) const POLICY: &str = r#"
-[[endpoint]]
-name = "client"
-ips = ["198.18.1.10", "2001:2:0:1::10"]
-labels = { app = "client" }
-
-[[endpoint]]
-name = "server"
-ips = ["198.18.2.20", "2001:2:0:2::20"]
-labels = { app = "server" }
-
-[[endpoint]]
-name = "db"
-ips = ["198.18.2.21"]
-labels = { app = "db" }
-
-[[policy]]
-name = "server-in"
-selector = "app == 'server'"
-types = ["ingress"]
-
-  [[policy.ingress]]
-  action = "allow"
-  protocol = "tcp"
-  source = { selector = "app == 'client'" }
-  destination = { ports = [80] }
-
-  [[policy.ingress]]
-  action = "allow"
-  protocol = "udp"
-  destination = { ports = [53] }
-
-  [[policy.ingress]]
-  action = "allow"
-  protocol = "icmp"
-
-  [[policy.ingress]]
-  action = "allow"
-  protocol = "icmpv6"
-
-[[policy]]
-name = "db-in"
-selector = "app == 'db'"
-types = ["ingress"]
-
-  [[policy.ingress]]
-  action = "allow"
-  protocol = "udp"
-  destination = { ports = [53] }
-"#;
+pub(crate) const POLICY: &str = include_str!("../../../examples/replay/policy.toml");
 
 pub(crate) fn compile(text: &str) -> CompiledPolicy {
     CompiledPolicy::compile(&PolicySet::parse(text, Path::new("p.toml")).unwrap()).unwrap()
@@ -145,7 +55,12 @@ fn finish(b: impl Build, payload: &[u8]) -> Vec<u8> {
 }
 
 /// A frame from the client side (to the node) or the server side.
-fn v4(from_client: bool, src: [u8; 4], dst: [u8; 4], ttl: u8) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+fn v4(
+    from_client: bool,
+    src: [u8; 4],
+    dst: [u8; 4],
+    ttl: u8,
+) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
     let (s, d) = if from_client { (CLIENT_MAC, NODE_CLIENT_MAC) } else { (SERVER_MAC, NODE_SERVER_MAC) };
     PacketBuilder::ethernet2(s, d).ipv4(src, dst, ttl)
 }
@@ -154,7 +69,15 @@ fn udp(from_client: bool, src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) ->
     finish(v4(from_client, src, dst, 64).udp(sport, dport), b"hello")
 }
 
-fn tcp(from_client: bool, src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
+/// A TCP segment from `(address, port)` to `(address, port)`.
+fn tcp(
+    from_client: bool,
+    (src, sport): ([u8; 4], u16),
+    (dst, dport): ([u8; 4], u16),
+    flags: u8,
+    seq: u32,
+    ack: u32,
+) -> Vec<u8> {
     let mut b = v4(from_client, src, dst, 64).tcp(sport, dport, seq, 1000);
     if flags & SYN != 0 {
         b = b.syn();
@@ -258,8 +181,8 @@ fn denied_flows_are_dropped_counted_and_aggregated() {
 #[test]
 fn tcp_handshake_data_and_close() {
     let mut p = pipeline(1000);
-    let c = |flags, seq, ack| tcp(true, CLIENT, 40000, SERVER, 80, flags, seq, ack);
-    let s = |flags, seq, ack| tcp(false, SERVER, 80, CLIENT, 40000, flags, seq, ack);
+    let c = |flags, seq, ack| tcp(true, (CLIENT, 40000), (SERVER, 80), flags, seq, ack);
+    let s = |flags, seq, ack| tcp(false, (SERVER, 80), (CLIENT, 40000), flags, seq, ack);
     let steps: Vec<(Vec<u8>, Outcome, &str)> = vec![
         (c(SYN, 100, 0), Outcome::Forward(1), "SYN_SENT"),
         (s(SYN | ACK, 900, 555), Outcome::Drop(Drop::Invalid), "SYN_SENT"), // wrong ack
@@ -288,7 +211,7 @@ fn tcp_handshake_data_and_close() {
 #[test]
 fn tcp_without_a_syn_is_invalid() {
     let mut p = pipeline(1000);
-    let (o, _) = one(&mut p, 0, tcp(true, CLIENT, 1, SERVER, 80, ACK, 1, 1));
+    let (o, _) = one(&mut p, 0, tcp(true, (CLIENT, 1), (SERVER, 80), ACK, 1, 1));
     assert_eq!(o, Outcome::Drop(Drop::Invalid));
     assert_eq!(p.counters().classified, 0, "invalid packets never reach the policy");
 }
@@ -312,8 +235,9 @@ fn icmp_echo_by_identifier_and_related_errors() {
     let quote = |sport: u16| {
         let mut inner = Vec::new();
         PacketBuilder::ipv4(CLIENT, SERVER, 63).udp(sport, 53).write(&mut inner, b"").unwrap();
-        let b = v4(false, SERVER, CLIENT, 64)
-            .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port));
+        let b = v4(false, SERVER, CLIENT, 64).icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ));
         finish(b, &inner)
     };
     assert_eq!(one(&mut p, 4, quote(40000)).0, Outcome::Forward(0));
@@ -371,7 +295,10 @@ fn unroutable_ttl_and_malformed_drops() {
     assert_eq!(o, Outcome::Drop(Drop::NoNeighbour));
     let ttl1 = finish(v4(true, CLIENT, SERVER, 1).udp(1, 53), b"x");
     assert_eq!(one(&mut p, 0, ttl1).0, Outcome::Drop(Drop::Ttl));
-    assert_eq!(one(&mut p, 0, vec![0; 10]).0, Outcome::Drop(Drop::Malformed(Malformed::Truncated(wire::Layer::Ethernet))));
+    assert_eq!(
+        one(&mut p, 0, vec![0; 10]).0,
+        Outcome::Drop(Drop::Malformed(Malformed::Truncated(wire::Layer::Ethernet)))
+    );
     assert!(p.conntrack().is_empty(), "no state for packets that cannot be forwarded");
     let c = p.counters();
     assert_eq!(c.dropped(), 4);
@@ -436,7 +363,15 @@ proptest! {
 /// Valid frames of allowed and denied flows (with random TTL, options, TOS), and the same
 /// frames with random bytes overwritten or cut short.
 fn frame_strategy() -> impl Strategy<Value = Vec<u8>> {
-    (any::<u16>(), 1u8..=255, prop_oneof![Just(SERVER), Just(DB)], any::<u8>(), 0usize..3, proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4), any::<Option<usize>>())
+    (
+        any::<u16>(),
+        1u8..=255,
+        prop_oneof![Just(SERVER), Just(DB)],
+        any::<u8>(),
+        0usize..3,
+        proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+        any::<Option<usize>>(),
+    )
         .prop_map(|(sport, ttl, dst, tos, kind, pokes, cut)| {
             let b = v4(true, CLIENT, dst, ttl);
             let mut f = match kind {

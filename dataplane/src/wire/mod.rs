@@ -395,7 +395,11 @@ fn parse_l4(b: Bytes<'_>, off: usize, proto: u8, outer: bool) -> Result<(L4, Opt
                 // One level of quoting: an error inside an error is not followed.
                 IcmpKind::Error if outer => {
                     let inner = Bytes(&b.0[off + 8..]);
-                    let q = if proto == PROTO_ICMP { parse_ipv4(inner, 0, false) } else { parse_ipv6(inner, 0, false) };
+                    let q = if proto == PROTO_ICMP {
+                        parse_ipv4(inner, 0, false)
+                    } else {
+                        parse_ipv6(inner, 0, false)
+                    };
                     let q = q.map_err(|e| match e {
                         Malformed::Truncated(_) => Malformed::Truncated(Layer::L4),
                         other => other,

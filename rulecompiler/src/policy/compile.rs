@@ -164,7 +164,8 @@ impl CompiledPolicy {
     pub fn evaluate(&self, flow: &Flow) -> Decision {
         let mut log = Vec::new();
         let d = self.decide_with(flow, &mut |ingress, meta| {
-            let (tier, policy, rule) = self.enforced.names(SideRef { verdict: Verdict::Allow, meta, tier_default: false });
+            let (tier, policy, rule) =
+                self.enforced.names(SideRef { verdict: Verdict::Allow, meta, tier_default: false });
             log.push(LogHit { ingress, tier: tier.to_owned(), policy: policy.to_owned(), rule });
         });
         let named = |s: SideRef| {
@@ -189,7 +190,13 @@ impl CompiledPolicy {
         let src = self.endpoint_of.get(&flow.src).copied();
         let dst = self.endpoint_of.get(&flow.dst).copied();
         if src.is_none() && dst.is_none() {
-            return Verdicts { verdict: self.unmanaged, egress: None, ingress: None, staged: None, logged: false };
+            return Verdicts {
+                verdict: self.unmanaged,
+                egress: None,
+                ingress: None,
+                staged: None,
+                logged: false,
+            };
         }
         let mut logged = false;
         let mut on_log = |ingress, meta| {
@@ -346,7 +353,9 @@ impl View {
                     return SideRef { verdict: Verdict::Deny, meta, tier_default: true };
                 }
                 Step::TierDefault { default: TierDefault::Pass, .. } => after = Some(id),
-                Step::NoPolicy(verdict) => return SideRef { verdict, meta: SideRef::DEFAULTS, tier_default: false },
+                Step::NoPolicy(verdict) => {
+                    return SideRef { verdict, meta: SideRef::DEFAULTS, tier_default: false };
+                }
             }
         }
         // Unreachable while every list ends in its sentinel; deny rather than guess.

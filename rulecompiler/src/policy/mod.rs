@@ -127,7 +127,11 @@ pub(crate) fn combine(egress: Option<&SideDecision>, ingress: Option<&SideDecisi
 
 /// Allow only when every side present allows.
 pub(crate) fn combine_verdicts(egress: Option<Verdict>, ingress: Option<Verdict>) -> Verdict {
-    if egress == Some(Verdict::Deny) || ingress == Some(Verdict::Deny) { Verdict::Deny } else { Verdict::Allow }
+    if egress == Some(Verdict::Deny) || ingress == Some(Verdict::Deny) {
+        Verdict::Deny
+    } else {
+        Verdict::Allow
+    }
 }
 
 impl Flow {

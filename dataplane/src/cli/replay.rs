@@ -1,0 +1,193 @@
+//! `margay replay`: the packet pipeline over a capture, deterministically (the clock is the
+//! capture's timestamps; each packet is decided at its own timestamp).
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use margay_config::PolicySet;
+use margay_config::daemon::DaemonConfig;
+use margay_rulecompiler::policy::compile::CompiledPolicy;
+use serde_json::json;
+
+use crate::flowlog::{FlowRecord, JsonLines};
+use crate::io::{Burst, PacketIo, PcapIo};
+use crate::pipeline::{Counters, Outcome, Pipeline};
+
+/// Arguments of `margay replay`.
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// Daemon config: interfaces (with MACs), static routes and neighbours, conntrack and
+    /// flow-log settings.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Policy file (overrides the config's `policy`).
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// The config interface the capture arrived on.
+    #[arg(long, value_name = "NAME")]
+    in_interface: String,
+    /// Input capture (pcap, Ethernet).
+    #[arg(long = "in", value_name = "IN.pcap")]
+    input: PathBuf,
+    /// Output capture: the forwarded frames, rewritten, with their input timestamps.
+    #[arg(long = "out", value_name = "OUT.pcap")]
+    output: PathBuf,
+    /// Write flow records here as JSON lines.
+    #[arg(long, value_name = "FILE")]
+    flows: Option<PathBuf>,
+    /// Print every counter instead of a one-line summary.
+    #[arg(long)]
+    stats: bool,
+    /// Print the counters as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Seed of the conntrack hash (the output does not depend on it).
+    #[arg(long, default_value_t = 0x6d61_7267_6179, hide = true)]
+    seed: u64,
+}
+
+/// Runs `margay replay`.
+pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
+    let config = DaemonConfig::load(&args.config)?;
+    if !config.interfaces.iter().any(|i| i.name == args.in_interface) {
+        let names: Vec<&str> = config.interfaces.iter().map(|i| i.name.as_str()).collect();
+        anyhow::bail!(
+            "--in-interface {}: not an interface of {} (it has: {})",
+            args.in_interface,
+            args.config.display(),
+            if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+        );
+    }
+    let policy_path = args
+        .policy
+        .clone()
+        .or_else(|| config.policy.clone())
+        .context("no policy: give --policy FILE or set `policy` in the config")?;
+    let set = PolicySet::load(&policy_path)?;
+    let compiled = CompiledPolicy::compile(&set).with_context(|| format!("{}", policy_path.display()))?;
+
+    let mut flows = match &args.flows {
+        Some(p) => Some(JsonLines::new(BufWriter::new(
+            File::create(p).with_context(|| format!("{}: cannot create", p.display()))?,
+        ))),
+        None => None,
+    };
+    let mut io = PcapIo::open(&args.input, &args.output)?;
+    let mut pipeline = Pipeline::new(&config, compiled, args.seed);
+    let mut burst = Burst::new();
+    let mut outcomes = Vec::new();
+    let mut records: Vec<FlowRecord> = Vec::new();
+    let mut written = 0u64;
+    let mut last_ts = 0;
+    loop {
+        let n = io.recv(&mut burst, 64).with_context(|| format!("{}: bad capture", args.input.display()))?;
+        if n == 0 {
+            break;
+        }
+        outcomes.clear();
+        outcomes.resize(n, Outcome::Forward(0));
+        let ts: Vec<u64> = burst.timestamps().to_vec();
+        for (i, (frame, &t)) in burst.frames_mut().iter_mut().zip(&ts).enumerate() {
+            pipeline.process(t, std::slice::from_mut(frame), &mut outcomes[i..=i]);
+            last_ts = last_ts.max(t);
+        }
+        io.send(&burst, &outcomes)?;
+        written += drain(&mut pipeline, &mut records, flows.as_mut())?;
+    }
+    pipeline.flush(last_ts);
+    written += drain(&mut pipeline, &mut records, flows.as_mut())?;
+    let frames_out = io.written;
+    io.finish().with_context(|| format!("{}: cannot write", args.output.display()))?;
+    if let Some(f) = flows {
+        f.into_inner()?;
+    }
+    let c = pipeline.counters();
+    let live = pipeline.conntrack().len();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let mut v = counters_json(c);
+        v["conntrack_entries"] = json!(live);
+        v["flow_records"] = json!(written);
+        v["frames_written"] = json!(frames_out);
+        writeln!(out, "{v}")?;
+    } else if args.stats {
+        print_stats(&mut out, c, live, written)?;
+    } else {
+        writeln!(
+            out,
+            "replayed {} packets: {} forwarded, {} dropped; {} flows tracked; {} flow records",
+            c.rx_packets,
+            c.tx_packets,
+            c.dropped(),
+            c.flows_started,
+            written
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn drain(
+    p: &mut Pipeline,
+    buf: &mut Vec<FlowRecord>,
+    out: Option<&mut JsonLines<BufWriter<File>>>,
+) -> anyhow::Result<u64> {
+    p.take_records(buf);
+    let n = buf.len() as u64;
+    if let Some(w) = out {
+        for r in buf.iter() {
+            w.write(r)?;
+        }
+    }
+    buf.clear();
+    Ok(n)
+}
+
+/// The counters as JSON: the pipeline's fields, drops by reason name.
+pub fn counters_json(c: &Counters) -> serde_json::Value {
+    let drops: serde_json::Map<String, serde_json::Value> =
+        c.drop_reasons().map(|(k, v)| (k.to_owned(), json!(v))).collect();
+    json!({
+        "rx_packets": c.rx_packets,
+        "rx_bytes": c.rx_bytes,
+        "tx_packets": c.tx_packets,
+        "tx_bytes": c.tx_bytes,
+        "dropped": c.dropped(),
+        "drops": drops,
+        "tracked_packets": c.tracked_packets,
+        "classified": c.classified,
+        "verdict_allow": c.verdict_allow,
+        "verdict_deny": c.verdict_deny,
+        "reclassified": c.reclassified,
+        "flows_started": c.flows_started,
+        "flows_ended": c.flows_ended,
+        "records_lost": c.records_lost,
+    })
+}
+
+fn print_stats(out: &mut impl Write, c: &Counters, live: usize, records: u64) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "packets   rx {} ({} bytes), forwarded {} ({} bytes), dropped {}",
+        c.rx_packets,
+        c.rx_bytes,
+        c.tx_packets,
+        c.tx_bytes,
+        c.dropped()
+    )?;
+    writeln!(
+        out,
+        "policy    classified {} (allow {}, deny {}), reclassified after reload {}",
+        c.classified, c.verdict_allow, c.verdict_deny, c.reclassified
+    )?;
+    writeln!(
+        out,
+        "conntrack packets of tracked flows {}, flows started {}, ended {}, live {}",
+        c.tracked_packets, c.flows_started, c.flows_ended, live
+    )?;
+    let drops: Vec<String> = c.drop_reasons().map(|(k, v)| format!("{k} {v}")).collect();
+    writeln!(out, "drops     {}", if drops.is_empty() { "none".to_owned() } else { drops.join(", ") })?;
+    writeln!(out, "flow log  {} records, {} lost", records, c.records_lost)
+}

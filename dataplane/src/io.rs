@@ -1,0 +1,206 @@
+//! Batch packet I/O behind one trait, so the pipeline runs the same on captures, in memory and
+//! (with the daemon) on AF_XDP.
+//!
+//! - [`MemIo`]: frames from memory (once, or cycled for benchmarks), forwarded frames counted
+//!   and optionally kept.
+//! - [`PcapIo`]: frames from a pcap file with their timestamps; forwarded frames written to
+//!   another (the `pcap-file` crate).
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter};
+use std::path::Path;
+
+use pcap_file::DataLink;
+use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter};
+
+use crate::pipeline::Outcome;
+
+/// Frames received together, with their receive times (ns). Buffers are reused across bursts.
+#[derive(Debug, Default)]
+pub struct Burst {
+    bufs: Vec<Vec<u8>>,
+    ts: Vec<u64>,
+    len: usize,
+}
+
+impl Burst {
+    /// An empty burst.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Empties the burst, keeping its buffers.
+    pub fn clear(&mut self) {
+        self.len = 0;
+        self.ts.clear();
+    }
+
+    /// Appends a copy of `frame`, received at `ts`.
+    pub fn push(&mut self, ts: u64, frame: &[u8]) {
+        if self.len == self.bufs.len() {
+            self.bufs.push(Vec::with_capacity(2048));
+        }
+        let b = &mut self.bufs[self.len];
+        b.clear();
+        b.extend_from_slice(frame);
+        self.ts.push(ts);
+        self.len += 1;
+    }
+
+    /// Frames.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The frames.
+    pub fn frames(&self) -> &[Vec<u8>] {
+        &self.bufs[..self.len]
+    }
+
+    /// The frames, to rewrite in place.
+    pub fn frames_mut(&mut self) -> &mut [Vec<u8>] {
+        &mut self.bufs[..self.len]
+    }
+
+    /// Receive times, ns.
+    pub fn timestamps(&self) -> &[u64] {
+        &self.ts
+    }
+}
+
+/// A source and sink of frames.
+pub trait PacketIo {
+    /// Receives up to `max` frames into `burst` (cleared first); 0 means the input has ended.
+    fn recv(&mut self, burst: &mut Burst, max: usize) -> io::Result<usize>;
+
+    /// Transmits the frames `outcomes` forwards (same positions).
+    fn send(&mut self, burst: &Burst, outcomes: &[Outcome]) -> io::Result<()>;
+}
+
+/// In-memory I/O.
+#[derive(Debug)]
+pub struct MemIo {
+    frames: Vec<Vec<u8>>,
+    next: usize,
+    remaining: u64,
+    clock: u64,
+    step_ns: u64,
+    /// Frames sent, per egress interface.
+    pub sent: Vec<u64>,
+    /// When set, the frames sent, with their interface.
+    pub kept: Option<Vec<(u16, Vec<u8>)>>,
+}
+
+impl MemIo {
+    /// Yields `frames` in order, `total` frames in all (cycling), timestamps advancing by
+    /// `step_ns` per frame from 0.
+    pub fn cycle(frames: Vec<Vec<u8>>, total: u64, step_ns: u64) -> MemIo {
+        MemIo { frames, next: 0, remaining: total, clock: 0, step_ns, sent: Vec::new(), kept: None }
+    }
+
+    /// Yields `frames` once and keeps what is sent.
+    pub fn once(frames: Vec<Vec<u8>>, step_ns: u64) -> MemIo {
+        let n = frames.len() as u64;
+        MemIo { kept: Some(Vec::new()), ..MemIo::cycle(frames, n, step_ns) }
+    }
+}
+
+impl PacketIo for MemIo {
+    fn recv(&mut self, burst: &mut Burst, max: usize) -> io::Result<usize> {
+        burst.clear();
+        if self.frames.is_empty() {
+            return Ok(0);
+        }
+        while burst.len() < max && self.remaining > 0 {
+            burst.push(self.clock, &self.frames[self.next]);
+            self.next = (self.next + 1) % self.frames.len();
+            self.remaining -= 1;
+            self.clock += self.step_ns;
+        }
+        Ok(burst.len())
+    }
+
+    fn send(&mut self, burst: &Burst, outcomes: &[Outcome]) -> io::Result<()> {
+        for (f, o) in burst.frames().iter().zip(outcomes) {
+            if let Outcome::Forward(i) = *o {
+                let i = usize::from(i);
+                if self.sent.len() <= i {
+                    self.sent.resize(i + 1, 0);
+                }
+                self.sent[i] += 1;
+                if let Some(k) = &mut self.kept {
+                    k.push((i as u16, f.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Frames from one pcap file, forwarded frames to another (same timestamps).
+#[derive(Debug)]
+pub struct PcapIo {
+    reader: PcapReader<BufReader<File>>,
+    writer: PcapWriter<BufWriter<File>>,
+    /// Frames written.
+    pub written: u64,
+}
+
+impl PcapIo {
+    /// Opens `input` (an Ethernet capture) and creates `output`.
+    pub fn open(input: &Path, output: &Path) -> anyhow::Result<PcapIo> {
+        use anyhow::Context as _;
+        let f = File::open(input).with_context(|| format!("{}: cannot open", input.display()))?;
+        let reader = PcapReader::new(BufReader::new(f))
+            .with_context(|| format!("{}: not a pcap file (pcapng is not supported)", input.display()))?;
+        let h = reader.header();
+        if h.datalink != DataLink::ETHERNET {
+            anyhow::bail!(
+                "{}: link type {:?}; only Ethernet captures can be replayed",
+                input.display(),
+                h.datalink
+            );
+        }
+        let out = File::create(output).with_context(|| format!("{}: cannot create", output.display()))?;
+        let header = PcapHeader { datalink: DataLink::ETHERNET, ..h };
+        let writer = PcapWriter::with_header(BufWriter::new(out), header)
+            .with_context(|| format!("{}: cannot write", output.display()))?;
+        Ok(PcapIo { reader, writer, written: 0 })
+    }
+
+    /// Flushes the output.
+    pub fn finish(self) -> io::Result<()> {
+        let mut w = self.writer.into_writer();
+        io::Write::flush(&mut w)
+    }
+}
+
+impl PacketIo for PcapIo {
+    fn recv(&mut self, burst: &mut Burst, max: usize) -> io::Result<usize> {
+        burst.clear();
+        while burst.len() < max {
+            match self.reader.next_packet() {
+                None => break,
+                Some(Ok(p)) => burst.push(p.timestamp.as_nanos() as u64, &p.data),
+                Some(Err(e)) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+        }
+        Ok(burst.len())
+    }
+
+    fn send(&mut self, burst: &Burst, outcomes: &[Outcome]) -> io::Result<()> {
+        for ((f, &ts), o) in burst.frames().iter().zip(burst.timestamps()).zip(outcomes) {
+            if let Outcome::Forward(_) = o {
+                let p = PcapPacket::new(std::time::Duration::from_nanos(ts), f.len() as u32, f);
+                self.writer.write_packet(&p).map_err(io::Error::other)?;
+                self.written += 1;
+            }
+        }
+        Ok(())
+    }
+}

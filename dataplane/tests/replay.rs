@@ -1,0 +1,323 @@
+//! `margay replay` on a capture built here (with etherparse, an independent builder): the
+//! forwarded frames and the flow records are compared with reviewed snapshots in
+//! tests/replay/, and the output capture is checked by tshark (checksums, TTLs, MACs).
+//!
+//! To accept a changed output after reviewing it: `MARGAY_BLESS=1 cargo test --test replay`.
+
+#![expect(clippy::unwrap_used, reason = "a test fails loudly on what it did not expect")]
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use etherparse::PacketBuilder;
+use pcap_file::pcap::{PcapPacket, PcapReader, PcapWriter};
+
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 1, 0x10];
+const NODE_CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
+const CLIENT: [u8; 4] = [198, 18, 1, 10];
+const SERVER: [u8; 4] = [198, 18, 2, 20];
+const DB: [u8; 4] = [198, 18, 2, 21];
+const CLIENT6: [u8; 16] = [0x20, 1, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0x10];
+const SERVER6: [u8; 16] = [0x20, 1, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0x20];
+const SERVER_MAC: [u8; 6] = [2, 0, 0, 0, 2, 0x20];
+const NODE_SERVER_MAC: [u8; 6] = [2, 0, 0, 0, 2, 1];
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("margay-replay-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn repo(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(p)
+}
+
+fn client() -> etherparse::PacketBuilderStep<etherparse::Ethernet2Header> {
+    PacketBuilder::ethernet2(CLIENT_MAC, NODE_CLIENT_MAC)
+}
+
+fn server() -> etherparse::PacketBuilderStep<etherparse::Ethernet2Header> {
+    PacketBuilder::ethernet2(SERVER_MAC, NODE_SERVER_MAC)
+}
+
+macro_rules! frame {
+    ($b:expr, $payload:expr) => {{
+        let mut v = Vec::new();
+        $b.write(&mut v, $payload).unwrap();
+        v
+    }};
+}
+
+/// The scenario: (seconds after the start, frame, what it is).
+fn scenario() -> Vec<(f64, Vec<u8>, &'static str)> {
+    let syn = |seq| frame!(client().ipv4(CLIENT, SERVER, 64).tcp(40000, 80, seq, 64240).syn(), &[]);
+    vec![
+        (0.0, frame!(client().ipv4(CLIENT, SERVER, 64).udp(50000, 53), b"query"), "udp allowed"),
+        (0.1, frame!(server().ipv4(SERVER, CLIENT, 64).udp(53, 50000), b"answer"), "udp reply"),
+        (0.2, syn(1000), "tcp syn"),
+        (
+            0.3,
+            frame!(server().ipv4(SERVER, CLIENT, 64).tcp(80, 40000, 7000, 65160).syn().ack(1001), &[]),
+            "syn-ack",
+        ),
+        (0.4, frame!(client().ipv4(CLIENT, SERVER, 64).tcp(40000, 80, 1001, 502).ack(7001), &[]), "ack"),
+        (
+            0.5,
+            frame!(
+                client().ipv4(CLIENT, SERVER, 64).tcp(40000, 80, 1001, 502).ack(7001).psh(),
+                b"GET / HTTP/1.1\r\n\r\n"
+            ),
+            "data",
+        ),
+        (
+            0.6,
+            frame!(server().ipv4(SERVER, CLIENT, 64).tcp(80, 40000, 7001, 509).ack(1019).fin(), &[]),
+            "server fin",
+        ),
+        (
+            0.7,
+            frame!(client().ipv4(CLIENT, SERVER, 64).tcp(40000, 80, 1019, 502).ack(7002).fin(), &[]),
+            "client fin",
+        ),
+        (0.8, frame!(server().ipv4(SERVER, CLIENT, 64).tcp(80, 40000, 7002, 509).ack(1020), &[]), "last ack"),
+        (1.0, frame!(client().ipv4(CLIENT, SERVER, 17).icmpv4_echo_request(9, 1), b"ping"), "echo request"),
+        (1.1, frame!(server().ipv4(SERVER, CLIENT, 64).icmpv4_echo_reply(9, 1), b"ping"), "echo reply"),
+        (
+            1.2,
+            frame!(client().ipv4(CLIENT, DB, 64).udp(50001, 5353), b"mdns"),
+            "denied by db-in's tier default",
+        ),
+        (1.3, frame!(client().ipv4(CLIENT, SERVER, 1).udp(50002, 53), b"ttl"), "ttl 1"),
+        (1.4, frame!(client().ipv4(CLIENT, [198, 19, 0, 1], 64).udp(50003, 53), b"x"), "no route"),
+        (
+            1.5,
+            frame!(client().ipv4(CLIENT, SERVER, 64).tcp(40001, 80, 5, 100).ack(5), &[]),
+            "ack without syn",
+        ),
+        (
+            1.6,
+            frame!(client().ipv4(CLIENT, SERVER, 64).udp(50004, 53), b"cut short")[..30].to_vec(),
+            "truncated",
+        ),
+        (1.7, frame!(client().ipv6(CLIENT6, SERVER6, 64).udp(50005, 53), b"aaaa?"), "ipv6 udp"),
+        (1.8, frame!(client().ipv4(CLIENT, SERVER, 64).tcp(40002, 22, 77, 100).syn(), &[]), "ssh denied"),
+        // 70 s later: the UDP flow (60 s), the echo (5 s) and TIME_WAIT (30 s) have expired.
+        (71.0, frame!(client().ipv4(CLIENT, SERVER, 64).udp(50006, 53), b"later"), "udp after the timeouts"),
+    ]
+}
+
+const T0: u64 = 1_700_000_000;
+
+fn write_capture(path: &Path) {
+    let f = std::fs::File::create(path).unwrap();
+    let mut w = PcapWriter::new(f).unwrap();
+    for (t, frame, _) in scenario() {
+        let ts = Duration::from_secs(T0) + Duration::from_secs_f64(t);
+        w.write_packet(&PcapPacket::new(ts, frame.len() as u32, &frame)).unwrap();
+    }
+}
+
+fn read_capture(path: &Path) -> Vec<(Duration, Vec<u8>)> {
+    let mut r = PcapReader::new(std::fs::File::open(path).unwrap()).unwrap();
+    let mut out = Vec::new();
+    while let Some(p) = r.next_packet() {
+        let p = p.unwrap();
+        out.push((p.timestamp, p.data.into_owned()));
+    }
+    out
+}
+
+/// Compares `got` with the snapshot `name`, or writes it under MARGAY_BLESS=1.
+fn snapshot(name: &str, got: &str) {
+    let path = repo("dataplane/tests/replay").join(name);
+    if std::env::var_os("MARGAY_BLESS").is_some() {
+        std::fs::write(&path, got).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        got == want,
+        "{} differs from this run's output:\n--- got\n{got}\n--- want\n{want}\n(MARGAY_BLESS=1 to accept after review)",
+        path.display()
+    );
+}
+
+fn replay(dir: &Path, extra: &[&str]) -> (std::process::Output, PathBuf, PathBuf) {
+    let input = dir.join("in.pcap");
+    let output = dir.join("out.pcap");
+    let flows = dir.join("flows.jsonl");
+    write_capture(&input);
+    let mut args = vec![
+        "replay".to_owned(),
+        "--config".to_owned(),
+        repo("examples/replay/node.toml").display().to_string(),
+        "--in-interface".to_owned(),
+        "client0".to_owned(),
+        "--in".to_owned(),
+        input.display().to_string(),
+        "--out".to_owned(),
+        output.display().to_string(),
+        "--flows".to_owned(),
+        flows.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let out = Command::new(env!("CARGO_BIN_EXE_margay")).args(&args).output().unwrap();
+    assert!(out.status.success(), "margay replay failed: {}", String::from_utf8_lossy(&out.stderr));
+    (out, output, flows)
+}
+
+#[test]
+fn replay_matches_the_snapshots() {
+    let dir = Scratch::new("snap");
+    let (out, output, flows) = replay(&dir.0, &["--json"]);
+    let counters: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    snapshot("counters.json", &format!("{:#}\n", counters));
+
+    let mut frames = String::new();
+    for (ts, f) in read_capture(&output) {
+        let hex: String = f.iter().map(|b| format!("{b:02x}")).collect();
+        writeln!(frames, "{}.{:06} {hex}", ts.as_secs() - T0, ts.subsec_micros()).unwrap();
+    }
+    snapshot("frames.txt", &frames);
+    snapshot("flows.jsonl", &std::fs::read_to_string(&flows).unwrap());
+
+    // Facts the snapshots must hold, stated independently of them.
+    let c = &counters;
+    assert_eq!(c["rx_packets"], 19);
+    assert_eq!(c["drops"]["policy"], 2, "db and ssh");
+    assert_eq!(c["drops"]["ttl"], 1);
+    assert_eq!(c["drops"]["no-route"], 1);
+    assert_eq!(c["drops"]["invalid"], 1, "ack without syn");
+    assert_eq!(c["drops"]["truncated-ip"], 1);
+    assert_eq!(c["tx_packets"], 13);
+    assert_eq!(read_capture(&output).len(), 13);
+    let records: Vec<serde_json::Value> =
+        std::fs::read_to_string(&flows).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let ends: Vec<(&str, &str)> = records
+        .iter()
+        .filter(|r| r["type"] == "end")
+        .map(|r| (r["proto"].as_str().unwrap(), r["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(ends.len(), 4, "udp, tcp, icmp, ipv6 udp expired: {ends:?}");
+    assert!(ends.iter().all(|(_, r)| *r == "expired"));
+    // Every packet of a tracked flow is in exactly one record: the TCP flow's 7 packets.
+    let tcp: u64 = records
+        .iter()
+        .filter(|r| r["proto"] == "tcp" && r["action"] == "allow")
+        .map(|r| r["packets_out"].as_u64().unwrap() + r["packets_in"].as_u64().unwrap())
+        .sum();
+    assert_eq!(tcp, 7);
+}
+
+#[test]
+fn tshark_sees_valid_checksums_decremented_ttls_and_rewritten_macs() {
+    if Command::new("tshark").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "tshark is missing under CI (scripts/deps.sh test installs it)"
+        );
+        eprintln!("skipped: tshark not installed (scripts/deps.sh test installs it)");
+        return;
+    }
+    let dir = Scratch::new("tshark");
+    let (_, output, _) = replay(&dir.0, &[]);
+    let out = Command::new("tshark")
+        .args(["-r", output.to_str().unwrap(), "-n", "-T", "fields", "-E", "separator=|"])
+        .args([
+            "-o",
+            "ip.check_checksum:TRUE",
+            "-o",
+            "udp.check_checksum:TRUE",
+            "-o",
+            "tcp.check_checksum:TRUE",
+        ])
+        .args([
+            "-e",
+            "eth.src",
+            "-e",
+            "eth.dst",
+            "-e",
+            "ip.dst",
+            "-e",
+            "ipv6.dst",
+            "-e",
+            "ip.ttl",
+            "-e",
+            "ipv6.hlim",
+        ])
+        .args(["-e", "ip.checksum.status", "-e", "udp.checksum.status", "-e", "tcp.checksum.status"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tshark: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 13, "{text}");
+    // The inputs' TTLs: 64 everywhere except the echo request (17).
+    for line in lines {
+        let f: Vec<&str> = line.split('|').collect();
+        let (src, dst, ip_dst, ip6_dst, ttl, hlim) = (f[0], f[1], f[2], f[3], f[4], f[5]);
+        let to_server = ip_dst.starts_with("198.18.2.") || ip6_dst.starts_with("2001:2:0:2:");
+        let (want_src, want_dst) = if to_server {
+            ("02:00:00:00:02:01", "02:00:00:00:02:20")
+        } else {
+            ("02:00:00:00:01:01", "02:00:00:00:01:10")
+        };
+        assert_eq!((src, dst), (want_src, want_dst), "{line}");
+        let hops = if ttl.is_empty() { hlim } else { ttl };
+        assert!(hops == "63" || hops == "16", "TTL/hop limit decremented once: {line}");
+        // checksum.status: 1 = good (tshark prints "2" for unverified, "0" for bad).
+        for status in &f[6..9] {
+            assert!(status.is_empty() || *status == "1", "a checksum tshark does not accept: {line}");
+        }
+        if !ttl.is_empty() {
+            assert_eq!(f[6], "1", "IPv4 header checksum verified: {line}");
+        }
+    }
+}
+
+#[test]
+fn replay_rejects_bad_input_clearly() {
+    let dir = Scratch::new("bad");
+    let bogus = dir.0.join("bogus.pcap");
+    std::fs::write(&bogus, b"not a capture").unwrap();
+    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_margay")).args(args).output().unwrap();
+    let node = repo("examples/replay/node.toml");
+    let out_path = dir.0.join("o.pcap");
+    let base = |input: &Path, iface: &str| {
+        vec![
+            "replay".to_owned(),
+            "--config".to_owned(),
+            node.display().to_string(),
+            "--in-interface".to_owned(),
+            iface.to_owned(),
+            "--in".to_owned(),
+            input.display().to_string(),
+            "--out".to_owned(),
+            out_path.display().to_string(),
+        ]
+    };
+    let args = base(&bogus, "client0");
+    let o = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not a pcap file"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let args = base(&bogus, "eth9");
+    let o = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--in-interface eth9: not an interface"));
+}
