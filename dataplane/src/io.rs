@@ -41,8 +41,10 @@ impl Burst {
             self.bufs.push(Vec::with_capacity(2048));
         }
         let b = &mut self.bufs[self.len];
-        b.clear();
-        b.extend_from_slice(frame);
+        if b.len() != frame.len() {
+            b.resize(frame.len(), 0);
+        }
+        b.copy_from_slice(frame);
         self.ts.push(ts);
         self.len += 1;
     }

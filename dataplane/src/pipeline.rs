@@ -22,7 +22,7 @@ use margay_rulecompiler::policy::compile::{CompiledPolicy, SideRef, Verdicts};
 use crate::conntrack::tcp::{self, Segment, Step};
 use crate::conntrack::{EndReason, Entry, FlowKey, State, Table, Timeouts, flags};
 use crate::flowlog::{FlowRecord, Kind, PolicyVersion, Reason, RecordDecision};
-use crate::forward::{ForwardError, Forwarder};
+use crate::forward::{CachedForwarder, ForwardError, Forwarder};
 use crate::wire::{self, IcmpKind, Malformed, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet};
 
 /// Frames decided together (prefetch depth).
@@ -184,7 +184,7 @@ struct Accounting {
 #[derive(Debug)]
 pub struct Pipeline {
     table: Table,
-    fwd: Forwarder,
+    fwd: CachedForwarder,
     acct: Accounting,
     scratch: Vec<Option<(Packet, FlowKey, bool, u32)>>,
 }
@@ -207,7 +207,7 @@ impl Pipeline {
         };
         Pipeline {
             table: Table::new(config.conntrack.capacity, timeouts, seed),
-            fwd: Forwarder::from_config(config),
+            fwd: CachedForwarder::new(Forwarder::from_config(config)),
             acct: Accounting {
                 policy: Arc::new(PolicyVersion { epoch: 1, compiled: policy }),
                 history: VecDeque::new(),

@@ -129,14 +129,15 @@ impl State {
 }
 
 /// A connection's identity, normalised so both directions give the same key: side `a` is the
-/// lower (address, port) pair. IPv4 addresses are stored IPv4-mapped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// lower (address, port) pair. Addresses are 128-bit (IPv4 mapped into IPv6) as two words, so
+/// comparing and hashing are a few integer operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
 pub struct FlowKey {
-    /// Side a's address.
-    pub a: [u8; 16],
+    /// Side a's address (high word, low word).
+    pub a: [u64; 2],
     /// Side b's address.
-    pub b: [u8; 16],
+    pub b: [u64; 2],
     /// Side a's port (ICMP echo: the identifier).
     pub a_port: u16,
     /// Side b's port (ICMP echo: the identifier).
@@ -148,12 +149,28 @@ pub struct FlowKey {
     _pad: [u8; 2],
 }
 
+impl std::hash::Hash for FlowKey {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        h.write_u64(self.a[0] ^ self.b[0].rotate_left(32));
+        h.write_u64(self.a[1]);
+        h.write_u64(self.b[1]);
+        h.write_u64(
+            u64::from(self.a_port)
+                | u64::from(self.b_port) << 16
+                | u64::from(self.proto) << 32
+                | u64::from(self.v4) << 40,
+        );
+    }
+}
+
 impl FlowKey {
     /// The key of a packet from `src:sport` to `dst:dport`, and whether the packet goes from
     /// side a to side b.
+    #[inline]
     pub fn new(proto: u8, src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> (FlowKey, bool) {
-        let (s, d) = (octets(src), octets(dst));
-        let a_to_b = (s, sport) <= (d, dport);
+        let (s, d) = (words(src), words(dst));
+        let a_to_b = (s[0], s[1], sport) <= (d[0], d[1], dport);
         let (a, a_port, b, b_port) = if a_to_b { (s, sport, d, dport) } else { (d, dport, s, sport) };
         (FlowKey { a, b, a_port, b_port, proto, v4: src.is_ipv4(), _pad: [0; 2] }, a_to_b)
     }
@@ -169,19 +186,22 @@ impl FlowKey {
     }
 }
 
-fn octets(ip: IpAddr) -> [u8; 16] {
+#[inline]
+fn words(ip: IpAddr) -> [u64; 2] {
     match ip {
-        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-        IpAddr::V6(a) => a.octets(),
+        IpAddr::V4(a) => [0, 0xffff_0000_0000 | u64::from(u32::from(a))],
+        IpAddr::V6(a) => {
+            let v = u128::from(a);
+            [(v >> 64) as u64, v as u64]
+        }
     }
 }
 
-fn addr(o: [u8; 16], v4: bool) -> IpAddr {
-    let a = Ipv6Addr::from(o);
-    match a.to_ipv4_mapped() {
-        Some(v) if v4 => IpAddr::V4(v),
-        _ if v4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        _ => IpAddr::V6(a),
+fn addr(w: [u64; 2], v4: bool) -> IpAddr {
+    if v4 {
+        IpAddr::V4(Ipv4Addr::from(w[1] as u32))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(u128::from(w[0]) << 64 | u128::from(w[1])))
     }
 }
 

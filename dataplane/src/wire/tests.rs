@@ -236,3 +236,25 @@ fn checksum_of_rfc1071_example() {
     // RFC 1071 section 3: the sum of 0001 f203 f4f5 f6f7 is ddf2, the checksum its complement.
     assert_eq!(checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), !0xddf2);
 }
+
+/// RFC 1071's plain 16-bit-word sum, the reference for the faster forms.
+fn checksum16(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for c in data.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)]));
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+proptest::proptest! {
+    #[test]
+    fn checksums_agree_with_the_16_bit_sum(data in proptest::collection::vec(proptest::num::u8::ANY, 0..80)) {
+        proptest::prop_assert_eq!(checksum(&data), checksum16(&data));
+        if let Ok(h) = <[u8; 20]>::try_from(data.get(..20).unwrap_or(&[])) {
+            proptest::prop_assert_eq!(checksum20(&h), checksum16(&h));
+        }
+    }
+}
