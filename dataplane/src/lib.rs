@@ -8,6 +8,7 @@ pub mod cli;
 pub mod conntrack;
 pub mod flowlog;
 pub mod forward;
+pub mod fuzzing;
 pub mod io;
 pub mod pipeline;
 pub mod wire;

@@ -1,0 +1,100 @@
+//! The body of the `pipeline` fuzz target (`fuzz/`, run with `cargo +nightly fuzz run
+//! pipeline`), here so the stable test suite runs it too (`tests/fuzz_body.rs`).
+//!
+//! The input is a script of operations, each `[op, len, len bytes...]`:
+//! - `op % 5 == 0`: a frame of `len` bytes, as given;
+//! - `op % 5 == 1`: the same, with the IPv4 header checksum fixed first (so the fuzzer gets
+//!   past the checksum check and into conntrack, policy and forwarding);
+//! - `op % 5 == 2`: advance the clock by `len` seconds;
+//! - `op % 5 == 3`: hot-swap the policy (alternating between two);
+//! - `op % 5 == 4`: run housekeeping with a budget of `len` slots.
+//!
+//! Checked after every operation: no panic; every received frame is either forwarded or
+//! counted as one drop; the table stays within its capacity; a forwarded IPv4 frame's header
+//! checksum verifies.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use margay_config::PolicySet;
+use margay_config::daemon::DaemonConfig;
+use margay_rulecompiler::policy::compile::CompiledPolicy;
+
+use crate::pipeline::{Outcome, Pipeline};
+use crate::wire;
+
+const CONFIG: &str = include_str!("../../examples/replay/node.toml");
+const POLICY: &str = include_str!("../../examples/replay/policy.toml");
+
+fn inputs() -> &'static (DaemonConfig, PolicySet, PolicySet) {
+    static CELL: OnceLock<(DaemonConfig, PolicySet, PolicySet)> = OnceLock::new();
+    CELL.get_or_init(|| {
+        let parse_err = |e: margay_config::PolicyError| -> ! { panic!("embedded example: {e}") };
+        let config =
+            DaemonConfig::parse(&CONFIG.replace("capacity = 1000", "capacity = 16"), Path::new("node.toml"))
+                .unwrap_or_else(|e| parse_err(e));
+        let a = PolicySet::parse(POLICY, Path::new("policy.toml")).unwrap_or_else(|e| parse_err(e));
+        let b = PolicySet::parse(&POLICY.replace("ports = [53]", "ports = [54]"), Path::new("policy.toml"))
+            .unwrap_or_else(|e| parse_err(e));
+        (config, a, b)
+    })
+}
+
+fn compile(set: &PolicySet) -> CompiledPolicy {
+    CompiledPolicy::compile(set).unwrap_or_else(|e| panic!("embedded example: {e}"))
+}
+
+/// Runs one fuzz input; panics on a broken invariant.
+pub fn run(data: &[u8]) {
+    let (config, a, b) = inputs();
+    let mut p = Pipeline::new(config, compile(a), 1);
+    let mut now = 1_000_000_000u64;
+    let mut swaps = 0u32;
+    let mut rest = data;
+    while let [op, len, tail @ ..] = rest {
+        let len = usize::from(*len).min(tail.len());
+        let (body, next) = tail.split_at(len);
+        rest = next;
+        match op % 5 {
+            0 | 1 => {
+                let mut frame = body.to_vec();
+                if op % 5 == 1 {
+                    fix_ipv4_checksum(&mut frame);
+                }
+                let before = wire::parse(&frame);
+                let mut out = [Outcome::Forward(0)];
+                p.process(now, std::slice::from_mut(&mut frame), &mut out);
+                if let (Outcome::Forward(_), Ok(pkt)) = (out[0], before)
+                    && pkt.is_v4()
+                {
+                    let ihl = usize::from(frame[pkt.l3] & 0x0f) * 4;
+                    assert_eq!(wire::checksum(&frame[pkt.l3..pkt.l3 + ihl]), 0, "forwarded IPv4 checksum");
+                }
+            }
+            2 => now += len as u64 * 1_000_000_000,
+            3 => {
+                swaps += 1;
+                p.set_policy(compile(if swaps % 2 == 1 { b } else { a }));
+            }
+            _ => p.tick(now, len),
+        }
+        let c = p.counters();
+        assert_eq!(c.rx_packets, c.tx_packets + c.dropped(), "every frame forwarded or counted as dropped");
+        assert!(p.conntrack().len() <= p.conntrack().capacity());
+    }
+    p.flush(now);
+}
+
+/// Sets the IPv4 header checksum of an Ethernet frame (untagged), if it has a header.
+fn fix_ipv4_checksum(f: &mut [u8]) {
+    if f.len() < 34 || f[12..14] != [0x08, 0x00] {
+        return;
+    }
+    let ihl = usize::from(f[14] & 0x0f) * 4;
+    if ihl < 20 || f.len() < 14 + ihl {
+        return;
+    }
+    f[24..26].copy_from_slice(&[0, 0]);
+    let c = wire::checksum(&f[14..14 + ihl]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+}
