@@ -37,8 +37,8 @@ impl FieldRange {
             return Self::ANY;
         }
         let len = if len > 32 { 32 } else { len as u32 };
-        let host = u32::MAX >> len;
-        let host = if len == 32 { 0 } else { host };
+        // A shift by 32 would overflow (and panic in debug builds, as the fuzzer found).
+        let host = if len == 32 { 0 } else { u32::MAX >> len };
         Self { lo: value & !host, hi: (value & !host) | host }
     }
 

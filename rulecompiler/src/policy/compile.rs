@@ -115,7 +115,9 @@ pub struct CompileStats {
 /// A policy set compiled onto the classifier. Immutable; lookups take `&self`.
 #[derive(Debug)]
 pub struct CompiledPolicy {
-    endpoint_of: HashMap<IpAddr, u32>,
+    /// Endpoint by address. foldhash rather than SipHash: the packet path asks twice per new
+    /// flow, and the keys are the configured endpoints (lookups cannot grow a chain).
+    endpoint_of: HashMap<IpAddr, u32, foldhash::fast::RandomState>,
     /// Name and namespace per endpoint.
     endpoints: Vec<(String, String)>,
     enforced: View,
@@ -127,7 +129,7 @@ pub struct CompiledPolicy {
 impl CompiledPolicy {
     /// Compiles `set`.
     pub fn compile(set: &PolicySet) -> Result<Self, CompileError> {
-        let mut endpoint_of = HashMap::new();
+        let mut endpoint_of = HashMap::with_hasher(foldhash::fast::RandomState::default());
         for (i, e) in set.endpoints.iter().enumerate() {
             for ip in &e.ips {
                 endpoint_of.insert(*ip, i as u32);
