@@ -87,7 +87,10 @@ pub trait PacketIo {
 /// In-memory I/O.
 #[derive(Debug)]
 pub struct MemIo {
-    frames: Vec<Vec<u8>>,
+    /// The frames back to back (read in order, like a NIC's ring, not from scattered heap).
+    data: Vec<u8>,
+    /// (offset, length) per frame.
+    frames: Vec<(usize, usize)>,
     next: usize,
     remaining: u64,
     clock: u64,
@@ -102,7 +105,13 @@ impl MemIo {
     /// Yields `frames` in order, `total` frames in all (cycling), timestamps advancing by
     /// `step_ns` per frame from 0.
     pub fn cycle(frames: Vec<Vec<u8>>, total: u64, step_ns: u64) -> MemIo {
-        MemIo { frames, next: 0, remaining: total, clock: 0, step_ns, sent: Vec::new(), kept: None }
+        let mut data = Vec::with_capacity(frames.iter().map(Vec::len).sum());
+        let mut index = Vec::with_capacity(frames.len());
+        for f in &frames {
+            index.push((data.len(), f.len()));
+            data.extend_from_slice(f);
+        }
+        MemIo { data, frames: index, next: 0, remaining: total, clock: 0, step_ns, sent: Vec::new(), kept: None }
     }
 
     /// Yields `frames` once and keeps what is sent.
@@ -119,7 +128,8 @@ impl PacketIo for MemIo {
             return Ok(0);
         }
         while burst.len() < max && self.remaining > 0 {
-            burst.push(self.clock, &self.frames[self.next]);
+            let (at, len) = self.frames[self.next];
+            burst.push(self.clock, &self.data[at..at + len]);
             self.next = (self.next + 1) % self.frames.len();
             self.remaining -= 1;
             self.clock += self.step_ns;
