@@ -111,7 +111,16 @@ impl MemIo {
             index.push((data.len(), f.len()));
             data.extend_from_slice(f);
         }
-        MemIo { data, frames: index, next: 0, remaining: total, clock: 0, step_ns, sent: Vec::new(), kept: None }
+        MemIo {
+            data,
+            frames: index,
+            next: 0,
+            remaining: total,
+            clock: 0,
+            step_ns,
+            sent: Vec::new(),
+            kept: None,
+        }
     }
 
     /// Yields `frames` once and keeps what is sent.

@@ -20,7 +20,7 @@ use margay_rulecompiler::policy::Flow;
 use margay_rulecompiler::policy::compile::{CompiledPolicy, SideRef, Verdicts};
 
 use crate::conntrack::tcp::{self, Segment, Step};
-use crate::conntrack::{EndReason, Entry, FlowKey, State, Table, Timeouts, flags};
+use crate::conntrack::{EndReason, Entry, FlowKey, SEC, State, Table, flags};
 use crate::flowlog::{FlowRecord, Kind, PolicyVersion, Reason, RecordDecision};
 use crate::forward::{CachedForwarder, ForwardError, Forwarder};
 use crate::wire::{self, IcmpKind, Malformed, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet};
@@ -189,24 +189,12 @@ pub struct Pipeline {
     scratch: Vec<Option<(Packet, FlowKey, bool, u32)>>,
 }
 
-const SEC: u64 = 1_000_000_000;
-
 impl Pipeline {
     /// A pipeline with `config`'s routes, neighbours, conntrack and flow-log settings,
     /// enforcing `policy` as epoch 1. `seed` keys the conntrack hash.
     pub fn new(config: &DaemonConfig, policy: CompiledPolicy, seed: u64) -> Pipeline {
-        let t = config.conntrack.timeouts;
-        let timeouts = Timeouts {
-            syn: t.syn * SEC,
-            established: t.established * SEC,
-            fin: t.fin * SEC,
-            rst: t.rst * SEC,
-            udp: t.udp * SEC,
-            icmp: t.icmp * SEC,
-            generic: t.generic * SEC,
-        };
         Pipeline {
-            table: Table::new(config.conntrack.capacity, timeouts, seed),
+            table: Table::new(config.conntrack.capacity, config.conntrack.timeouts, seed),
             fwd: CachedForwarder::new(Forwarder::from_config(config)),
             acct: Accounting {
                 policy: Arc::new(PolicyVersion { epoch: 1, compiled: policy }),

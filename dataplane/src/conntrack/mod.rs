@@ -27,54 +27,24 @@ pub const RECLAIM_SCAN: usize = 64;
 /// Default capacity.
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
 
-/// Idle timeouts per class, in nanoseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
-    /// TCP handshake (SYN_SENT, SYN_RECV).
-    pub syn: u64,
-    /// TCP ESTABLISHED.
-    pub established: u64,
-    /// TCP FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT.
-    pub fin: u64,
-    /// TCP CLOSE (after a RST).
-    pub rst: u64,
-    /// UDP.
-    pub udp: u64,
-    /// ICMP and ICMPv6 echo.
-    pub icmp: u64,
-    /// Other protocols.
-    pub generic: u64,
-}
+/// Idle timeouts per class, in seconds: the daemon config's `[conntrack.timeouts]`.
+pub use margay_config::daemon::Timeouts;
 
-const SEC: u64 = 1_000_000_000;
+/// Nanoseconds per second.
+pub const SEC: u64 = 1_000_000_000;
 
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            syn: 20 * SEC,
-            established: 3600 * SEC,
-            fin: 30 * SEC,
-            rst: 40 * SEC,
-            udp: 60 * SEC,
-            icmp: 5 * SEC,
-            generic: 600 * SEC,
-        }
-    }
-}
-
-impl Timeouts {
-    /// The idle timeout of an entry in `state`.
-    pub fn of(&self, state: State) -> u64 {
-        match state {
-            State::TcpSynSent | State::TcpSynRecv => self.syn,
-            State::TcpEstablished => self.established,
-            State::TcpFinWait | State::TcpCloseWait | State::TcpLastAck | State::TcpTimeWait => self.fin,
-            State::TcpClose => self.rst,
-            State::Udp => self.udp,
-            State::Icmp => self.icmp,
-            State::Generic | State::Free => self.generic,
-        }
-    }
+/// The idle timeout of an entry in `state`, in nanoseconds.
+pub fn timeout_ns(t: &Timeouts, state: State) -> u64 {
+    let secs = match state {
+        State::TcpSynSent | State::TcpSynRecv => t.syn,
+        State::TcpEstablished => t.established,
+        State::TcpFinWait | State::TcpCloseWait | State::TcpLastAck | State::TcpTimeWait => t.fin,
+        State::TcpClose => t.rst,
+        State::Udp => t.udp,
+        State::Icmp => t.icmp,
+        State::Generic | State::Free => t.generic,
+    };
+    secs.saturating_mul(SEC)
 }
 
 /// An entry's state: a TCP state, or the class of a stateless protocol.
@@ -288,7 +258,7 @@ impl Entry {
 
     /// Whether the entry has been idle past its timeout at `now`.
     pub fn expired(&self, now: u64, t: &Timeouts) -> bool {
-        now.saturating_sub(self.last_seen) > t.of(self.state)
+        now.saturating_sub(self.last_seen) > timeout_ns(t, self.state)
     }
 
     /// Counts one packet.
