@@ -241,9 +241,12 @@ impl Pipeline {
     }
 
     /// Decides every frame of `frames` (rewriting forwarded ones in place) into the same
-    /// position of `out`, at time `now` (ns). `out` must be at least as long as `frames`.
+    /// position of `out`, at time `now` (ns). Only the first `out.len()` frames are processed
+    /// when `out` is shorter.
     pub fn process<F: AsMut<[u8]>>(&mut self, now: u64, frames: &mut [F], out: &mut [Outcome]) {
-        debug_assert!(out.len() >= frames.len());
+        // Frames without an outcome slot are left untouched (and not counted as received).
+        let n = frames.len().min(out.len());
+        let (frames, out) = (&mut frames[..n], &mut out[..n]);
         self.tick(now, AGE_BUDGET);
         for (frames, out) in frames.chunks_mut(BURST).zip(out.chunks_mut(BURST)) {
             self.burst(now, frames, out);
@@ -296,7 +299,7 @@ impl Pipeline {
                     ForwardError::NoNeighbour => Drop::NoNeighbour,
                     ForwardError::TtlExpired => Drop::Ttl,
                 };
-                return self.drop_logged(now, p, d, None, frame.len());
+                return Outcome::Drop(self.drop_logged(now, p, d, None, frame.len()));
             }
         };
         let len = frame.len();
@@ -320,7 +323,7 @@ impl Pipeline {
     fn related(&mut self, now: u64, p: &Packet, key: &FlowKey, h: u32, len: usize) -> Result<(), Drop> {
         match self.table.find(key, h) {
             Some(i) => self.revalidate(now, i),
-            None => Err(self.drop_logged(now, p, Drop::Invalid, None, len).dropped()),
+            None => Err(self.drop_logged(now, p, Drop::Invalid, None, len)),
         }
     }
 
@@ -393,7 +396,7 @@ impl Pipeline {
             }
         };
         if !valid {
-            return Err(self.drop_logged(now, p, Drop::Invalid, None, len).dropped());
+            return Err(self.drop_logged(now, p, Drop::Invalid, None, len));
         }
         if !from_orig {
             e.flags |= flags::REPLIED;
@@ -408,7 +411,7 @@ impl Pipeline {
     fn stateless(&mut self, now: u64, p: &Packet, len: usize) -> Result<(), Drop> {
         let d = self.acct.classify(&flow_of_packet(p));
         if d.verdict == Verdict::Deny {
-            return Err(self.drop_logged(now, p, Drop::Denied, Some(&d), len).dropped());
+            return Err(self.drop_logged(now, p, Drop::Denied, Some(&d), len));
         }
         Ok(())
     }
@@ -425,17 +428,17 @@ impl Pipeline {
     ) -> Result<(), Drop> {
         let state = match p.l4.proto {
             PROTO_TCP if tcp::opens(p.l4.flags) => State::TcpSynSent,
-            PROTO_TCP => return Err(self.drop_logged(now, p, Drop::Invalid, None, len).dropped()),
+            PROTO_TCP => return Err(self.drop_logged(now, p, Drop::Invalid, None, len)),
             PROTO_UDP => State::Udp,
             PROTO_ICMP | PROTO_ICMPV6 if p.icmp_kind() == Some(IcmpKind::EchoRequest) => State::Icmp,
             PROTO_ICMP | PROTO_ICMPV6 => {
-                return Err(self.drop_logged(now, p, Drop::Invalid, None, len).dropped());
+                return Err(self.drop_logged(now, p, Drop::Invalid, None, len));
             }
             _ => State::Generic,
         };
         let d = self.acct.classify(&flow_of_packet(p));
         if d.verdict == Verdict::Deny {
-            return Err(self.drop_logged(now, p, Drop::Denied, Some(&d), len).dropped());
+            return Err(self.drop_logged(now, p, Drop::Denied, Some(&d), len));
         }
         let mut e = Entry {
             key: *key,
@@ -454,7 +457,7 @@ impl Pipeline {
             acct.end(old, now, reason, Verdict::Allow);
         });
         if inserted.is_err() {
-            return Err(self.drop_logged(now, p, Drop::TableFull, Some(&d), len).dropped());
+            return Err(self.drop_logged(now, p, Drop::TableFull, Some(&d), len));
         }
         let acct = &mut self.acct;
         acct.counters.flows_started += 1;
@@ -475,7 +478,7 @@ impl Pipeline {
         d: Drop,
         decision: Option<&Verdicts>,
         len: usize,
-    ) -> Outcome {
+    ) -> Drop {
         self.acct.drop(d);
         let (src_port, dst_port) =
             if p.has_ports() || p.icmp_kind().is_some() { (p.l4.sport, p.l4.dport) } else { (0, 0) };
@@ -502,7 +505,7 @@ impl Pipeline {
                 self.acct.drops.insert(key, DropAgg { first: now, last: now, packets: 1, bytes: len as u64 });
             }
         }
-        Outcome::Drop(d)
+        d
     }
 
     /// Housekeeping at `now`: ages up to `budget` conntrack slots (ending expired flows, writing
@@ -543,15 +546,6 @@ impl Pipeline {
             acct.aggregate(self.table.get_mut(i), now);
         }
         acct.flush_drops(now);
-    }
-}
-
-impl Outcome {
-    fn dropped(self) -> Drop {
-        match self {
-            Outcome::Drop(d) => d,
-            Outcome::Forward(_) => Drop::Invalid,
-        }
     }
 }
 

@@ -396,3 +396,15 @@ fn frame_strategy() -> impl Strategy<Value = Vec<u8>> {
             f
         })
 }
+
+#[test]
+fn frames_without_an_outcome_slot_are_left_alone() {
+    let mut p = pipeline(1000);
+    let f = udp(true, CLIENT, 1, SERVER, 53);
+    let mut frames = vec![f.clone(); 70];
+    let mut out = vec![Outcome::Drop(Drop::Invalid); 65];
+    p.process(0, &mut frames, &mut out);
+    assert_eq!(p.counters().rx_packets, 65);
+    assert!(out.iter().all(|o| *o == Outcome::Forward(1)));
+    assert_eq!(frames[69], f, "the 70th frame was not processed");
+}
