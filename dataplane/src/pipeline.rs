@@ -275,11 +275,14 @@ impl Pipeline {
         for (_, _, _, h) in self.scratch.iter().flatten() {
             self.table.prefetch_entry(*h);
         }
-        for i in 0..frames.len() {
-            if let Some((p, key, a_to_b, h)) = self.scratch[i] {
-                out[i] = self.packet(now, frames[i].as_mut(), &p, &key, a_to_b, h);
+        // Taken out of `self` for the loop, so the parsed packets are borrowed, not copied.
+        let scratch = std::mem::take(&mut self.scratch);
+        for (i, s) in scratch.iter().enumerate() {
+            if let Some((p, key, a_to_b, h)) = s {
+                out[i] = self.packet(now, frames[i].as_mut(), p, key, *a_to_b, *h);
             }
         }
+        self.scratch = scratch;
     }
 
     fn packet(
