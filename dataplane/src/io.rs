@@ -225,3 +225,31 @@ impl PacketIo for PcapIo {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::Drop;
+
+    #[test]
+    fn mem_io_cycles_in_bursts_and_keeps_what_is_sent() {
+        let frames = vec![vec![1u8; 60], vec![2u8; 70], vec![3u8; 80]];
+        let mut io = MemIo::cycle(frames.clone(), 7, 10);
+        let mut burst = Burst::new();
+        let mut seen = Vec::new();
+        while io.recv(&mut burst, 3).unwrap() > 0 {
+            seen.extend(burst.frames().iter().map(|f| f[0]));
+            assert_eq!(burst.timestamps().len(), burst.len());
+        }
+        assert_eq!(seen, [1, 2, 3, 1, 2, 3, 1]);
+
+        let mut io = MemIo::once(frames, 5);
+        assert_eq!(io.recv(&mut burst, 64).unwrap(), 3);
+        assert_eq!(burst.timestamps(), [0, 5, 10]);
+        io.send(&burst, &[Outcome::Forward(1), Outcome::Drop(Drop::Invalid), Outcome::Forward(0)]).unwrap();
+        assert_eq!(io.sent, [1, 1]);
+        let kept = io.kept.take().unwrap();
+        assert_eq!(kept.iter().map(|(i, f)| (*i, f.len())).collect::<Vec<_>>(), [(1, 60), (0, 80)]);
+        assert_eq!(io.recv(&mut burst, 64).unwrap(), 0, "once means once");
+    }
+}
