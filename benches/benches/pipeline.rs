@@ -62,8 +62,7 @@ fn udp_frame(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
     ip.copy_from_slice(&[0x45, 0, 0, 50, 0, 0, 0x40, 0, 64, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     ip[12..16].copy_from_slice(&src.octets());
     ip[16..20].copy_from_slice(&dst.octets());
-    let c = margay_dataplane::wire::checksum(ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    margay_dataplane::wire::set_ipv4_checksum(ip);
     f[34..36].copy_from_slice(&sport.to_be_bytes());
     f[36..38].copy_from_slice(&dport.to_be_bytes());
     f[38..40].copy_from_slice(&30u16.to_be_bytes());

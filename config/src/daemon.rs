@@ -41,7 +41,6 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -49,7 +48,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::net::Cidr;
-use crate::policy::{PolicyError, line_column};
+use crate::policy::{PolicyError, error_at};
 
 /// A MAC address.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -283,10 +282,7 @@ impl DaemonConfig {
 
     /// Validates config text; `path` only names the source in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, PolicyError> {
-        let at = |span: Option<Range<usize>>, message: String| {
-            let (line, column) = line_column(text, span.map_or(0, |s| s.start));
-            PolicyError::Invalid { path: path.to_owned(), line, column, message }
-        };
+        let at = |span, message| error_at(text, path, span, message);
         let raw: RawConfig = toml::from_str(text).map_err(|e| at(e.span(), e.message().trim().to_owned()))?;
 
         let mut seen = BTreeSet::new();

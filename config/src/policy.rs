@@ -385,17 +385,20 @@ impl PolicySet {
 
     /// Validates policy text; `path` only names the source in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, PolicyError> {
-        let at = |span: Option<Range<usize>>, message: String| {
-            let (line, column) = line_column(text, span.map_or(0, |s| s.start));
-            PolicyError::Invalid { path: path.to_owned(), line, column, message }
-        };
+        let at = |span, message| error_at(text, path, span, message);
         let raw: RawFile = toml::from_str(text).map_err(|e| at(e.span(), e.message().trim().to_owned()))?;
         Validator { at: &at }.run(raw)
     }
 }
 
+/// The error `message` at byte span `span` of `text` (the file's start when unknown).
+pub(crate) fn error_at(text: &str, path: &Path, span: Option<Range<usize>>, message: String) -> PolicyError {
+    let (line, column) = line_column(text, span.map_or(0, |s| s.start));
+    PolicyError::Invalid { path: path.to_owned(), line, column, message }
+}
+
 /// 1-based line and column (in characters) of byte `offset` in `text`.
-pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;

@@ -87,24 +87,6 @@ impl Forwarder {
         let src_mac = *self.macs.get(usize::from(hop.interface)).ok_or(ForwardError::NoRoute)?;
         Ok(Resolved { interface: hop.interface, dst_mac, src_mac })
     }
-
-    /// Where `pkt` goes: the next hop, and a TTL check.
-    pub fn resolve(&self, pkt: &Packet) -> Result<Resolved, ForwardError> {
-        let r = self.next_hop(pkt.dst)?;
-        if pkt.ttl <= 1 {
-            return Err(ForwardError::TtlExpired);
-        }
-        Ok(r)
-    }
-
-    /// Routes `pkt` and rewrites `frame` in place for its egress interface; returns that
-    /// interface. On error the frame is unchanged.
-    #[inline]
-    pub fn forward(&self, frame: &mut [u8], pkt: &Packet) -> Result<u16, ForwardError> {
-        let r = self.resolve(pkt)?;
-        r.apply(frame, pkt);
-        Ok(r.interface)
-    }
 }
 
 /// Slots of the [`CachedForwarder`]'s next-hop cache.
@@ -126,7 +108,7 @@ impl CachedForwarder {
         CachedForwarder { fwd, cache: vec![(0, None); ROUTE_CACHE_SLOTS] }
     }
 
-    /// As [`Forwarder::resolve`].
+    /// Where `pkt` goes: its next hop (cached), and a TTL check.
     #[inline]
     pub fn resolve(&mut self, pkt: &Packet) -> Result<Resolved, ForwardError> {
         let key = match pkt.dst {
@@ -202,7 +184,7 @@ pub fn update_checksum(hc: u16, old: u16, new: u16) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{checksum, parse};
+    use crate::wire::{checksum, parse, set_ipv4_checksum};
 
     #[test]
     fn rfc1624_example() {
@@ -222,9 +204,7 @@ mod tests {
             for ttl in [2u8, 64, 255] {
                 frame[18..20].copy_from_slice(&(id as u16).to_be_bytes());
                 frame[22] = ttl;
-                frame[24..26].copy_from_slice(&[0, 0]);
-                let c = checksum(&frame[14..34]);
-                frame[24..26].copy_from_slice(&c.to_be_bytes());
+                set_ipv4_checksum(&mut frame[14..34]);
                 let pkt = parse(&frame).unwrap();
                 decrement_ttl(&mut frame, &pkt);
                 assert_eq!(frame[22], ttl - 1);

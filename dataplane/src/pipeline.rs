@@ -694,7 +694,7 @@ fn flow_of_packet(p: &Packet) -> Flow {
 /// The flow a tracked entry was opened by, as the policy saw it.
 fn flow_of_entry(e: &Entry) -> Flow {
     let ((src, sport), (dst, dport)) = e.endpoints();
-    let ports = matches!(e.key.proto, PROTO_TCP | PROTO_UDP | wire::PROTO_SCTP);
+    let ports = wire::has_ports(e.key.proto);
     let icmp = match (e.state, e.key.proto) {
         (State::Icmp, PROTO_ICMP) => Some((8, 0)),
         (State::Icmp, _) => Some((128, 0)),

@@ -89,9 +89,9 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         }
         outcomes.clear();
         outcomes.resize(n, Outcome::Forward(0));
-        let ts: Vec<u64> = burst.timestamps().to_vec();
-        for (i, (frame, &t)) in burst.frames_mut().iter_mut().zip(&ts).enumerate() {
-            pipeline.process(t, std::slice::from_mut(frame), &mut outcomes[i..=i]);
+        for i in 0..n {
+            let t = burst.timestamps()[i];
+            pipeline.process(t, &mut burst.frames_mut()[i..=i], &mut outcomes[i..=i]);
             last_ts = last_ts.max(t);
         }
         io.send(&burst, &outcomes)?;

@@ -393,9 +393,7 @@ fn frame_strategy() -> impl Strategy<Value = Vec<u8>> {
             f[15] = tos;
             // Keep the IPv4 header checksum right after the TOS change, so the frame is valid
             // unless a poke breaks it.
-            f[24..26].copy_from_slice(&[0, 0]);
-            let c = wire::checksum(&f[14..34]);
-            f[24..26].copy_from_slice(&c.to_be_bytes());
+            wire::set_ipv4_checksum(&mut f[14..34]);
             for (at, v) in pokes {
                 let n = f.len();
                 f[at % n] = v;

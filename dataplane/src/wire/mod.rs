@@ -192,7 +192,7 @@ pub struct Packet {
 impl Packet {
     /// Whether the protocol has ports (TCP, UDP, SCTP).
     pub fn has_ports(&self) -> bool {
-        matches!(self.l4.proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP)
+        has_ports(self.l4.proto)
     }
 
     /// Whether this is IPv4.
@@ -205,6 +205,11 @@ impl Packet {
         let (t, _) = self.l4.icmp?;
         Some(icmp_kind(self.l4.proto, t))
     }
+}
+
+/// Whether IP protocol `proto` has ports (TCP, UDP, SCTP).
+pub fn has_ports(proto: u8) -> bool {
+    matches!(proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP)
 }
 
 fn icmp_kind(proto: u8, t: u8) -> IcmpKind {
@@ -408,6 +413,18 @@ fn parse_l4(b: Bytes<'_>, off: usize, proto: u8, outer: bool) -> Result<(L4, Opt
         _ => {}
     }
     Ok((l4, quoted))
+}
+
+/// Sets the header checksum of the IPv4 header `ip` (options included, per its IHL). For
+/// building and repairing test frames; the forwarder updates checksums incrementally.
+pub fn set_ipv4_checksum(ip: &mut [u8]) {
+    let ihl = usize::from(ip.first().map_or(0, |b| b & 0x0f)) * 4;
+    if ihl < 20 || ip.len() < ihl {
+        return;
+    }
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let c = checksum(&ip[..ihl]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
 }
 
 /// [`checksum`] of an option-less IPv4 header, unrolled.
