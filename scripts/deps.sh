@@ -9,11 +9,14 @@
 set -euo pipefail
 
 purpose=${1:-build}
-build=(gcc make pkg-config liblzma-dev xz-utils)
+# clang compiles the XDP program; libelf/zlib/m4 build the vendored libbpf and libxdp.
+build=(gcc make pkg-config liblzma-dev xz-utils clang llvm m4 libelf-dev zlib1g-dev linux-libc-dev)
+# What the demo and the end-to-end tests drive: namespaces, veth, ping, curl, iperf3, nftables.
+net=(iproute2 iputils-ping curl iperf3 ethtool nftables)
 case "$purpose" in
-  build) want=("${build[@]}") ;;
-  test) want=("${build[@]}" tshark) ;;
-  bench) want=("${build[@]}" python3 dpdk-dev) ;;
+  build) want=("${build[@]}" "${net[@]}") ;;
+  test) want=("${build[@]}" "${net[@]}" tshark) ;;
+  bench) want=("${build[@]}" "${net[@]}" python3 dpdk-dev) ;;
   *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
 esac
 
