@@ -1,4 +1,5 @@
 //! The XDP program on crafted frames through `BPF_PROG_TEST_RUN` (needs root: CI runs as root).
+#![expect(clippy::unwrap_used, clippy::expect_used, reason = "test helpers panic on setup failure")]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

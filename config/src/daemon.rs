@@ -36,7 +36,23 @@
 //!
 //! [flow_logs]
 //! interval = 10                      # seconds between aggregate records of a flow
+//! path = "/var/log/margay/flows.jsonl"   # JSON lines; none: records are counted, not written
+//! max_bytes = 67108864               # rotate to flows.jsonl.1 .. .keep past this size
+//! keep = 4
+//! channel = 65536                    # records in flight to the writer; more are counted lost
+//!
+//! [daemon]                           # `margay run` only
+//! fail_mode = "open"                 # or "closed": traffic is dropped while no daemon runs
+//! cores = [1]                        # worker i is pinned to cores[i % len]; none: not pinned
+//! batch = 64                         # frames per rx burst
+//! frames = 4096                      # UMEM frames per worker
+//! ring_size = 1024                   # fill, completion, rx and tx ring sizes
+//! control_socket = "/run/margay/margay.sock"
+//! metrics = "127.0.0.1:9464"         # Prometheus text on http://ADDR/metrics; none: off
 //! ```
+//!
+//! An `[[interface]]` may set `queues = N` (default 1): the daemon serves its rx queues
+//! `0..N`, and worker `q` serves queue `q` of every interface.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -101,6 +117,8 @@ pub struct Interface {
     pub name: String,
     /// Its MAC address: the source of frames Margay forwards out of it.
     pub mac: Mac,
+    /// Rx queues served (`0..queues`).
+    pub queues: u32,
 }
 
 /// A static route.
@@ -161,10 +179,65 @@ pub struct Conntrack {
 }
 
 /// `[flow_logs]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowLogs {
     /// Seconds between a flow's aggregate records (default 10).
     pub interval: u64,
+    /// The JSON-lines file; none: records are counted but not written.
+    pub path: Option<PathBuf>,
+    /// Rotate past this many bytes (default 64 MiB).
+    pub max_bytes: u64,
+    /// Rotated files kept (default 4).
+    pub keep: u32,
+    /// Records in flight between workers and the writer (default 65,536).
+    pub channel: usize,
+}
+
+/// What the XDP program does with dataplane traffic while no daemon runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// To the kernel, unfiltered.
+    #[default]
+    Open,
+    /// Dropped.
+    Closed,
+}
+
+/// `[daemon]`: settings of `margay run`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Daemon {
+    /// Fail mode of the XDP program.
+    pub fail_mode: FailMode,
+    /// Cores to pin workers to (worker i on `cores[i % len]`); empty: not pinned.
+    pub cores: Vec<usize>,
+    /// Frames per rx burst.
+    pub batch: usize,
+    /// UMEM frames per worker.
+    pub frames: u32,
+    /// Ring sizes (power of two).
+    pub ring_size: u32,
+    /// The control socket.
+    pub control_socket: PathBuf,
+    /// Where to serve Prometheus metrics; none: not served.
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+/// The default control socket path.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/margay/margay.sock";
+
+impl Default for Daemon {
+    fn default() -> Self {
+        Daemon {
+            fail_mode: FailMode::Open,
+            cores: Vec::new(),
+            batch: 64,
+            frames: 4096,
+            ring_size: 1024,
+            control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            metrics: None,
+        }
+    }
 }
 
 /// A validated daemon configuration.
@@ -182,7 +255,19 @@ pub struct DaemonConfig {
     pub conntrack: Conntrack,
     /// Flow logs.
     pub flow_logs: FlowLogs,
+    /// Daemon settings.
+    pub daemon: Daemon,
 }
+
+impl DaemonConfig {
+    /// The number of workers `margay run` starts: the most queues any interface has.
+    pub fn workers(&self) -> u32 {
+        self.interfaces.iter().map(|i| i.queues).max().unwrap_or(0)
+    }
+}
+
+/// Most rx queues an interface may serve (the XDP program's XSKMAP size).
+pub const MAX_QUEUES: u32 = 256;
 
 /// Most conntrack entries a config may ask for.
 pub const MAX_CONNTRACK_CAPACITY: usize = 1 << 30;
@@ -201,6 +286,23 @@ struct RawConfig {
     conntrack: RawConntrack,
     #[serde(default)]
     flow_logs: RawFlowLogs,
+    #[serde(default)]
+    daemon: RawDaemon,
+    routes: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    #[serde(default)]
+    fail_mode: FailMode,
+    #[serde(default)]
+    cores: Vec<Spanned<usize>>,
+    batch: Option<Spanned<usize>>,
+    frames: Option<Spanned<u32>>,
+    ring_size: Option<Spanned<u32>>,
+    control_socket: Option<PathBuf>,
+    metrics: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -208,6 +310,7 @@ struct RawConfig {
 struct RawInterface {
     name: Spanned<String>,
     mac: Mac,
+    queues: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -254,11 +357,15 @@ fn default_capacity() -> Spanned<usize> {
 struct RawFlowLogs {
     #[serde(default = "default_interval")]
     interval: Spanned<u64>,
+    path: Option<PathBuf>,
+    max_bytes: Option<Spanned<u64>>,
+    keep: Option<Spanned<u32>>,
+    channel: Option<Spanned<usize>>,
 }
 
 impl Default for RawFlowLogs {
     fn default() -> Self {
-        RawFlowLogs { interval: default_interval() }
+        RawFlowLogs { interval: default_interval(), path: None, max_bytes: None, keep: None, channel: None }
     }
 }
 
@@ -272,10 +379,15 @@ impl DaemonConfig {
         let text = std::fs::read_to_string(path)
             .map_err(|source| PolicyError::Io { path: path.to_owned(), source })?;
         let mut c = Self::parse(&text, path)?;
-        if let (Some(p), Some(dir)) = (&c.policy, path.parent())
-            && p.is_relative()
-        {
-            c.policy = Some(dir.join(p));
+        if let Some(dir) = path.parent() {
+            for p in [c.policy.as_mut(), c.flow_logs.path.as_mut(), Some(&mut c.daemon.control_socket)]
+                .into_iter()
+                .flatten()
+            {
+                if p.is_relative() {
+                    *p = dir.join(&*p);
+                }
+            }
         }
         Ok(c)
     }
@@ -295,8 +407,26 @@ impl DaemonConfig {
                 return Err(at(Some(i.name.span()), format!("duplicate interface '{n}'")));
             }
         }
-        let interfaces: Vec<Interface> =
-            raw.interface.into_iter().map(|i| Interface { name: i.name.into_inner(), mac: i.mac }).collect();
+        let mut interfaces = Vec::new();
+        for i in raw.interface {
+            let queues = match i.queues {
+                None => 1,
+                Some(q) if (1..=MAX_QUEUES).contains(q.get_ref()) => *q.get_ref(),
+                Some(q) => {
+                    return Err(at(Some(q.span()), format!("queues must be between 1 and {MAX_QUEUES}")));
+                }
+            };
+            interfaces.push(Interface { name: i.name.into_inner(), mac: i.mac, queues });
+        }
+        if let Some(r) = &raw.routes {
+            return Err(at(
+                Some(r.span()),
+                format!(
+                    "routes = '{}' is not supported yet: Margay takes static [[route]] and [[neighbour]] tables only (mirroring the kernel's routes is planned)",
+                    r.get_ref()
+                ),
+            ));
+        }
         let iface = |n: &Spanned<String>| {
             interfaces.iter().position(|i| i.name == *n.get_ref()).ok_or_else(|| {
                 at(
@@ -349,13 +479,55 @@ impl DaemonConfig {
                 "flow_logs interval is seconds between 1 and 86400".to_owned(),
             ));
         }
+        let in_range = |v: Option<Spanned<u64>>, default: u64, lo: u64, hi: u64, what: &str| match v {
+            None => Ok(default),
+            Some(v) if (lo..=hi).contains(v.get_ref()) => Ok(*v.get_ref()),
+            Some(v) => Err(at(Some(v.span()), format!("{what} must be between {lo} and {hi}"))),
+        };
+        let widen = |v: Option<Spanned<u32>>| v.map(|v| Spanned::new(v.span(), u64::from(*v.get_ref())));
+        let widen_usize = |v: Option<Spanned<usize>>| v.map(|v| Spanned::new(v.span(), *v.get_ref() as u64));
+        let f = raw.flow_logs;
+        let flow_logs = FlowLogs {
+            interval,
+            path: f.path,
+            max_bytes: in_range(f.max_bytes, 64 << 20, 4096, 1 << 40, "flow_logs max_bytes")?,
+            keep: in_range(widen(f.keep), 4, 0, 1000, "flow_logs keep")? as u32,
+            channel: in_range(widen_usize(f.channel), 65_536, 16, 1 << 24, "flow_logs channel")? as usize,
+        };
+        let d = raw.daemon;
+        if let Some(r) = &d.ring_size
+            && !r.get_ref().is_power_of_two()
+        {
+            return Err(at(Some(r.span()), "ring_size must be a power of two".to_owned()));
+        }
+        let ring_size = in_range(widen(d.ring_size), 1024, 64, 16_384, "ring_size")? as u32;
+        let frames = in_range(widen(d.frames), 4096, 256, 1 << 20, "frames")? as u32;
+        let metrics = match d.metrics {
+            None => None,
+            Some(m) => Some(m.get_ref().parse().map_err(|_| {
+                at(
+                    Some(m.span()),
+                    format!("metrics '{}' is not an address:port (e.g. \"127.0.0.1:9464\")", m.get_ref()),
+                )
+            })?),
+        };
+        let daemon = Daemon {
+            fail_mode: d.fail_mode,
+            cores: d.cores.into_iter().map(Spanned::into_inner).collect(),
+            batch: in_range(widen_usize(d.batch), 64, 1, 256, "batch")? as usize,
+            frames,
+            ring_size,
+            control_socket: d.control_socket.unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)),
+            metrics,
+        };
         Ok(DaemonConfig {
             policy: raw.policy,
             interfaces,
             routes,
             neighbours,
             conntrack: Conntrack { capacity, timeouts: t },
-            flow_logs: FlowLogs { interval },
+            flow_logs,
+            daemon,
         })
     }
 }
@@ -424,6 +596,22 @@ udp = 30
             (OK.replace("udp = 30", "udp = 0"), "d.toml:21:1: conntrack timeouts are seconds"),
             (OK.replace("udp = 30", "udp = 30\nfoo = 1"), "d.toml:23:1: unknown field `foo`"),
             (OK.replace("name = \"out0\"", "name = \"in0\""), "d.toml:6:8: duplicate interface 'in0'"),
+            (format!("routes = \"kernel\"\n{OK}"), "d.toml:1:10: routes = 'kernel' is not supported yet"),
+            (format!("{OK}[daemon]\nring_size = 1000"), "d.toml:24:13: ring_size must be a power of two"),
+            (format!("{OK}[daemon]\nbatch = 0"), "d.toml:24:9: batch must be between 1 and 256"),
+            (
+                format!("{OK}[daemon]\nmetrics = \"localhost\""),
+                "d.toml:24:11: metrics 'localhost' is not an address:port",
+            ),
+            (format!("{OK}[daemon]\nfail_mode = \"ajar\""), "d.toml:24:13: unknown variant `ajar`"),
+            (
+                format!("{OK}[flow_logs]\nkeep = 5000"),
+                "d.toml:24:8: flow_logs keep must be between 0 and 1000",
+            ),
+            (
+                OK.replace("name = \"in0\"", "name = \"in0\"\nqueues = 0"),
+                "d.toml:4:10: queues must be between 1 and 256",
+            ),
         ];
         for (text, want) in cases {
             let got = parse(&text).unwrap_err();

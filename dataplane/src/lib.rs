@@ -6,9 +6,11 @@
 
 pub mod cli;
 pub mod conntrack;
+pub mod daemon;
 pub mod flowlog;
 pub mod forward;
 pub mod fuzzing;
 pub mod io;
+pub mod netns;
 pub mod pipeline;
 pub mod wire;

@@ -193,11 +193,16 @@ impl Pipeline {
     /// A pipeline with `config`'s routes, neighbours, conntrack and flow-log settings,
     /// enforcing `policy` as epoch 1. `seed` keys the conntrack hash.
     pub fn new(config: &DaemonConfig, policy: CompiledPolicy, seed: u64) -> Pipeline {
+        Self::with_policy(config, Arc::new(PolicyVersion { epoch: 1, compiled: policy }), seed)
+    }
+
+    /// A pipeline enforcing `policy` (a version shared with other workers) from the start.
+    pub fn with_policy(config: &DaemonConfig, policy: Arc<PolicyVersion>, seed: u64) -> Pipeline {
         Pipeline {
             table: Table::new(config.conntrack.capacity, config.conntrack.timeouts, seed),
             fwd: CachedForwarder::new(Forwarder::from_config(config)),
             acct: Accounting {
-                policy: Arc::new(PolicyVersion { epoch: 1, compiled: policy }),
+                policy,
                 history: VecDeque::new(),
                 counters: Counters::default(),
                 records: Vec::new(),
@@ -213,11 +218,16 @@ impl Pipeline {
     /// classified again on their next packet.
     pub fn set_policy(&mut self, policy: CompiledPolicy) -> u32 {
         let epoch = self.acct.policy.epoch.wrapping_add(1);
-        let old =
-            std::mem::replace(&mut self.acct.policy, Arc::new(PolicyVersion { epoch, compiled: policy }));
+        self.adopt(Arc::new(PolicyVersion { epoch, compiled: policy }));
+        epoch
+    }
+
+    /// Enforces `policy` from now on: a version the daemon compiled once and published to every
+    /// worker. Its epoch must differ from the current one (the daemon numbers them).
+    pub fn adopt(&mut self, policy: Arc<PolicyVersion>) {
+        let old = std::mem::replace(&mut self.acct.policy, policy);
         self.acct.history.push_front(old);
         self.acct.history.truncate(POLICY_HISTORY);
-        epoch
     }
 
     /// The policy in force.

@@ -7,8 +7,9 @@ use clap::{Parser, Subcommand};
 
 mod classbench;
 mod demo;
-mod policy;
+pub(crate) mod policy;
 mod replay;
+mod run;
 
 /// Margay: a userspace packet-processing dataplane for network microsegmentation.
 #[derive(Debug, Parser)]
@@ -48,6 +49,19 @@ enum Command {
         after_help = "Example:\n  margay replay --config node.toml --policy policy.toml --in-interface eth0 \\\n      --in trace.pcap --out forwarded.pcap --flows flows.jsonl --stats"
     )]
     Replay(replay::ReplayArgs),
+    /// Run the node daemon: XDP on every configured interface, AF_XDP workers, the control
+    /// socket, flow logs and metrics, until SIGINT or SIGTERM (SIGHUP reloads the policy).
+    #[command(
+        after_help = "Example:\n  margay run --config /etc/margay/node.toml\nSee docs/daemon.md for the config file and operations."
+    )]
+    Run(run::RunArgs),
+    /// Talk to a running daemon over its control socket (reload, stats, flows, explain, config).
+    #[command(
+        after_help = "Examples:\n  margay ctl reload\n  margay ctl reload --path /etc/margay/policy-v2.toml\n  margay ctl flows --proto tcp --port 443\n  margay ctl explain --flow \"tcp 198.18.1.10:40000 -> 198.18.2.20:80\""
+    )]
+    Ctl(run::CtlArgs),
+    /// Remove Margay's XDP program from interfaces (one a fail-closed daemon left attached).
+    Detach(run::DetachArgs),
 }
 
 /// Arguments of `margay classbench`.
@@ -128,5 +142,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Explain(args) => policy::explain(&args),
         Command::Compile(args) => policy::compile(&args),
         Command::Replay(args) => replay::run(&args),
+        Command::Run(args) => run::run(&args),
+        Command::Ctl(args) => run::ctl(&args),
+        Command::Detach(args) => run::detach(&args),
     }
 }

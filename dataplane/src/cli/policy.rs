@@ -57,7 +57,7 @@ pub struct CompileArgs {
 }
 
 /// Compiles `set`, timing it.
-fn compile_timed(set: &PolicySet) -> anyhow::Result<(CompiledPolicy, f64)> {
+pub(crate) fn compile_timed(set: &PolicySet) -> anyhow::Result<(CompiledPolicy, f64)> {
     let started = std::time::Instant::now();
     let compiled = CompiledPolicy::compile(set)?;
     Ok((compiled, started.elapsed().as_secs_f64() * 1e3))
@@ -155,7 +155,7 @@ fn side_text(s: Option<&SideDecision>, dir: &str) -> String {
     }
 }
 
-fn decision_json(d: &Decision) -> Value {
+pub(crate) fn decision_json(d: &Decision) -> Value {
     json!({
         "verdict": d.verdict.as_str(),
         "egress": side_json(d.egress.as_ref()),

@@ -5,6 +5,8 @@
 //!   and optionally kept.
 //! - [`PcapIo`]: frames from a pcap file with their timestamps; forwarded frames written to
 //!   another (the `pcap-file` crate).
+//! - [`afxdp::XskIo`]: a worker's AF_XDP sockets, one per served interface, over one shared
+//!   UMEM (the daemon). The only module of Margay with `unsafe`.
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter};
@@ -14,6 +16,9 @@ use pcap_file::DataLink;
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter};
 
 use crate::pipeline::Outcome;
+
+#[expect(unsafe_code, reason = "xsk-rs frame ownership: the one module that needs it (see its docs)")]
+pub mod afxdp;
 
 /// Frames received together, with their receive times (ns). Buffers are reused across bursts.
 #[derive(Debug, Default)]

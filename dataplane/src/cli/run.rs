@@ -1,0 +1,169 @@
+//! `margay run`, `margay ctl` and `margay detach`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use margay_config::daemon::{DEFAULT_CONTROL_SOCKET, DaemonConfig};
+use serde_json::{Value, json};
+
+use crate::daemon::{Daemon, control};
+
+/// Arguments of `margay run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The daemon config (TOML: interfaces, routes, neighbours, conntrack, flow_logs, daemon).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Log filter (tracing's env-filter syntax; `RUST_LOG` overrides).
+    #[arg(long, default_value = "info", value_name = "FILTER")]
+    log: String,
+    /// Check the config and the policy, print what would run, and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+/// Installs the tracing subscriber (stderr).
+pub fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+pub(super) fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    init_logging(&args.log);
+    let config = DaemonConfig::load(&args.config)?;
+    if args.check {
+        let policy = config.policy.clone().context("no policy file (set `policy = \"FILE\"`)")?;
+        let set = margay_config::PolicySet::load(&policy)?;
+        let (compiled, ms) = super::policy::compile_timed(&set)?;
+        println!(
+            "{}: ok: {} interfaces, {} routes, {} neighbours, {} worker(s); policy {} compiled to {} classifier rules in {ms:.1} ms",
+            args.config.display(),
+            config.interfaces.len(),
+            config.routes.len(),
+            config.neighbours.len(),
+            config.workers(),
+            policy.display(),
+            compiled.stats().classifier_rules
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let daemon = Daemon::start(config, &args.config)?;
+    tracing::info!(
+        socket = %daemon.shared().config.daemon.control_socket.display(),
+        "margay running; SIGHUP reloads the policy, SIGINT/SIGTERM stop"
+    );
+    daemon.run_until_signalled()?;
+    let stats = daemon.shutdown();
+    tracing::info!(
+        rx = %stats["rx_packets"], tx = %stats["tx_packets"], dropped = %stats["dropped"],
+        records = %stats["flow_records"]["written"], "stopped"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Arguments of `margay ctl`.
+#[derive(Debug, clap::Args)]
+pub struct CtlArgs {
+    /// The daemon's control socket.
+    #[arg(long, default_value = DEFAULT_CONTROL_SOCKET, value_name = "PATH")]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum CtlCommand {
+    /// Reload the policy (compiled off the packet path, swapped atomically). A rejected policy
+    /// leaves the running one in force; the exit status is then 1.
+    Reload {
+        /// A new policy file (absolute, or relative to the daemon's working folder); default:
+        /// the current one.
+        #[arg(long, value_name = "FILE")]
+        path: Option<PathBuf>,
+    },
+    /// Counters: packets, drops by reason, verdicts, conntrack, flow records, XDP.
+    Stats,
+    /// Tracked flows.
+    Flows {
+        /// Protocol (tcp, udp, icmp, icmpv6, sctp or a number).
+        #[arg(long)]
+        proto: Option<String>,
+        /// Either endpoint's address.
+        #[arg(long)]
+        addr: Option<String>,
+        /// Either endpoint's port.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Most flows.
+        #[arg(long, default_value_t = 1000)]
+        limit: u64,
+    },
+    /// Explain a flow against the running policy.
+    Explain {
+        /// "PROTO SRC[:PORT] -> DST[:PORT]".
+        #[arg(long)]
+        flow: String,
+        /// ICMP "TYPE/CODE".
+        #[arg(long)]
+        icmp: Option<String>,
+    },
+    /// The running config.
+    Config,
+}
+
+pub(super) fn ctl(args: &CtlArgs) -> anyhow::Result<ExitCode> {
+    let req = match &args.command {
+        CtlCommand::Reload { path } => {
+            let path = path.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
+            json!({"cmd": "reload", "path": path})
+        }
+        CtlCommand::Stats => json!({"cmd": "stats"}),
+        CtlCommand::Flows { proto, addr, port, limit } => {
+            let mut v = json!({"cmd": "flows", "limit": limit});
+            if let Some(p) = proto {
+                v["proto"] = json!(p);
+            }
+            if let Some(a) = addr {
+                v["addr"] = json!(a);
+            }
+            if let Some(p) = port {
+                v["port"] = json!(p);
+            }
+            v
+        }
+        CtlCommand::Explain { flow, icmp } => json!({"cmd": "explain", "flow": flow, "icmp": icmp}),
+        CtlCommand::Config => json!({"cmd": "config"}),
+    };
+    let answer = control::request(&args.socket, &req)?;
+    if let CtlCommand::Config = args.command
+        && let Some(text) = answer.get("text").and_then(Value::as_str)
+    {
+        print!("{text}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    }
+    Ok(if answer["ok"] == json!(true) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Arguments of `margay detach`.
+#[derive(Debug, clap::Args)]
+pub struct DetachArgs {
+    /// Interfaces to remove Margay's XDP program from (one a fail-closed daemon left behind).
+    #[arg(required = true, value_name = "INTERFACE")]
+    interfaces: Vec<String>,
+}
+
+pub(super) fn detach(args: &DetachArgs) -> anyhow::Result<ExitCode> {
+    for name in &args.interfaces {
+        let index = nix::net::if_::if_nametoindex(name.as_str())
+            .with_context(|| format!("interface '{name}' not found"))?;
+        if margay_bpf::detach(index as i32)? {
+            println!("{name}: Margay's XDP program detached");
+        } else {
+            println!("{name}: no XDP program attached");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,266 @@
+//! The control socket: a Unix stream socket (mode 0600) speaking JSON lines. Each request is
+//! one JSON object on one line, `{"cmd": ...}`; each reply is one line, `{"ok": true, ...}` or
+//! `{"ok": false, "error": "..."}`. Peers are checked by their credentials (SO_PEERCRED): only
+//! root and the daemon's own user may talk to it.
+//!
+//! | cmd | fields | reply |
+//! |---|---|---|
+//! | `reload` | `path` (optional) | `epoch`, `build_ms`, `policy` counts; or the error, old policy kept |
+//! | `stats` | | counters (see `Shared::stats`) |
+//! | `flows` | `proto`, `addr`, `port`, `limit` (all optional) | `flows`: tracked flows |
+//! | `explain` | `flow` ("tcp A:P -> B:P"), `icmp` ("T/C") | `decision`, `epoch` |
+//! | `config` | | `path`, `text` of the running config, `policy` path |
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use margay_rulecompiler::policy::Flow;
+use serde_json::{Value, json};
+
+use super::Shared;
+use super::worker::{FlowFilter, Request};
+
+/// Longest request line accepted.
+pub const MAX_REQUEST: u64 = 64 * 1024;
+
+/// The bound control socket.
+#[derive(Debug)]
+pub struct Server {
+    path: PathBuf,
+    listener: UnixListener,
+}
+
+impl Server {
+    /// Binds `path` (mode 0600), replacing a stale socket file; refuses when a daemon answers
+    /// on it.
+    pub fn bind(path: &Path) -> anyhow::Result<Server> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        if path.exists() {
+            if UnixStream::connect(path).is_ok() {
+                bail!("control socket {}: another margay daemon is listening there", path.display());
+            }
+            std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+        }
+        let listener =
+            UnixListener::bind(path).with_context(|| format!("control socket {}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod 0600 {}", path.display()))?;
+        Ok(Server { path: path.to_owned(), listener })
+    }
+
+    /// Accepts clients on a thread until `shared.stop`; each client gets its own thread.
+    pub fn serve(&self, shared: Arc<Shared>) -> anyhow::Result<std::thread::JoinHandle<()>> {
+        let listener = self.listener.try_clone()?;
+        Ok(std::thread::Builder::new().name("margay-control".into()).spawn(move || {
+            for conn in listener.incoming() {
+                if shared.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let s = Arc::clone(&shared);
+                let _ = std::thread::Builder::new()
+                    .name("margay-ctl-client".into())
+                    .spawn(move || client(conn, &s));
+            }
+        })?)
+    }
+
+    /// Unblocks the acceptor (after `stop` is set).
+    pub fn wake(&self) {
+        let _ = UnixStream::connect(&self.path);
+    }
+
+    /// Removes the socket file.
+    pub fn remove(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn peer_allowed(conn: &UnixStream) -> Result<(), String> {
+    let cred = nix::sys::socket::getsockopt(conn, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(|e| format!("cannot read peer credentials: {e}"))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if cred.uid() == 0 || cred.uid() == me {
+        Ok(())
+    } else {
+        Err(format!(
+            "permission denied: peer uid {} is neither root nor the daemon's user ({me})",
+            cred.uid()
+        ))
+    }
+}
+
+fn reply(conn: &mut UnixStream, v: &Value) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(v).unwrap_or_default();
+    line.push(b'\n');
+    conn.write_all(&line)
+}
+
+fn client(mut conn: UnixStream, shared: &Shared) {
+    if let Err(e) = peer_allowed(&conn) {
+        tracing::warn!("control socket: {e}");
+        let _ = reply(&mut conn, &json!({"ok": false, "error": e}));
+        return;
+    }
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(300)));
+    let Ok(read_half) = conn.try_clone() else { return };
+    let mut reader = BufReader::new(read_half.take(u64::MAX));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        reader.get_mut().set_limit(MAX_REQUEST + 1);
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(n) if n as u64 > MAX_REQUEST => {
+                let _ = reply(
+                    &mut conn,
+                    &json!({"ok": false, "error": format!("request longer than {MAX_REQUEST} bytes")}),
+                );
+                return;
+            }
+            Ok(_) => {}
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        let answer = match serde_json::from_str::<Value>(&line) {
+            Ok(req) => handle(&req, shared),
+            Err(e) => json!({"ok": false, "error": format!("bad request: not JSON: {e}")}),
+        };
+        if reply(&mut conn, &answer).is_err() {
+            return;
+        }
+    }
+}
+
+fn err(msg: impl std::fmt::Display) -> Value {
+    json!({"ok": false, "error": msg.to_string()})
+}
+
+/// Answers one request.
+pub fn handle(req: &Value, shared: &Shared) -> Value {
+    let Some(obj) = req.as_object() else { return err("bad request: expected a JSON object with \"cmd\"") };
+    let Some(cmd) = obj.get("cmd").and_then(Value::as_str) else {
+        return err("bad request: missing \"cmd\" (reload, stats, flows, explain, config)");
+    };
+    let str_field = |k: &str| obj.get(k).and_then(Value::as_str);
+    match cmd {
+        "reload" => {
+            let path = match obj.get("path") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(p)) => Some(PathBuf::from(p)),
+                Some(_) => return err("bad request: \"path\" must be a string"),
+            };
+            match shared.reload(path) {
+                Ok(r) => json!({"ok": true, "epoch": r.epoch, "build_ms": r.build_ms, "policy": r.summary}),
+                Err(e) => {
+                    json!({"ok": false, "error": format!("{e:#}"), "epoch": shared.policy.load().epoch, "kept": "the running policy is unchanged"})
+                }
+            }
+        }
+        "stats" => {
+            let mut s = shared.stats();
+            s["ok"] = json!(true);
+            s
+        }
+        "flows" => flows(obj, shared),
+        "explain" => {
+            let Some(flow) = str_field("flow") else {
+                return err("bad request: explain needs \"flow\": \"PROTO SRC[:PORT] -> DST[:PORT]\"");
+            };
+            match Flow::parse(flow, str_field("icmp")) {
+                Ok(f) => {
+                    let policy = shared.policy.load();
+                    let d = policy.compiled.evaluate(&f);
+                    json!({"ok": true, "epoch": policy.epoch, "decision": crate::cli::policy::decision_json(&d)})
+                }
+                Err(e) => err(format!("bad flow: {e}")),
+            }
+        }
+        "config" => json!({
+            "ok": true,
+            "path": shared.config_path.display().to_string(),
+            "text": std::fs::read_to_string(&shared.config_path).unwrap_or_default(),
+            "policy": shared.policy_path.lock().unwrap_or_else(|e| e.into_inner()).display().to_string(),
+            "epoch": shared.policy.load().epoch,
+        }),
+        other => err(format!("unknown cmd '{other}' (reload, stats, flows, explain, config)")),
+    }
+}
+
+fn flows(obj: &serde_json::Map<String, Value>, shared: &Shared) -> Value {
+    let mut f = FlowFilter { limit: 1000, ..FlowFilter::default() };
+    if let Some(p) = obj.get("proto") {
+        let parsed = match p {
+            Value::Number(n) => n.as_u64().and_then(|n| u8::try_from(n).ok()),
+            Value::String(s) => s.parse::<margay_config::net::Protocol>().ok().map(|p| p.0),
+            _ => None,
+        };
+        match parsed {
+            Some(n) => f.proto = Some(n),
+            None => return err("bad request: \"proto\" must be a protocol name or number"),
+        }
+    }
+    if let Some(a) = obj.get("addr") {
+        match a.as_str().and_then(|s| s.parse().ok()) {
+            Some(ip) => f.addr = Some(ip),
+            None => return err("bad request: \"addr\" must be an IP address"),
+        }
+    }
+    if let Some(p) = obj.get("port") {
+        match p.as_u64().and_then(|n| u16::try_from(n).ok()) {
+            Some(n) => f.port = Some(n),
+            None => return err("bad request: \"port\" must be 0..65535"),
+        }
+    }
+    if let Some(l) = obj.get("limit") {
+        match l.as_u64() {
+            Some(n) if n > 0 => f.limit = n.min(1_000_000) as usize,
+            _ => return err("bad request: \"limit\" must be a positive integer"),
+        }
+    }
+    let mut out = Vec::new();
+    let mut waiting = Vec::new();
+    for w in &shared.workers {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if w.requests.try_send(Request::Flows(f.clone(), tx)).is_ok() {
+            waiting.push(rx);
+        }
+    }
+    for rx in waiting {
+        match rx.recv_timeout(Duration::from_secs(2)) {
+            Ok(mut v) => out.append(&mut v),
+            Err(_) => return err("a worker did not answer in 2 s"),
+        }
+    }
+    out.truncate(f.limit);
+    json!({"ok": true, "count": out.len(), "flows": out})
+}
+
+/// Sends one request to the daemon at `path` and returns its reply.
+pub fn request(path: &Path, req: &Value) -> anyhow::Result<Value> {
+    let mut conn = UnixStream::connect(path).with_context(|| {
+        format!("connecting to {} (is `margay run` running, and are you root?)", path.display())
+    })?;
+    conn.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    conn.write_all(&line)?;
+    let mut reader = BufReader::new(conn);
+    let mut answer = String::new();
+    reader.read_line(&mut answer).context("reading the reply")?;
+    if answer.is_empty() {
+        bail!("the daemon closed the connection without a reply");
+    }
+    serde_json::from_str(&answer).context("the reply is not JSON")
+}

@@ -1,0 +1,181 @@
+//! The flow-log writer thread: drains the bounded record channel into a JSON-lines file with
+//! size-based rotation (`flows.jsonl` → `flows.jsonl.1` → … → `.keep`). Workers never block on
+//! it: they `try_send`, and a full channel is counted as dropped records.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use crate::flowlog::FlowRecord;
+
+/// Flow-log counters, shared with the workers (drops) and the metrics.
+#[derive(Debug, Default)]
+pub struct FlowLogStats {
+    /// Records written to the file.
+    pub written: AtomicU64,
+    /// Records received with no file configured (counted only).
+    pub discarded: AtomicU64,
+    /// Records lost because the channel was full.
+    pub dropped: AtomicU64,
+    /// Records lost to write errors.
+    pub write_errors: AtomicU64,
+    /// Rotations done.
+    pub rotations: AtomicU64,
+}
+
+/// Where records go.
+#[derive(Debug, Clone)]
+pub struct Sink {
+    /// The file; none: records are counted and discarded.
+    pub path: Option<PathBuf>,
+    /// Rotate past this size.
+    pub max_bytes: u64,
+    /// Rotated files kept.
+    pub keep: u32,
+}
+
+struct Writer {
+    path: PathBuf,
+    out: BufWriter<File>,
+    size: u64,
+    max_bytes: u64,
+    keep: u32,
+}
+
+impl Writer {
+    fn open(path: &Path, max_bytes: u64, keep: u32) -> io::Result<Writer> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let size = file.metadata()?.len();
+        Ok(Writer { path: path.to_owned(), out: BufWriter::new(file), size, max_bytes, keep })
+    }
+
+    fn rotated(&self, n: u32) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(format!(".{n}"));
+        PathBuf::from(p)
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        self.out.flush()?;
+        if self.keep == 0 {
+            fs::remove_file(&self.path)?;
+        } else {
+            for n in (1..self.keep).rev() {
+                let from = self.rotated(n);
+                if from.exists() {
+                    fs::rename(&from, self.rotated(n + 1))?;
+                }
+            }
+            fs::rename(&self.path, self.rotated(1))?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        self.out = BufWriter::new(file);
+        self.size = 0;
+        Ok(())
+    }
+
+    fn write(&mut self, line: &[u8], stats: &FlowLogStats) -> io::Result<()> {
+        if self.size > 0 && self.size + line.len() as u64 > self.max_bytes {
+            self.rotate()?;
+            stats.rotations.fetch_add(1, Ordering::Relaxed);
+        }
+        self.out.write_all(line)?;
+        self.size += line.len() as u64;
+        Ok(())
+    }
+}
+
+/// Runs the writer until every sender is gone, then flushes. Opening the file is checked by
+/// the daemon before it starts (see [`check_sink`]).
+pub fn run(sink: Sink, records: Receiver<FlowRecord>, stats: Arc<FlowLogStats>) {
+    let mut writer = match &sink.path {
+        Some(p) => match Writer::open(p, sink.max_bytes, sink.keep) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::error!("flow log {}: {e}; records will be counted as write errors", p.display());
+                None
+            }
+        },
+        None => None,
+    };
+    let mut line = Vec::with_capacity(512);
+    loop {
+        let r = match records.recv_timeout(Duration::from_millis(500)) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => {
+                if let Some(w) = writer.as_mut() {
+                    let _ = w.out.flush();
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        match (&mut writer, &sink.path) {
+            (None, None) => {
+                stats.discarded.fetch_add(1, Ordering::Relaxed);
+            }
+            (None, Some(_)) => {
+                stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            (Some(w), _) => {
+                line.clear();
+                let ok = serde_json::to_writer(&mut line, &r.to_json()).is_ok();
+                line.push(b'\n');
+                if ok && w.write(&line, &stats).is_ok() {
+                    stats.written.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+    if let Some(w) = writer.as_mut()
+        && let Err(e) = w.out.flush()
+    {
+        tracing::error!("flow log {}: {e}", w.path.display());
+    }
+}
+
+/// Checks that the sink's file can be opened for appending (before the daemon starts).
+pub fn check_sink(sink: &Sink) -> io::Result<()> {
+    match &sink.path {
+        Some(p) => Writer::open(p, sink.max_bytes, sink.keep).map(drop),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_keeps_the_newest_files() {
+        let dir = std::env::temp_dir().join(format!("margay-flowlog-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let path = dir.join("flows.jsonl");
+        let stats = FlowLogStats::default();
+        let mut w = Writer::open(&path, 100, 2).unwrap();
+        for i in 0..10 {
+            w.write(format!("{{\"n\":{i:060}}}\n").as_bytes(), &stats).unwrap();
+        }
+        w.out.flush().unwrap();
+        // 67-byte lines, 100-byte files: one line per file, 10 lines, 9 rotations, 2 kept.
+        assert_eq!(stats.rotations.load(Ordering::Relaxed), 9);
+        let read = |p: PathBuf| fs::read_to_string(p).unwrap();
+        assert!(read(path.clone()).contains(&format!("{:060}", 9)));
+        assert!(read(dir.join("flows.jsonl.1")).contains(&format!("{:060}", 8)));
+        assert!(read(dir.join("flows.jsonl.2")).contains(&format!("{:060}", 7)));
+        assert!(!dir.join("flows.jsonl.3").exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

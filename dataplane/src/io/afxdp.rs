@@ -1,0 +1,304 @@
+//! AF_XDP I/O for one worker: a socket on the worker's rx queue of every served interface, all
+//! over one UMEM, so a frame received on one interface is transmitted on another without a copy
+//! (in zero-copy mode; veth is copy mode only, where the kernel copies in and out).
+//!
+//! All of xsk-rs's `unsafe` frame-ownership rules are kept here. The invariant that makes each
+//! `unsafe` call sound: every frame descriptor of the UMEM is, at any moment, in exactly one
+//! place — this module's free list, a fill ring, an rx ring, a tx ring, a completion ring, or
+//! the burst being processed — and is touched from userspace only while it is in the free list
+//! or the burst. Descriptors are only ever created by `Umem::new` for this UMEM, so each
+//! belongs to it. No other code sees a descriptor.
+
+use std::ffi::CString;
+use std::io::{self, Write};
+use std::num::NonZeroU32;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+
+use anyhow::{Context, bail};
+use xsk_rs::config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig};
+use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
+
+use crate::pipeline::Outcome;
+
+/// UMEM frame size: one 4 KiB page per frame (the largest frame it takes is 4096 minus the
+/// 256-byte XDP headroom).
+pub const FRAME_SIZE: u32 = 4096;
+
+/// One interface's socket.
+struct Port {
+    name: String,
+    tx: TxQueue,
+    rx: RxQueue,
+    fill: FillQueue,
+    comp: CompQueue,
+    /// Frames produced to the tx ring and not yet completed.
+    in_flight: usize,
+    /// Frames waiting to be produced to the tx ring.
+    pending_tx: Vec<FrameDesc>,
+}
+
+/// Counters of the I/O layer (not the pipeline's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoCounters {
+    /// Frames forwarded but dropped because the egress tx ring was full.
+    pub tx_ring_full: u64,
+    /// Frames handed to `send_copy` that did not fit a UMEM frame or found none free.
+    pub tx_no_frame: u64,
+    /// Wakeups (sendto) issued for tx.
+    pub tx_wakeups: u64,
+}
+
+/// A frame of the burst being processed: its bytes, writable in place.
+#[derive(Debug)]
+pub struct Frame<'a>(xsk_rs::umem::frame::DataMut<'a>);
+
+impl AsMut<[u8]> for Frame<'_> {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.0.contents_mut()
+    }
+}
+
+/// A worker's AF_XDP sockets over one shared UMEM.
+pub struct XskIo {
+    umem: Umem,
+    ports: Vec<Port>,
+    free: Vec<FrameDesc>,
+    burst: Vec<FrameDesc>,
+    fill_target: usize,
+    counters: IoCounters,
+}
+
+impl std::fmt::Debug for XskIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XskIo")
+            .field("ports", &self.ports.iter().map(|p| p.name.as_str()).collect::<Vec<_>>())
+            .field("free", &self.free.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl XskIo {
+    /// Opens a socket on `queue` of each interface in `interfaces` (their order is the port
+    /// numbering, the pipeline's interface index), over one UMEM of `frames` frames, with every
+    /// ring `ring_size` deep. The XDP program must be loaded separately (no libxdp program is
+    /// loaded); register each port's [`fd`](Self::fd) in its XSKMAP.
+    pub fn open(interfaces: &[String], queue: u32, frames: u32, ring_size: u32) -> anyhow::Result<XskIo> {
+        if interfaces.is_empty() {
+            bail!("no interfaces to open");
+        }
+        let ring = QueueSize::new(ring_size).context("ring size")?;
+        let umem_config = UmemConfig::builder()
+            .frame_size(FrameSize::new(FRAME_SIZE).context("frame size")?)
+            .fill_queue_size(ring)
+            .comp_queue_size(ring)
+            .build()
+            .context("UMEM config")?;
+        let count = NonZeroU32::new(frames).context("frames must be nonzero")?;
+        let needed = interfaces.len() as u64 * u64::from(ring_size) * 2;
+        if u64::from(frames) < needed {
+            bail!(
+                "{frames} UMEM frames are too few for {} interfaces with rings of {ring_size}: need at least {needed} (2 x ring size per interface)",
+                interfaces.len()
+            );
+        }
+        let (umem, free) = Umem::new(umem_config, count, false)
+            .map_err(|e| anyhow::anyhow!("creating the UMEM ({frames} frames): {e}"))?;
+        let socket_config = SocketConfig::builder()
+            .rx_queue_size(ring)
+            .tx_queue_size(ring)
+            .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+            .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP)
+            .build();
+        let mut ports = Vec::new();
+        for name in interfaces {
+            let iface = Interface::new(CString::new(name.as_str()).context("interface name")?);
+            // SAFETY: each (interface, queue) pair is bound once from this UMEM, and the
+            // INHIBIT_PROG_LOAD flag is set, as `Socket::new` requires of shared UMEMs.
+            let (tx, rx, rings) = unsafe { Socket::new(socket_config, &umem, &iface, queue) }
+                .map_err(|e| anyhow::anyhow!("AF_XDP socket on {name} queue {queue}: {e}"))?;
+            let Some((fill, comp)) = rings else {
+                bail!("AF_XDP socket on {name} queue {queue}: no fill and completion rings (bound twice?)");
+            };
+            ports.push(Port { name: name.clone(), tx, rx, fill, comp, in_flight: 0, pending_tx: Vec::new() });
+        }
+        let mut io = XskIo {
+            umem,
+            ports,
+            free,
+            burst: Vec::new(),
+            fill_target: ring_size as usize,
+            counters: IoCounters::default(),
+        };
+        for p in 0..io.ports.len() {
+            io.refill(p);
+        }
+        Ok(io)
+    }
+
+    /// The socket of port `port`, to register in the XDP program's XSKMAP.
+    pub fn fd(&self, port: usize) -> BorrowedFd<'_> {
+        // SAFETY: the descriptor belongs to the socket `self.ports[port]` holds open, and the
+        // borrow cannot outlive `self`.
+        unsafe { BorrowedFd::borrow_raw(self.ports[port].rx.fd().as_raw_fd()) }
+    }
+
+    /// Every port's raw socket descriptor, for poll(2).
+    pub fn raw_fds(&self) -> Vec<RawFd> {
+        self.ports.iter().map(|p| p.rx.fd().as_raw_fd()).collect()
+    }
+
+    /// The number of ports.
+    pub fn ports(&self) -> usize {
+        self.ports.len()
+    }
+
+    /// I/O counters.
+    pub fn counters(&self) -> IoCounters {
+        self.counters
+    }
+
+    /// The kernel's counters of port `port`'s socket: (rx dropped, rx ring full, rx fill ring
+    /// empty, tx invalid).
+    pub fn kernel_counters(&self, port: usize) -> io::Result<(u64, u64, u64, u64)> {
+        let s = self.ports[port].rx.fd().xdp_statistics()?;
+        Ok((s.rx_dropped(), s.rx_ring_full(), s.rx_fill_ring_empty_descs(), s.tx_invalid_descs()))
+    }
+
+    fn refill(&mut self, p: usize) {
+        let port = &mut self.ports[p];
+        let want = (port.fill.nb_free(self.fill_target as u32) as usize).min(self.free.len());
+        if want == 0 {
+            return;
+        }
+        let start = self.free.len() - want;
+        // SAFETY: the descriptors come from the free list (owned by userspace, untouched
+        // elsewhere) and belong to this UMEM; produced ones leave the free list below.
+        let n = unsafe { port.fill.produce(&self.free[start..]) };
+        self.free.truncate(self.free.len() - n);
+    }
+
+    fn reclaim(&mut self, p: usize) {
+        let port = &mut self.ports[p];
+        if port.in_flight == 0 {
+            return;
+        }
+        let start = self.free.len();
+        self.free.resize(start + port.in_flight, FrameDesc::default());
+        // SAFETY: completed descriptors are the kernel's to return; they were produced to this
+        // port's tx ring from this UMEM and are written into fresh free-list slots.
+        let n = unsafe { port.comp.consume(&mut self.free[start..]) };
+        self.free.truncate(start + n);
+        port.in_flight -= n;
+    }
+
+    /// Receives up to `max` frames on port `port` and hands them to `process` with an outcome
+    /// slot each; then forwards each frame whose outcome is [`Outcome::Forward`] to that port's
+    /// tx queue (transmitted at [`flush`](Self::flush)) and recycles the rest. Returns the
+    /// number of frames received.
+    pub fn rx_burst(
+        &mut self,
+        port: usize,
+        max: usize,
+        outcomes: &mut Vec<Outcome>,
+        process: impl FnOnce(&mut [Frame<'_>], &mut [Outcome]),
+    ) -> usize {
+        self.reclaim(port);
+        self.refill(port);
+        self.burst.clear();
+        self.burst.resize(max, FrameDesc::default());
+        // SAFETY: the slots are overwritten with descriptors the kernel hands back from this
+        // socket's rx ring, which were produced to its fill ring from this UMEM.
+        let n = unsafe { self.ports[port].rx.consume(&mut self.burst) };
+        self.burst.truncate(n);
+        if n == 0 {
+            return 0;
+        }
+        outcomes.clear();
+        outcomes.resize(n, Outcome::Drop(crate::pipeline::Drop::NoRoute));
+        {
+            let umem = &self.umem;
+            let mut frames: Vec<Frame<'_>> = self
+                .burst
+                .iter_mut()
+                // SAFETY: each descriptor was just received, so userspace owns its frame, and
+                // each is borrowed once (distinct descriptors name distinct frames).
+                .map(|d| Frame(unsafe { umem.data_mut(d) }))
+                .collect();
+            process(&mut frames, outcomes);
+        }
+        for (d, o) in self.burst.iter().zip(outcomes.iter()) {
+            match *o {
+                Outcome::Forward(to) if usize::from(to) < self.ports.len() => {
+                    self.ports[usize::from(to)].pending_tx.push(*d);
+                }
+                _ => self.free.push(*d),
+            }
+        }
+        n
+    }
+
+    /// Queues a copy of `frame` for transmission on port `port` (a frame that arrived outside
+    /// this UMEM). Counted and dropped when no frame is free or it does not fit.
+    pub fn send_copy(&mut self, port: usize, frame: &[u8]) {
+        let Some(mut d) = self.free.pop() else {
+            self.counters.tx_no_frame += 1;
+            return;
+        };
+        // SAFETY: `d` comes from the free list: userspace owns its frame.
+        let mut data = unsafe { self.umem.data_mut(&mut d) };
+        let mut cursor = data.cursor();
+        cursor.set_pos(0);
+        if cursor.write_all(frame).is_err() {
+            self.counters.tx_no_frame += 1;
+            self.free.push(d);
+            return;
+        }
+        self.ports[port].pending_tx.push(d);
+    }
+
+    /// Produces every queued frame to its tx ring and wakes the kernel where the ring asks for
+    /// it. Frames that find the ring full are dropped and counted.
+    pub fn flush(&mut self) {
+        for p in 0..self.ports.len() {
+            if self.ports[p].pending_tx.is_empty() {
+                if self.ports[p].in_flight > 0 {
+                    self.reclaim(p);
+                }
+                continue;
+            }
+            self.reclaim(p);
+            let port = &mut self.ports[p];
+            // SAFETY: pending descriptors are owned by userspace (received, or copied into
+            // from the free list) and belong to this UMEM; produced ones are no longer touched.
+            let n = unsafe { port.tx.produce(&port.pending_tx) };
+            port.in_flight += n;
+            if n < port.pending_tx.len() {
+                self.counters.tx_ring_full += (port.pending_tx.len() - n) as u64;
+                self.free.extend_from_slice(&port.pending_tx[n..]);
+            }
+            port.pending_tx.clear();
+            if port.tx.needs_wakeup() {
+                self.counters.tx_wakeups += 1;
+                let _ = port.tx.wakeup();
+            }
+        }
+    }
+
+    /// Wakes the kernel to refill rx where the fill rings ask for it (needed in copy mode when
+    /// the fill ring ran dry).
+    pub fn kick_fill(&mut self) {
+        for p in 0..self.ports.len() {
+            self.reclaim(p);
+            self.refill(p);
+            let port = &mut self.ports[p];
+            if port.fill.needs_wakeup() {
+                let _ = port.fill.wakeup(port.rx.fd_mut(), 0);
+            }
+        }
+    }
+
+    /// Frames free in userspace (for tests and stats).
+    pub fn free_frames(&self) -> usize {
+        self.free.len()
+    }
+}
