@@ -187,3 +187,242 @@ impl Drop for Topology {
         }
     }
 }
+
+/// Runs `f` on a new thread inside namespace `ns` (setns(2) moves only that thread), so a
+/// test or the demo can open real kernel sockets there.
+pub fn spawn_in<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<T>>> {
+    let path = format!("/run/netns/{ns}");
+    let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+    Ok(std::thread::Builder::new().name(format!("in-{ns}")).spawn(move || {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+        Ok(f())
+    })?)
+}
+
+/// Serves a fixed HTTP/1.0 200 answer to every connection on `addr` until `stop`.
+pub fn http_server(
+    ns: &str,
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<u64>>> {
+    use std::io::{Read, Write};
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let h = spawn_in(ns, move || -> u64 {
+        let Ok(l) = std::net::TcpListener::bind(addr) else {
+            let _ = ready_tx.send(false);
+            return 0;
+        };
+        let _ = l.set_nonblocking(true);
+        let _ = ready_tx.send(true);
+        let mut served = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut c, _)) => {
+                    let _ = c.set_nonblocking(false);
+                    let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+                    let mut buf = [0u8; 1024];
+                    let _ = c.read(&mut buf);
+                    let _ = c.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 7\r\n\r\nmargay\n");
+                    served += 1;
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        }
+        served
+    })?;
+    if ready_rx.recv_timeout(std::time::Duration::from_secs(5)) != Ok(true) {
+        bail!("HTTP server on {addr} in {ns} did not start");
+    }
+    Ok(h)
+}
+
+/// Echoes UDP datagrams on `addr` until `stop`.
+pub fn udp_echo(
+    ns: &str,
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<u64>>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let h = spawn_in(ns, move || -> u64 {
+        let Ok(s) = std::net::UdpSocket::bind(addr) else {
+            let _ = ready_tx.send(false);
+            return 0;
+        };
+        let _ = s.set_read_timeout(Some(std::time::Duration::from_millis(50)));
+        let _ = ready_tx.send(true);
+        let mut echoed = 0;
+        let mut buf = [0u8; 2048];
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok((n, from)) = s.recv_from(&mut buf)
+                && s.send_to(&buf[..n], from).is_ok()
+            {
+                echoed += 1;
+            }
+        }
+        echoed
+    })?;
+    if ready_rx.recv_timeout(std::time::Duration::from_secs(5)) != Ok(true) {
+        bail!("UDP echo on {addr} in {ns} did not start");
+    }
+    Ok(h)
+}
+
+/// Sends `count` UDP datagrams from namespace `ns` to `to`, one at a time, and returns how many
+/// echoes came back (each awaited up to `wait`).
+pub fn udp_probe(
+    ns: &str,
+    to: std::net::SocketAddr,
+    count: u32,
+    wait: std::time::Duration,
+) -> anyhow::Result<u32> {
+    spawn_in(ns, move || -> anyhow::Result<u32> {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        s.set_read_timeout(Some(wait))?;
+        let mut got = 0;
+        let mut buf = [0u8; 2048];
+        for i in 0..count {
+            s.send_to(format!("probe {i}").as_bytes(), to)?;
+            if s.recv_from(&mut buf).is_ok() {
+                got += 1;
+            }
+        }
+        Ok(got)
+    })?
+    .join()
+    .map_err(|_| anyhow::anyhow!("UDP probe thread panicked"))??
+}
+
+/// Pings `to` from `role`'s namespace `count` times (interval 0.2 s, 1 s wait); returns the
+/// replies received.
+pub fn ping(t: &Topology, role: &str, to: &str, count: u32) -> anyhow::Result<u32> {
+    let out = t
+        .cmd(role, "ping")
+        .args(["-n", "-q", "-c", &count.to_string(), "-i", "0.2", "-W", "1", to])
+        .stdin(Stdio::null())
+        .output()
+        .context("ping (scripts/deps.sh installs iputils-ping)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let received = text
+        .lines()
+        .find(|l| l.contains("received"))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok());
+    received.with_context(|| format!("unexpected ping output: {text}"))
+}
+
+/// Fetches `url` with curl from `role`'s namespace; the HTTP status, or none when it failed
+/// (timeout `secs`).
+pub fn curl(t: &Topology, role: &str, url: &str, secs: u32) -> anyhow::Result<Option<u16>> {
+    let out = t
+        .cmd(role, "curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", &secs.to_string(), url])
+        .stdin(Stdio::null())
+        .output()
+        .context("curl (scripts/deps.sh installs it)")?;
+    let code: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    Ok(if out.status.success() && code != 0 { Some(code) } else { None })
+}
+
+/// `margay run` started in the node's namespace; killed on drop if still running.
+#[derive(Debug)]
+pub struct DaemonProcess {
+    child: Option<std::process::Child>,
+    socket: std::path::PathBuf,
+    log: std::path::PathBuf,
+}
+
+impl DaemonProcess {
+    /// Starts `exe run --config CONFIG` in the node's namespace, logging to `log`, and waits
+    /// (up to 20 s) until its control socket answers `stats`.
+    pub fn start(
+        t: &Topology,
+        exe: &Path,
+        config: &Path,
+        socket: &Path,
+        log: &Path,
+    ) -> anyhow::Result<DaemonProcess> {
+        let log_file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = t
+            .cmd("node", exe)
+            .args(["run", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .context("starting margay run")?;
+        let mut d = DaemonProcess { child: Some(child), socket: socket.to_owned(), log: log.to_owned() };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Some(status) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                d.child = None;
+                bail!("margay run exited ({status}) before it was ready:\n{}", d.log_text());
+            }
+            if socket.exists()
+                && let Ok(v) = d.ctl(&serde_json::json!({"cmd": "stats"}))
+                && v["ok"] == serde_json::json!(true)
+            {
+                return Ok(d);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("margay run did not answer on {} in 20 s:\n{}", socket.display(), d.log_text());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// One control request.
+    pub fn ctl(&self, req: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        crate::daemon::control::request(&self.socket, req)
+    }
+
+    /// What it logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
+    /// Sends `signal` and waits up to 15 s for the exit (then SIGKILL).
+    pub fn stop_with(
+        &mut self,
+        signal: nix::sys::signal::Signal,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("not running")?;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, signal);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let status = child.wait()?;
+                bail!("margay did not exit within 15 s of {signal}; killed ({status})");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM: a clean shutdown.
+    pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.stop_with(nix::sys::signal::Signal::SIGTERM)
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

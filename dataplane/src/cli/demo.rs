@@ -1,72 +1,246 @@
-//! `margay demo`: the main job on an embedded default.
-//!
-//! Until the daemon exists this compiles an embedded ClassBench rule set (acl1, 940 rules),
-//! classifies a generated trace, checks every answer against the reference matcher and prints
-//! a summary. The daemon issue replaces it with a namespace topology and real traffic.
+//! `margay demo`: the README's main command. Builds a namespace topology (a client, the Margay
+//! node, a web and a database server), runs `margay run` on the node with an embedded policy,
+//! drives real traffic (ping, curl, UDP, an iperf3 TCP stream), hot-swaps the policy mid-run,
+//! prints a summary and removes everything it made, also when interrupted (SIGINT/SIGTERM).
 
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::ExitCode;
-use std::time::Instant;
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use margay_rulecompiler::reference::LinearMatcher;
-use margay_rulecompiler::{Classifier, RuleId, classbench, synth};
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
 
-/// The embedded rule set.
-const RULES: &str = include_str!("../../../rulecompiler/data/acl1_1k.rules");
+use crate::netns::{self, CLIENT, DB, DaemonProcess, Topology, WEB};
+
+const POLICY_V1: &str = include_str!("../../../examples/demo/policy-v1.toml");
+const POLICY_V2: &str = include_str!("../../../examples/demo/policy-v2.toml");
 
 /// Arguments of `margay demo`.
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Tuples in the generated trace.
-    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
-    tuples: u32,
-    /// Seed of the trace generator.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    /// Seconds of the iperf3 TCP stream during which the policy is swapped.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=600))]
+    seconds: u32,
+    /// Keep the work folder (config, policies, flow log, daemon log) instead of removing it.
+    #[arg(long)]
+    keep: bool,
+}
+
+struct Check {
+    what: String,
+    want: bool,
+    got: bool,
+}
+
+fn stats(d: &DaemonProcess) -> anyhow::Result<Value> {
+    let v = d.ctl(&json!({"cmd": "stats"}))?;
+    if v["ok"] != json!(true) {
+        bail!("stats failed: {v}");
+    }
+    Ok(v)
+}
+
+fn interrupted(flag: &AtomicBool) -> anyhow::Result<()> {
+    if flag.load(Ordering::Relaxed) {
+        bail!("interrupted: cleaning up");
+    }
+    Ok(())
 }
 
 pub(super) fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
-    let rules = classbench::parse_rules(RULES.as_bytes(), Path::new("<embedded acl1_1k.rules>"))?;
-    println!("margay demo: classifier on an embedded ClassBench rule set (acl1, {} rules)", rules.len());
-
-    let started = Instant::now();
-    let classifier = Classifier::build(&rules).context("building the classifier")?;
-    let build = started.elapsed();
-    let keys = synth::keys_in_rules(&rules, args.tuples as usize, args.seed);
-
-    let mut out = vec![None::<RuleId>; keys.len()];
-    let started = Instant::now();
-    for (k, o) in keys.chunks(256).zip(out.chunks_mut(256)) {
-        classifier.classify_batch(k, o);
+    if !nix::unistd::geteuid().is_root() {
+        bail!("margay demo builds network namespaces and attaches XDP: run it as root");
     }
-    let lookup = started.elapsed();
-
-    let reference = LinearMatcher::new(&rules);
-    let started = Instant::now();
-    let mismatches = keys.iter().zip(&out).filter(|(k, got)| reference.classify(k) != **got).count();
-    let linear = started.elapsed();
-
-    let stats = classifier.stats();
-    let rate = |d: std::time::Duration| keys.len() as f64 / d.as_secs_f64().max(1e-9) / 1e6;
-    println!(
-        "  built in        {:.2} ms: {} trees, {} KiB",
-        build.as_secs_f64() * 1e3,
-        stats.trees,
-        stats.memory_bytes / 1024
-    );
-    println!(
-        "  classified      {} tuples at {:.1} M lookups/s (1 core, batches of 256)",
-        keys.len(),
-        rate(lookup)
-    );
-    println!("  reference scan  {:.1} M lookups/s (linear first match, the oracle)", rate(linear));
-    println!("  answers checked {} tuples against the reference: {} mismatches", keys.len(), mismatches);
-    Ok(if mismatches == 0 {
-        println!("  result          OK");
-        ExitCode::SUCCESS
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("signal handler")?;
+    }
+    let work = std::env::temp_dir().join(format!("margay-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let result = demo(args, &work, &stop);
+    if args.keep {
+        println!("work folder kept: {}", work.display());
     } else {
-        println!("  result          MISMATCH");
-        ExitCode::FAILURE
-    })
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    result
+}
+
+fn demo(args: &DemoArgs, work: &Path, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe().context("locating the margay binary")?;
+    let v1 = work.join("policy-v1.toml");
+    let v2 = work.join("policy-v2.toml");
+    std::fs::write(&v1, POLICY_V1)?;
+    std::fs::write(&v2, POLICY_V2)?;
+    let socket = work.join("margay.sock");
+    let flows = work.join("flows.jsonl");
+    let config = work.join("node.toml");
+
+    println!("margay demo: client, node, web and db namespaces over veth (198.18.0.0/15)");
+    let t = Topology::build(&format!("mgdemo{}", std::process::id()))?;
+    std::fs::write(&config, t.node_config(&v1, &socket, &flows, ""))?;
+    interrupted(stop)?;
+    let started = Instant::now();
+    let mut daemon = DaemonProcess::start(&t, &exe, &config, &socket, &work.join("margay.log"))?;
+    println!(
+        "margay run: up in {:.0} ms (XDP on c0, s1, s2; policy v1)",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+
+    let servers_stop = Arc::new(AtomicBool::new(false));
+    let web_addr: SocketAddr = format!("{}:80", WEB.ip).parse()?;
+    let db_tcp: SocketAddr = format!("{}:5432", DB.ip).parse()?;
+    let db_udp: SocketAddr = format!("{}:5353", DB.ip).parse()?;
+    let servers = vec![
+        netns::http_server(&t.ns(WEB.role), web_addr, Arc::clone(&servers_stop))?,
+        netns::http_server(&t.ns(DB.role), db_tcp, Arc::clone(&servers_stop))?,
+        netns::udp_echo(&t.ns(DB.role), db_udp, Arc::clone(&servers_stop))?,
+    ];
+    let mut iperf_server = t
+        .cmd(WEB.role, "iperf3")
+        .args(["-s", "-B", WEB.ip, "-p", "5201"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("iperf3 (scripts/deps.sh installs it)")?;
+
+    let mut checks = Vec::new();
+    let mut check = |what: &str, want: bool, got: bool| {
+        println!("  {:<58} {}", what, if got == want { "ok" } else { "UNEXPECTED" });
+        checks.push(Check { what: what.to_owned(), want, got });
+    };
+
+    println!("\nPolicy v1: web takes TCP 80/5201 and ping from the client; db takes ping only");
+    interrupted(stop)?;
+    check("ping client -> web (allowed)", true, netns::ping(&t, CLIENT.role, WEB.ip, 3)? == 3);
+    check("ping client -> db (allowed)", true, netns::ping(&t, CLIENT.role, DB.ip, 3)? == 3);
+    check(
+        "curl client -> web:80 (allowed)",
+        true,
+        netns::curl(&t, CLIENT.role, &format!("http://{web_addr}/"), 3)? == Some(200),
+    );
+    check(
+        "curl client -> db:5432 (denied)",
+        false,
+        netns::curl(&t, CLIENT.role, &format!("http://{db_tcp}/"), 1)?.is_some(),
+    );
+    check(
+        "udp client -> db:5353 (denied)",
+        false,
+        netns::udp_probe(&t.ns(CLIENT.role), db_udp, 2, Duration::from_millis(300))? > 0,
+    );
+    interrupted(stop)?;
+
+    println!("\nAn iperf3 TCP stream to web:5201 for {} s; policy v2 is swapped in halfway", args.seconds);
+    let before = stats(&daemon)?;
+    let t0 = Instant::now();
+    let iperf = t
+        .cmd(CLIENT.role, "iperf3")
+        .args(["-c", WEB.ip, "-p", "5201", "-t", &args.seconds.to_string(), "-J"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(u64::from(args.seconds) * 500));
+    interrupted(stop)?;
+    let reload = daemon.ctl(&json!({"cmd": "reload", "path": v2}))?;
+    if reload["ok"] != json!(true) {
+        bail!("the reload was rejected: {reload}");
+    }
+    let build_ms = reload["build_ms"].as_f64().unwrap_or(0.0);
+    println!(
+        "  reload: epoch {} in {build_ms:.2} ms (compiled off the packet path, swapped atomically)",
+        reload["epoch"]
+    );
+    let out = iperf.wait_with_output()?;
+    let secs = t0.elapsed().as_secs_f64();
+    let after = stats(&daemon)?;
+    let iperf_json: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let gbps = iperf_json["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9;
+    let iperf_ok = out.status.success() && iperf_json["error"].is_null();
+    let packets =
+        after["rx_packets"].as_u64().unwrap_or(0).saturating_sub(before["rx_packets"].as_u64().unwrap_or(0));
+    check("iperf3 stream survives the reload", true, iperf_ok);
+    println!(
+        "  iperf3: {gbps:.2} Gbit/s; Margay forwarded {packets} packets in {secs:.1} s ({:.0} packets/s)",
+        packets as f64 / secs
+    );
+
+    println!("\nPolicy v2: web no longer answers pings; db takes UDP 5353 from the client");
+    interrupted(stop)?;
+    check("ping client -> web (now denied)", false, netns::ping(&t, CLIENT.role, WEB.ip, 2)? > 0);
+    check(
+        "udp client -> db:5353 (now allowed)",
+        true,
+        netns::udp_probe(&t.ns(CLIENT.role), db_udp, 3, Duration::from_millis(500))? == 3,
+    );
+    check(
+        "curl client -> web:80 (still allowed)",
+        true,
+        netns::curl(&t, CLIENT.role, &format!("http://{web_addr}/"), 3)? == Some(200),
+    );
+
+    let explain =
+        daemon.ctl(&json!({"cmd": "explain", "flow": format!("tcp {}:40000 -> {db_tcp}", CLIENT.ip)}))?;
+    let final_stats = stats(&daemon)?;
+    let status = daemon.stop()?;
+    if !status.success() {
+        bail!("margay run exited with {status}:\n{}", daemon.log_text());
+    }
+    servers_stop.store(true, Ordering::Relaxed);
+    let _ = iperf_server.kill();
+    let _ = iperf_server.wait();
+    for s in servers {
+        let _ = s.join();
+    }
+    let xdp_left = ["c0", "s1", "s2"].iter().any(|i| t.xdp_attached(i).unwrap_or(true));
+    check("XDP detached after a clean stop (fail open)", false, xdp_left);
+    let records: Vec<Value> = std::fs::read_to_string(&flows)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let allowed = records.iter().filter(|r| r["type"] == "start").count();
+    let denied: u64 = records
+        .iter()
+        .filter(|r| r["action"] == "deny" && r["reason"] == "policy")
+        .map(|r| r["flows_started"].as_u64().unwrap_or(0))
+        .sum();
+    drop(t);
+
+    println!("\nSummary");
+    println!("  flows allowed (start records)      {allowed}");
+    println!("  flows denied by policy             {denied}");
+    println!(
+        "  packets                            {} received, {} forwarded, {} dropped",
+        final_stats["rx_packets"], final_stats["tx_packets"], final_stats["dropped"]
+    );
+    println!("  drops by reason                    {}", final_stats["drops"]);
+    println!(
+        "  throughput under iperf3            {:.0} packets/s ({gbps:.2} Gbit/s, veth copy mode)",
+        packets as f64 / secs
+    );
+    println!("  policy reload                      {build_ms:.2} ms, no connection lost");
+    println!("  flow records written               {}", records.len());
+    println!(
+        "  explain tcp client -> db:5432      {} (ingress: tier '{}', policy '{}')",
+        explain["decision"]["verdict"].as_str().unwrap_or("?"),
+        explain["decision"]["ingress"]["tier"].as_str().unwrap_or("?"),
+        explain["decision"]["ingress"]["policy"].as_str().unwrap_or("?")
+    );
+    println!("  namespaces removed                 yes");
+    let failed: Vec<&Check> = checks.iter().filter(|c| c.got != c.want).collect();
+    if failed.is_empty() {
+        println!("\nAll {} checks passed.", checks.len());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for c in &failed {
+            eprintln!("check failed: {}", c.what);
+        }
+        Ok(ExitCode::FAILURE)
+    }
 }

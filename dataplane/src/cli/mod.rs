@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod classbench;
+mod classifier_demo;
 mod demo;
 pub(crate) mod policy;
 mod replay;
@@ -27,9 +28,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the built-in demo: compile an embedded ClassBench rule set, classify a generated
-    /// trace checked against the reference matcher, and print a summary.
+    /// The main job on an embedded default: build a namespace topology (client, node, web and
+    /// db servers), run the daemon on the node, drive real traffic (ping, curl, UDP, iperf3),
+    /// hot-swap the policy mid-run, print a summary and remove everything. Needs root.
     Demo(demo::DemoArgs),
+    /// Compile an embedded ClassBench rule set, classify a generated trace checked against the
+    /// reference matcher, and print a summary (no root, no network).
+    ClassifierDemo(classifier_demo::DemoArgs),
     /// Build the classifier from a ClassBench rule set, classify a whole trace on one core,
     /// check every answer against the trace's expected first match, and report build time,
     /// memory and lookup rate. Exits 1 when any answer differs.
@@ -137,6 +142,7 @@ impl TuningArgs {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Demo(args) => demo::run(&args),
+        Command::ClassifierDemo(args) => classifier_demo::run(&args),
         Command::Classbench(args) => classbench::run(&args),
         Command::Check(args) => policy::check(&args),
         Command::Explain(args) => policy::explain(&args),
