@@ -15,7 +15,7 @@ build=(gcc make pkg-config liblzma-dev xz-utils clang llvm m4 libelf-dev zlib1g-
 net=(iproute2 iputils-ping curl iperf3 ethtool nftables)
 case "$purpose" in
   build) want=("${build[@]}" "${net[@]}") ;;
-  test) want=("${build[@]}" "${net[@]}" tshark) ;;
+  test) want=("${build[@]}" "${net[@]}" tshark socat util-linux) ;;
   bench) want=("${build[@]}" "${net[@]}" python3 dpdk-dev) ;;
   *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
 esac

@@ -148,8 +148,9 @@ impl Topology {
     }
 
     /// The node's config: the three interfaces, routes to the three links and static
-    /// neighbours, `policy`, the control socket, the flow log and `extra` TOML appended.
-    pub fn node_config(&self, policy: &Path, socket: &Path, flows: &Path, extra: &str) -> String {
+    /// neighbours, `policy`, the control socket, the flow log, and `daemon_extra` lines added
+    /// to its `[daemon]` table (the last one).
+    pub fn node_config(&self, policy: &Path, socket: &Path, flows: &Path, daemon_extra: &str) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "policy = {:?}", policy.display().to_string());
         for h in HOSTS {
@@ -169,7 +170,7 @@ impl Topology {
             "[daemon]\ncontrol_socket = {:?}\nframes = 8192\nring_size = 1024",
             socket.display().to_string()
         );
-        s.push_str(extra);
+        s.push_str(daemon_extra);
         s
     }
 
