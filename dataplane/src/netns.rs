@@ -73,6 +73,7 @@ pub const HOSTS: [Host; 3] = [CLIENT, WEB, DB];
 pub struct Topology {
     prefix: String,
     created: Vec<String>,
+    queues: u32,
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<Output> {
@@ -87,7 +88,14 @@ impl Topology {
     /// Builds it with namespaces named `PREFIX-client`, `PREFIX-node`, `PREFIX-web` and
     /// `PREFIX-db`. Needs root and iproute2.
     pub fn build(prefix: &str) -> anyhow::Result<Topology> {
-        let mut t = Topology { prefix: prefix.to_owned(), created: Vec::new() };
+        Self::build_with(prefix, 1)
+    }
+
+    /// The same with `queues` rx and tx queues on every veth (the node's config then serves
+    /// them all: one worker per queue).
+    pub fn build_with(prefix: &str, queues: u32) -> anyhow::Result<Topology> {
+        let mut t = Topology { prefix: prefix.to_owned(), created: Vec::new(), queues };
+        let q = queues.to_string();
         for role in ["node", CLIENT.role, WEB.role, DB.role] {
             let ns = t.ns(role);
             // A namespace of the same name left by a killed run: remove it first.
@@ -102,8 +110,30 @@ impl Topology {
         for h in HOSTS {
             let ns = t.ns(h.role);
             run(Command::new("ip").args([
-                "link", "add", h.node_if, "netns", &node, "address", h.node_mac, "type", "veth", "peer",
-                "name", "eth0", "netns", &ns, "address", h.mac,
+                "link",
+                "add",
+                h.node_if,
+                "netns",
+                &node,
+                "address",
+                h.node_mac,
+                "numtxqueues",
+                &q,
+                "numrxqueues",
+                &q,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &ns,
+                "address",
+                h.mac,
+                "numtxqueues",
+                &q,
+                "numrxqueues",
+                &q,
             ]))?;
             let prefix_len = h.subnet.split('/').nth(1).unwrap_or("24");
             run(Command::new("ip").args([
@@ -154,7 +184,11 @@ impl Topology {
         let mut s = String::new();
         let _ = writeln!(s, "policy = {:?}", policy.display().to_string());
         for h in HOSTS {
-            let _ = writeln!(s, "[[interface]]\nname = \"{}\"\nmac = \"{}\"", h.node_if, h.node_mac);
+            let _ = writeln!(
+                s,
+                "[[interface]]\nname = \"{}\"\nmac = \"{}\"\nqueues = {}",
+                h.node_if, h.node_mac, self.queues
+            );
         }
         for h in HOSTS {
             let _ = writeln!(s, "[[route]]\nto = \"{}\"\ninterface = \"{}\"", h.subnet, h.node_if);

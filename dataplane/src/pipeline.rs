@@ -678,6 +678,17 @@ impl Accounting {
 
 /// The conntrack key of a packet (of the quoted packet, for an ICMP error) and whether the
 /// packet goes from side a to side b.
+/// Which of `workers` workers owns the flow of `frame`: the same for both directions of a flow
+/// (and for ICMP errors about it), in every worker. None for a frame that does not parse (the
+/// receiving worker counts it).
+pub fn flow_owner(frame: &[u8], workers: usize) -> Option<usize> {
+    use std::hash::BuildHasher;
+    let p = wire::parse(frame).ok()?;
+    let (key, _) = key_of(&p);
+    let h = FixedState::with_seed(0x6d61_7267_6179).hash_one(key);
+    Some((h % workers.max(1) as u64) as usize)
+}
+
 fn key_of(p: &Packet) -> (FlowKey, bool) {
     match &p.quoted {
         Some(q) => FlowKey::new(q.l4.proto, q.src, q.l4.sport, q.dst, q.l4.dport),

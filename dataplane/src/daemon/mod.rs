@@ -55,6 +55,8 @@ pub struct WorkerStats {
     pub conntrack_capacity: usize,
     /// Policy epoch the worker enforces.
     pub epoch: u32,
+    /// Frames steered between workers.
+    pub handoff: worker::Handoff,
 }
 
 /// What the control thread knows of a worker.
@@ -176,6 +178,7 @@ impl Shared {
                 "tx_ring_full": s.io.tx_ring_full, "tx_no_frame": s.io.tx_no_frame,
                 "kernel_rx_dropped": s.kernel[0], "kernel_rx_ring_full": s.kernel[1],
                 "kernel_fill_ring_empty": s.kernel[2], "kernel_tx_invalid": s.kernel[3],
+                "handoff_out": s.handoff.out, "handoff_in": s.handoff.r#in, "handoff_full": s.handoff.full,
             }));
         }
         let drops: serde_json::Map<String, Value> =
@@ -288,11 +291,6 @@ impl Daemon {
                 "every [[interface]] must serve the same number of queues (worker q serves queue q of each)"
             );
         }
-        if queues > 1 {
-            bail!(
-                "queues = {queues}: serving more than one rx queue per interface is not supported yet (a flow's two directions must meet in one worker's conntrack; see docs/daemon.md)"
-            );
-        }
         let indexes: Vec<i32> =
             config.interfaces.iter().map(|i| ifindex(&i.name)).collect::<Result<_, _>>()?;
         let (compiled, build_ms, summary) = compile(&policy_path)?;
@@ -328,6 +326,12 @@ impl Daemon {
         let (records_tx, records_rx) = crossbeam_channel::bounded(config.flow_logs.channel);
         let mut workers = Vec::new();
         let mut handles = Vec::new();
+        let (handoff_tx, mut handoff_rx): (Vec<_>, Vec<_>) = if queues > 1 {
+            (0..queues).map(|_| crossbeam_channel::bounded(worker::HANDOFF_DEPTH)).unzip()
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        handoff_rx.reverse();
         for q in 0..queues {
             let io = XskIo::open(&names, q, config.daemon.frames, config.daemon.ring_size)?;
             for (p, prog) in xdp.iter().enumerate() {
@@ -344,6 +348,9 @@ impl Daemon {
                 requests: req_rx,
                 records: records_tx.clone(),
                 batch: config.daemon.batch,
+                handoff_tx: handoff_tx.clone(),
+                handoff_rx: handoff_rx.pop().unwrap_or_else(|| crossbeam_channel::bounded(1).1),
+                handoff: worker::Handoff::default(),
             });
         }
         drop(records_tx);
@@ -432,8 +439,11 @@ impl Daemon {
             }
         }
         self.refresh();
+        let queues = self.shared.config.workers();
         for prog in &self.xdp {
-            let _ = prog.unregister_socket(0);
+            for q in 0..queues {
+                let _ = prog.unregister_socket(q);
+            }
         }
         self.xdp.clear();
         // Every record sender was owned by a worker: the writer drains and flushes.

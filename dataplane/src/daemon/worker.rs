@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::{Shared, WorkerStats, now_ns};
 use crate::flowlog::FlowRecord;
 use crate::io::afxdp::XskIo;
-use crate::pipeline::{AGE_BUDGET, Outcome, Pipeline};
+use crate::pipeline::{AGE_BUDGET, Outcome, Pipeline, flow_owner};
 
 /// Which flows a `flows` request wants.
 #[derive(Debug, Clone, Default)]
@@ -52,7 +52,31 @@ pub struct Worker {
     pub records: Sender<FlowRecord>,
     /// Frames per burst.
     pub batch: usize,
+    /// Every worker's inbound handoff queue, by worker number (empty with one worker).
+    pub handoff_tx: Vec<Sender<Vec<u8>>>,
+    /// This worker's inbound handoff queue.
+    pub handoff_rx: Receiver<Vec<u8>>,
+    /// Handoff counters.
+    pub handoff: Handoff,
 }
+
+/// Frames steered between workers (see [`Worker::run`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Handoff {
+    /// Frames this worker received for flows another worker owns, and passed on.
+    pub out: u64,
+    /// Frames other workers passed to this one.
+    pub r#in: u64,
+    /// Frames dropped because the owner's queue was full.
+    pub full: u64,
+}
+
+/// The outcome given to frames the pipeline did not see (passed to another worker): anything
+/// but `Forward` makes the I/O layer recycle the frame, and no pipeline counter moves.
+const RECYCLE: Outcome = Outcome::Drop(crate::pipeline::Drop::Invalid);
+
+/// Depth of each worker's inbound handoff queue.
+pub const HANDOFF_DEPTH: usize = 4096;
 
 fn pin(core: usize) -> nix::Result<()> {
     let mut set = nix::sched::CpuSet::new();
@@ -114,6 +138,7 @@ impl Worker {
             conntrack_entries: self.pipeline.conntrack().len(),
             conntrack_capacity: self.pipeline.conntrack().capacity(),
             epoch: self.pipeline.policy().epoch,
+            handoff: self.handoff,
         };
         if let Some(w) = shared.workers.get(self.id) {
             *w.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats;
@@ -135,6 +160,12 @@ impl Worker {
     }
 
     /// The worker loop, until `shared.stop`.
+    ///
+    /// With several workers, each frame belongs to the worker [`flow_owner`] names (one hash of
+    /// the normalised flow key, so both directions of a flow, and ICMP errors about it, meet in
+    /// one conntrack table whichever queue they arrive on). A frame received by another worker
+    /// is copied into the owner's bounded queue; the owner runs it through its pipeline and
+    /// transmits a copy from its own UMEM.
     pub fn run(mut self, shared: Arc<Shared>) {
         if let Some(core) = self.core
             && let Err(e) = pin(core)
@@ -142,6 +173,10 @@ impl Worker {
             tracing::warn!(worker = self.id, core, "could not pin to the core: {e}");
         }
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(self.batch);
+        let mut owned: Vec<bool> = Vec::with_capacity(self.batch);
+        let mut inbound: Vec<Vec<u8>> = Vec::with_capacity(self.batch);
+        // With handoff, sleep briefly: a frame another worker passes on waits at most this.
+        let sleep_ms: u8 = if self.handoff_tx.len() > 1 { 1 } else { 10 };
         let mut records = Vec::new();
         let mut idle = 0u32;
         let mut last_publish = 0u64;
@@ -154,11 +189,57 @@ impl Worker {
                 }
             }
             let mut got = 0;
+            let workers = self.handoff_tx.len();
             for p in 0..self.io.ports() {
                 let pipeline = &mut self.pipeline;
-                got += self
-                    .io
-                    .rx_burst(p, self.batch, &mut outcomes, |frames, out| pipeline.process(now, frames, out));
+                let (me, handoff_tx, handoff, owned) =
+                    (self.id, &self.handoff_tx, &mut self.handoff, &mut owned);
+                got += self.io.rx_burst(p, self.batch, &mut outcomes, |frames, out| {
+                    if workers <= 1 {
+                        pipeline.process(now, frames, out);
+                        return;
+                    }
+                    owned.clear();
+                    for (f, o) in frames.iter_mut().zip(out.iter_mut()) {
+                        let bytes = f.as_mut();
+                        let owner = flow_owner(bytes, workers).unwrap_or(me);
+                        owned.push(owner == me);
+                        if owner != me {
+                            *o = RECYCLE;
+                            if handoff_tx[owner].try_send(bytes.to_vec()).is_ok() {
+                                handoff.out += 1;
+                            } else {
+                                handoff.full += 1;
+                            }
+                        }
+                    }
+                    let mut mine: Vec<_> =
+                        frames.iter_mut().zip(owned.iter()).filter(|(_, o)| **o).map(|(f, _)| f).collect();
+                    let mut mine_out = vec![RECYCLE; mine.len()];
+                    pipeline.process(now, &mut mine, &mut mine_out);
+                    let mut results = mine_out.into_iter();
+                    for (o, _) in out.iter_mut().zip(owned.iter()).filter(|(_, o)| **o) {
+                        *o = results.next().unwrap_or(RECYCLE);
+                    }
+                });
+            }
+            if workers > 1 {
+                inbound.clear();
+                inbound.extend(self.handoff_rx.try_iter().take(self.batch));
+                if !inbound.is_empty() {
+                    self.handoff.r#in += inbound.len() as u64;
+                    got += inbound.len();
+                    outcomes.clear();
+                    outcomes.resize(inbound.len(), RECYCLE);
+                    self.pipeline.process(now, &mut inbound, &mut outcomes);
+                    for (f, o) in inbound.iter().zip(outcomes.iter()) {
+                        if let Outcome::Forward(to) = *o
+                            && usize::from(to) < self.io.ports()
+                        {
+                            self.io.send_copy(usize::from(to), f);
+                        }
+                    }
+                }
             }
             self.io.flush();
             self.send_records(&shared, &mut records, false);
@@ -172,12 +253,12 @@ impl Worker {
             if got == 0 {
                 self.pipeline.tick(now, AGE_BUDGET);
                 idle += 1;
-                if idle > 32 {
+                if idle > 32 && self.handoff_rx.is_empty() {
                     // Nothing for a while: sleep in poll(2) rather than spin on a shared core.
                     self.io.kick_fill();
                     let mut fds: Vec<PollFd<'_>> =
                         (0..self.io.ports()).map(|p| PollFd::new(self.io.fd(p), PollFlags::POLLIN)).collect();
-                    let _ = poll(&mut fds, PollTimeout::from(10u8));
+                    let _ = poll(&mut fds, PollTimeout::from(sleep_ms));
                 }
             } else {
                 idle = 0;
