@@ -122,7 +122,7 @@ fn tuning_knobs_are_validated() {
 
 #[test]
 fn demo_checks_its_answers_against_the_reference() {
-    let out = margay(&["demo", "--tuples", "20000"]);
+    let out = margay(&["classifier-demo", "--tuples", "20000"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("20000 tuples against the reference: 0 mismatches"), "{stdout}");
@@ -134,7 +134,7 @@ fn help_lists_the_commands() {
     let out = margay(&["--help"]);
     assert!(out.status.success());
     let help = text(&out.stdout);
-    for cmd in ["classbench", "demo", "check", "explain"] {
+    for cmd in ["classbench", "demo", "classifier-demo", "check", "explain", "run", "ctl", "detach"] {
         assert!(help.contains(cmd), "{cmd} missing from {help}");
     }
 }
@@ -224,4 +224,47 @@ fn explain_rejects_bad_flows_and_policies_with_exit_2() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
         assert!(text(&out.stderr).contains(want), "{args:?}: {}", text(&out.stderr));
     }
+}
+
+#[test]
+fn run_explains_what_is_wrong_before_touching_anything() {
+    let s = Scratch::new("run");
+    let policy = shop();
+    let missing_if = s.file(
+        "missing.toml",
+        &format!("policy = {policy:?}\n[[interface]]\nname = \"nosuchif0\"\nmac = \"02:00:00:00:00:01\"\n[daemon]\ncontrol_socket = \"ctl.sock\"\n"),
+    );
+    let out = margay(&["run", "--config", missing_if.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("interface 'nosuchif0' not found"), "{}", text(&out.stderr));
+    assert!(!s.0.join("ctl.sock").exists(), "nothing may be created on a failed start");
+
+    let broken = s.file("broken.toml", "[daemon]\nbatch = 0\n");
+    let out = margay(&["run", "--config", broken.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("broken.toml:2:9: batch must be between 1 and 256"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let no_policy = s.file("nopolicy.toml", "[[interface]]\nname = \"lo\"\nmac = \"02:00:00:00:00:01\"\n");
+    let out = margay(&["run", "--config", no_policy.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no policy file"), "{}", text(&out.stderr));
+
+    let ok = s.file(
+        "ok.toml",
+        &format!("policy = {policy:?}\n[[interface]]\nname = \"lo\"\nmac = \"02:00:00:00:00:01\"\n"),
+    );
+    let out = margay(&["run", "--check", "--config", ok.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("ok: 1 interfaces"), "{}", text(&out.stdout));
+}
+
+#[test]
+fn ctl_without_a_daemon_says_so() {
+    let out = margay(&["ctl", "--socket", "/nonexistent/margay.sock", "stats"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("is `margay run` running"), "{}", text(&out.stderr));
 }

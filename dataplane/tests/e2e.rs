@@ -600,3 +600,15 @@ fn two_queues_two_workers_and_replies_on_the_other_queue() {
     stop.store(true, Ordering::Relaxed);
     assert!(env.daemon.stop().unwrap().success());
 }
+
+#[test]
+fn the_demo_passes_its_checks_and_leaves_nothing_behind() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let out = Command::new(EXE).args(["demo", "--seconds", "2"]).stdin(Stdio::null()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("checks passed"), "{text}");
+    assert!(text.contains("iperf3 stream survives the reload") && text.contains("policy reload"), "{text}");
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&netns.stdout).contains("mgdemo"), "the demo left namespaces behind");
+}

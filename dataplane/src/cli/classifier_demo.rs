@@ -28,7 +28,10 @@ pub struct DemoArgs {
 
 pub(super) fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     let rules = classbench::parse_rules(RULES.as_bytes(), Path::new("<embedded acl1_1k.rules>"))?;
-    println!("margay demo: classifier on an embedded ClassBench rule set (acl1, {} rules)", rules.len());
+    println!(
+        "margay classifier-demo: classifier on an embedded ClassBench rule set (acl1, {} rules)",
+        rules.len()
+    );
 
     let started = Instant::now();
     let classifier = Classifier::build(&rules).context("building the classifier")?;
