@@ -51,6 +51,9 @@
 //! metrics = "127.0.0.1:9464"         # Prometheus text on http://ADDR/metrics; none: off
 //! ```
 //!
+//! `routes = "kernel"` (top level) mirrors the kernel's routes and neighbours over netlink
+//! instead of the `[[route]]` and `[[neighbour]]` tables (`margay run` only).
+//!
 //! An `[[interface]]` may set `queues = N` (default 1): the daemon serves its rx queues
 //! `0..N`, and worker `q` serves queue `q` of every interface.
 
@@ -249,6 +252,8 @@ pub struct DaemonConfig {
     pub interfaces: Vec<Interface>,
     /// Static routes.
     pub routes: Vec<Route>,
+    /// `routes = "kernel"`: mirror the kernel's routes and neighbours instead (the daemon).
+    pub kernel_routes: bool,
     /// Static neighbours.
     pub neighbours: Vec<Neighbour>,
     /// Connection tracking.
@@ -418,15 +423,36 @@ impl DaemonConfig {
             };
             interfaces.push(Interface { name: i.name.into_inner(), mac: i.mac, queues });
         }
-        if let Some(r) = &raw.routes {
-            return Err(at(
-                Some(r.span()),
-                format!(
-                    "routes = '{}' is not supported yet: Margay takes static [[route]] and [[neighbour]] tables only (mirroring the kernel's routes is planned)",
-                    r.get_ref()
-                ),
-            ));
-        }
+        let kernel_routes = match &raw.routes {
+            None => false,
+            Some(r) if r.get_ref() == "static" => false,
+            Some(r) if r.get_ref() == "kernel" => {
+                if let Some(first) = raw.route.first() {
+                    return Err(at(
+                        Some(first.to.span()),
+                        "routes = 'kernel' mirrors the kernel's routes and neighbours: remove [[route]]"
+                            .to_owned(),
+                    ));
+                }
+                if let Some(first) = raw.neighbour.first() {
+                    return Err(at(
+                        Some(first.interface.span()),
+                        "routes = 'kernel' mirrors the kernel's routes and neighbours: remove [[neighbour]]"
+                            .to_owned(),
+                    ));
+                }
+                true
+            }
+            Some(r) => {
+                return Err(at(
+                    Some(r.span()),
+                    format!(
+                        "routes = '{}': expected 'static' (the [[route]] and [[neighbour]] tables) or 'kernel'",
+                        r.get_ref()
+                    ),
+                ));
+            }
+        };
         let iface = |n: &Spanned<String>| {
             interfaces.iter().position(|i| i.name == *n.get_ref()).ok_or_else(|| {
                 at(
@@ -524,6 +550,7 @@ impl DaemonConfig {
             policy: raw.policy,
             interfaces,
             routes,
+            kernel_routes,
             neighbours,
             conntrack: Conntrack { capacity, timeouts: t },
             flow_logs,
@@ -596,7 +623,11 @@ udp = 30
             (OK.replace("udp = 30", "udp = 0"), "d.toml:21:1: conntrack timeouts are seconds"),
             (OK.replace("udp = 30", "udp = 30\nfoo = 1"), "d.toml:23:1: unknown field `foo`"),
             (OK.replace("name = \"out0\"", "name = \"in0\""), "d.toml:6:8: duplicate interface 'in0'"),
-            (format!("routes = \"kernel\"\n{OK}"), "d.toml:1:10: routes = 'kernel' is not supported yet"),
+            (
+                format!("routes = \"kernel\"\n{OK}"),
+                "d.toml:10:6: routes = 'kernel' mirrors the kernel's routes",
+            ),
+            (format!("routes = \"bgp\"\n{OK}"), "d.toml:1:10: routes = 'bgp': expected 'static'"),
             (format!("{OK}[daemon]\nring_size = 1000"), "d.toml:24:13: ring_size must be a power of two"),
             (format!("{OK}[daemon]\nbatch = 0"), "d.toml:24:9: batch must be between 1 and 256"),
             (

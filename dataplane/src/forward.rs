@@ -8,9 +8,10 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::{Ipv4Net, Ipv6Net};
-use margay_config::daemon::DaemonConfig;
+use margay_config::daemon::{DaemonConfig, Neighbour, Route};
 use prefix_trie::PrefixMap;
 
 use crate::wire::Packet;
@@ -47,9 +48,14 @@ pub struct Forwarder {
 impl Forwarder {
     /// The static routes and neighbours of `config`.
     pub fn from_config(config: &DaemonConfig) -> Forwarder {
-        let mut f =
-            Forwarder { macs: config.interfaces.iter().map(|i| i.mac.0).collect(), ..Forwarder::default() };
-        for r in &config.routes {
+        let macs: Vec<[u8; 6]> = config.interfaces.iter().map(|i| i.mac.0).collect();
+        Self::from_tables(macs, &config.routes, &config.neighbours)
+    }
+
+    /// Routes and neighbours over interfaces whose MACs are `macs` (by interface index).
+    pub fn from_tables(macs: Vec<[u8; 6]>, routes: &[Route], neighbours: &[Neighbour]) -> Forwarder {
+        let mut f = Forwarder { macs, ..Forwarder::default() };
+        for r in routes {
             let hop = NextHop { interface: r.interface as u16, via: r.via };
             match r.to.addr() {
                 IpAddr::V4(a) => {
@@ -64,7 +70,7 @@ impl Forwarder {
                 }
             }
         }
-        for n in &config.neighbours {
+        for n in neighbours {
             f.neighbours.insert((n.interface as u16, n.ip), n.mac.0);
         }
         f
@@ -77,6 +83,16 @@ impl Forwarder {
             IpAddr::V4(a) => self.v4.get_lpm(&Ipv4Net::from(a)).map(|(_, h)| *h),
             IpAddr::V6(a) => self.v6.get_lpm(&Ipv6Net::from(a)).map(|(_, h)| *h),
         }
+    }
+
+    /// The next hop (interface, address) packets to `dst` need a MAC for.
+    pub fn next_hop_address(&self, dst: IpAddr) -> Option<(u16, IpAddr)> {
+        self.route(dst).map(|h| (h.interface, h.via.unwrap_or(dst)))
+    }
+
+    /// Numbers of routes and neighbours.
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.v4.iter().count() + self.v6.iter().count(), self.neighbours.len())
     }
 
     /// Where packets to `dst` go: the route and the next hop's MAC.
@@ -98,14 +114,19 @@ pub const ROUTE_CACHE_SLOTS: usize = 4096;
 /// `CachedForwarder`, so it is never stale.
 #[derive(Debug)]
 pub struct CachedForwarder {
-    fwd: Forwarder,
+    fwd: Arc<Forwarder>,
     cache: Vec<(u128, Option<Result<Resolved, ForwardError>>)>,
 }
 
 impl CachedForwarder {
-    /// Caches `fwd`'s answers.
-    pub fn new(fwd: Forwarder) -> Self {
+    /// Caches `fwd`'s answers (a table shared by every worker).
+    pub fn new(fwd: Arc<Forwarder>) -> Self {
         CachedForwarder { fwd, cache: vec![(0, None); ROUTE_CACHE_SLOTS] }
+    }
+
+    /// The table it caches.
+    pub fn table(&self) -> &Arc<Forwarder> {
+        &self.fwd
     }
 
     /// Where `pkt` goes: its next hop (cached), and a TTL check.

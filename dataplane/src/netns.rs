@@ -208,6 +208,30 @@ impl Topology {
         s
     }
 
+    /// [`node_config`](Self::node_config) with `routes = "kernel"` instead of the static route
+    /// and neighbour tables.
+    pub fn kernel_node_config(
+        &self,
+        policy: &Path,
+        socket: &Path,
+        flows: &Path,
+        daemon_extra: &str,
+    ) -> String {
+        let text = self.node_config(policy, socket, flows, daemon_extra);
+        let mut out = String::from("routes = \"kernel\"\n");
+        let mut skipping = false;
+        for line in text.lines() {
+            if line.starts_with("[[") || line.starts_with('[') {
+                skipping = line == "[[route]]" || line == "[[neighbour]]";
+            }
+            if !skipping {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
     /// Whether the node's interface `ifname` has an XDP program attached.
     pub fn xdp_attached(&self, ifname: &str) -> anyhow::Result<bool> {
         let out = run(Command::new("ip").args(["-n", &self.ns("node"), "-d", "link", "show", ifname]))?;

@@ -187,7 +187,12 @@ pub struct Pipeline {
     fwd: CachedForwarder,
     acct: Accounting,
     scratch: Vec<Option<(Packet, FlowKey, bool, u32)>>,
+    unresolved: Vec<(u16, IpAddr)>,
 }
+
+/// Most distinct unresolved next hops a pipeline remembers between two
+/// [`Pipeline::take_unresolved`] calls.
+pub const MAX_UNRESOLVED: usize = 64;
 
 impl Pipeline {
     /// A pipeline with `config`'s routes, neighbours, conntrack and flow-log settings,
@@ -200,7 +205,8 @@ impl Pipeline {
     pub fn with_policy(config: &DaemonConfig, policy: Arc<PolicyVersion>, seed: u64) -> Pipeline {
         Pipeline {
             table: Table::new(config.conntrack.capacity, config.conntrack.timeouts, seed),
-            fwd: CachedForwarder::new(Forwarder::from_config(config)),
+            fwd: CachedForwarder::new(Arc::new(Forwarder::from_config(config))),
+            unresolved: Vec::new(),
             acct: Accounting {
                 policy,
                 history: VecDeque::new(),
@@ -228,6 +234,23 @@ impl Pipeline {
         let old = std::mem::replace(&mut self.acct.policy, policy);
         self.acct.history.push_front(old);
         self.acct.history.truncate(POLICY_HISTORY);
+    }
+
+    /// Forwards with `fwd` from now on (new routes or neighbours); the next-hop cache starts
+    /// empty.
+    pub fn set_forwarder(&mut self, fwd: Arc<Forwarder>) {
+        self.fwd = CachedForwarder::new(fwd);
+    }
+
+    /// The routing table in use.
+    pub fn forwarder(&self) -> &Arc<Forwarder> {
+        self.fwd.table()
+    }
+
+    /// Moves the next hops (interface, address) packets were dropped for want of a MAC into
+    /// `out`, so the daemon can have the kernel resolve them.
+    pub fn take_unresolved(&mut self, out: &mut Vec<(u16, IpAddr)>) {
+        out.append(&mut self.unresolved);
     }
 
     /// The policy in force.
@@ -309,7 +332,15 @@ impl Pipeline {
             Err(e) => {
                 let d = match e {
                     ForwardError::NoRoute => Drop::NoRoute,
-                    ForwardError::NoNeighbour => Drop::NoNeighbour,
+                    ForwardError::NoNeighbour => {
+                        if let Some(hop) = self.fwd.table().next_hop_address(p.dst)
+                            && self.unresolved.len() < MAX_UNRESOLVED
+                            && !self.unresolved.contains(&hop)
+                        {
+                            self.unresolved.push(hop);
+                        }
+                        Drop::NoNeighbour
+                    }
                     ForwardError::TtlExpired => Drop::Ttl,
                 };
                 return Outcome::Drop(self.drop_logged(now, p, d, None, frame.len()));

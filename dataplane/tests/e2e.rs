@@ -612,3 +612,63 @@ fn the_demo_passes_its_checks_and_leaves_nothing_behind() {
     let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&netns.stdout).contains("mgdemo"), "the demo left namespaces behind");
 }
+
+#[test]
+fn kernel_routes_are_mirrored_resolved_and_followed() {
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let work = std::env::temp_dir().join(format!("margay-e2e-{}-kr", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let t = Topology::build(&format!("mge{}kr", std::process::id() % 100_000)).unwrap();
+    let policy = work.join("policy.toml");
+    std::fs::write(&policy, BASE).unwrap();
+    let config = work.join("node.toml");
+    let text = t.kernel_node_config(&policy, &work.join("margay.sock"), &work.join("flows.jsonl"), "");
+    assert!(
+        text.contains("routes = \"kernel\"")
+            && !text.contains("[[route]]")
+            && !text.contains("[[neighbour]]")
+    );
+    std::fs::write(&config, text).unwrap();
+    let env = Env {
+        daemon: DaemonProcess::start(
+            &t,
+            Path::new(EXE),
+            &config,
+            &work.join("margay.sock"),
+            &work.join("margay.log"),
+        )
+        .unwrap(),
+        t,
+        work,
+        _serial: serial,
+    };
+    let node_neigh = || {
+        let out = env.t.cmd("node", "ip").args(["neigh", "show", "dev", "s1"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(!node_neigh().contains(WEB.mac), "the kernel must not know web's MAC yet: {}", node_neigh());
+    // The first packets find no MAC for web: Margay drops them, counts them, and has the
+    // kernel resolve the address; the rest go through.
+    let got = netns::ping(&env.t, CLIENT.role, WEB.ip, 6).unwrap();
+    assert!(got >= 4, "only {got} of 6 pings answered");
+    assert!(node_neigh().contains(WEB.mac), "the kernel resolved web: {}", node_neigh());
+    let s = env.stats();
+    assert!(s["drops"]["no-neighbour"].as_u64().unwrap_or(0) >= 1, "the first echo had no neighbour: {s}");
+
+    // A route removed in the kernel is removed from Margay...
+    let ip = |args: &[&str]| {
+        let out = env.t.cmd("node", "ip").args(args).output().unwrap();
+        assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    ip(&["route", "del", "198.18.2.0/24", "dev", "s1"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = env.stats()["drops"]["no-route"].as_u64().unwrap_or(0);
+    assert_eq!(netns::ping(&env.t, CLIENT.role, WEB.ip, 2).unwrap(), 0, "no route: no forwarding");
+    let after = env.stats()["drops"]["no-route"].as_u64().unwrap_or(0);
+    assert!(after >= before + 2, "no-route drops {before} -> {after}");
+    // ...and one added comes back.
+    ip(&["route", "add", "198.18.2.0/24", "dev", "s1"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(netns::ping(&env.t, CLIENT.role, WEB.ip, 2).unwrap(), 2);
+}

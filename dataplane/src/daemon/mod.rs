@@ -9,6 +9,7 @@
 
 pub mod control;
 pub mod flowlog;
+pub mod kernel;
 pub mod metrics;
 pub mod worker;
 
@@ -104,6 +105,10 @@ pub struct Shared {
     pub xdp: Mutex<Vec<margay_bpf::Counters>>,
     /// When the daemon started.
     pub started: Instant,
+    /// The routing table workers forward with (static, or mirrored from the kernel).
+    pub routes: ArcSwap<crate::forward::Forwarder>,
+    /// Next hops to have the kernel resolve (`routes = "kernel"` only).
+    pub resolve: Option<Sender<(u16, IpAddr)>>,
 }
 
 /// The reply to a successful reload.
@@ -355,6 +360,8 @@ impl Daemon {
         }
         drop(records_tx);
         let flowlog_stats = Arc::new(FlowLogStats::default());
+        let (resolve_tx, resolve_rx) = crossbeam_channel::bounded(256);
+        let kernel_routes = config.kernel_routes;
         let shared = Arc::new(Shared {
             config_path: config_path.to_owned(),
             policy: ArcSwap::new(policy),
@@ -365,13 +372,21 @@ impl Daemon {
             flowlog: Arc::clone(&flowlog_stats),
             xdp: Mutex::new(Vec::new()),
             started: Instant::now(),
+            routes: ArcSwap::new(Arc::new(crate::forward::Forwarder::from_config(&config))),
+            resolve: kernel_routes.then_some(resolve_tx),
             config,
         });
+        let mut threads = Vec::new();
+        if kernel_routes {
+            let ifindexes: Vec<u32> = indexes.iter().map(|&i| i as u32).collect();
+            let macs: Vec<[u8; 6]> = shared.config.interfaces.iter().map(|i| i.mac.0).collect();
+            let t = kernel::start(Arc::clone(&shared), ifindexes, macs, resolve_rx)?;
+            threads.push(("margay-kernel".to_owned(), t));
+        }
         let writer = std::thread::Builder::new()
             .name("margay-flowlog".into())
             .spawn(move || flowlog::run(sink, records_rx, flowlog_stats))
             .context("spawning the flow-log writer")?;
-        let mut threads = Vec::new();
         for w in workers {
             let s = Arc::clone(&shared);
             let name = format!("margay-worker-{}", w.id);

@@ -175,6 +175,7 @@ impl Worker {
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(self.batch);
         let mut owned: Vec<bool> = Vec::with_capacity(self.batch);
         let mut inbound: Vec<Vec<u8>> = Vec::with_capacity(self.batch);
+        let mut unresolved = Vec::new();
         // With handoff, sleep briefly: a frame another worker passes on waits at most this.
         let sleep_ms: u8 = if self.handoff_tx.len() > 1 { 1 } else { 10 };
         let mut records = Vec::new();
@@ -186,6 +187,10 @@ impl Worker {
                 let current = shared.policy.load();
                 if current.epoch != self.pipeline.policy().epoch {
                     self.pipeline.adopt(Arc::clone(&current));
+                }
+                let routes = shared.routes.load();
+                if !Arc::ptr_eq(&routes, self.pipeline.forwarder()) {
+                    self.pipeline.set_forwarder(Arc::clone(&routes));
                 }
             }
             let mut got = 0;
@@ -243,6 +248,12 @@ impl Worker {
             }
             self.io.flush();
             self.send_records(&shared, &mut records, false);
+            if let Some(resolve) = &shared.resolve {
+                self.pipeline.take_unresolved(&mut unresolved);
+                for hop in unresolved.drain(..) {
+                    let _ = resolve.try_send(hop);
+                }
+            }
             while let Ok(req) = self.requests.try_recv() {
                 self.serve(req);
             }
