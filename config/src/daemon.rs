@@ -7,7 +7,7 @@
 //!
 //! [[interface]]
 //! name = "eth0"
-//! mac = "02:00:00:00:00:01"
+//! mac = "02:00:00:00:00:01"          # optional for `margay run`: the interface's own by default
 //!
 //! [[route]]
 //! to = "198.18.2.0/24"
@@ -118,8 +118,12 @@ impl<'de> Deserialize<'de> for Mac {
 pub struct Interface {
     /// Kernel name.
     pub name: String,
-    /// Its MAC address: the source of frames Margay forwards out of it.
+    /// Its MAC address: the source of frames Margay forwards out of it. All zeros until
+    /// filled in when the config leaves it out (see `mac_given`).
     pub mac: Mac,
+    /// Whether the config gave the MAC; when not, `margay run` reads the interface's own
+    /// (and `margay replay`, which has no interface, refuses).
+    pub mac_given: bool,
     /// Rx queues served (`0..queues`).
     pub queues: u32,
 }
@@ -314,7 +318,7 @@ struct RawDaemon {
 #[serde(deny_unknown_fields)]
 struct RawInterface {
     name: Spanned<String>,
-    mac: Mac,
+    mac: Option<Mac>,
     queues: Option<Spanned<u32>>,
 }
 
@@ -421,7 +425,12 @@ impl DaemonConfig {
                     return Err(at(Some(q.span()), format!("queues must be between 1 and {MAX_QUEUES}")));
                 }
             };
-            interfaces.push(Interface { name: i.name.into_inner(), mac: i.mac, queues });
+            interfaces.push(Interface {
+                name: i.name.into_inner(),
+                mac: i.mac.unwrap_or_default(),
+                mac_given: i.mac.is_some(),
+                queues,
+            });
         }
         let kernel_routes = match &raw.routes {
             None => false,

@@ -209,7 +209,7 @@ impl Topology {
     }
 
     /// [`node_config`](Self::node_config) with `routes = "kernel"` instead of the static route
-    /// and neighbour tables.
+    /// and neighbour tables, and no interface MACs (the daemon reads the interfaces' own).
     pub fn kernel_node_config(
         &self,
         policy: &Path,
@@ -224,7 +224,7 @@ impl Topology {
             if line.starts_with("[[") || line.starts_with('[') {
                 skipping = line == "[[route]]" || line == "[[neighbour]]";
             }
-            if !skipping {
+            if !skipping && !line.starts_with("mac = ") {
                 out.push_str(line);
                 out.push('\n');
             }

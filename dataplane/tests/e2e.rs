@@ -399,6 +399,21 @@ fn a_broken_policy_is_rejected_and_the_old_one_stays() {
     let s = env.stats();
     assert_eq!(s["epoch"], json!(1));
     assert_eq!(s["last_reload"]["ok"], json!(false));
+
+    // SIGHUP reloads the current policy file: fixed, and now denying pings to web.
+    std::fs::write(env.work.join("policy.toml"), BASE.replace("  [[policy.ingress]]\n  action = \"allow\"\n  protocol = \"icmp\"\n\n[[policy]]\nname = \"db-in\"", "[[policy]]\nname = \"db-in\"")).unwrap();
+    let pid = nix::unistd::Pid::from_raw(env.daemon.pid().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while env.stats()["epoch"] != json!(2) {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload: {}", env.stats());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        netns::ping(&env.t, CLIENT.role, WEB.ip, 2).unwrap(),
+        0,
+        "the reloaded policy denies pings to web"
+    );
 }
 
 #[test]

@@ -52,6 +52,13 @@ pub struct ReplayArgs {
 /// Runs `margay replay`.
 pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     let config = DaemonConfig::load(&args.config)?;
+    if let Some(i) = config.interfaces.iter().find(|i| !i.mac_given) {
+        anyhow::bail!(
+            "{}: interface '{}' has no mac: a replay has no real interface to read it from, so give it in the config",
+            args.config.display(),
+            i.name
+        );
+    }
     if !config.interfaces.iter().any(|i| i.name == args.in_interface) {
         let names: Vec<&str> = config.interfaces.iter().map(|i| i.name.as_str()).collect();
         anyhow::bail!(

@@ -250,6 +250,13 @@ fn ifindex(name: &str) -> anyhow::Result<i32> {
     }
 }
 
+/// An interface's MAC, from sysfs.
+fn interface_mac(name: &str) -> anyhow::Result<margay_config::daemon::Mac> {
+    let path = format!("/sys/class/net/{name}/address");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    text.trim().parse().map_err(|e: String| anyhow::anyhow!("{path}: {e}"))
+}
+
 /// The host's own addresses (every interface's), which the XDP program passes to the kernel.
 fn host_addresses() -> anyhow::Result<Vec<IpAddr>> {
     let mut out = Vec::new();
@@ -283,7 +290,7 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts everything `config` describes. Nothing is left attached or bound on error.
-    pub fn start(config: DaemonConfig, config_path: &Path) -> anyhow::Result<Daemon> {
+    pub fn start(mut config: DaemonConfig, config_path: &Path) -> anyhow::Result<Daemon> {
         let policy_path = config.policy.clone().with_context(|| {
             format!("{}: no policy file (set `policy = \"FILE\"`)", config_path.display())
         })?;
@@ -298,6 +305,17 @@ impl Daemon {
         }
         let indexes: Vec<i32> =
             config.interfaces.iter().map(|i| ifindex(&i.name)).collect::<Result<_, _>>()?;
+        for iface in &mut config.interfaces {
+            let own = interface_mac(&iface.name)?;
+            if !iface.mac_given {
+                iface.mac = own;
+            } else if iface.mac != own {
+                tracing::warn!(
+                    interface = %iface.name, config = %iface.mac, actual = %own,
+                    "the configured MAC differs from the interface's: frames will leave with the configured one"
+                );
+            }
+        }
         let (compiled, build_ms, summary) = compile(&policy_path)?;
         tracing::info!(build_ms, %summary, "policy compiled");
         let policy = Arc::new(PolicyVersion { epoch: 1, compiled });
