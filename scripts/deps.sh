@@ -10,7 +10,7 @@ set -euo pipefail
 
 purpose=${1:-build}
 # clang compiles the XDP program; libelf/zlib/m4 build the vendored libbpf and libxdp.
-build=(gcc make pkg-config liblzma-dev xz-utils clang llvm m4 libelf-dev zlib1g-dev linux-libc-dev)
+build=(gcc make pkg-config liblzma-dev xz-utils clang m4 libelf-dev zlib1g-dev linux-libc-dev)
 # What the demo and the end-to-end tests drive: namespaces, veth, ping, curl, iperf3, nftables.
 net=(iproute2 iputils-ping curl iperf3 ethtool nftables)
 case "$purpose" in
