@@ -8,6 +8,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -686,4 +687,77 @@ fn kernel_routes_are_mirrored_resolved_and_followed() {
     ip(&["route", "add", "198.18.2.0/24", "dev", "s1"]);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(netns::ping(&env.t, CLIENT.role, WEB.ip, 2).unwrap(), 2);
+}
+
+#[test]
+fn a_stuck_flow_log_costs_records_not_packets() {
+    // The flow log is a FIFO nobody reads: the writer blocks once the pipe is full, the
+    // channel (16 records) fills, and workers must count dropped records and keep forwarding.
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let work = std::env::temp_dir().join(format!("margay-e2e-{}-fifo", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let fifo = work.join("flows.jsonl");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let reader =
+        std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(&fifo).unwrap();
+    let t = Topology::build(&format!("mge{}ff", std::process::id() % 100_000)).unwrap();
+    let policy = work.join("policy.toml");
+    std::fs::write(&policy, BASE).unwrap();
+    let config = work.join("node.toml");
+    let text = t
+        .node_config(&policy, &work.join("margay.sock"), &fifo, "")
+        .replace("interval = 1\n", "interval = 1\nchannel = 16\n");
+    std::fs::write(&config, text).unwrap();
+    let mut env = Env {
+        daemon: DaemonProcess::start(
+            &t,
+            Path::new(EXE),
+            &config,
+            &work.join("margay.sock"),
+            &work.join("margay.log"),
+        )
+        .unwrap(),
+        t,
+        work,
+        _serial: serial,
+    };
+    // 1,500 UDP flows (one datagram from each of 1,500 source ports): a start record each.
+    netns::spawn_in(&env.t.ns(CLIENT.role), || {
+        for _ in 0..1500 {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.send_to(b"x", addr(WEB.ip, 7)).unwrap();
+        }
+    })
+    .unwrap()
+    .join()
+    .unwrap()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let s = env.stats();
+    let dropped = s["flow_records"]["dropped"].as_u64().unwrap();
+    assert!(dropped > 0, "records must be dropped (and counted) while the log is stuck: {s}");
+    // (Source ports may repeat: fewer flows than datagrams.)
+    assert!(s["flows_started"].as_u64().unwrap() >= 1000, "{s}");
+    assert_eq!(netns::ping(&env.t, CLIENT.role, WEB.ip, 3).unwrap(), 3, "forwarding goes on");
+    // Drain the pipe so the writer can finish, then stop cleanly.
+    let drain_stop = stop_flag();
+    let d = Arc::clone(&drain_stop);
+    let drainer = std::thread::spawn(move || {
+        let mut reader = reader;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0usize;
+        while !d.load(Ordering::Relaxed) {
+            match reader.read(&mut buf) {
+                Ok(n) => total += n,
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        total
+    });
+    let status = env.daemon.stop().unwrap();
+    drain_stop.store(true, Ordering::Relaxed);
+    let read = drainer.join().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(read > 0);
 }
