@@ -256,6 +256,15 @@ impl XdpProgram {
             .map_err(bpf(|| format!("adding host address {addr}")))
     }
 
+    /// Stops sending traffic for `addr` to the kernel (the host no longer has it).
+    pub fn remove_host_address(&self, addr: IpAddr) -> Result<(), Error> {
+        match self.skel.maps.host_addrs.delete(&host_key(addr)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(bpf(|| format!("removing host address {addr}"))(e)),
+        }
+    }
+
     /// The program's counters, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, Error> {
         let mut sums = [0u64; Counters::LEN];

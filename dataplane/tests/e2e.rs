@@ -761,3 +761,23 @@ fn a_stuck_flow_log_costs_records_not_packets() {
     assert!(status.success(), "{status}");
     assert!(read > 0);
 }
+
+#[test]
+fn host_addresses_added_and_removed_after_start_are_followed() {
+    let env = Env::start("hostaddr", BASE, "");
+    let ip = |args: &[&str]| {
+        let out = env.t.cmd("node", "ip").args(args).output().unwrap();
+        assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    ip(&["addr", "add", "198.18.1.99/24", "dev", "c0"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    // The node's kernel answers for its new address: the XDP program passes it.
+    assert_eq!(netns::ping(&env.t, CLIENT.role, "198.18.1.99", 2).unwrap(), 2);
+    std::thread::sleep(Duration::from_millis(400)); // XDP counters are copied every 200 ms
+    let s = env.stats();
+    assert!(s["xdp"][0]["counters"]["host_addr"].as_u64().unwrap() >= 2, "{s}");
+    ip(&["addr", "del", "198.18.1.99/24", "dev", "c0"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    // Gone from the host: Margay gets it, and nobody there answers.
+    assert_eq!(netns::ping(&env.t, CLIENT.role, "198.18.1.99", 2).unwrap(), 0);
+}

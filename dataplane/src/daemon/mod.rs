@@ -286,6 +286,8 @@ pub struct Daemon {
     writer: Option<std::thread::JoinHandle<()>>,
     xdp: Vec<Attached>,
     control: control::Server,
+    /// The host addresses the XDP programs pass to the kernel, and when they were last synced.
+    host: Mutex<(std::collections::BTreeSet<IpAddr>, Instant)>,
 }
 
 impl Daemon {
@@ -417,7 +419,8 @@ impl Daemon {
             let s = Arc::clone(&shared);
             threads.push(("margay-metrics".into(), metrics::serve(addr, s)?));
         }
-        let d = Daemon { shared, threads, writer: Some(writer), xdp, control };
+        let host = Mutex::new((host.into_iter().collect(), Instant::now()));
+        let d = Daemon { shared, threads, writer: Some(writer), xdp, control, host };
         d.refresh();
         Ok(d)
     }
@@ -433,6 +436,36 @@ impl Daemon {
             self.xdp.iter().map(|p| p.counters().unwrap_or_default()).collect();
         *self.shared.xdp.lock().unwrap_or_else(|e| e.into_inner()) = xdp;
         metrics::update(&self.shared);
+        self.sync_host_addresses();
+    }
+
+    /// Once a second: the host's addresses into every XDP program's table (added and removed
+    /// ones), so traffic for an address added after start reaches the kernel.
+    fn sync_host_addresses(&self) {
+        let mut host = self.host.lock().unwrap_or_else(|e| e.into_inner());
+        if host.1.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        host.1 = Instant::now();
+        let Ok(now) = host_addresses() else { return };
+        let now: std::collections::BTreeSet<IpAddr> = now.into_iter().collect();
+        for added in now.difference(&host.0) {
+            tracing::info!(address = %added, "host address added: its traffic goes to the kernel");
+            for prog in &self.xdp {
+                if let Err(e) = prog.add_host_address(*added) {
+                    tracing::warn!("{e}");
+                }
+            }
+        }
+        for removed in host.0.difference(&now) {
+            tracing::info!(address = %removed, "host address removed: its traffic goes to Margay");
+            for prog in &self.xdp {
+                if let Err(e) = prog.remove_host_address(*removed) {
+                    tracing::warn!("{e}");
+                }
+            }
+        }
+        host.0 = now;
     }
 
     /// Runs until SIGINT or SIGTERM; SIGHUP reloads the policy.
