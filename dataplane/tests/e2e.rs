@@ -781,3 +781,27 @@ fn host_addresses_added_and_removed_after_start_are_followed() {
     // Gone from the host: Margay gets it, and nobody there answers.
     assert_eq!(netns::ping(&env.t, CLIENT.role, "198.18.1.99", 2).unwrap(), 0);
 }
+
+#[test]
+fn a_second_daemon_cannot_take_over_a_served_interface() {
+    // Fail closed: the mode in which an XDP attach alone would replace the running program.
+    let env = Env::start("second", BASE, "fail_mode = \"closed\"\n");
+    let policy = env.work.join("policy.toml");
+    let config2 = env.work.join("node2.toml");
+    let socket2 = env.work.join("second.sock");
+    std::fs::write(
+        &config2,
+        env.t.node_config(&policy, &socket2, &env.work.join("flows2.jsonl"), "fail_mode = \"closed\"\n"),
+    )
+    .unwrap();
+    let err = DaemonProcess::start(&env.t, Path::new(EXE), &config2, &socket2, &env.work.join("second.log"))
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("is served by another margay daemon"), "{err:#}");
+    // The first one still serves.
+    assert_eq!(netns::ping(&env.t, CLIENT.role, WEB.ip, 2).unwrap(), 2);
+    assert_eq!(env.stats()["ok"], json!(true));
+    let mut env = env;
+    env.daemon.stop().unwrap();
+    let out = env.t.cmd("node", EXE).args(["detach", "c0", "s1", "s2"]).output().unwrap();
+    assert!(out.status.success());
+}

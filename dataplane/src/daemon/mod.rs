@@ -250,6 +250,50 @@ fn ifindex(name: &str) -> anyhow::Result<i32> {
     }
 }
 
+/// Where interface locks live.
+pub const LOCK_DIR: &str = "/run/margay/locks";
+
+/// Takes an exclusive lock per served interface (keyed by network namespace and interface
+/// index), so a second daemon cannot take over interfaces a live one serves. The kernel
+/// releases the locks when the process ends, however it ends.
+fn lock_interfaces(
+    indexes: &[i32],
+    names: &[String],
+) -> anyhow::Result<Vec<nix::fcntl::Flock<std::fs::File>>> {
+    use std::os::unix::fs::MetadataExt;
+    let netns = std::fs::metadata("/proc/self/ns/net").map(|m| m.ino()).unwrap_or(0);
+    std::fs::create_dir_all(LOCK_DIR).with_context(|| format!("creating {LOCK_DIR}"))?;
+    let mut locks = Vec::new();
+    for (index, name) in indexes.iter().zip(names) {
+        let path = format!("{LOCK_DIR}/netns{netns}-if{index}.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {path}"))?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(mut lock) => {
+                use std::io::{Seek, Write};
+                let _ = lock.set_len(0);
+                let _ = lock.seek(std::io::SeekFrom::Start(0));
+                let _ = writeln!(lock, "{}", std::process::id());
+                locks.push(lock);
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                let pid = std::fs::read_to_string(&path).unwrap_or_default();
+                bail!(
+                    "interface {name} is served by another margay daemon (pid {}; lock {path})",
+                    pid.trim()
+                );
+            }
+            Err((_, e)) => bail!("locking {path}: {e}"),
+        }
+    }
+    Ok(locks)
+}
+
 /// An interface's MAC, from sysfs.
 fn interface_mac(name: &str) -> anyhow::Result<margay_config::daemon::Mac> {
     let path = format!("/sys/class/net/{name}/address");
@@ -288,6 +332,8 @@ pub struct Daemon {
     control: control::Server,
     /// The host addresses the XDP programs pass to the kernel, and when they were last synced.
     host: Mutex<(std::collections::BTreeSet<IpAddr>, Instant)>,
+    /// One lock per served interface, held for the daemon's life.
+    _locks: Vec<nix::fcntl::Flock<std::fs::File>>,
 }
 
 impl Daemon {
@@ -318,6 +364,8 @@ impl Daemon {
                 );
             }
         }
+        let locks =
+            lock_interfaces(&indexes, &config.interfaces.iter().map(|i| i.name.clone()).collect::<Vec<_>>())?;
         let (compiled, build_ms, summary) = compile(&policy_path)?;
         tracing::info!(build_ms, %summary, "policy compiled");
         let policy = Arc::new(PolicyVersion { epoch: 1, compiled });
@@ -420,7 +468,7 @@ impl Daemon {
             threads.push(("margay-metrics".into(), metrics::serve(addr, s)?));
         }
         let host = Mutex::new((host.into_iter().collect(), Instant::now()));
-        let d = Daemon { shared, threads, writer: Some(writer), xdp, control, host };
+        let d = Daemon { shared, threads, writer: Some(writer), xdp, control, host, _locks: locks };
         d.refresh();
         Ok(d)
     }
