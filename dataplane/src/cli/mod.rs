@@ -67,6 +67,10 @@ enum Command {
     Ctl(run::CtlArgs),
     /// Remove Margay's XDP program from interfaces (one a fail-closed daemon left attached).
     Detach(run::DetachArgs),
+    /// Export a policy in another form: `nft` prints an nftables ruleset (table inet margay,
+    /// forward hook) with the same verdicts, for kernel baselines (`nft -f OUT`).
+    #[command(after_help = "Example:\n  margay export nft examples/shop.toml > shop.nft && nft -f shop.nft")]
+    Export(policy::ExportArgs),
 }
 
 /// Arguments of `margay classbench`.
@@ -151,5 +155,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(&args),
         Command::Ctl(args) => run::ctl(&args),
         Command::Detach(args) => run::detach(&args),
+        Command::Export(args) => policy::export(&args),
     }
 }

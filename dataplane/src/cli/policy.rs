@@ -192,3 +192,26 @@ pub(super) fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Arguments of `margay export`.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// The format: `nft` (an nftables ruleset).
+    #[arg(value_parser = ["nft"])]
+    format: String,
+    /// The policy file.
+    file: PathBuf,
+    /// Write here instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+pub(super) fn export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
+    let set = PolicySet::load(&args.file)?;
+    let text = margay_rulecompiler::policy::nft::export(&set);
+    match &args.out {
+        Some(p) => std::fs::write(p, text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+        None => print!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}

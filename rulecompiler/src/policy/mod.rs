@@ -8,6 +8,7 @@
 
 pub mod compile;
 mod intervals;
+pub mod nft;
 pub mod reference;
 
 use std::net::IpAddr;
