@@ -3,7 +3,7 @@
 //! sender and a receiver namespace, and the kernel's verdict for each flow must be the policy's
 //! (`CompiledPolicy::evaluate`, what `margay explain` prints). Needs root, iproute2, nftables,
 //! curl and ping (scripts/deps.sh test). Addresses are in 198.18.0.0/15.
-#![expect(clippy::unwrap_used, clippy::expect_used, reason = "test setup panics on failure")]
+#![expect(clippy::unwrap_used, reason = "test setup panics on failure")]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::Path;
