@@ -5,10 +5,18 @@ use std::path::PathBuf;
 
 use libbpf_cargo::SkeletonBuilder;
 
-const SRC: &str = "src/bpf/margay.bpf.c";
+/// (source, generated skeleton) pairs.
+const PROGRAMS: [(&str, &str); 2] =
+    [("src/bpf/margay.bpf.c", "margay.skel.rs"), ("src/bpf/sink.bpf.c", "sink.skel.rs")];
 
 fn main() {
-    let out = PathBuf::from(env::var_os("OUT_DIR").unwrap_or_default()).join("margay.skel.rs");
+    for (src, skel) in PROGRAMS {
+        build(src, skel);
+    }
+}
+
+fn build(src: &str, skel: &str) {
+    let out = PathBuf::from(env::var_os("OUT_DIR").unwrap_or_default()).join(skel);
     let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
     let multiarch = match arch.as_str() {
         "x86_64" => "x86_64-linux-gnu",
@@ -16,11 +24,11 @@ fn main() {
         other => other,
     };
     if let Err(e) = SkeletonBuilder::new()
-        .source(SRC)
+        .source(src)
         .clang_args([format!("-I/usr/include/{multiarch}"), "-Wall".to_string()])
         .build_and_generate(&out)
     {
-        panic!("building {SRC} failed (needs clang and libbpf headers: scripts/deps.sh build): {e:#}");
+        panic!("building {src} failed (needs clang and libbpf headers: scripts/deps.sh build): {e:#}");
     }
-    println!("cargo:rerun-if-changed={SRC}");
+    println!("cargo:rerun-if-changed={src}");
 }

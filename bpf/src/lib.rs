@@ -33,6 +33,8 @@ mod skel {
 
 use skel::{MargaySkel, MargaySkelBuilder};
 
+pub mod sink;
+
 /// The program's name in the kernel (what `bpftool prog` and `ip link` show).
 pub const PROGRAM_NAME: &str = "margay_xdp";
 

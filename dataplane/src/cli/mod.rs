@@ -11,6 +11,7 @@ mod demo;
 pub(crate) mod policy;
 mod replay;
 mod run;
+mod traffic;
 
 /// Margay: a userspace packet-processing dataplane for network microsegmentation.
 #[derive(Debug, Parser)]
@@ -71,6 +72,15 @@ enum Command {
     /// forward hook) with the same verdicts, for kernel baselines (`nft -f OUT`).
     #[command(after_help = "Example:\n  margay export nft examples/shop.toml > shop.nft && nft -f shop.nft")]
     Export(policy::ExportArgs),
+    /// Send generated frames from an interface through AF_XDP (the throughput harness's
+    /// generator): flows, size, UDP or TCP SYN, IPv4 or IPv6, rate, duration, queues.
+    #[command(
+        after_help = "Example:\n  margay gen --interface eth0 --dst-mac 02:00:00:00:01:01 --src 198.18.1.10 --dst 198.18.2.20 --flows 1024 --duration 10"
+    )]
+    Gen(traffic::GenArgs),
+    /// Count (and drop) every frame arriving on an interface with an XDP program; print
+    /// packets per second (the throughput harness's sink).
+    Sink(traffic::SinkArgs),
 }
 
 /// Arguments of `margay classbench`.
@@ -156,5 +166,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ctl(args) => run::ctl(&args),
         Command::Detach(args) => run::detach(&args),
         Command::Export(args) => policy::export(&args),
+        Command::Gen(args) => traffic::gen_run(&args),
+        Command::Sink(args) => traffic::sink_run(&args),
     }
 }

@@ -1,0 +1,86 @@
+//! `margay gen` and `margay sink` over a veth pair between two namespaces (198.18.0.0/15):
+//! what the generator reports sent, the sink's XDP program counts. Needs root.
+#![expect(clippy::unwrap_used, reason = "test setup panics on failure")]
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+const EXE: &str = env!("CARGO_BIN_EXE_margay");
+
+struct Namespaces(Vec<String>);
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn the_sink_counts_what_the_generator_sends() {
+    let p = std::process::id() % 100_000;
+    let (g, k) = (format!("mggen{p}"), format!("mgsink{p}"));
+    let ns = Namespaces(vec![g.clone(), k.clone()]);
+    for n in &ns.0 {
+        let _ = Command::new("ip").args(["netns", "del", n]).stderr(Stdio::null()).status();
+        ip(&["netns", "add", n]);
+    }
+    ip(&[
+        "link",
+        "add",
+        "gen0",
+        "netns",
+        &g,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "sink0",
+        "netns",
+        &k,
+        "address",
+        "02:00:00:00:bb:01",
+    ]);
+    // No addresses and no IPv6 on the pair: the kernel sends nothing of its own on it.
+    for (n, dev) in [(&g, "gen0"), (&k, "sink0")] {
+        ip(&["netns", "exec", n, "sysctl", "-qw", &format!("net.ipv6.conf.{dev}.disable_ipv6=1")]);
+    }
+    ip(&["-n", &g, "link", "set", "gen0", "up"]);
+    ip(&["-n", &k, "link", "set", "sink0", "up"]);
+    let sink = Command::new("ip")
+        .args(["netns", "exec", &k, EXE, "sink", "--interface", "sink0", "--duration", "4", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    for (proto, src, dst) in [("udp", "198.18.1.10", "198.18.2.20"), ("syn", "2001:2::10", "2001:2:0:1::20")]
+    {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &g, EXE, "gen", "--interface", "gen0", "--dst-mac", "02:00:00:00:bb:01"])
+            .args([
+                "--src", src, "--dst", dst, "--proto", proto, "--flows", "1000", "--count", "50000",
+                "--size", "128", "--json",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["sent"], 50_000, "{v}");
+        assert!(v["pps"].as_f64().unwrap() > 0.0);
+    }
+    let out = sink.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Every frame sent arrives (veth loses none at this size of burst), each of 128 bytes.
+    assert_eq!(v["packets"], 100_000, "{v}");
+    assert_eq!(v["bytes"], 100_000 * 128, "{v}");
+}
