@@ -134,7 +134,19 @@ fn help_lists_the_commands() {
     let out = margay(&["--help"]);
     assert!(out.status.success());
     let help = text(&out.stdout);
-    for cmd in ["classbench", "demo", "classifier-demo", "check", "explain", "run", "ctl", "detach", "export", "gen", "sink"] {
+    for cmd in [
+        "classbench",
+        "demo",
+        "classifier-demo",
+        "check",
+        "explain",
+        "run",
+        "ctl",
+        "detach",
+        "export",
+        "gen",
+        "sink",
+    ] {
         assert!(help.contains(cmd), "{cmd} missing from {help}");
     }
 }
