@@ -68,11 +68,23 @@ pub const DB: Host = Host {
 /// Every host but the node.
 pub const HOSTS: [Host; 3] = [CLIENT, WEB, DB];
 
+/// Network namespaces deleted on drop (so also on error and during a test's unwinding).
+#[derive(Debug, Default)]
+pub struct Namespaces(pub Vec<String>);
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in self.0.drain(..) {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).stderr(Stdio::null()).status();
+        }
+    }
+}
+
 /// The topology; dropping it deletes its namespaces.
 #[derive(Debug)]
 pub struct Topology {
     prefix: String,
-    created: Vec<String>,
+    created: Namespaces,
     queues: u32,
 }
 
@@ -94,7 +106,7 @@ impl Topology {
     /// The same with `queues` rx and tx queues on every veth (the node's config then serves
     /// them all: one worker per queue).
     pub fn build_with(prefix: &str, queues: u32) -> anyhow::Result<Topology> {
-        let mut t = Topology { prefix: prefix.to_owned(), created: Vec::new(), queues };
+        let mut t = Topology { prefix: prefix.to_owned(), created: Namespaces::default(), queues };
         let q = queues.to_string();
         for role in ["node", CLIENT.role, WEB.role, DB.role] {
             let ns = t.ns(role);
@@ -102,7 +114,7 @@ impl Topology {
             let _ = Command::new("ip").args(["netns", "del", &ns]).stderr(Stdio::null()).status();
             run(Command::new("ip").args(["netns", "add", &ns]))
                 .context("creating a network namespace (needs root and iproute2)")?;
-            t.created.push(ns.clone());
+            t.created.0.push(ns.clone());
             run(Command::new("ip").args(["-n", &ns, "link", "set", "lo", "up"]))?;
         }
         let node = t.ns("node");
@@ -236,14 +248,6 @@ impl Topology {
     pub fn xdp_attached(&self, ifname: &str) -> anyhow::Result<bool> {
         let out = run(Command::new("ip").args(["-n", &self.ns("node"), "-d", "link", "show", ifname]))?;
         Ok(String::from_utf8_lossy(&out.stdout).contains("prog/xdp"))
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for ns in self.created.drain(..) {
-            let _ = Command::new("ip").args(["netns", "del", &ns]).stderr(Stdio::null()).status();
-        }
     }
 }
 

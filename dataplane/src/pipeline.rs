@@ -141,6 +141,25 @@ impl Counters {
         self.drops.iter().sum()
     }
 
+    /// Adds `other`'s counts into these (summing workers).
+    pub fn add(&mut self, other: &Counters) {
+        self.rx_packets += other.rx_packets;
+        self.rx_bytes += other.rx_bytes;
+        self.tx_packets += other.tx_packets;
+        self.tx_bytes += other.tx_bytes;
+        self.tracked_packets += other.tracked_packets;
+        self.classified += other.classified;
+        self.verdict_allow += other.verdict_allow;
+        self.verdict_deny += other.verdict_deny;
+        self.reclassified += other.reclassified;
+        self.flows_started += other.flows_started;
+        self.flows_ended += other.flows_ended;
+        for (x, y) in self.drops.iter_mut().zip(other.drops.iter()) {
+            *x += y;
+        }
+        self.records_lost += other.records_lost;
+    }
+
     /// `(name, value)` of each nonzero drop counter.
     pub fn drop_reasons(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
         self.drops.iter().enumerate().filter(|(_, v)| **v > 0).map(|(i, v)| (Drop::name(i), *v))

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use margay_config::PolicySet;
 use margay_config::policy::Verdict;
-use margay_dataplane::netns::spawn_in;
+use margay_dataplane::netns::{Namespaces, spawn_in};
 use margay_rulecompiler::policy::Flow;
 use margay_rulecompiler::policy::compile::CompiledPolicy;
 
@@ -148,16 +148,6 @@ unmanaged_action = "deny"
 const SENDERS: [&str; 5] = ["198.18.10.11", "198.18.10.12", "198.18.10.13", "198.18.10.50", "198.18.10.70"];
 const RECEIVERS: [&str; 4] = ["198.19.10.21", "198.19.10.22", "198.19.10.23", "198.19.10.60"];
 const PORTS: [u16; 8] = [22, 53, 80, 443, 5432, 8000, 8080, 9000];
-
-struct Namespaces(Vec<String>);
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
-        }
-    }
-}
 
 fn sh(ns: &str, args: &[&str]) {
     let out = Command::new("ip").args(["netns", "exec", ns]).args(args).output().unwrap();

@@ -5,19 +5,10 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use margay_dataplane::netns::Namespaces;
 use serde_json::Value;
 
 const EXE: &str = env!("CARGO_BIN_EXE_margay");
-
-struct Namespaces(Vec<String>);
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
-        }
-    }
-}
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().unwrap();

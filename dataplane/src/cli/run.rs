@@ -157,9 +157,7 @@ pub struct DetachArgs {
 
 pub(super) fn detach(args: &DetachArgs) -> anyhow::Result<ExitCode> {
     for name in &args.interfaces {
-        let index = nix::net::if_::if_nametoindex(name.as_str())
-            .with_context(|| format!("interface '{name}' not found"))?;
-        if margay_bpf::detach(index as i32)? {
+        if margay_bpf::detach(crate::daemon::ifindex(name)?)? {
             println!("{name}: Margay's XDP program detached");
         } else {
             println!("{name}: no XDP program attached");

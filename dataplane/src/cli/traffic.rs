@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use etherparse::PacketBuilder;
 use margay_config::daemon::Mac;
 use serde_json::json;
@@ -101,12 +101,7 @@ fn frames(args: &GenArgs, src_mac: Mac) -> anyhow::Result<Vec<Vec<u8>>> {
 pub(super) fn gen_run(args: &GenArgs) -> anyhow::Result<ExitCode> {
     let src_mac = match args.src_mac {
         Some(m) => m,
-        None => {
-            let path = format!("/sys/class/net/{}/address", args.interface);
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("interface '{}' not found ({path})", args.interface))?;
-            text.trim().parse().map_err(|e: String| anyhow::anyhow!(e))?
-        }
+        None => crate::daemon::interface_mac(&args.interface)?,
     };
     let frames = Arc::new(frames(args, src_mac)?);
     let stop = Arc::new(AtomicBool::new(false));
@@ -180,9 +175,7 @@ pub struct SinkArgs {
 }
 
 pub(super) fn sink_run(args: &SinkArgs) -> anyhow::Result<ExitCode> {
-    let index = nix::net::if_::if_nametoindex(args.interface.as_str())
-        .with_context(|| format!("interface '{}' not found", args.interface))?;
-    let sink = margay_bpf::sink::Sink::attach(index as i32)?;
+    let sink = margay_bpf::sink::Sink::attach(crate::daemon::ifindex(&args.interface)?)?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))?;

@@ -42,10 +42,9 @@ pub fn update(shared: &Shared) {
     if handle().is_none() {
         return;
     }
-    let mut total = crate::pipeline::Counters::default();
-    let mut entries = 0;
-    for (i, w) in shared.workers.iter().enumerate() {
-        let s = w.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let workers = shared.worker_stats();
+    let (total, entries) = super::totals(&workers);
+    for (i, s) in workers.iter().enumerate() {
         let worker = i.to_string();
         counter!("margay_worker_rx_packets_total", "worker" => worker.clone())
             .absolute(s.counters.rx_packets);
@@ -53,8 +52,6 @@ pub fn update(shared: &Shared) {
             .absolute(s.counters.tx_packets);
         counter!("margay_worker_tx_ring_full_total", "worker" => worker.clone()).absolute(s.io.tx_ring_full);
         counter!("margay_worker_kernel_rx_dropped_total", "worker" => worker).absolute(s.kernel[0]);
-        entries += s.conntrack_entries;
-        super::add(&mut total, &s.counters);
     }
     counter!("margay_packets_total", "verdict" => "forwarded").absolute(total.tx_packets);
     counter!("margay_packets_total", "verdict" => "dropped").absolute(total.dropped());

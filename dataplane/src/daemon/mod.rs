@@ -168,15 +168,17 @@ impl Shared {
         }
     }
 
+    /// A snapshot of every worker's published counters.
+    pub fn worker_stats(&self) -> Vec<WorkerStats> {
+        self.workers.iter().map(|w| w.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()).collect()
+    }
+
     /// Counters summed over workers, with per-worker detail, as JSON (the `stats` reply).
     pub fn stats(&self) -> Value {
-        let mut total = Counters::default();
+        let workers = self.worker_stats();
+        let (total, entries) = totals(&workers);
         let mut per_worker = Vec::new();
-        let mut entries = 0;
-        for (i, w) in self.workers.iter().enumerate() {
-            let s = w.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            add(&mut total, &s.counters);
-            entries += s.conntrack_entries;
+        for (i, s) in workers.iter().enumerate() {
             per_worker.push(json!({
                 "worker": i, "rx_packets": s.counters.rx_packets, "tx_packets": s.counters.tx_packets,
                 "dropped": s.counters.dropped(), "conntrack_entries": s.conntrack_entries, "epoch": s.epoch,
@@ -224,29 +226,11 @@ impl Shared {
     }
 }
 
-/// Adds `b`'s counters into `a`.
-pub fn add(a: &mut Counters, b: &Counters) {
-    a.rx_packets += b.rx_packets;
-    a.rx_bytes += b.rx_bytes;
-    a.tx_packets += b.tx_packets;
-    a.tx_bytes += b.tx_bytes;
-    a.tracked_packets += b.tracked_packets;
-    a.classified += b.classified;
-    a.verdict_allow += b.verdict_allow;
-    a.verdict_deny += b.verdict_deny;
-    a.reclassified += b.reclassified;
-    a.flows_started += b.flows_started;
-    a.flows_ended += b.flows_ended;
-    for (x, y) in a.drops.iter_mut().zip(b.drops.iter()) {
-        *x += y;
-    }
-    a.records_lost += b.records_lost;
-}
-
-fn ifindex(name: &str) -> anyhow::Result<i32> {
+/// The index of interface `name` in this network namespace.
+pub fn ifindex(name: &str) -> anyhow::Result<i32> {
     match nix::net::if_::if_nametoindex(name) {
         Ok(i) => Ok(i as i32),
-        Err(e) => bail!("interface '{name}' not found ({e}): check [[interface]] names against `ip link`"),
+        Err(e) => bail!("interface '{name}' not found ({e}): `ip link` lists this namespace's interfaces"),
     }
 }
 
@@ -295,10 +279,19 @@ fn lock_interfaces(
 }
 
 /// An interface's MAC, from sysfs.
-fn interface_mac(name: &str) -> anyhow::Result<margay_config::daemon::Mac> {
+pub fn interface_mac(name: &str) -> anyhow::Result<margay_config::daemon::Mac> {
     let path = format!("/sys/class/net/{name}/address");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     text.trim().parse().map_err(|e: String| anyhow::anyhow!("{path}: {e}"))
+}
+
+/// Counters summed over `workers`, and their tracked flows.
+pub fn totals(workers: &[WorkerStats]) -> (Counters, usize) {
+    let mut total = Counters::default();
+    for w in workers {
+        total.add(&w.counters);
+    }
+    (total, workers.iter().map(|w| w.conntrack_entries).sum())
 }
 
 /// The host's own addresses (every interface's), which the XDP program passes to the kernel.

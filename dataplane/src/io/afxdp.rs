@@ -24,6 +24,29 @@ use crate::pipeline::Outcome;
 /// 256-byte XDP headroom).
 pub const FRAME_SIZE: u32 = 4096;
 
+/// A UMEM of `frames` 4 KiB frames with fill and completion rings `ring_size` deep, its
+/// descriptors, and the config of sockets over it (rings `ring_size` deep, no libxdp program,
+/// wakeups only when needed). Shared by the daemon's workers and the generator.
+fn umem_and_sockets(frames: u32, ring_size: u32) -> anyhow::Result<(Umem, Vec<FrameDesc>, SocketConfig)> {
+    let ring = QueueSize::new(ring_size).context("ring size")?;
+    let umem_config = UmemConfig::builder()
+        .frame_size(FrameSize::new(FRAME_SIZE).context("frame size")?)
+        .fill_queue_size(ring)
+        .comp_queue_size(ring)
+        .build()
+        .context("UMEM config")?;
+    let count = NonZeroU32::new(frames).context("frames must be nonzero")?;
+    let (umem, free) = Umem::new(umem_config, count, false)
+        .map_err(|e| anyhow::anyhow!("creating the UMEM ({frames} frames): {e}"))?;
+    let socket_config = SocketConfig::builder()
+        .rx_queue_size(ring)
+        .tx_queue_size(ring)
+        .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+        .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP)
+        .build();
+    Ok((umem, free, socket_config))
+}
+
 /// One interface's socket.
 struct Port {
     name: String,
@@ -86,14 +109,6 @@ impl XskIo {
         if interfaces.is_empty() {
             bail!("no interfaces to open");
         }
-        let ring = QueueSize::new(ring_size).context("ring size")?;
-        let umem_config = UmemConfig::builder()
-            .frame_size(FrameSize::new(FRAME_SIZE).context("frame size")?)
-            .fill_queue_size(ring)
-            .comp_queue_size(ring)
-            .build()
-            .context("UMEM config")?;
-        let count = NonZeroU32::new(frames).context("frames must be nonzero")?;
         let needed = interfaces.len() as u64 * u64::from(ring_size) * 2;
         if u64::from(frames) < needed {
             bail!(
@@ -101,14 +116,7 @@ impl XskIo {
                 interfaces.len()
             );
         }
-        let (umem, free) = Umem::new(umem_config, count, false)
-            .map_err(|e| anyhow::anyhow!("creating the UMEM ({frames} frames): {e}"))?;
-        let socket_config = SocketConfig::builder()
-            .rx_queue_size(ring)
-            .tx_queue_size(ring)
-            .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
-            .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP)
-            .build();
+        let (umem, free, socket_config) = umem_and_sockets(frames, ring_size)?;
         let mut ports = Vec::new();
         for name in interfaces {
             let iface = Interface::new(CString::new(name.as_str()).context("interface name")?);
@@ -334,22 +342,7 @@ impl TxGen {
         if frames.is_empty() {
             bail!("no frames to send");
         }
-        let ring = QueueSize::new(ring_size).context("ring size")?;
-        let umem_config = UmemConfig::builder()
-            .frame_size(FrameSize::new(FRAME_SIZE).context("frame size")?)
-            .fill_queue_size(ring)
-            .comp_queue_size(ring)
-            .build()
-            .context("UMEM config")?;
-        let count = NonZeroU32::new(ring_size * 4).context("ring size must be nonzero")?;
-        let (umem, mut free) =
-            Umem::new(umem_config, count, false).map_err(|e| anyhow::anyhow!("creating the UMEM: {e}"))?;
-        let socket_config = SocketConfig::builder()
-            .rx_queue_size(ring)
-            .tx_queue_size(ring)
-            .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
-            .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP)
-            .build();
+        let (umem, mut free, socket_config) = umem_and_sockets(ring_size.saturating_mul(4), ring_size)?;
         let iface = Interface::new(CString::new(interface).context("interface name")?);
         // SAFETY: the one socket of this UMEM, with INHIBIT_PROG_LOAD set.
         let (tx, rx, rings) = unsafe { Socket::new(socket_config, &umem, &iface, queue) }
