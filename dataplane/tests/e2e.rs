@@ -79,25 +79,37 @@ struct Env {
 
 impl Env {
     fn start(name: &str, policy: &str, daemon_extra: &str) -> Env {
+        Env::start_with(name, 1, policy, |t, work, policy_path| {
+            t.node_config(policy_path, &work.join("margay.sock"), &work.join("flows.jsonl"), daemon_extra)
+        })
+    }
+
+    /// A topology with `queues` per veth, `policy` in the work folder, and `margay run` on the
+    /// node with the config `config(topology, work folder, policy path)` returns (its control
+    /// socket must be `WORK/margay.sock`).
+    fn start_with(
+        name: &str,
+        queues: u32,
+        policy: &str,
+        config: impl FnOnce(&Topology, &Path, &Path) -> String,
+    ) -> Env {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let work = std::env::temp_dir().join(format!("margay-e2e-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&work);
         std::fs::create_dir_all(&work).unwrap();
-        let t =
-            Topology::build(&format!("mge{}{}", std::process::id() % 100_000, &name[..name.len().min(4)]))
-                .expect("building the namespace topology needs root and iproute2 (scripts/deps.sh test)");
+        let t = Topology::build_with(
+            &format!("mge{}{}", std::process::id() % 100_000, &name[..name.len().min(4)]),
+            queues,
+        )
+        .expect("building the namespace topology needs root and iproute2 (scripts/deps.sh test)");
         let policy_path = work.join("policy.toml");
         std::fs::write(&policy_path, policy).unwrap();
-        let config = work.join("node.toml");
-        std::fs::write(
-            &config,
-            t.node_config(&policy_path, &work.join("margay.sock"), &work.join("flows.jsonl"), daemon_extra),
-        )
-        .unwrap();
+        let config_path = work.join("node.toml");
+        std::fs::write(&config_path, config(&t, &work, &policy_path)).unwrap();
         let daemon = DaemonProcess::start(
             &t,
             Path::new(EXE),
-            &config,
+            &config_path,
             &work.join("margay.sock"),
             &work.join("margay.log"),
         )
@@ -569,29 +581,9 @@ fn the_control_socket_refuses_a_non_root_peer() {
 
 #[test]
 fn two_queues_two_workers_and_replies_on_the_other_queue() {
-    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let work = std::env::temp_dir().join(format!("margay-e2e-{}-mq", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).unwrap();
-    let t = Topology::build_with(&format!("mge{}mq", std::process::id() % 100_000), 2).unwrap();
-    let policy = work.join("policy.toml");
-    std::fs::write(&policy, BASE).unwrap();
-    let config = work.join("node.toml");
-    std::fs::write(&config, t.node_config(&policy, &work.join("margay.sock"), &work.join("flows.jsonl"), ""))
-        .unwrap();
-    let mut env = Env {
-        daemon: DaemonProcess::start(
-            &t,
-            Path::new(EXE),
-            &config,
-            &work.join("margay.sock"),
-            &work.join("margay.log"),
-        )
-        .unwrap(),
-        t,
-        work,
-        _serial: serial,
-    };
+    let mut env = Env::start_with("mq", 2, BASE, |t, work, policy| {
+        t.node_config(policy, &work.join("margay.sock"), &work.join("flows.jsonl"), "")
+    });
     let stop = stop_flag();
     tcp_echo(&env.t.ns(WEB.role), addr(WEB.ip, 7), Arc::clone(&stop));
     // Many connections: each picks a tx queue on the client and, independently, on the server,
@@ -631,34 +623,16 @@ fn the_demo_passes_its_checks_and_leaves_nothing_behind() {
 
 #[test]
 fn kernel_routes_are_mirrored_resolved_and_followed() {
-    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let work = std::env::temp_dir().join(format!("margay-e2e-{}-kr", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).unwrap();
-    let t = Topology::build(&format!("mge{}kr", std::process::id() % 100_000)).unwrap();
-    let policy = work.join("policy.toml");
-    std::fs::write(&policy, BASE).unwrap();
-    let config = work.join("node.toml");
-    let text = t.kernel_node_config(&policy, &work.join("margay.sock"), &work.join("flows.jsonl"), "");
-    assert!(
-        text.contains("routes = \"kernel\"")
-            && !text.contains("[[route]]")
-            && !text.contains("[[neighbour]]")
-    );
-    std::fs::write(&config, text).unwrap();
-    let env = Env {
-        daemon: DaemonProcess::start(
-            &t,
-            Path::new(EXE),
-            &config,
-            &work.join("margay.sock"),
-            &work.join("margay.log"),
-        )
-        .unwrap(),
-        t,
-        work,
-        _serial: serial,
-    };
+    let env = Env::start_with("kr", 1, BASE, |t, work, policy| {
+        let text = t.kernel_node_config(policy, &work.join("margay.sock"), &work.join("flows.jsonl"), "");
+        assert!(
+            text.contains("routes = \"kernel\"")
+                && !text.contains("[[route]]")
+                && !text.contains("[[neighbour]]")
+        );
+        assert!(!text.contains("mac = "), "the daemon reads the interfaces' MACs itself");
+        text
+    });
     let node_neigh = || {
         let out = env.t.cmd("node", "ip").args(["neigh", "show", "dev", "s1"]).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -693,35 +667,17 @@ fn kernel_routes_are_mirrored_resolved_and_followed() {
 fn a_stuck_flow_log_costs_records_not_packets() {
     // The flow log is a FIFO nobody reads: the writer blocks once the pipe is full, the
     // channel (16 records) fills, and workers must count dropped records and keep forwarding.
-    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let work = std::env::temp_dir().join(format!("margay-e2e-{}-fifo", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).unwrap();
-    let fifo = work.join("flows.jsonl");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    let reader =
-        std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(&fifo).unwrap();
-    let t = Topology::build(&format!("mge{}ff", std::process::id() % 100_000)).unwrap();
-    let policy = work.join("policy.toml");
-    std::fs::write(&policy, BASE).unwrap();
-    let config = work.join("node.toml");
-    let text = t
-        .node_config(&policy, &work.join("margay.sock"), &fifo, "")
-        .replace("interval = 1\n", "interval = 1\nchannel = 16\n");
-    std::fs::write(&config, text).unwrap();
-    let mut env = Env {
-        daemon: DaemonProcess::start(
-            &t,
-            Path::new(EXE),
-            &config,
-            &work.join("margay.sock"),
-            &work.join("margay.log"),
-        )
-        .unwrap(),
-        t,
-        work,
-        _serial: serial,
-    };
+    let mut reader = None;
+    let mut env = Env::start_with("fifo", 1, BASE, |t, work, policy| {
+        let fifo = work.join("flows.jsonl");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        reader = Some(
+            std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(&fifo).unwrap(),
+        );
+        t.node_config(policy, &work.join("margay.sock"), &fifo, "")
+            .replace("interval = 1\n", "interval = 1\nchannel = 16\n")
+    });
+    let reader = reader.unwrap();
     // 1,500 UDP flows (one datagram from each of 1,500 source ports): a start record each.
     netns::spawn_in(&env.t.ns(CLIENT.role), || {
         for _ in 0..1500 {
