@@ -3,7 +3,8 @@
 #
 #   scripts/deps.sh build   # to build margay
 #   scripts/deps.sh test    # to build and run the test suite
-#   scripts/deps.sh bench   # to run the benchmarks (adds dpdk-dev for dpdk-test-acl)
+#   scripts/deps.sh bench   # to run the benchmarks (adds dpdk-dev: dpdk-test-acl, dpdk-testpmd
+#                           # and its AF_XDP driver)
 #
 # Needs root (or sudo) only when something is missing. Needs a Rust toolchain (cargo) already.
 set -euo pipefail
@@ -16,7 +17,7 @@ net=(iproute2 iputils-ping curl iperf3 ethtool nftables)
 case "$purpose" in
   build) want=("${build[@]}" "${net[@]}") ;;
   test) want=("${build[@]}" "${net[@]}" tshark socat util-linux) ;;
-  bench) want=("${build[@]}" "${net[@]}" python3 dpdk-dev) ;;
+  bench) want=("${build[@]}" "${net[@]}" python3 dpdk-dev librte-net-af-xdp23) ;;
   *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
 esac
 

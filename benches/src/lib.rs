@@ -8,8 +8,14 @@
 //! - `benches/policy.rs` (criterion): the policy issue's scale case ([`policygen`]): parse,
 //!   compile, and decisions per second.
 //!
+//! - `benches/throughput.rs` ([`harness`]): Margay side by side with Linux forwarding, nftables
+//!   and DPDK testpmd over veth, with a table, a plot and JSON. `benches/topology.sh` builds
+//!   its namespaces. Needs root. docs/harness.md.
+//!
 //! This library holds what the benchmarks share: finding the ClassBench data, and generators.
 
+pub mod harness;
+pub mod plot;
 pub mod policygen;
 
 use std::path::PathBuf;

@@ -109,3 +109,42 @@ pub fn scale_flows(count: usize) -> Vec<String> {
         })
         .collect()
 }
+
+/// The throughput harness's policy with `rules` rules in all (`benches/throughput.rs`): the
+/// sink endpoint (198.18.1.1, 2001:2:0:1::1) selected by `rules / 100` policies of up to 100
+/// ingress rules each. Every rule but the last matches none of the generator's traffic
+/// (peers in 10.0.0.0/8 or fd00::/8, or other ports); the last allows UDP from the generator's
+/// netset (198.18.0.0/24, 2001:2::/64) to port 9. So a new flow is classified after every rule,
+/// and a linear evaluator (nftables with the export) walks them all once per new flow.
+pub fn harness_policy(rules: usize) -> String {
+    let rules = rules.max(1);
+    let mut rng = SplitMix64::new(23);
+    let mut out = String::with_capacity(rules * 160);
+    out.push_str(
+        "[[endpoint]]\nname = \"sink\"\nips = [\"198.18.1.1\", \"2001:2:0:1::1\"]\nlabels = { app = \"sink\" }\n\n\
+         [[netset]]\nname = \"generator\"\nnets = [\"198.18.0.0/24\", \"2001:2::/64\"]\nlabels = { role = \"gen\" }\n\n",
+    );
+    let policies = rules.div_ceil(100);
+    let mut left = rules;
+    for p in 0..policies {
+        let n = left.min(100);
+        left -= n;
+        writeln!(out, "[[policy]]\nname = \"sink-{p}\"\norder = {p}\nselector = \"app == 'sink'\"\ntypes = [\"ingress\"]").ok();
+        for r in 0..n {
+            if left == 0 && r == n - 1 {
+                out.push_str("  [[policy.ingress]]\n  action = \"allow\"\n  protocol = \"udp\"\n  source = { selector = \"role == 'gen'\" }\n  destination = { ports = [9] }\n");
+                break;
+            }
+            let action = if rng.below(4) == 0 { "deny" } else { "allow" };
+            let proto = if rng.below(3) == 0 { "udp" } else { "tcp" };
+            let net = if rng.below(4) == 0 {
+                format!("fd00:{:x}::/32", rng.below(65_536))
+            } else {
+                format!("10.{}.{}.0/24", rng.below(256), rng.below(256))
+            };
+            let port = 10 + rng.below(60_000);
+            writeln!(out, "  [[policy.ingress]]\n  action = \"{action}\"\n  protocol = \"{proto}\"\n  source = {{ nets = [\"{net}\"] }}\n  destination = {{ ports = [{port}] }}").ok();
+        }
+    }
+    out
+}

@@ -49,6 +49,8 @@
 //! ring_size = 1024                   # fill, completion, rx and tx ring sizes
 //! control_socket = "/run/margay/margay.sock"
 //! metrics = "127.0.0.1:9464"         # Prometheus text on http://ADDR/metrics; none: off
+//! forward_only = false               # true: route only, no conntrack, policy or flow records
+//!                                    # (a benchmark baseline; the policy is NOT enforced)
 //! ```
 //!
 //! `routes = "kernel"` (top level) mirrors the kernel's routes and neighbours over netlink
@@ -228,6 +230,9 @@ pub struct Daemon {
     pub control_socket: PathBuf,
     /// Where to serve Prometheus metrics; none: not served.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Route only: no connection tracking, no policy, no flow records. The throughput
+    /// harness's "Margay forward-only" baseline; the policy is loaded but **not enforced**.
+    pub forward_only: bool,
 }
 
 /// The default control socket path.
@@ -243,6 +248,7 @@ impl Default for Daemon {
             ring_size: 1024,
             control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
             metrics: None,
+            forward_only: false,
         }
     }
 }
@@ -312,6 +318,8 @@ struct RawDaemon {
     ring_size: Option<Spanned<u32>>,
     control_socket: Option<PathBuf>,
     metrics: Option<Spanned<String>>,
+    #[serde(default)]
+    forward_only: bool,
 }
 
 #[derive(Deserialize)]
@@ -554,6 +562,7 @@ impl DaemonConfig {
             ring_size,
             control_socket: d.control_socket.unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)),
             metrics,
+            forward_only: d.forward_only,
         };
         Ok(DaemonConfig {
             policy: raw.policy,

@@ -408,9 +408,21 @@ impl DaemonProcess {
         socket: &Path,
         log: &Path,
     ) -> anyhow::Result<DaemonProcess> {
+        Self::start_in(&t.ns("node"), exe, config, socket, log)
+    }
+
+    /// The same in namespace `ns`.
+    pub fn start_in(
+        ns: &str,
+        exe: &Path,
+        config: &Path,
+        socket: &Path,
+        log: &Path,
+    ) -> anyhow::Result<DaemonProcess> {
         let log_file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let child = t
-            .cmd("node", exe)
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(exe)
             .args(["run", "--config"])
             .arg(config)
             .stdin(Stdio::null())

@@ -22,7 +22,7 @@ use margay_rulecompiler::policy::compile::{CompiledPolicy, SideRef, Verdicts};
 use crate::conntrack::tcp::{self, Segment, Step};
 use crate::conntrack::{EndReason, Entry, FlowKey, SEC, State, Table, flags};
 use crate::flowlog::{FlowRecord, Kind, PolicyVersion, Reason, RecordDecision};
-use crate::forward::{CachedForwarder, ForwardError, Forwarder};
+use crate::forward::{CachedForwarder, ForwardError, Forwarder, Resolved};
 use crate::wire::{self, IcmpKind, Malformed, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet};
 
 /// Frames decided together (prefetch depth).
@@ -207,6 +207,8 @@ pub struct Pipeline {
     acct: Accounting,
     scratch: Vec<Option<(Packet, FlowKey, bool, u32)>>,
     unresolved: Vec<(u16, IpAddr)>,
+    /// `[daemon] forward_only`: route every parsed packet, skipping conntrack and policy.
+    forward_only: bool,
 }
 
 /// Most distinct unresolved next hops a pipeline remembers between two
@@ -226,6 +228,7 @@ impl Pipeline {
             table: Table::new(config.conntrack.capacity, config.conntrack.timeouts, seed),
             fwd: CachedForwarder::new(Arc::new(Forwarder::from_config(config))),
             unresolved: Vec::new(),
+            forward_only: config.daemon.forward_only,
             acct: Accounting {
                 policy,
                 history: VecDeque::new(),
@@ -312,6 +315,10 @@ impl Pipeline {
             self.acct.counters.rx_packets += 1;
             self.acct.counters.rx_bytes += frame.len() as u64;
             match wire::parse(frame) {
+                Ok(p) if self.forward_only => {
+                    *o = self.route(now, frame, &p);
+                    self.scratch.push(None);
+                }
                 Ok(p) => {
                     let (key, a_to_b) = key_of(&p);
                     let h = self.table.hash(&key);
@@ -346,24 +353,9 @@ impl Pipeline {
         a_to_b: bool,
         h: u32,
     ) -> Outcome {
-        let hop = match self.fwd.resolve(p) {
+        let hop = match self.next_hop(now, p, frame.len()) {
             Ok(hop) => hop,
-            Err(e) => {
-                let d = match e {
-                    ForwardError::NoRoute => Drop::NoRoute,
-                    ForwardError::NoNeighbour => {
-                        if let Some(hop) = self.fwd.table().next_hop_address(p.dst)
-                            && self.unresolved.len() < MAX_UNRESOLVED
-                            && !self.unresolved.contains(&hop)
-                        {
-                            self.unresolved.push(hop);
-                        }
-                        Drop::NoNeighbour
-                    }
-                    ForwardError::TtlExpired => Drop::Ttl,
-                };
-                return Outcome::Drop(self.drop_logged(now, p, d, None, frame.len()));
-            }
+            Err(d) => return Outcome::Drop(d),
         };
         let len = frame.len();
         let verdict = if p.quoted.is_some() {
@@ -372,14 +364,45 @@ impl Pipeline {
             self.track(now, p, key, a_to_b, h, len)
         };
         match verdict {
-            Ok(()) => {
-                hop.apply(frame, p);
-                self.acct.counters.tx_packets += 1;
-                self.acct.counters.tx_bytes += len as u64;
-                Outcome::Forward(hop.interface)
-            }
+            Ok(()) => self.send(frame, p, &hop),
             Err(d) => Outcome::Drop(d),
         }
+    }
+
+    /// `forward_only`: routed without conntrack or policy.
+    fn route(&mut self, now: u64, frame: &mut [u8], p: &Packet) -> Outcome {
+        match self.next_hop(now, p, frame.len()) {
+            Ok(hop) => self.send(frame, p, &hop),
+            Err(d) => Outcome::Drop(d),
+        }
+    }
+
+    /// The next hop of `p`, or the (counted and logged) reason there is none.
+    fn next_hop(&mut self, now: u64, p: &Packet, len: usize) -> Result<Resolved, Drop> {
+        self.fwd.resolve(p).map_err(|e| {
+            let d = match e {
+                ForwardError::NoRoute => Drop::NoRoute,
+                ForwardError::NoNeighbour => {
+                    if let Some(hop) = self.fwd.table().next_hop_address(p.dst)
+                        && self.unresolved.len() < MAX_UNRESOLVED
+                        && !self.unresolved.contains(&hop)
+                    {
+                        self.unresolved.push(hop);
+                    }
+                    Drop::NoNeighbour
+                }
+                ForwardError::TtlExpired => Drop::Ttl,
+            };
+            self.drop_logged(now, p, d, None, len)
+        })
+    }
+
+    /// Rewrites `frame` for `hop` and counts it sent.
+    fn send(&mut self, frame: &mut [u8], p: &Packet, hop: &Resolved) -> Outcome {
+        hop.apply(frame, p);
+        self.acct.counters.tx_packets += 1;
+        self.acct.counters.tx_bytes += frame.len() as u64;
+        Outcome::Forward(hop.interface)
     }
 
     /// An ICMP error: allowed exactly when the flow it quotes is tracked (and still allowed).

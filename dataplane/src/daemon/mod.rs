@@ -361,6 +361,9 @@ impl Daemon {
             lock_interfaces(&indexes, &config.interfaces.iter().map(|i| i.name.clone()).collect::<Vec<_>>())?;
         let (compiled, build_ms, summary) = compile(&policy_path)?;
         tracing::info!(build_ms, %summary, "policy compiled");
+        if config.daemon.forward_only {
+            tracing::warn!("[daemon] forward_only: routing only; the policy is NOT enforced");
+        }
         let policy = Arc::new(PolicyVersion { epoch: 1, compiled });
 
         let sink = flowlog::Sink {

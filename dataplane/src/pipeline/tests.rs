@@ -286,6 +286,25 @@ fn a_full_table_refuses_new_flows_and_counts() {
 }
 
 #[test]
+fn forward_only_routes_what_the_policy_denies_and_tracks_nothing() {
+    let mut config = DaemonConfig::parse(CONFIG, Path::new("d.toml")).unwrap();
+    config.daemon.forward_only = true;
+    let mut p = Pipeline::new(&config, compile(POLICY), 42);
+    // Denied under the policy (denied_flows_are_dropped_counted_and_aggregated), routed here.
+    let (o, f) = one(&mut p, 5, udp(true, CLIENT, 1, DB, 5353));
+    assert_eq!(o, Outcome::Forward(1));
+    assert_eq!(assert_valid_ipv4(&f).time_to_live, 63);
+    assert!(p.conntrack().is_empty());
+    assert_eq!(p.counters().verdict_deny + p.counters().verdict_allow, 0);
+    // Routing drops still apply.
+    let ttl1 = finish(v4(true, CLIENT, SERVER, 1).udp(1, 53), b"x");
+    assert_eq!(one(&mut p, 6, ttl1).0, Outcome::Drop(Drop::Ttl));
+    let (o, _) = one(&mut p, 7, udp(true, CLIENT, 1, [198, 19, 9, 9], 53));
+    assert_eq!(o, Outcome::Drop(Drop::NoRoute));
+    assert_eq!(p.counters().tx_packets, 1);
+}
+
+#[test]
 fn unroutable_ttl_and_malformed_drops() {
     let mut p = pipeline(1000);
     let (o, f) = one(&mut p, 0, udp(true, CLIENT, 1, [198, 19, 9, 9], 53));

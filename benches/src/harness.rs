@@ -1,0 +1,805 @@
+//! The throughput harness: one generator, one device under test (DUT) and one sink over veth
+//! pairs (`benches/topology.sh`), and the DUT variants measured one after another in one run
+//! with the same generator, traffic and policy:
+//!
+//! - `linux`: the kernel forwarding, no rules;
+//! - `linux+nft-export`: the kernel with `margay export nft` of the harness policy;
+//! - `linux+nft-linear`: the kernel with a linear nftables chain of ClassBench acl1 rules,
+//!   as iptables-style firewalls are written (every packet walks the chain);
+//! - `margay-forward`: `margay run` with `[daemon] forward_only` (no conntrack, no policy);
+//! - `margay-policy`: `margay run` with the harness policy, conntrack and flow logs;
+//! - `dpdk-testpmd`: Debian's dpdk-testpmd, `--vdev net_af_xdp` on both DUT interfaces, io
+//!   forwarding.
+//!
+//! Cores: the generator and the sink's receive work on `--gen-core`; everything the DUT does
+//! (threaded NAPI of its veths, Margay's worker, testpmd's forwarding lcore) on `--dut-core`.
+//! The figure is what the sink counted per second while packets arrived. docs/harness.md
+//! describes the method and its limits.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use margay_dataplane::netns::DaemonProcess;
+use margay_rulecompiler::Rule;
+use margay_rulecompiler::classbench::Key;
+use serde_json::{Value, json};
+
+use crate::policygen::harness_policy;
+
+/// The generator's MAC, dut0's, dut1's and the sink's (as `benches/topology.sh` sets them).
+const GEN_MAC: &str = "02:4d:00:00:00:01";
+const DUT0_MAC: &str = "02:4d:00:00:00:fe";
+const SINK_MAC: &str = "02:4d:00:00:01:01";
+
+/// Options of the harness (`cargo bench -p margay-benches --bench throughput -- --help`).
+#[derive(Debug, Parser)]
+#[command(
+    name = "throughput",
+    about = "Margay side by side with Linux forwarding, nftables and DPDK testpmd over veth (needs root)",
+    long_about = None
+)]
+pub struct Options {
+    /// Short runs: 2 s per variant, one repetition (under 2 minutes in all).
+    #[arg(long)]
+    pub quick: bool,
+    /// Print the results as one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds of traffic per run (default 5; 2 with --quick).
+    #[arg(long)]
+    pub seconds: Option<f64>,
+    /// Runs per variant; the median is reported (default 3; 1 with --quick).
+    #[arg(long)]
+    pub reps: Option<u32>,
+    /// Rule counts for the variants with rules.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    pub rules: Vec<usize>,
+    /// Only these variants (comma-separated names; default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Distinct flows the generator sends.
+    #[arg(long, default_value_t = 256)]
+    pub flows: u32,
+    /// Frame size in bytes.
+    #[arg(long, default_value_t = 64)]
+    pub size: u16,
+    /// IPv6 traffic instead of IPv4 (the linear ClassBench chain is IPv4 only, so it is skipped).
+    #[arg(long)]
+    pub ipv6: bool,
+    /// The core of the generator and the sink.
+    #[arg(long, default_value_t = 0)]
+    pub gen_core: usize,
+    /// The core of everything the DUT does.
+    #[arg(long, default_value_t = 1)]
+    pub dut_core: usize,
+    /// The margay binary (default: target/release/margay of this workspace).
+    #[arg(long)]
+    pub margay: Option<PathBuf>,
+    /// Where to write results.json, report.md, throughput.svg and the logs (default:
+    /// target/throughput/UNIX-TIME).
+    #[arg(long)]
+    pub results: Option<PathBuf>,
+    /// Namespace prefix of the topology.
+    #[arg(long, default_value = "mgbench")]
+    pub prefix: String,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    pub bench: bool,
+}
+
+/// A DUT variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Kernel forwarding, no rules.
+    Linux,
+    /// Kernel forwarding with the exported policy.
+    NftExport,
+    /// Kernel forwarding with a linear ClassBench chain.
+    NftLinear,
+    /// Margay, forward-only.
+    MargayForward,
+    /// Margay with policy, conntrack and flow logs.
+    MargayPolicy,
+    /// dpdk-testpmd io forwarding over AF_XDP.
+    Testpmd,
+}
+
+impl Kind {
+    /// Every variant, in the order they run.
+    pub const ALL: [Kind; 6] = [
+        Kind::Linux,
+        Kind::NftExport,
+        Kind::NftLinear,
+        Kind::MargayForward,
+        Kind::MargayPolicy,
+        Kind::Testpmd,
+    ];
+
+    /// Its name in the report and in `--only`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Linux => "linux",
+            Kind::NftExport => "linux+nft-export",
+            Kind::NftLinear => "linux+nft-linear",
+            Kind::MargayForward => "margay-forward",
+            Kind::MargayPolicy => "margay-policy",
+            Kind::Testpmd => "dpdk-testpmd",
+        }
+    }
+
+    fn has_rules(self) -> bool {
+        matches!(self, Kind::NftExport | Kind::NftLinear | Kind::MargayPolicy)
+    }
+}
+
+/// One variant at one rule count, and what was measured.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// The variant.
+    pub kind: Kind,
+    /// Its rule count (None: no rules).
+    pub rules: Option<usize>,
+    /// Sink packets/s of each repetition.
+    pub pps: Vec<f64>,
+    /// Generator packets/s of each repetition (what was offered).
+    pub offered: Vec<f64>,
+    /// Why it was not measured, if it was not.
+    pub skipped: Option<String>,
+    /// What the DUT itself reported (Margay's counters), from the last repetition.
+    pub dut: Value,
+}
+
+impl Row {
+    /// The median sink rate.
+    pub fn median(&self) -> Option<f64> {
+        median(&self.pps)
+    }
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    Some(s[s.len() / 2])
+}
+
+/// Runs the harness: `main` of `benches/throughput.rs`.
+pub fn main() -> anyhow::Result<()> {
+    let mut o = Options::parse();
+    if o.quick {
+        o.seconds.get_or_insert(2.0);
+        o.reps.get_or_insert(1);
+    }
+    let names: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+    for n in &o.only {
+        if !names.contains(&n.as_str()) {
+            bail!("--only: unknown variant '{n}' (variants: {})", names.join(", "));
+        }
+    }
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the harness needs root (network namespaces, XDP, nftables)");
+    }
+    let h = Harness::new(o)?;
+    let rows = h.run_all()?;
+    h.report(&rows)
+}
+
+struct Harness {
+    o: Options,
+    seconds: f64,
+    reps: u32,
+    margay: PathBuf,
+    results: PathBuf,
+    stop: Arc<AtomicBool>,
+}
+
+/// The topology, removed on drop (so also on error).
+struct Topology<'a> {
+    script: PathBuf,
+    prefix: &'a str,
+}
+
+impl Drop for Topology<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.script).args(["down", self.prefix]).status();
+    }
+}
+
+/// A background process, stopped (SIGTERM, then SIGKILL) on drop.
+struct Background {
+    child: Option<Child>,
+    what: String,
+}
+
+impl Background {
+    fn spawn(cmd: &mut Command, what: &str, log: &Path) -> anyhow::Result<Background> {
+        let f = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f.try_clone()?)
+            .stderr(f)
+            .spawn()
+            .with_context(|| format!("starting {what}"))?;
+        Ok(Background { child: Some(child), what: what.to_owned() })
+    }
+
+    /// Whether it is still running.
+    fn alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGTERM, and the exit within 10 s (else SIGKILL and an error).
+    fn stop(&mut self) -> anyhow::Result<()> {
+        let Some(mut c) = self.child.take() else { return Ok(()) };
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if c.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        bail!("{} did not stop within 10 s of SIGTERM; killed", self.what)
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// What a variant set up on the DUT, taken down on drop.
+enum Dut {
+    Kernel { ns: String },
+    Margay(DaemonProcess),
+    Testpmd(Background),
+}
+
+impl Drop for Dut {
+    fn drop(&mut self) {
+        if let Dut::Kernel { ns } = self {
+            let _ = Command::new("ip").args(["netns", "exec", ns, "nft", "flush", "ruleset"]).status();
+        }
+    }
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+impl Harness {
+    fn new(o: Options) -> anyhow::Result<Harness> {
+        let margay = o.margay.clone().unwrap_or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace().join("target"))
+                .join("release/margay")
+        });
+        if !margay.is_file() {
+            bail!(
+                "{} not found: build it first (cargo build --release -p margay-dataplane), or give --margay",
+                margay.display()
+            );
+        }
+        let results = match &o.results {
+            Some(r) => r.clone(),
+            None => {
+                let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+                workspace().join("target/throughput").join(t.to_string())
+            }
+        };
+        std::fs::create_dir_all(&results).with_context(|| format!("creating {}", results.display()))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register(sig, Arc::clone(&stop))?;
+        }
+        Ok(Harness {
+            seconds: o.seconds.unwrap_or(5.0),
+            reps: o.reps.unwrap_or(3).max(1),
+            o,
+            margay,
+            results,
+            stop,
+        })
+    }
+
+    fn ns(&self, role: &str) -> String {
+        format!("{}-{role}", self.o.prefix)
+    }
+
+    fn in_ns(&self, role: &str, core: Option<usize>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = match core {
+            Some(core) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &core.to_string(), "ip"]);
+                c
+            }
+            None => Command::new("ip"),
+        };
+        c.args(["netns", "exec", &self.ns(role)]).arg(program);
+        c
+    }
+
+    fn script(&self) -> PathBuf {
+        workspace().join("benches/topology.sh")
+    }
+
+    fn log(&self, msg: &str) {
+        eprintln!("throughput: {msg}");
+    }
+
+    /// Every case: (variant, rule count).
+    fn cases(&self) -> Vec<(Kind, Option<usize>)> {
+        let mut out = Vec::new();
+        for k in Kind::ALL {
+            if !self.o.only.is_empty() && !self.o.only.iter().any(|n| n == k.name()) {
+                continue;
+            }
+            if k.has_rules() {
+                out.extend(self.o.rules.iter().map(|&r| (k, Some(r))));
+            } else {
+                out.push((k, None));
+            }
+        }
+        out
+    }
+
+    fn run_all(&self) -> anyhow::Result<Vec<Row>> {
+        let script = self.script();
+        run(Command::new(&script).args(["up", &self.o.prefix]))
+            .context("building the topology (benches/topology.sh)")?;
+        let _topology = Topology { script, prefix: &self.o.prefix };
+        self.log(&format!(
+            "{} s per run, {} run(s) each, {} flows of {} bytes ({}); results in {}",
+            self.seconds,
+            self.reps,
+            self.o.flows,
+            self.o.size,
+            if self.o.ipv6 { "IPv6" } else { "IPv4" },
+            self.results.display()
+        ));
+        let mut rows = Vec::new();
+        for (kind, rules) in self.cases() {
+            let mut row =
+                Row { kind, rules, pps: Vec::new(), offered: Vec::new(), skipped: None, dut: Value::Null };
+            if let Err(e) = self.case(&mut row) {
+                let msg = format!("{e:#}");
+                self.log(&format!("{} {}: not measured: {msg}", kind.name(), rules_text(rules)));
+                row.skipped = Some(msg);
+            }
+            rows.push(row);
+            if self.stop.load(Ordering::Relaxed) {
+                bail!("interrupted");
+            }
+        }
+        Ok(rows)
+    }
+
+    fn case(&self, row: &mut Row) -> anyhow::Result<()> {
+        if row.kind == Kind::NftLinear && self.o.ipv6 {
+            bail!("the ClassBench rule sets are IPv4 only");
+        }
+        let tag = format!("{}-{}", row.kind.name().replace('+', "-"), row.rules.unwrap_or(0));
+        let mut dut = self.setup(row.kind, row.rules, &tag)?;
+        for rep in 0..self.reps {
+            if self.stop.load(Ordering::Relaxed) {
+                bail!("interrupted");
+            }
+            let (pps, offered) = self.measure(&format!("{tag}-{rep}"))?;
+            self.log(&format!(
+                "{:<18} {:>7} run {}: {:>10.0} packets/s at the sink ({:.0} offered)",
+                row.kind.name(),
+                rules_text(row.rules),
+                rep + 1,
+                pps,
+                offered
+            ));
+            row.pps.push(pps);
+            row.offered.push(offered);
+        }
+        if let Dut::Margay(d) = &dut {
+            row.dut = d.ctl(&json!({"cmd": "stats"})).unwrap_or(Value::Null);
+        }
+        if let Dut::Testpmd(t) = &mut dut {
+            if !t.alive() {
+                bail!("dpdk-testpmd exited during the run (log: {tag}.log)");
+            }
+            t.stop()?;
+        }
+        Ok(())
+    }
+
+    /// Sets the DUT up for `kind`.
+    fn setup(&self, kind: Kind, rules: Option<usize>, tag: &str) -> anyhow::Result<Dut> {
+        let dut_ns = self.ns("dut");
+        let napi = |ifaces: &[&str]| -> anyhow::Result<()> {
+            let mut c = Command::new(self.script());
+            c.args(["napi", &self.o.prefix, &self.o.dut_core.to_string()]).args(ifaces);
+            run(&mut c).map(drop)
+        };
+        let policy_file = |n: usize| -> anyhow::Result<PathBuf> {
+            let p = self.results.join(format!("policy-{n}.toml"));
+            if !p.exists() {
+                std::fs::write(&p, harness_policy(n))?;
+            }
+            Ok(p)
+        };
+        let dut = match kind {
+            Kind::Linux | Kind::NftExport | Kind::NftLinear => {
+                let dut = Dut::Kernel { ns: dut_ns.clone() };
+                run(Command::new("ip").args(["netns", "exec", &dut_ns, "nft", "flush", "ruleset"]))?;
+                let ruleset = match (kind, rules) {
+                    (Kind::NftExport, Some(n)) => {
+                        let out = self.results.join(format!("{tag}.nft"));
+                        run(Command::new(&self.margay)
+                            .args(["export", "nft"])
+                            .arg(policy_file(n)?)
+                            .arg("--out")
+                            .arg(&out))?;
+                        Some(out)
+                    }
+                    (Kind::NftLinear, Some(n)) => Some(self.linear_chain(n, tag)?),
+                    _ => None,
+                };
+                if let Some(file) = ruleset {
+                    let t0 = Instant::now();
+                    run(Command::new("ip").args(["netns", "exec", &dut_ns, "nft", "-f"]).arg(&file))
+                        .with_context(|| format!("loading {}", file.display()))?;
+                    self.log(&format!("{}: loaded in {:.1} s", file.display(), t0.elapsed().as_secs_f64()));
+                }
+                napi(&["dut0", "dut1"])?;
+                dut
+            }
+            Kind::MargayForward | Kind::MargayPolicy => {
+                let policy = policy_file(rules.unwrap_or(1))?;
+                let config = self.results.join(format!("{tag}.toml"));
+                let socket = self.results.join(format!("{tag}.sock"));
+                let _ = std::fs::remove_file(&socket);
+                std::fs::write(
+                    &config,
+                    self.margay_config(&policy, &socket, tag, kind == Kind::MargayForward),
+                )?;
+                let d = DaemonProcess::start_in(
+                    &dut_ns,
+                    &self.margay,
+                    &config,
+                    &socket,
+                    &self.results.join(format!("{tag}.log")),
+                )?;
+                napi(&["dut0", "dut1"])?;
+                Dut::Margay(d)
+            }
+            Kind::Testpmd => {
+                if which("dpdk-testpmd").is_none() {
+                    bail!("dpdk-testpmd is not installed (scripts/deps.sh bench installs dpdk-dev)");
+                }
+                let lcores = format!("{},{}", self.o.gen_core, self.o.dut_core);
+                let mut c = self.in_ns("dut", None, "dpdk-testpmd");
+                c.args(["-l", &lcores, "--main-lcore", &self.o.gen_core.to_string()])
+                    .args(["--no-huge", "-m", "1024", "--no-pci", "--file-prefix", &self.o.prefix])
+                    .args(["--vdev", "net_af_xdp0,iface=dut0", "--vdev", "net_af_xdp1,iface=dut1"])
+                    .args(["--", "--forward-mode=io", "--auto-start", "--stats-period", "3600"])
+                    .arg("--total-num-mbufs=16384");
+                let mut t =
+                    Background::spawn(&mut c, "dpdk-testpmd", &self.results.join(format!("{tag}.log")))?;
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while !self.xdp_on("dut", "dut1")? {
+                    if !t.alive() || Instant::now() > deadline {
+                        let log = std::fs::read_to_string(self.results.join(format!("{tag}.log")))
+                            .unwrap_or_default();
+                        let head: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).take(3).collect();
+                        bail!("dpdk-testpmd did not start its AF_XDP ports: {}", head.join(" | "));
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                // Its ports come up after the programs attach.
+                std::thread::sleep(Duration::from_millis(500));
+                napi(&["dut0", "dut1"])?;
+                Dut::Testpmd(t)
+            }
+        };
+        Ok(dut)
+    }
+
+    fn margay_config(&self, policy: &Path, socket: &Path, tag: &str, forward_only: bool) -> String {
+        let flows = self.results.join(format!("{tag}.flows.jsonl"));
+        let mut s = format!("policy = {:?}\n", policy.display().to_string());
+        for i in ["dut0", "dut1"] {
+            let _ = writeln!(s, "[[interface]]\nname = \"{i}\"");
+        }
+        for (to, i) in [
+            ("198.18.0.0/24", "dut0"),
+            ("2001:2::/64", "dut0"),
+            ("198.18.1.0/24", "dut1"),
+            ("2001:2:0:1::/64", "dut1"),
+        ] {
+            let _ = writeln!(s, "[[route]]\nto = \"{to}\"\ninterface = \"{i}\"");
+        }
+        for (ip, mac, i) in [
+            ("198.18.0.1", GEN_MAC, "dut0"),
+            ("2001:2::1", GEN_MAC, "dut0"),
+            ("198.18.1.1", SINK_MAC, "dut1"),
+            ("2001:2:0:1::1", SINK_MAC, "dut1"),
+        ] {
+            let _ = writeln!(s, "[[neighbour]]\nip = \"{ip}\"\nmac = \"{mac}\"\ninterface = \"{i}\"");
+        }
+        let _ = writeln!(s, "[flow_logs]\npath = {:?}\ninterval = 1", flows.display().to_string());
+        let _ = writeln!(
+            s,
+            "[daemon]\ncores = [{}]\ncontrol_socket = {:?}\nforward_only = {forward_only}",
+            self.o.dut_core,
+            socket.display().to_string()
+        );
+        s
+    }
+
+    /// A linear nftables chain of the ClassBench acl1 set nearest `n` rules (every rule
+    /// `drop`, the chain's policy `accept`), after checking that the generator's flows match
+    /// none of them, so that every packet walks the whole chain.
+    fn linear_chain(&self, n: usize, tag: &str) -> anyhow::Result<PathBuf> {
+        let set = match n {
+            0..=3_000 => "acl1_1k",
+            3_001..=30_000 => "acl1_10k",
+            _ => "acl1_100k",
+        };
+        let path = crate::classbench_dir().join(format!("{set}.rules"));
+        let rules = margay_rulecompiler::classbench::load_rules(&path)
+            .with_context(|| format!("the ClassBench set {} (MARGAY_CLASSBENCH_DIR)", path.display()))?;
+        // A rule the generator's flows match (acl1's last rule is a catch-all) would end the
+        // walk there: leave those out, so every packet walks the whole chain.
+        let keys = self.keys();
+        let total = rules.len();
+        let rules: Vec<Rule<5>> = rules.into_iter().filter(|r| !keys.iter().any(|k| r.matches(k))).collect();
+        if rules.len() < total {
+            self.log(&format!("{set}: left out {} rule(s) the generator's flows match", total - rules.len()));
+        }
+        let mut text = String::from(
+            "table ip linear {\n  chain forward {\n    type filter hook forward priority 0; policy accept;\n",
+        );
+        for r in &rules {
+            text.push_str("    ");
+            text.push_str(&nft_rule(r));
+            text.push_str(" drop\n");
+        }
+        text.push_str("  }\n}\n");
+        let out = self.results.join(format!("{tag}.nft"));
+        std::fs::write(&out, text)?;
+        self.log(&format!("{set}: {} rules in a linear chain", rules.len()));
+        Ok(out)
+    }
+
+    /// The 5-tuples the generator sends (as `margay gen` makes them).
+    fn keys(&self) -> Vec<Key> {
+        (0..self.o.flows)
+            .map(|i| {
+                let src = u32::from(std::net::Ipv4Addr::new(198, 18, 0, 1)) + i / 256;
+                let sport = 1024 + (i % 256) * 61;
+                [src, u32::from(std::net::Ipv4Addr::new(198, 18, 1, 1)), sport, 9, 17]
+            })
+            .collect()
+    }
+
+    fn xdp_on(&self, role: &str, ifname: &str) -> anyhow::Result<bool> {
+        let out = run(Command::new("ip").args(["-n", &self.ns(role), "-d", "link", "show", ifname]))?;
+        Ok(out.contains("prog/xdp"))
+    }
+
+    /// One measurement: the sink counts while the generator sends for `seconds`. Returns
+    /// (sink packets/s, generator packets/s).
+    fn measure(&self, tag: &str) -> anyhow::Result<(f64, f64)> {
+        let sink_out = self.results.join(format!("{tag}.sink.json"));
+        let mut sink = self.in_ns("sink", Some(self.o.gen_core), &self.margay);
+        sink.args(["sink", "--interface", "sink0", "--json", "--duration", "3600"]);
+        let mut sink = Background::spawn(&mut sink, "margay sink", &sink_out)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.xdp_on("sink", "sink0")? {
+            if !sink.alive() || Instant::now() > deadline {
+                bail!(
+                    "margay sink did not attach: {}",
+                    std::fs::read_to_string(&sink_out).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The sink's receive work (its veth's NAPI) on the generator's core, not the DUT's.
+        run(Command::new(self.script()).args([
+            "napi",
+            &self.o.prefix,
+            &self.o.gen_core.to_string(),
+            "sink0",
+        ]))?;
+        let (src, dst) =
+            if self.o.ipv6 { ("2001:2::1", "2001:2:0:1::1") } else { ("198.18.0.1", "198.18.1.1") };
+        let gen_out = run(self
+            .in_ns("gen", Some(self.o.gen_core), &self.margay)
+            .args(["gen", "--interface", "gen0", "--dst-mac", DUT0_MAC, "--src", src, "--dst", dst, "--json"])
+            .args(["--flows", &self.o.flows.to_string(), "--size", &self.o.size.to_string()])
+            .args(["--duration", &self.seconds.to_string()]))?;
+        std::thread::sleep(Duration::from_millis(300));
+        sink.stop()?;
+        let sent: Value = serde_json::from_str(gen_out.trim()).context("the generator's JSON")?;
+        let text = std::fs::read_to_string(&sink_out)?;
+        let counted: Value = text
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .with_context(|| format!("no JSON from margay sink: {text}"))?;
+        Ok((counted["pps"].as_f64().unwrap_or(0.0), sent["pps"].as_f64().unwrap_or(0.0)))
+    }
+
+    fn report(&self, rows: &[Row]) -> anyhow::Result<()> {
+        let text = report_text(rows, &self.o, self.seconds, self.reps);
+        let json = report_json(rows, &self.o, self.seconds, self.reps);
+        std::fs::write(self.results.join("report.md"), &text)?;
+        std::fs::write(self.results.join("results.json"), serde_json::to_string_pretty(&json)?)?;
+        let plot = self.results.join("throughput.svg");
+        if let Err(e) = crate::plot::bars(rows, &plot) {
+            self.log(&format!("no plot: {e:#}"));
+        }
+        if self.o.json {
+            println!("{json}");
+        } else {
+            println!("{text}");
+        }
+        self.log(&format!("results in {}", self.results.display()));
+        Ok(())
+    }
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(program)).find(|p| p.is_file())
+}
+
+fn rules_text(rules: Option<usize>) -> String {
+    rules.map_or_else(|| "-".to_owned(), |r| r.to_string())
+}
+
+/// One ClassBench rule as nftables match expressions.
+fn nft_rule(r: &Rule<5>) -> String {
+    let [src, dst, sport, dport, proto] = r.fields;
+    let ip = |v: u32| std::net::Ipv4Addr::from(v).to_string();
+    let mut s = String::new();
+    if (src.lo(), src.hi()) != (0, u32::MAX) {
+        let _ = write!(s, "ip saddr {}-{} ", ip(src.lo()), ip(src.hi()));
+    }
+    if (dst.lo(), dst.hi()) != (0, u32::MAX) {
+        let _ = write!(s, "ip daddr {}-{} ", ip(dst.lo()), ip(dst.hi()));
+    }
+    if proto.lo() == proto.hi() {
+        let _ = write!(s, "meta l4proto {} ", proto.lo());
+    }
+    for (name, f) in [("sport", sport), ("dport", dport)] {
+        if (f.lo(), f.hi()) != (0, 65_535) {
+            let _ = write!(s, "th {name} {}-{} ", f.lo(), f.hi());
+        }
+    }
+    s.trim_end().to_owned()
+}
+
+/// The reference row the ratios are taken against: Margay with the policy at the most rules.
+fn reference(rows: &[Row]) -> Option<&Row> {
+    rows.iter().filter(|r| r.kind == Kind::MargayPolicy && r.median().is_some()).max_by_key(|r| r.rules)
+}
+
+fn find(rows: &[Row], kind: Kind, rules: Option<usize>) -> Option<f64> {
+    rows.iter().find(|r| r.kind == kind && (rules.is_none() || r.rules == rules)).and_then(Row::median)
+}
+
+/// The issue's targets: (what, Margay's figure / the other's, the ratio to reach).
+fn targets(rows: &[Row]) -> Vec<(String, Option<f64>, f64)> {
+    let Some(m) = reference(rows) else { return Vec::new() };
+    let (Some(pps), n) = (m.median(), m.rules) else { return Vec::new() };
+    let ratio = |kind, rules| find(rows, kind, rules).filter(|&v| v > 0.0).map(|v| pps / v);
+    vec![
+        (
+            format!("margay-policy {} ≥ 0.9 × margay-forward", rules_text(n)),
+            ratio(Kind::MargayForward, None),
+            0.9,
+        ),
+        (
+            format!("margay-policy {0} ≥ 50 × linux+nft-linear {0}", rules_text(n)),
+            ratio(Kind::NftLinear, n),
+            50.0,
+        ),
+        (format!("margay-policy {} ≥ 2 × linux (no rules)", rules_text(n)), ratio(Kind::Linux, None), 2.0),
+        (format!("margay-policy {0} > linux+nft-export {0}", rules_text(n)), ratio(Kind::NftExport, n), 1.0),
+    ]
+}
+
+/// The table (markdown) and the targets.
+pub fn report_text(rows: &[Row], o: &Options, seconds: f64, reps: u32) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Throughput over veth: {} flows of {}-byte {} UDP, {seconds} s per run, median of {reps}; generator and sink on core {}, DUT on core {}.\n",
+        o.flows,
+        o.size,
+        if o.ipv6 { "IPv6" } else { "IPv4" },
+        o.gen_core,
+        o.dut_core
+    );
+    let reference = reference(rows);
+    let ref_name =
+        reference.map_or("margay-policy".to_owned(), |r| format!("margay-policy {}", rules_text(r.rules)));
+    let _ = writeln!(
+        s,
+        "| variant | rules | packets/s (sink) | runs min–max | offered packets/s | {ref_name} ÷ this |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+    for r in rows {
+        match (r.median(), &r.skipped) {
+            (Some(m), None) => {
+                let lo = r.pps.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = r.pps.iter().copied().fold(0.0, f64::max);
+                let ratio = reference
+                    .and_then(Row::median)
+                    .filter(|_| m > 0.0)
+                    .map_or("-".to_owned(), |p| format!("{:.2}×", p / m));
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {m:.0} | {lo:.0}–{hi:.0} | {:.0} | {ratio} |",
+                    r.kind.name(),
+                    rules_text(r.rules),
+                    median(&r.offered).unwrap_or(0.0)
+                );
+            }
+            (_, why) => {
+                let why = why.as_deref().unwrap_or("not run").replace('|', "/");
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | not measured: {why} | | | |",
+                    r.kind.name(),
+                    rules_text(r.rules)
+                );
+            }
+        }
+    }
+    let t = targets(rows);
+    if !t.is_empty() {
+        let _ = writeln!(s, "\nTargets (issue 6):\n");
+        for (what, got, want) in t {
+            let verdict = match got {
+                Some(g) if g >= want => format!("met ({g:.2}×)"),
+                Some(g) => format!("MISSED: {g:.2}×, {:.0}% short", (1.0 - g / want) * 100.0),
+                None => "not measured".to_owned(),
+            };
+            let _ = writeln!(s, "- {what}: {verdict}");
+        }
+    }
+    s
+}
+
+/// The results as JSON: packets/s per variant and rule count, every run, and the targets.
+pub fn report_json(rows: &[Row], o: &Options, seconds: f64, reps: u32) -> Value {
+    json!({
+        "flows": o.flows, "size": o.size, "ipv6": o.ipv6, "seconds": seconds, "reps": reps,
+        "gen_core": o.gen_core, "dut_core": o.dut_core,
+        "variants": rows.iter().map(|r| json!({
+            "variant": r.kind.name(), "rules": r.rules, "pps": r.median(), "runs": r.pps,
+            "offered_pps": median(&r.offered), "skipped": r.skipped, "dut_stats": r.dut,
+        })).collect::<Vec<_>>(),
+        "targets": targets(rows).into_iter().map(|(what, got, want)| json!({
+            "target": what, "ratio": got, "needed": want, "met": got.is_some_and(|g| g >= want),
+        })).collect::<Vec<_>>(),
+    })
+}
