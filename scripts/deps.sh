@@ -16,8 +16,8 @@ build=(gcc make pkg-config liblzma-dev xz-utils clang m4 libelf-dev zlib1g-dev l
 net=(iproute2 iputils-ping curl iperf3 ethtool nftables)
 case "$purpose" in
   build) want=("${build[@]}" "${net[@]}") ;;
-  test) want=("${build[@]}" "${net[@]}" tshark socat util-linux) ;;
-  bench) want=("${build[@]}" "${net[@]}" python3 dpdk-dev librte-net-af-xdp23) ;;
+  test) want=("${build[@]}" "${net[@]}" tshark socat util-linux fonts-dejavu-core) ;;
+  bench) want=("${build[@]}" "${net[@]}" python3 dpdk-dev librte-net-af-xdp23 fonts-dejavu-core) ;;
   *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
 esac
 

@@ -78,6 +78,9 @@ pub struct Options {
     /// The core of everything the DUT does.
     #[arg(long, default_value_t = 1)]
     pub dut_core: usize,
+    /// Extra `[daemon]` settings for the Margay variants, e.g. `batch = 256` (repeatable).
+    #[arg(long, value_name = "KEY = VALUE")]
+    pub margay_daemon: Vec<String>,
     /// The margay binary (default: target/release/margay of this workspace).
     #[arg(long)]
     pub margay: Option<PathBuf>,
@@ -149,6 +152,8 @@ pub struct Row {
     pub pps: Vec<f64>,
     /// Generator packets/s of each repetition (what was offered).
     pub offered: Vec<f64>,
+    /// Packets the sink counted in each repetition.
+    pub delivered: Vec<u64>,
     /// Why it was not measured, if it was not.
     pub skipped: Option<String>,
     /// What the DUT itself reported (Margay's counters), from the last repetition.
@@ -173,7 +178,35 @@ fn median(v: &[f64]) -> Option<f64> {
 
 /// Runs the harness: `main` of `benches/throughput.rs`.
 pub fn main() -> anyhow::Result<()> {
-    let mut o = Options::parse();
+    let o = Options::parse();
+    let print_json = o.json;
+    let out = run(o)?;
+    if print_json {
+        println!("{}", out.json);
+    } else {
+        println!("{}", out.text);
+    }
+    eprintln!("throughput: results in {}", out.results.display());
+    Ok(())
+}
+
+/// What a run produced (also written to `results`: report.md, results.json, throughput.svg).
+#[derive(Debug)]
+pub struct Outcome {
+    /// Every case, measured or with the reason it was not.
+    pub rows: Vec<Row>,
+    /// The report (markdown table and targets).
+    pub text: String,
+    /// The results as JSON.
+    pub json: Value,
+    /// The results folder.
+    pub results: PathBuf,
+    /// Why there is no plot, if there is none.
+    pub plot_error: Option<String>,
+}
+
+/// Builds the topology, measures every case, writes the results and removes the topology.
+pub fn run(mut o: Options) -> anyhow::Result<Outcome> {
     if o.quick {
         o.seconds.get_or_insert(2.0);
         o.reps.get_or_insert(1);
@@ -189,7 +222,7 @@ pub fn main() -> anyhow::Result<()> {
     }
     let h = Harness::new(o)?;
     let rows = h.run_all()?;
-    h.report(&rows)
+    h.report(rows)
 }
 
 struct Harness {
@@ -275,7 +308,7 @@ impl Drop for Dut {
     }
 }
 
-fn run(cmd: &mut Command) -> anyhow::Result<String> {
+fn sh(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
@@ -366,7 +399,7 @@ impl Harness {
 
     fn run_all(&self) -> anyhow::Result<Vec<Row>> {
         let script = self.script();
-        run(Command::new(&script).args(["up", &self.o.prefix]))
+        sh(Command::new(&script).args(["up", &self.o.prefix]))
             .context("building the topology (benches/topology.sh)")?;
         let _topology = Topology { script, prefix: &self.o.prefix };
         self.log(&format!(
@@ -380,8 +413,15 @@ impl Harness {
         ));
         let mut rows = Vec::new();
         for (kind, rules) in self.cases() {
-            let mut row =
-                Row { kind, rules, pps: Vec::new(), offered: Vec::new(), skipped: None, dut: Value::Null };
+            let mut row = Row {
+                kind,
+                rules,
+                pps: Vec::new(),
+                offered: Vec::new(),
+                delivered: Vec::new(),
+                skipped: None,
+                dut: Value::Null,
+            };
             if let Err(e) = self.case(&mut row) {
                 let msg = format!("{e:#}");
                 self.log(&format!("{} {}: not measured: {msg}", kind.name(), rules_text(rules)));
@@ -405,7 +445,7 @@ impl Harness {
             if self.stop.load(Ordering::Relaxed) {
                 bail!("interrupted");
             }
-            let (pps, offered) = self.measure(&format!("{tag}-{rep}"))?;
+            let (pps, offered, delivered) = self.measure(&format!("{tag}-{rep}"))?;
             self.log(&format!(
                 "{:<18} {:>7} run {}: {:>10.0} packets/s at the sink ({:.0} offered)",
                 row.kind.name(),
@@ -416,6 +456,7 @@ impl Harness {
             ));
             row.pps.push(pps);
             row.offered.push(offered);
+            row.delivered.push(delivered);
         }
         if let Dut::Margay(d) = &dut {
             row.dut = d.ctl(&json!({"cmd": "stats"})).unwrap_or(Value::Null);
@@ -435,7 +476,7 @@ impl Harness {
         let napi = |ifaces: &[&str]| -> anyhow::Result<()> {
             let mut c = Command::new(self.script());
             c.args(["napi", &self.o.prefix, &self.o.dut_core.to_string()]).args(ifaces);
-            run(&mut c).map(drop)
+            sh(&mut c).map(drop)
         };
         let policy_file = |n: usize| -> anyhow::Result<PathBuf> {
             let p = self.results.join(format!("policy-{n}.toml"));
@@ -447,11 +488,11 @@ impl Harness {
         let dut = match kind {
             Kind::Linux | Kind::NftExport | Kind::NftLinear => {
                 let dut = Dut::Kernel { ns: dut_ns.clone() };
-                run(Command::new("ip").args(["netns", "exec", &dut_ns, "nft", "flush", "ruleset"]))?;
+                sh(Command::new("ip").args(["netns", "exec", &dut_ns, "nft", "flush", "ruleset"]))?;
                 let ruleset = match (kind, rules) {
                     (Kind::NftExport, Some(n)) => {
                         let out = self.results.join(format!("{tag}.nft"));
-                        run(Command::new(&self.margay)
+                        sh(Command::new(&self.margay)
                             .args(["export", "nft"])
                             .arg(policy_file(n)?)
                             .arg("--out")
@@ -463,7 +504,7 @@ impl Harness {
                 };
                 if let Some(file) = ruleset {
                     let t0 = Instant::now();
-                    run(Command::new("ip").args(["netns", "exec", &dut_ns, "nft", "-f"]).arg(&file))
+                    sh(Command::new("ip").args(["netns", "exec", &dut_ns, "nft", "-f"]).arg(&file))
                         .with_context(|| format!("loading {}", file.display()))?;
                     self.log(&format!("{}: loaded in {:.1} s", file.display(), t0.elapsed().as_secs_f64()));
                 }
@@ -550,6 +591,9 @@ impl Harness {
             self.o.dut_core,
             socket.display().to_string()
         );
+        for line in &self.o.margay_daemon {
+            let _ = writeln!(s, "{line}");
+        }
         s
     }
 
@@ -600,13 +644,13 @@ impl Harness {
     }
 
     fn xdp_on(&self, role: &str, ifname: &str) -> anyhow::Result<bool> {
-        let out = run(Command::new("ip").args(["-n", &self.ns(role), "-d", "link", "show", ifname]))?;
+        let out = sh(Command::new("ip").args(["-n", &self.ns(role), "-d", "link", "show", ifname]))?;
         Ok(out.contains("prog/xdp"))
     }
 
     /// One measurement: the sink counts while the generator sends for `seconds`. Returns
-    /// (sink packets/s, generator packets/s).
-    fn measure(&self, tag: &str) -> anyhow::Result<(f64, f64)> {
+    /// (sink packets/s, generator packets/s, sink packets).
+    fn measure(&self, tag: &str) -> anyhow::Result<(f64, f64, u64)> {
         let sink_out = self.results.join(format!("{tag}.sink.json"));
         let mut sink = self.in_ns("sink", Some(self.o.gen_core), &self.margay);
         sink.args(["sink", "--interface", "sink0", "--json", "--duration", "3600"]);
@@ -622,7 +666,7 @@ impl Harness {
             std::thread::sleep(Duration::from_millis(20));
         }
         // The sink's receive work (its veth's NAPI) on the generator's core, not the DUT's.
-        run(Command::new(self.script()).args([
+        sh(Command::new(self.script()).args([
             "napi",
             &self.o.prefix,
             &self.o.gen_core.to_string(),
@@ -630,7 +674,7 @@ impl Harness {
         ]))?;
         let (src, dst) =
             if self.o.ipv6 { ("2001:2::1", "2001:2:0:1::1") } else { ("198.18.0.1", "198.18.1.1") };
-        let gen_out = run(self
+        let gen_out = sh(self
             .in_ns("gen", Some(self.o.gen_core), &self.margay)
             .args(["gen", "--interface", "gen0", "--dst-mac", DUT0_MAC, "--src", src, "--dst", dst, "--json"])
             .args(["--flows", &self.o.flows.to_string(), "--size", &self.o.size.to_string()])
@@ -644,25 +688,24 @@ impl Harness {
             .rev()
             .find_map(|l| serde_json::from_str(l).ok())
             .with_context(|| format!("no JSON from margay sink: {text}"))?;
-        Ok((counted["pps"].as_f64().unwrap_or(0.0), sent["pps"].as_f64().unwrap_or(0.0)))
+        Ok((
+            counted["pps"].as_f64().unwrap_or(0.0),
+            sent["pps"].as_f64().unwrap_or(0.0),
+            counted["packets"].as_u64().unwrap_or(0),
+        ))
     }
 
-    fn report(&self, rows: &[Row]) -> anyhow::Result<()> {
-        let text = report_text(rows, &self.o, self.seconds, self.reps);
-        let json = report_json(rows, &self.o, self.seconds, self.reps);
+    fn report(&self, rows: Vec<Row>) -> anyhow::Result<Outcome> {
+        let text = report_text(&rows, &self.o, self.seconds, self.reps);
+        let json = report_json(&rows, &self.o, self.seconds, self.reps);
         std::fs::write(self.results.join("report.md"), &text)?;
         std::fs::write(self.results.join("results.json"), serde_json::to_string_pretty(&json)?)?;
-        let plot = self.results.join("throughput.svg");
-        if let Err(e) = crate::plot::bars(rows, &plot) {
-            self.log(&format!("no plot: {e:#}"));
-        }
-        if self.o.json {
-            println!("{json}");
-        } else {
-            println!("{text}");
-        }
-        self.log(&format!("results in {}", self.results.display()));
-        Ok(())
+        let plot_error = crate::plot::bars(&rows, &self.results.join("throughput.svg")).err().map(|e| {
+            let e = format!("{e:#}");
+            self.log(&format!("no plot: {e}"));
+            e
+        });
+        Ok(Outcome { rows, text, json, results: self.results.clone(), plot_error })
     }
 }
 
@@ -796,7 +839,7 @@ pub fn report_json(rows: &[Row], o: &Options, seconds: f64, reps: u32) -> Value 
         "gen_core": o.gen_core, "dut_core": o.dut_core,
         "variants": rows.iter().map(|r| json!({
             "variant": r.kind.name(), "rules": r.rules, "pps": r.median(), "runs": r.pps,
-            "offered_pps": median(&r.offered), "skipped": r.skipped, "dut_stats": r.dut,
+            "offered_pps": median(&r.offered), "delivered": r.delivered, "skipped": r.skipped, "dut_stats": r.dut,
         })).collect::<Vec<_>>(),
         "targets": targets(rows).into_iter().map(|(what, got, want)| json!({
             "target": what, "ratio": got, "needed": want, "met": got.is_some_and(|g| g >= want),

@@ -1,0 +1,79 @@
+//! The throughput harness end to end, briefly: the kernel and Margay variants (not testpmd,
+//! which `scripts/deps.sh test` does not install) over the real veth topology, 1 s each. It
+//! checks that every variant forwarded the generator's traffic to the sink, that Margay
+//! classified each flow once and dropped nothing, and that the results and plot were written;
+//! never how fast anything was (that is the benchmark's job, not a test's).
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use margay_benches::harness::{self, Kind, Options};
+
+fn margay() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("release/margay")
+}
+
+#[test]
+fn every_variant_forwards_the_generators_traffic() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let exe = margay();
+    assert!(exe.is_file(), "{} not built (cargo test --workspace --release builds it)", exe.display());
+    let results = std::env::temp_dir().join(format!("margay-harness-{}", std::process::id()));
+    let o = Options::try_parse_from([
+        "throughput",
+        "--only",
+        "linux,linux+nft-export,linux+nft-linear,margay-forward,margay-policy",
+        "--rules",
+        "200",
+        "--seconds",
+        "1",
+        "--reps",
+        "1",
+        "--prefix",
+        "mgbt",
+        "--margay",
+        exe.to_str().unwrap(),
+        "--results",
+        results.to_str().unwrap(),
+    ])
+    .unwrap();
+    let out = harness::run(o).unwrap();
+    assert_eq!(out.rows.len(), 5, "{}", out.text);
+    for r in &out.rows {
+        assert!(r.skipped.is_none(), "{} not measured: {:?}", r.kind.name(), r.skipped);
+        // The sink also counts the DUT's own few IPv6 multicast packets (MLD, ND): a working
+        // forwarder delivers hundreds of thousands of the generator's in a second, a blocking
+        // one a handful.
+        assert!(r.delivered[0] > 1000, "{}: the traffic did not cross\n{}", r.kind.name(), out.text);
+        assert!(r.median().unwrap() > 0.0);
+        assert!(r.offered[0] > 0.0, "{}: the generator sent nothing", r.kind.name());
+    }
+    let policy = out.rows.iter().find(|r| r.kind == Kind::MargayPolicy).unwrap();
+    // 256 UDP flows: each classified (allowed) once, then tracked; nothing dropped by Margay.
+    assert_eq!(policy.dut["verdict_allow"], 256, "{}", policy.dut);
+    assert_eq!(policy.dut["verdict_deny"], 0, "{}", policy.dut);
+    assert_eq!(policy.dut["dropped"], 0, "{}", policy.dut);
+    assert_eq!(policy.dut["conntrack_entries"], 256, "{}", policy.dut);
+    let forward = out.rows.iter().find(|r| r.kind == Kind::MargayForward).unwrap();
+    assert_eq!(forward.dut["conntrack_entries"], 0, "forward-only tracks nothing: {}", forward.dut);
+    assert!(forward.dut["tx_packets"].as_u64().unwrap() > 0, "{}", forward.dut);
+
+    for f in ["report.md", "results.json"] {
+        assert!(results.join(f).is_file(), "{f} not written");
+    }
+    assert!(out.plot_error.is_none(), "{:?}", out.plot_error);
+    let svg = std::fs::read_to_string(results.join("throughput.svg")).unwrap();
+    assert!(svg.contains("margay-policy (200)") && svg.contains("linux+nft-linear (200)"), "{svg}");
+    assert_eq!(out.json["variants"].as_array().unwrap().len(), 5);
+    // The topology is gone.
+    let ns = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&ns.stdout).contains("mgbt-"), "namespaces left behind");
+    let _ = std::fs::remove_dir_all(&results);
+}
