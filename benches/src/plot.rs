@@ -31,6 +31,15 @@ fn colour(kind: Kind) -> RGBColor {
     }
 }
 
+/// 1234567 as "1.23M", 45678 as "45.7k".
+fn human(v: f64) -> String {
+    match v {
+        v if v >= 1e6 => format!("{:.2}M", v / 1e6),
+        v if v >= 1e3 => format!("{:.1}k", v / 1e3),
+        v => format!("{v:.0}"),
+    }
+}
+
 /// Draws `rows` (those measured) into `out`.
 pub fn bars(rows: &[Row], out: &Path) -> anyhow::Result<()> {
     register_font()?;
@@ -50,41 +59,76 @@ pub fn bars(rows: &[Row], out: &Path) -> anyhow::Result<()> {
     let max = bars.iter().map(|b| b.1).fold(0.0, f64::max);
     let min = bars.iter().map(|b| b.1).fold(f64::INFINITY, f64::min);
     let (lo, hi) = (10f64.powf(min.log10().floor()).min(1e3), 10f64.powf(max.log10().ceil()));
-    let height = 120 + 36 * bars.len() as u32;
+    let height = 100 + 34 * bars.len() as u32;
     let root = SVGBackend::new(out, (900, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let n = bars.len() as i32;
+    let n = bars.len() as f64;
     let mut chart = ChartBuilder::on(&root)
         .caption("packets/s at the sink (log scale)", ("sans-serif", 20))
         .margin(16)
+        .margin_right(40)
         .x_label_area_size(36)
-        .y_label_area_size(220)
-        .build_cartesian_2d((lo..hi).log_scale(), 0..n)
+        .y_label_area_size(8)
+        .build_cartesian_2d((lo..hi).log_scale(), 0f64..n)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
     chart
         .configure_mesh()
         .disable_y_mesh()
-        .y_labels(bars.len() + 1)
-        .y_label_formatter(&|y| {
-            // Bar i spans [n-1-i, n-i): its label sits at its lower edge.
-            usize::try_from(n - 1 - *y).ok().and_then(|i| labels.get(i)).cloned().unwrap_or_default()
-        })
-        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_labels(0)
+        .x_label_formatter(&|x| human(*x))
         .draw()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Bar i from the top; its label after its end.
+    let top = |i: usize| n - i as f64;
     chart
         .draw_series(bars.iter().enumerate().map(|(i, (_, v, k))| {
-            let y = n - 1 - i as i32;
-            Rectangle::new([(lo, y), (*v, y + 1)], colour(*k).filled())
+            Rectangle::new([(lo, top(i) - 0.85), (*v, top(i) - 0.15)], colour(*k).filled())
         }))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     chart
-        .draw_series(bars.iter().enumerate().map(|(i, (_, v, _))| {
-            let y = n - 1 - i as i32;
-            Text::new(format!(" {v:.0}"), (*v, y + 1), ("sans-serif", 14))
+        .draw_series(bars.iter().enumerate().map(|(i, (label, v, _))| {
+            Text::new(format!(" {label}: {}", human(*v)), (*v, top(i) - 0.35), ("sans-serif", 14))
         }))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     root.present().with_context(|| format!("writing {}", out.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(kind: Kind, rules: Option<usize>, pps: f64) -> Row {
+        Row {
+            kind,
+            rules,
+            pps: vec![pps],
+            offered: vec![1e6],
+            delivered: vec![pps as u64],
+            skipped: None,
+            dut: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn one_labelled_bar_per_measured_row() {
+        let mut skipped = row(Kind::Testpmd, None, 0.0);
+        skipped.pps.clear();
+        skipped.skipped = Some("not installed".into());
+        let rows = [
+            row(Kind::Linux, None, 620_324.0),
+            row(Kind::NftLinear, Some(10_000), 4_801.0),
+            row(Kind::MargayPolicy, Some(10_000), 180_034.0),
+            skipped,
+        ];
+        let out = std::env::temp_dir().join(format!("margay-plot-{}.svg", std::process::id()));
+        bars(&rows, &out).unwrap();
+        let svg = std::fs::read_to_string(&out).unwrap();
+        let _ = std::fs::remove_file(&out);
+        for label in ["linux: 620.3k", "linux+nft-linear (10000): 4.8k", "margay-policy (10000): 180.0k"] {
+            assert!(svg.contains(label), "{label} missing");
+        }
+        assert!(!svg.contains("dpdk-testpmd"), "an unmeasured row has no bar");
+        assert_eq!(svg.matches("<rect").count() - 1, 3, "a background and three bars");
+    }
 }

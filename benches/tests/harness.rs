@@ -70,7 +70,7 @@ fn every_variant_forwards_the_generators_traffic() {
     }
     assert!(out.plot_error.is_none(), "{:?}", out.plot_error);
     let svg = std::fs::read_to_string(results.join("throughput.svg")).unwrap();
-    assert!(svg.contains("margay-policy (200)") && svg.contains("linux+nft-linear (200)"), "{svg}");
+    assert!(svg.contains("margay-policy (200): ") && svg.contains("linux+nft-linear (200): "), "{svg}");
     assert_eq!(out.json["variants"].as_array().unwrap().len(), 5);
     // The topology is gone.
     let ns = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
