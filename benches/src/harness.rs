@@ -88,6 +88,11 @@ pub struct Options {
     /// target/throughput/UNIX-TIME).
     #[arg(long)]
     pub results: Option<PathBuf>,
+    /// Do not profile. By default, when `perf` is installed, the DUT core is sampled
+    /// (`perf record -e cpu-clock`) during the first run of `linux` and of `margay-policy` at
+    /// the most rules, and the report says where its time went.
+    #[arg(long)]
+    pub no_profile: bool,
     /// Namespace prefix of the topology.
     #[arg(long, default_value = "mgbench")]
     pub prefix: String,
@@ -158,6 +163,8 @@ pub struct Row {
     pub skipped: Option<String>,
     /// What the DUT itself reported (Margay's counters), from the last repetition.
     pub dut: Value,
+    /// Where the DUT core's time went in the first run (a perf summary), if profiled.
+    pub profile: Option<String>,
 }
 
 impl Row {
@@ -267,6 +274,26 @@ impl Background {
     /// Whether it is still running.
     fn alive(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Waits up to `limit` for it to exit by itself (else stops it and fails).
+    fn wait(&mut self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        while let Some(c) = self.child.as_mut() {
+            if let Some(status) = c.try_wait()? {
+                self.child = None;
+                if !status.success() {
+                    bail!("{} failed ({status})", self.what);
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                self.stop()?;
+                bail!("{} did not finish within {limit:?}", self.what);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
     }
 
     /// SIGTERM, and the exit within 10 s (else SIGKILL and an error).
@@ -421,6 +448,7 @@ impl Harness {
                 delivered: Vec::new(),
                 skipped: None,
                 dut: Value::Null,
+                profile: None,
             };
             if let Err(e) = self.case(&mut row) {
                 let msg = format!("{e:#}");
@@ -445,7 +473,18 @@ impl Harness {
             if self.stop.load(Ordering::Relaxed) {
                 bail!("interrupted");
             }
+            let profiler = if rep == 0 && self.profiled(row.kind, row.rules) {
+                Some(self.start_profile(&tag)?)
+            } else {
+                None
+            };
             let (pps, offered, delivered) = self.measure(&format!("{tag}-{rep}"))?;
+            if let Some(p) = profiler {
+                match self.finish_profile(p, &tag) {
+                    Ok(text) => row.profile = Some(text),
+                    Err(e) => self.log(&format!("no profile of {tag}: {e:#}")),
+                }
+            }
             self.log(&format!(
                 "{:<18} {:>7} run {}: {:>10.0} packets/s at the sink ({:.0} offered)",
                 row.kind.name(),
@@ -643,6 +682,72 @@ impl Harness {
             .collect()
     }
 
+    /// Whether this case's first run is profiled.
+    fn profiled(&self, kind: Kind, rules: Option<usize>) -> bool {
+        !self.o.no_profile
+            && which("perf").is_some()
+            && (kind == Kind::Linux
+                || (kind == Kind::MargayPolicy && rules == self.o.rules.iter().max().copied()))
+    }
+
+    /// Starts sampling the DUT core for the middle half of the coming run.
+    fn start_profile(&self, tag: &str) -> anyhow::Result<Background> {
+        let data = self.results.join(format!("{tag}.perf.data"));
+        let script = format!(
+            "sleep {:.2}; exec perf record -q -e cpu-clock -C {} -o '{}' -- sleep {:.2}",
+            0.5 + self.seconds / 4.0,
+            self.o.dut_core,
+            data.display(),
+            self.seconds / 2.0
+        );
+        Background::spawn(
+            Command::new("sh").args(["-c", &script]),
+            "perf record",
+            &self.results.join(format!("{tag}.perf.log")),
+        )
+    }
+
+    /// Waits for the sampler, and summarises where the DUT core's time went: by thread, and
+    /// the top symbols.
+    fn finish_profile(&self, mut p: Background, tag: &str) -> anyhow::Result<String> {
+        p.wait(Duration::from_secs(30))?;
+        let data = self.results.join(format!("{tag}.perf.data"));
+        let report = |sort: &str| {
+            sh(Command::new("perf")
+                .args(["report", "--stdio", "--no-children", "--percent-limit", "1", "--sort", sort, "-i"])
+                .arg(&data))
+        };
+        let lines = |text: String, n: usize| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.trim_start().chars().next().is_some_and(|c| c.is_ascii_digit()))
+                .take(n)
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                .collect()
+        };
+        let mut out = format!(
+            "core {} sampled for {:.1} s (perf record -e cpu-clock)\n\nby thread:\n",
+            self.o.dut_core,
+            self.seconds / 2.0
+        );
+        let mut by_comm = lines(report("comm")?, 6);
+        if by_comm.is_empty() {
+            // Seen once: a report with no sample lines right after the recording ended.
+            std::thread::sleep(Duration::from_secs(1));
+            by_comm = lines(report("comm")?, 6);
+        }
+        if by_comm.is_empty() {
+            bail!("perf report found no samples in {}", data.display());
+        }
+        for l in by_comm {
+            let _ = writeln!(out, "    {l}");
+        }
+        out.push_str("\ntop symbols (thread, object, symbol):\n");
+        for l in lines(report("comm,dso,sym")?, 15) {
+            let _ = writeln!(out, "    {l}");
+        }
+        Ok(out)
+    }
+
     fn xdp_on(&self, role: &str, ifname: &str) -> anyhow::Result<bool> {
         let out = sh(Command::new("ip").args(["-n", &self.ns(role), "-d", "link", "show", ifname]))?;
         Ok(out.contains("prog/xdp"))
@@ -829,6 +934,15 @@ pub fn report_text(rows: &[Row], o: &Options, seconds: f64, reps: u32) -> String
             let _ = writeln!(s, "- {what}: {verdict}");
         }
     }
+    for r in rows.iter().filter(|r| r.profile.is_some()) {
+        let _ = writeln!(
+            s,
+            "\nWhere the DUT core's time went, {} {} (first run):\n\n```\n{}```",
+            r.kind.name(),
+            rules_text(r.rules),
+            r.profile.as_deref().unwrap_or_default()
+        );
+    }
     s
 }
 
@@ -839,7 +953,7 @@ pub fn report_json(rows: &[Row], o: &Options, seconds: f64, reps: u32) -> Value 
         "gen_core": o.gen_core, "dut_core": o.dut_core,
         "variants": rows.iter().map(|r| json!({
             "variant": r.kind.name(), "rules": r.rules, "pps": r.median(), "runs": r.pps,
-            "offered_pps": median(&r.offered), "delivered": r.delivered, "skipped": r.skipped, "dut_stats": r.dut,
+            "offered_pps": median(&r.offered), "delivered": r.delivered, "profile": r.profile, "skipped": r.skipped, "dut_stats": r.dut,
         })).collect::<Vec<_>>(),
         "targets": targets(rows).into_iter().map(|(what, got, want)| json!({
             "target": what, "ratio": got, "needed": want, "met": got.is_some_and(|g| g >= want),

@@ -107,6 +107,7 @@ mod tests {
             delivered: vec![pps as u64],
             skipped: None,
             dut: serde_json::Value::Null,
+            profile: None,
         }
     }
 
