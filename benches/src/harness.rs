@@ -54,7 +54,8 @@ pub struct Options {
     /// Seconds of traffic per run (default 5; 2 with --quick).
     #[arg(long)]
     pub seconds: Option<f64>,
-    /// Runs per variant; the median is reported (default 3; 1 with --quick).
+    /// Runs per variant, interleaved (every variant once, then again); the median is reported
+    /// (default 3; 1 with --quick).
     #[arg(long)]
     pub reps: Option<u32>,
     /// Rule counts for the variants with rules.
@@ -438,9 +439,12 @@ impl Harness {
             if self.o.ipv6 { "IPv6" } else { "IPv4" },
             self.results.display()
         ));
-        let mut rows = Vec::new();
-        for (kind, rules) in self.cases() {
-            let mut row = Row {
+        // Repetition by repetition, every variant in each: slow drifts in the load of a
+        // shared machine then touch every variant alike, not one variant's three runs.
+        let mut rows: Vec<Row> = self
+            .cases()
+            .into_iter()
+            .map(|(kind, rules)| Row {
                 kind,
                 rules,
                 pps: Vec::new(),
@@ -449,54 +453,53 @@ impl Harness {
                 skipped: None,
                 dut: Value::Null,
                 profile: None,
-            };
-            if let Err(e) = self.case(&mut row) {
-                let msg = format!("{e:#}");
-                self.log(&format!("{} {}: not measured: {msg}", kind.name(), rules_text(rules)));
-                row.skipped = Some(msg);
-            }
-            rows.push(row);
-            if self.stop.load(Ordering::Relaxed) {
-                bail!("interrupted");
+            })
+            .collect();
+        for rep in 0..self.reps {
+            for row in rows.iter_mut().filter(|r| r.skipped.is_none()) {
+                if let Err(e) = self.case(row, rep) {
+                    let msg = format!("{e:#}");
+                    self.log(&format!("{} {}: not measured: {msg}", row.kind.name(), rules_text(row.rules)));
+                    row.skipped = Some(msg);
+                }
+                if self.stop.load(Ordering::Relaxed) {
+                    bail!("interrupted");
+                }
             }
         }
         Ok(rows)
     }
 
-    fn case(&self, row: &mut Row) -> anyhow::Result<()> {
+    /// Repetition `rep` of one case: the DUT set up, one measurement, the DUT taken down.
+    fn case(&self, row: &mut Row, rep: u32) -> anyhow::Result<()> {
         if row.kind == Kind::NftLinear && self.o.ipv6 {
             bail!("the ClassBench rule sets are IPv4 only");
         }
-        let tag = format!("{}-{}", row.kind.name().replace('+', "-"), row.rules.unwrap_or(0));
+        let tag = format!("{}-{}-{rep}", row.kind.name().replace('+', "-"), row.rules.unwrap_or(0));
         let mut dut = self.setup(row.kind, row.rules, &tag)?;
-        for rep in 0..self.reps {
-            if self.stop.load(Ordering::Relaxed) {
-                bail!("interrupted");
+        let profiler = if rep == 0 && self.profiled(row.kind, row.rules) {
+            Some(self.start_profile(&tag)?)
+        } else {
+            None
+        };
+        let (pps, offered, delivered) = self.measure(&tag)?;
+        if let Some(p) = profiler {
+            match self.finish_profile(p, &tag) {
+                Ok(text) => row.profile = Some(text),
+                Err(e) => self.log(&format!("no profile of {tag}: {e:#}")),
             }
-            let profiler = if rep == 0 && self.profiled(row.kind, row.rules) {
-                Some(self.start_profile(&tag)?)
-            } else {
-                None
-            };
-            let (pps, offered, delivered) = self.measure(&format!("{tag}-{rep}"))?;
-            if let Some(p) = profiler {
-                match self.finish_profile(p, &tag) {
-                    Ok(text) => row.profile = Some(text),
-                    Err(e) => self.log(&format!("no profile of {tag}: {e:#}")),
-                }
-            }
-            self.log(&format!(
-                "{:<18} {:>7} run {}: {:>10.0} packets/s at the sink ({:.0} offered)",
-                row.kind.name(),
-                rules_text(row.rules),
-                rep + 1,
-                pps,
-                offered
-            ));
-            row.pps.push(pps);
-            row.offered.push(offered);
-            row.delivered.push(delivered);
         }
+        self.log(&format!(
+            "{:<18} {:>7} run {}: {:>10.0} packets/s at the sink ({:.0} offered)",
+            row.kind.name(),
+            rules_text(row.rules),
+            rep + 1,
+            pps,
+            offered
+        ));
+        row.pps.push(pps);
+        row.offered.push(offered);
+        row.delivered.push(delivered);
         if let Dut::Margay(d) = &dut {
             row.dut = d.ctl(&json!({"cmd": "stats"})).unwrap_or(Value::Null);
         }
