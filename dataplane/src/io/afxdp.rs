@@ -24,10 +24,10 @@ use crate::pipeline::Outcome;
 /// 256-byte XDP headroom).
 pub const FRAME_SIZE: u32 = 4096;
 
-/// Most completions taken from a completion ring at a time. The free list grows by this many
-/// (default) descriptors before the kernel fills them in, so it is kept small: sizing it by
-/// everything in flight cost a memset of up to the whole ring per burst (6% of a worker's
-/// core in a profile, and it held the generator back).
+/// Most completions taken from a completion ring at a time, into a scratch array that is never
+/// re-initialised. (Growing the free list by everything in flight and letting the kernel fill
+/// it in cost a memset of up to the whole ring per burst: 6% of a worker's core in a profile,
+/// and it held the generator back.)
 const REAP: usize = 256;
 
 /// A UMEM of `frames` 4 KiB frames with fill and completion rings `ring_size` deep, its
@@ -93,6 +93,8 @@ pub struct XskIo {
     ports: Vec<Port>,
     free: Vec<FrameDesc>,
     burst: Vec<FrameDesc>,
+    /// [`REAP`] slots the completion rings are read into (never re-initialised).
+    reap: Vec<FrameDesc>,
     fill_target: usize,
     counters: IoCounters,
 }
@@ -140,6 +142,7 @@ impl XskIo {
             ports,
             free,
             burst: Vec::new(),
+            reap: vec![FrameDesc::default(); REAP],
             fill_target: ring_size as usize,
             counters: IoCounters::default(),
         };
@@ -196,12 +199,11 @@ impl XskIo {
         if port.in_flight == 0 {
             return;
         }
-        let start = self.free.len();
-        self.free.resize(start + port.in_flight.min(REAP), FrameDesc::default());
+        let want = port.in_flight.min(REAP);
         // SAFETY: completed descriptors are the kernel's to return; they were produced to this
-        // port's tx ring from this UMEM and are written into fresh free-list slots.
-        let n = unsafe { port.comp.consume(&mut self.free[start..]) };
-        self.free.truncate(start + n);
+        // port's tx ring from this UMEM, and are copied into the free list below.
+        let n = unsafe { port.comp.consume(&mut self.reap[..want]) };
+        self.free.extend_from_slice(&self.reap[..n]);
         port.in_flight -= n;
     }
 
@@ -326,6 +328,8 @@ pub struct TxGen {
     _fill: FillQueue,
     comp: CompQueue,
     free: Vec<FrameDesc>,
+    /// [`REAP`] slots the completion ring is read into.
+    reap: Vec<FrameDesc>,
     in_flight: usize,
     completed: u64,
     /// Frame length by UMEM frame number (completions come back with length 0).
@@ -366,25 +370,35 @@ impl TxGen {
             let mut cursor = data.cursor();
             cursor.write_all(frame).context("a frame larger than a UMEM frame")?;
         }
-        Ok(TxGen { umem, tx, _rx: rx, _fill: fill, comp, free, in_flight: 0, completed: 0, lens })
+        Ok(TxGen {
+            umem,
+            tx,
+            _rx: rx,
+            _fill: fill,
+            comp,
+            free,
+            reap: vec![FrameDesc::default(); REAP],
+            in_flight: 0,
+            completed: 0,
+            lens,
+        })
     }
 
     /// Reclaims completed frames, then queues up to `max` frames and wakes the kernel if the
     /// ring asks. Returns the number queued.
     pub fn send(&mut self, max: usize) -> usize {
         if self.in_flight > 0 {
-            let start = self.free.len();
-            self.free.resize(start + self.in_flight.min(REAP), FrameDesc::default());
+            let want = self.in_flight.min(REAP);
             // SAFETY: completed descriptors were produced to this socket's tx ring from this
-            // UMEM; they are written into fresh free-list slots.
-            let n = unsafe { self.comp.consume(&mut self.free[start..]) };
-            self.free.truncate(start + n);
+            // UMEM; they are copied into the free list below.
+            let n = unsafe { self.comp.consume(&mut self.reap[..want]) };
             // The frames' bytes are intact; their lengths come back as 0.
-            for d in &mut self.free[start..] {
+            for d in &mut self.reap[..n] {
                 let len = self.lens.get(d.addr() / FRAME_SIZE as usize).copied().unwrap_or(0);
                 // SAFETY: just completed: userspace owns the frame again.
                 unsafe { self.umem.data_mut(d) }.cursor().set_pos(len);
             }
+            self.free.extend_from_slice(&self.reap[..n]);
             self.in_flight -= n;
             self.completed += n as u64;
         }
