@@ -169,6 +169,20 @@ pub struct Row {
 }
 
 impl Row {
+    /// A case not measured yet.
+    pub fn new(kind: Kind, rules: Option<usize>) -> Row {
+        Row {
+            kind,
+            rules,
+            pps: Vec::new(),
+            offered: Vec::new(),
+            delivered: Vec::new(),
+            skipped: None,
+            dut: Value::Null,
+            profile: None,
+        }
+    }
+
     /// The median sink rate.
     pub fn median(&self) -> Option<f64> {
         median(&self.pps)
@@ -441,20 +455,8 @@ impl Harness {
         ));
         // Repetition by repetition, every variant in each: slow drifts in the load of a
         // shared machine then touch every variant alike, not one variant's three runs.
-        let mut rows: Vec<Row> = self
-            .cases()
-            .into_iter()
-            .map(|(kind, rules)| Row {
-                kind,
-                rules,
-                pps: Vec::new(),
-                offered: Vec::new(),
-                delivered: Vec::new(),
-                skipped: None,
-                dut: Value::Null,
-                profile: None,
-            })
-            .collect();
+        let mut rows: Vec<Row> =
+            self.cases().into_iter().map(|(kind, rules)| Row::new(kind, rules)).collect();
         for rep in 0..self.reps {
             for row in rows.iter_mut().filter(|r| r.skipped.is_none()) {
                 if let Err(e) = self.case(row, rep) {

@@ -99,16 +99,11 @@ mod tests {
     use super::*;
 
     fn row(kind: Kind, rules: Option<usize>, pps: f64) -> Row {
-        Row {
-            kind,
-            rules,
-            pps: vec![pps],
-            offered: vec![1e6],
-            delivered: vec![pps as u64],
-            skipped: None,
-            dut: serde_json::Value::Null,
-            profile: None,
-        }
+        let mut r = Row::new(kind, rules);
+        r.pps.push(pps);
+        r.offered.push(1e6);
+        r.delivered.push(pps as u64);
+        r
     }
 
     #[test]
