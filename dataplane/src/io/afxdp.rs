@@ -87,6 +87,45 @@ impl AsMut<[u8]> for Frame<'_> {
     }
 }
 
+/// What `Socket::new` returns: tx and rx rings, and the fill and completion rings of a UMEM's
+/// first socket.
+type Bound = (TxQueue, RxQueue, Option<(FillQueue, CompQueue)>);
+
+/// `Socket::new`, retried for up to 2 s while the queue is busy: the kernel releases a closed
+/// socket's buffer pool in deferred work, so binding right after another process (a previous
+/// generator, a restarted daemon) let go of the queue can fail with EBUSY for a moment.
+///
+/// # Safety
+///
+/// As `Socket::new`: `umem` is used by sockets on distinct (interface, queue) pairs only, and a
+/// shared UMEM's sockets are created with INHIBIT_PROG_LOAD.
+unsafe fn bind(
+    config: SocketConfig,
+    umem: &Umem,
+    iface: &Interface,
+    name: &str,
+    queue: u32,
+) -> anyhow::Result<Bound> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        // SAFETY: the caller's contract, passed on unchanged.
+        match unsafe { Socket::new(config, umem, iface, queue) } {
+            Ok(sockets) => return Ok(sockets),
+            Err(e) => {
+                let os = std::error::Error::source(&e)
+                    .and_then(|s| s.downcast_ref::<io::Error>())
+                    .and_then(io::Error::raw_os_error);
+                if os == Some(nix::libc::EBUSY) && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    continue;
+                }
+                let detail = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
+                bail!("AF_XDP socket on {name} queue {queue}: {e}{detail}");
+            }
+        }
+    }
+}
+
 /// A worker's AF_XDP sockets over one shared UMEM.
 pub struct XskIo {
     umem: Umem,
@@ -130,8 +169,7 @@ impl XskIo {
             let iface = Interface::new(CString::new(name.as_str()).context("interface name")?);
             // SAFETY: each (interface, queue) pair is bound once from this UMEM, and the
             // INHIBIT_PROG_LOAD flag is set, as `Socket::new` requires of shared UMEMs.
-            let (tx, rx, rings) = unsafe { Socket::new(socket_config, &umem, &iface, queue) }
-                .map_err(|e| anyhow::anyhow!("AF_XDP socket on {name} queue {queue}: {e}"))?;
+            let (tx, rx, rings) = unsafe { bind(socket_config, &umem, &iface, name, queue) }?;
             let Some((fill, comp)) = rings else {
                 bail!("AF_XDP socket on {name} queue {queue}: no fill and completion rings (bound twice?)");
             };
@@ -355,8 +393,7 @@ impl TxGen {
         let (umem, mut free, socket_config) = umem_and_sockets(ring_size.saturating_mul(4), ring_size)?;
         let iface = Interface::new(CString::new(interface).context("interface name")?);
         // SAFETY: the one socket of this UMEM, with INHIBIT_PROG_LOAD set.
-        let (tx, rx, rings) = unsafe { Socket::new(socket_config, &umem, &iface, queue) }
-            .map_err(|e| anyhow::anyhow!("AF_XDP socket on {interface} queue {queue}: {e}"))?;
+        let (tx, rx, rings) = unsafe { bind(socket_config, &umem, &iface, interface, queue) }?;
         let Some((fill, comp)) = rings else {
             bail!("AF_XDP socket on {interface}: no fill and completion rings")
         };
