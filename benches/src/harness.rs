@@ -41,6 +41,7 @@ const SINK_MAC: &str = "02:4d:00:00:01:01";
 #[derive(Debug, Parser)]
 #[command(
     name = "throughput",
+    bin_name = "scripts/throughput",
     about = "Margay side by side with Linux forwarding, nftables and DPDK testpmd over veth (needs root)",
     long_about = None
 )]
@@ -61,11 +62,13 @@ pub struct Options {
     /// Rule counts for the variants with rules.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     pub rules: Vec<usize>,
-    /// Only these variants (comma-separated names; default: all).
+    /// Only these variants, comma-separated: linux, linux+nft-export, linux+nft-linear,
+    /// margay-forward, margay-policy, dpdk-testpmd (default: all).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
-    /// Distinct flows the generator sends.
-    #[arg(long, default_value_t = 256)]
+    /// Distinct flows the generator sends (sources 198.18.0.1 and up, 256 ports each, so
+    /// they stay inside the generator's /24).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=60_000))]
     pub flows: u32,
     /// Frame size in bytes.
     #[arg(long, default_value_t = 64)]
