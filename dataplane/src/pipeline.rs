@@ -205,7 +205,10 @@ pub struct Pipeline {
     table: Table,
     fwd: CachedForwarder,
     acct: Accounting,
-    scratch: Vec<Option<(Packet, FlowKey, bool, u32)>>,
+    /// A burst's parse results.
+    parsed: Vec<Result<Packet, Malformed>>,
+    /// A burst's flow keys (direction, hash), where the packet goes on to conntrack.
+    keys: Vec<Option<(FlowKey, bool, u32)>>,
     unresolved: Vec<(u16, IpAddr)>,
     /// `[daemon] forward_only`: route every parsed packet, skipping conntrack and policy.
     forward_only: bool,
@@ -238,7 +241,8 @@ impl Pipeline {
                 interval: config.flow_logs.interval * SEC,
                 last_flush: None,
             },
-            scratch: Vec::with_capacity(BURST),
+            parsed: Vec::with_capacity(BURST),
+            keys: Vec::with_capacity(BURST),
         }
     }
 
@@ -309,39 +313,46 @@ impl Pipeline {
     }
 
     fn burst<F: AsMut<[u8]>>(&mut self, now: u64, frames: &mut [F], out: &mut [Outcome]) {
-        self.scratch.clear();
+        // Taken out of `self` for the burst, so the parsed packets are borrowed, not copied:
+        // each is parsed straight into its slot.
+        let mut parsed = std::mem::take(&mut self.parsed);
+        let mut keys = std::mem::take(&mut self.keys);
+        parsed.clear();
+        keys.clear();
         for (f, o) in frames.iter_mut().zip(out.iter_mut()) {
             let frame = f.as_mut();
             self.acct.counters.rx_packets += 1;
             self.acct.counters.rx_bytes += frame.len() as u64;
-            match wire::parse(frame) {
-                Ok(p) if self.forward_only => {
-                    *o = self.route(now, frame, &p);
-                    self.scratch.push(None);
+            parsed.push(wire::parse(frame));
+            let key = match parsed.last() {
+                Some(Ok(p)) if self.forward_only => {
+                    *o = self.route(now, frame, p);
+                    None
                 }
-                Ok(p) => {
-                    let (key, a_to_b) = key_of(&p);
+                Some(Ok(p)) => {
+                    let (key, a_to_b) = key_of(p);
                     let h = self.table.hash(&key);
                     self.table.prefetch_index(h);
-                    self.scratch.push(Some((p, key, a_to_b, h)));
+                    Some((key, a_to_b, h))
                 }
-                Err(m) => {
-                    *o = self.acct.drop(Drop::Malformed(m));
-                    self.scratch.push(None);
+                Some(Err(m)) => {
+                    *o = self.acct.drop(Drop::Malformed(*m));
+                    None
                 }
-            }
+                None => None,
+            };
+            keys.push(key);
         }
-        for (_, _, _, h) in self.scratch.iter().flatten() {
+        for (_, _, h) in keys.iter().flatten() {
             self.table.prefetch_entry(*h);
         }
-        // Taken out of `self` for the loop, so the parsed packets are borrowed, not copied.
-        let scratch = std::mem::take(&mut self.scratch);
-        for (i, s) in scratch.iter().enumerate() {
-            if let Some((p, key, a_to_b, h)) = s {
+        for (i, (p, k)) in parsed.iter().zip(keys.iter()).enumerate() {
+            if let (Ok(p), Some((key, a_to_b, h))) = (p, k) {
                 out[i] = self.packet(now, frames[i].as_mut(), p, key, *a_to_b, *h);
             }
         }
-        self.scratch = scratch;
+        self.parsed = parsed;
+        self.keys = keys;
     }
 
     fn packet(
