@@ -18,14 +18,14 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use margay_dataplane::netns::DaemonProcess;
+use margay_dataplane::netns::{self, DaemonProcess, Process};
 use margay_rulecompiler::Rule;
 use margay_rulecompiler::classbench::Key;
 use serde_json::{Value, json};
@@ -271,108 +271,50 @@ impl Drop for Topology<'_> {
     }
 }
 
-/// A background process, stopped (SIGTERM, then SIGKILL) on drop.
-struct Background {
-    child: Option<Child>,
-    what: String,
-}
-
-impl Background {
-    fn spawn(cmd: &mut Command, what: &str, log: &Path) -> anyhow::Result<Background> {
-        let f = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(f.try_clone()?)
-            .stderr(f)
-            .spawn()
-            .with_context(|| format!("starting {what}"))?;
-        Ok(Background { child: Some(child), what: what.to_owned() })
-    }
-
-    /// Whether it is still running.
-    fn alive(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    /// Waits up to `limit` for it to exit by itself (else stops it and fails).
-    fn wait(&mut self, limit: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + limit;
-        while let Some(c) = self.child.as_mut() {
-            if let Some(status) = c.try_wait()? {
-                self.child = None;
-                if !status.success() {
-                    bail!("{} failed ({status})", self.what);
-                }
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                self.stop()?;
-                bail!("{} did not finish within {limit:?}", self.what);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
-    }
-
-    /// SIGTERM, and the exit within 10 s (else SIGKILL and an error).
-    fn stop(&mut self) -> anyhow::Result<()> {
-        let Some(mut c) = self.child.take() else { return Ok(()) };
-        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if c.try_wait()?.is_some() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
-        bail!("{} did not stop within 10 s of SIGTERM; killed", self.what)
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        let _ = self.stop();
-    }
-}
-
 /// What a variant set up on the DUT, taken down on drop.
 enum Dut {
     Kernel { ns: String },
     Margay(DaemonProcess),
-    Testpmd(Background),
+    Testpmd(Process),
 }
 
 impl Drop for Dut {
     fn drop(&mut self) {
-        if let Dut::Kernel { ns } = self {
-            let _ = Command::new("ip").args(["netns", "exec", ns, "nft", "flush", "ruleset"]).status();
+        match self {
+            Dut::Kernel { ns } => {
+                let _ = Command::new("ip").args(["netns", "exec", ns, "nft", "flush", "ruleset"]).status();
+            }
+            // A clean exit: testpmd's XDP programs are attached through netlink and would
+            // outlive a kill.
+            Dut::Testpmd(t) => {
+                let _ = t.stop();
+            }
+            Dut::Margay(_) => {}
         }
     }
 }
 
+/// Runs `cmd`; its stdout.
 fn sh(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(String::from_utf8_lossy(&netns::run(cmd)?.stdout).into_owned())
 }
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The `margay` binary the harness runs unless told otherwise: `release/margay` under
+/// `$CARGO_TARGET_DIR`, or under this workspace's `target/`.
+pub fn default_margay() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
+        .join("release/margay")
+}
+
 impl Harness {
     fn new(o: Options) -> anyhow::Result<Harness> {
-        let margay = o.margay.clone().unwrap_or_else(|| {
-            std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| workspace().join("target"))
-                .join("release/margay")
-        });
+        let margay = o.margay.clone().unwrap_or_else(default_margay);
         if !margay.is_file() {
             bail!(
                 "{} not found: build it first (cargo build --release -p margay-dataplane), or give --margay",
@@ -538,15 +480,17 @@ impl Harness {
                 sh(Command::new("ip").args(["netns", "exec", &dut_ns, "nft", "flush", "ruleset"]))?;
                 let ruleset = match (kind, rules) {
                     (Kind::NftExport, Some(n)) => {
-                        let out = self.results.join(format!("{tag}.nft"));
-                        sh(Command::new(&self.margay)
-                            .args(["export", "nft"])
-                            .arg(policy_file(n)?)
-                            .arg("--out")
-                            .arg(&out))?;
+                        let out = self.results.join(format!("export-{n}.nft"));
+                        if !out.exists() {
+                            sh(Command::new(&self.margay)
+                                .args(["export", "nft"])
+                                .arg(policy_file(n)?)
+                                .arg("--out")
+                                .arg(&out))?;
+                        }
                         Some(out)
                     }
-                    (Kind::NftLinear, Some(n)) => Some(self.linear_chain(n, tag)?),
+                    (Kind::NftLinear, Some(n)) => Some(self.linear_chain(n)?),
                     _ => None,
                 };
                 if let Some(file) = ruleset {
@@ -588,8 +532,7 @@ impl Harness {
                     .args(["--vdev", "net_af_xdp0,iface=dut0", "--vdev", "net_af_xdp1,iface=dut1"])
                     .args(["--", "--forward-mode=io", "--auto-start", "--stats-period", "3600"])
                     .arg("--total-num-mbufs=16384");
-                let mut t =
-                    Background::spawn(&mut c, "dpdk-testpmd", &self.results.join(format!("{tag}.log")))?;
+                let mut t = Process::spawn(&mut c, "dpdk-testpmd", &self.results.join(format!("{tag}.log")))?;
                 let deadline = Instant::now() + Duration::from_secs(20);
                 while !self.xdp_on("dut", "dut1")? {
                     if !t.alive() || Instant::now() > deadline {
@@ -646,8 +589,12 @@ impl Harness {
 
     /// A linear nftables chain of the ClassBench acl1 set nearest `n` rules (every rule
     /// `drop`, the chain's policy `accept`), after checking that the generator's flows match
-    /// none of them, so that every packet walks the whole chain.
-    fn linear_chain(&self, n: usize, tag: &str) -> anyhow::Result<PathBuf> {
+    /// none of them, so that every packet walks the whole chain. Written once per run.
+    fn linear_chain(&self, n: usize) -> anyhow::Result<PathBuf> {
+        let out = self.results.join(format!("linear-{n}.nft"));
+        if out.exists() {
+            return Ok(out);
+        }
         let set = match n {
             0..=3_000 => "acl1_1k",
             3_001..=30_000 => "acl1_10k",
@@ -673,7 +620,6 @@ impl Harness {
             text.push_str(" drop\n");
         }
         text.push_str("  }\n}\n");
-        let out = self.results.join(format!("{tag}.nft"));
         std::fs::write(&out, text)?;
         self.log(&format!("{set}: {} rules in a linear chain", rules.len()));
         Ok(out)
@@ -699,7 +645,7 @@ impl Harness {
     }
 
     /// Starts sampling the DUT core for the middle half of the coming run.
-    fn start_profile(&self, tag: &str) -> anyhow::Result<Background> {
+    fn start_profile(&self, tag: &str) -> anyhow::Result<Process> {
         let data = self.results.join(format!("{tag}.perf.data"));
         let script = format!(
             "sleep {:.2}; exec perf record -q -e cpu-clock -C {} -o '{}' -- sleep {:.2}",
@@ -708,7 +654,7 @@ impl Harness {
             data.display(),
             self.seconds / 2.0
         );
-        Background::spawn(
+        Process::spawn(
             Command::new("sh").args(["-c", &script]),
             "perf record",
             &self.results.join(format!("{tag}.perf.log")),
@@ -717,7 +663,7 @@ impl Harness {
 
     /// Waits for the sampler, and summarises where the DUT core's time went: by thread, and
     /// the top symbols.
-    fn finish_profile(&self, mut p: Background, tag: &str) -> anyhow::Result<String> {
+    fn finish_profile(&self, mut p: Process, tag: &str) -> anyhow::Result<String> {
         p.wait(Duration::from_secs(30))?;
         let data = self.results.join(format!("{tag}.perf.data"));
         let report = |sort: &str| {
@@ -757,8 +703,7 @@ impl Harness {
     }
 
     fn xdp_on(&self, role: &str, ifname: &str) -> anyhow::Result<bool> {
-        let out = sh(Command::new("ip").args(["-n", &self.ns(role), "-d", "link", "show", ifname]))?;
-        Ok(out.contains("prog/xdp"))
+        netns::xdp_attached(&self.ns(role), ifname)
     }
 
     /// One measurement: the sink counts while the generator sends for `seconds`. Returns
@@ -767,7 +712,7 @@ impl Harness {
         let sink_out = self.results.join(format!("{tag}.sink.json"));
         let mut sink = self.in_ns("sink", Some(self.o.gen_core), &self.margay);
         sink.args(["sink", "--interface", "sink0", "--json", "--duration", "3600"]);
-        let mut sink = Background::spawn(&mut sink, "margay sink", &sink_out)?;
+        let mut sink = Process::spawn(&mut sink, "margay sink", &sink_out)?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.xdp_on("sink", "sink0")? {
             if !sink.alive() || Instant::now() > deadline {

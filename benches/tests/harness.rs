@@ -4,17 +4,8 @@
 //! classified each flow once and dropped nothing, and that the results and plot were written;
 //! never how fast anything was (that is the benchmark's job, not a test's).
 
-use std::path::PathBuf;
-
 use clap::Parser;
 use margay_benches::harness::{self, Kind, Options};
-
-fn margay() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("release/margay")
-}
 
 #[test]
 fn every_variant_forwards_the_generators_traffic() {
@@ -23,7 +14,7 @@ fn every_variant_forwards_the_generators_traffic() {
         eprintln!("SKIPPED: needs root");
         return;
     }
-    let exe = margay();
+    let exe = harness::default_margay();
     assert!(exe.is_file(), "{} not built (cargo test --workspace --release builds it)", exe.display());
     let results = std::env::temp_dir().join(format!("margay-harness-{}", std::process::id()));
     let o = Options::try_parse_from([

@@ -88,12 +88,19 @@ pub struct Topology {
     queues: u32,
 }
 
-fn run(cmd: &mut Command) -> anyhow::Result<Output> {
+/// Runs `cmd` to completion; an error names it, its exit status and its stderr.
+pub fn run(cmd: &mut Command) -> anyhow::Result<Output> {
     let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(out)
+}
+
+/// Whether interface `ifname` in namespace `ns` has an XDP program attached.
+pub fn xdp_attached(ns: &str, ifname: &str) -> anyhow::Result<bool> {
+    let out = run(Command::new("ip").args(["-n", ns, "-d", "link", "show", ifname]))?;
+    Ok(String::from_utf8_lossy(&out.stdout).contains("prog/xdp"))
 }
 
 impl Topology {
@@ -246,8 +253,7 @@ impl Topology {
 
     /// Whether the node's interface `ifname` has an XDP program attached.
     pub fn xdp_attached(&self, ifname: &str) -> anyhow::Result<bool> {
-        let out = run(Command::new("ip").args(["-n", &self.ns("node"), "-d", "link", "show", ifname]))?;
-        Ok(String::from_utf8_lossy(&out.stdout).contains("prog/xdp"))
+        xdp_attached(&self.ns("node"), ifname)
     }
 }
 
@@ -390,12 +396,112 @@ pub fn curl(t: &Topology, role: &str, url: &str, secs: u32) -> anyhow::Result<Op
     Ok(if out.status.success() && code != 0 { Some(code) } else { None })
 }
 
-/// `margay run` started in the node's namespace; killed on drop if still running.
+/// A child process logging to a file; killed on drop if still running (stop it with
+/// [`Process::stop`] for a clean exit).
+#[derive(Debug)]
+pub struct Process {
+    child: Option<std::process::Child>,
+    what: String,
+    log: std::path::PathBuf,
+}
+
+impl Process {
+    /// Spawns `cmd` (named `what` in errors) with stdin closed and stdout and stderr to `log`.
+    pub fn spawn(cmd: &mut Command, what: &str, log: &Path) -> anyhow::Result<Process> {
+        let f = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f.try_clone()?)
+            .stderr(f)
+            .spawn()
+            .with_context(|| format!("starting {what}"))?;
+        Ok(Process { child: Some(child), what: what.to_owned(), log: log.to_owned() })
+    }
+
+    /// Its exit status, once it has exited (it is then no longer held).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())?;
+        self.child = None;
+        Some(status)
+    }
+
+    /// Whether it is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.is_some() && self.exited().is_none()
+    }
+
+    /// What it logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
+    /// Waits up to `limit` for it to exit by itself: an error if it failed, or did not exit (it
+    /// is then stopped).
+    pub fn wait(&mut self, limit: std::time::Duration) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + limit;
+        while self.child.is_some() {
+            if let Some(status) = self.exited() {
+                if !status.success() {
+                    bail!("{} failed ({status})", self.what);
+                }
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.stop();
+                bail!("{} did not finish within {limit:?}", self.what);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Sends `signal` and waits up to 15 s for the exit (then SIGKILL, and an error).
+    pub fn stop_with(
+        &mut self,
+        signal: nix::sys::signal::Signal,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().with_context(|| format!("{} is not running", self.what))?;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, signal);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let status = child.wait()?;
+                bail!("{} did not exit within 15 s of {signal}; killed ({status})", self.what);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM: a clean shutdown.
+    pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.stop_with(nix::sys::signal::Signal::SIGTERM)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `margay run` started in a namespace; killed on drop if still running.
 #[derive(Debug)]
 pub struct DaemonProcess {
-    child: Option<std::process::Child>,
+    process: Process,
     socket: std::path::PathBuf,
-    log: std::path::PathBuf,
 }
 
 impl DaemonProcess {
@@ -419,22 +525,13 @@ impl DaemonProcess {
         socket: &Path,
         log: &Path,
     ) -> anyhow::Result<DaemonProcess> {
-        let log_file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(exe)
-            .args(["run", "--config"])
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .spawn()
-            .context("starting margay run")?;
-        let mut d = DaemonProcess { child: Some(child), socket: socket.to_owned(), log: log.to_owned() };
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).arg(exe).args(["run", "--config"]).arg(config);
+        let process = Process::spawn(&mut cmd, "margay run", log)?;
+        let mut d = DaemonProcess { process, socket: socket.to_owned() };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
-            if let Some(status) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                d.child = None;
+            if let Some(status) = d.process.exited() {
                 bail!("margay run exited ({status}) before it was ready:\n{}", d.log_text());
             }
             if socket.exists()
@@ -457,12 +554,12 @@ impl DaemonProcess {
 
     /// What it logged so far.
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log_text()
     }
 
     /// The process id.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(std::process::Child::id)
+        self.process.pid()
     }
 
     /// Sends `signal` and waits up to 15 s for the exit (then SIGKILL).
@@ -470,34 +567,11 @@ impl DaemonProcess {
         &mut self,
         signal: nix::sys::signal::Signal,
     ) -> anyhow::Result<std::process::ExitStatus> {
-        let mut child = self.child.take().context("not running")?;
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, signal);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                let status = child.wait()?;
-                bail!("margay did not exit within 15 s of {signal}; killed ({status})");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        self.process.stop_with(signal)
     }
 
     /// SIGTERM: a clean shutdown.
     pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        self.stop_with(nix::sys::signal::Signal::SIGTERM)
-    }
-}
-
-impl Drop for DaemonProcess {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.stop()
     }
 }
