@@ -205,8 +205,8 @@ pub struct Pipeline {
     table: Table,
     fwd: CachedForwarder,
     acct: Accounting,
-    /// A burst's parse results.
-    parsed: Vec<Result<Packet, Malformed>>,
+    /// A burst's parsed packets ([`BURST`] slots, overwritten by each burst).
+    parsed: Vec<Packet>,
     /// A burst's flow keys (direction, hash), where the packet goes on to conntrack.
     keys: Vec<Option<(FlowKey, bool, u32)>>,
     unresolved: Vec<(u16, IpAddr)>,
@@ -241,7 +241,7 @@ impl Pipeline {
                 interval: config.flow_logs.interval * SEC,
                 last_flush: None,
             },
-            parsed: Vec::with_capacity(BURST),
+            parsed: vec![Packet::EMPTY; BURST],
             keys: Vec::with_capacity(BURST),
         }
     }
@@ -314,41 +314,38 @@ impl Pipeline {
 
     fn burst<F: AsMut<[u8]>>(&mut self, now: u64, frames: &mut [F], out: &mut [Outcome]) {
         // Taken out of `self` for the burst, so the parsed packets are borrowed, not copied:
-        // each is parsed straight into its slot.
+        // each frame is parsed straight into its slot.
         let mut parsed = std::mem::take(&mut self.parsed);
         let mut keys = std::mem::take(&mut self.keys);
-        parsed.clear();
         keys.clear();
-        for (f, o) in frames.iter_mut().zip(out.iter_mut()) {
+        for ((f, o), p) in frames.iter_mut().zip(out.iter_mut()).zip(parsed.iter_mut()) {
             let frame = f.as_mut();
             self.acct.counters.rx_packets += 1;
             self.acct.counters.rx_bytes += frame.len() as u64;
-            parsed.push(wire::parse(frame));
-            let key = match parsed.last() {
-                Some(Ok(p)) if self.forward_only => {
+            let key = match wire::parse_into(frame, p) {
+                Ok(()) if self.forward_only => {
                     *o = self.route(now, frame, p);
                     None
                 }
-                Some(Ok(p)) => {
+                Ok(()) => {
                     let (key, a_to_b) = key_of(p);
                     let h = self.table.hash(&key);
                     self.table.prefetch_index(h);
                     Some((key, a_to_b, h))
                 }
-                Some(Err(m)) => {
-                    *o = self.acct.drop(Drop::Malformed(*m));
+                Err(m) => {
+                    *o = self.acct.drop(Drop::Malformed(m));
                     None
                 }
-                None => None,
             };
             keys.push(key);
         }
         for (_, _, h) in keys.iter().flatten() {
             self.table.prefetch_entry(*h);
         }
-        for (i, (p, k)) in parsed.iter().zip(keys.iter()).enumerate() {
-            if let (Ok(p), Some((key, a_to_b, h))) = (p, k) {
-                out[i] = self.packet(now, frames[i].as_mut(), p, key, *a_to_b, *h);
+        for (i, k) in keys.iter().enumerate() {
+            if let Some((key, a_to_b, h)) = k {
+                out[i] = self.packet(now, frames[i].as_mut(), &parsed[i], key, *a_to_b, *h);
             }
         }
         self.parsed = parsed;

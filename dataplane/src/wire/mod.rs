@@ -190,6 +190,19 @@ pub struct Packet {
 }
 
 impl Packet {
+    /// A packet with every field zero or none: the value [`parse_into`] overwrites.
+    pub const EMPTY: Packet = Packet {
+        l3: 0,
+        l4_off: 0,
+        vlan: None,
+        src: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        ttl: 0,
+        l4: L4 { proto: 0, sport: 0, dport: 0, icmp: None, flags: 0, seq: 0, ack: 0 },
+        ip_len: 0,
+        quoted: None,
+    };
+
     /// Whether the protocol has ports (TCP, UDP, SCTP).
     pub fn has_ports(&self) -> bool {
         has_ports(self.l4.proto)
@@ -248,37 +261,46 @@ impl Bytes<'_> {
 
 /// Parses an Ethernet frame.
 pub fn parse(frame: &[u8]) -> Result<Packet, Malformed> {
+    let mut p = Packet::EMPTY;
+    parse_into(frame, &mut p).map(|()| p)
+}
+
+/// [`parse`] into `p`, every field of which it sets when it succeeds (on an error, `p` holds
+/// whatever was parsed before it). The packet path parses each frame straight into its burst
+/// slot this way, so a parse result (about 150 bytes) is never moved. The outer headers are
+/// parsed inline; only an ICMP error's quoted header takes a call.
+#[inline]
+pub fn parse_into(frame: &[u8], p: &mut Packet) -> Result<(), Malformed> {
     let b = Bytes(frame);
     let mut ethertype = b.u16(12, Layer::Ethernet)?;
     let mut l3 = 14;
-    let mut vlan = None;
+    p.vlan = None;
+    p.quoted = None;
     // At most two tags (802.1ad outer, 802.1Q inner); the outer id is kept.
     for _ in 0..2 {
         if ethertype != ETH_VLAN && ethertype != ETH_QINQ {
             break;
         }
         let tci = b.u16(l3, Layer::Ethernet)?;
-        vlan.get_or_insert(tci & 0x0fff);
+        p.vlan.get_or_insert(tci & 0x0fff);
         ethertype = b.u16(l3 + 2, Layer::Ethernet)?;
         l3 += 4;
     }
-    let mut pkt = match ethertype {
-        ETH_IPV4 => parse_ipv4(b, l3, true)?,
-        ETH_IPV6 => parse_ipv6(b, l3, true)?,
-        _ => return Err(Malformed::NotIp),
-    };
-    pkt.vlan = vlan;
-    Ok(pkt)
+    match ethertype {
+        ETH_IPV4 => ipv4_into(b, l3, true, p),
+        ETH_IPV6 => ipv6_into(b, l3, true, p),
+        _ => Err(Malformed::NotIp),
+    }
 }
 
 /// An IPv4 packet at `l3`. `outer` is false for the header an ICMP error quotes, which may be
 /// cut short after 8 bytes of transport header and whose checksum is not ours to check.
-fn parse_ipv4(b: Bytes<'_>, l3: usize, outer: bool) -> Result<Packet, Malformed> {
-    let vihl = b.u8(l3, Layer::Ip)?;
+#[inline(always)]
+fn ipv4_into(b: Bytes<'_>, l3: usize, outer: bool, p: &mut Packet) -> Result<(), Malformed> {
     // One bounds check for the fixed header; the reads below are then unchecked.
     let h: [u8; 20] = b.array(l3, Layer::Ip)?;
-    let ihl = usize::from(vihl & 0x0f) * 4;
-    if vihl >> 4 != 4 || ihl < 20 {
+    let ihl = usize::from(h[0] & 0x0f) * 4;
+    if h[0] >> 4 != 4 || ihl < 20 {
         return Err(Malformed::BadIpv4Header);
     }
     b.need(l3 + ihl, Layer::Ip)?;
@@ -296,29 +318,30 @@ fn parse_ipv4(b: Bytes<'_>, l3: usize, outer: bool) -> Result<Packet, Malformed>
     if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
         return Err(Malformed::Fragment);
     }
-    let src = IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15]));
-    let dst = IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19]));
+    p.l3 = l3;
+    p.l4_off = l3 + ihl;
+    p.src = IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15]));
+    p.dst = IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19]));
+    p.ttl = h[8];
+    p.ip_len = total;
     // A quoted packet's L4 may extend past what was quoted; only its first 8 bytes count.
     let end = if outer { l3 + total } else { b.0.len() };
-    let (l4, quoted) = parse_l4(Bytes(&b.0[..end]), l3 + ihl, h[9], outer)?;
-    Ok(Packet { l3, l4_off: l3 + ihl, vlan: None, src, dst, ttl: h[8], l4, ip_len: total, quoted })
+    l4_into(Bytes(&b.0[..end]), l3 + ihl, h[9], outer, p)
 }
 
-fn parse_ipv6(b: Bytes<'_>, l3: usize, outer: bool) -> Result<Packet, Malformed> {
-    b.need(l3 + 40, Layer::Ip)?;
-    if b.u8(l3, Layer::Ip)? >> 4 != 6 {
+#[inline(always)]
+fn ipv6_into(b: Bytes<'_>, l3: usize, outer: bool, p: &mut Packet) -> Result<(), Malformed> {
+    let h: [u8; 40] = b.array(l3, Layer::Ip)?;
+    if h[0] >> 4 != 6 {
         return Err(Malformed::BadIpv6Header);
     }
-    let payload = usize::from(b.u16(l3 + 4, Layer::Ip)?);
+    let payload = usize::from(u16::from_be_bytes([h[4], h[5]]));
     if outer {
         b.need(l3 + 40 + payload, Layer::Ip)?;
     }
-    let src = IpAddr::V6(Ipv6Addr::from(b.array::<16>(l3 + 8, Layer::Ip)?));
-    let dst = IpAddr::V6(Ipv6Addr::from(b.array::<16>(l3 + 24, Layer::Ip)?));
-    let ttl = b.u8(l3 + 7, Layer::Ip)?;
     let end = if outer { l3 + 40 + payload } else { b.0.len() };
     let b = Bytes(&b.0[..end]);
-    let mut next = b.u8(l3 + 6, Layer::Ip)?;
+    let mut next = h[6];
     let mut off = l3 + 40;
     let mut walked = 0;
     // Hop-by-hop 0, routing 43, fragment 44, destination options 60, mobility 135, HIP 139,
@@ -342,15 +365,22 @@ fn parse_ipv6(b: Bytes<'_>, l3: usize, outer: bool) -> Result<Packet, Malformed>
         next = hdr_next;
         off += len;
     }
-    let (l4, quoted) = parse_l4(b, off, next, outer)?;
-    Ok(Packet { l3, l4_off: off, vlan: None, src, dst, ttl, l4, ip_len: 40 + payload, quoted })
+    let src: [u8; 16] = h[8..24].try_into().unwrap_or_default();
+    let dst: [u8; 16] = h[24..40].try_into().unwrap_or_default();
+    p.l3 = l3;
+    p.l4_off = off;
+    p.src = IpAddr::V6(Ipv6Addr::from(src));
+    p.dst = IpAddr::V6(Ipv6Addr::from(dst));
+    p.ttl = h[7];
+    p.ip_len = 40 + payload;
+    l4_into(b, off, next, outer, p)
 }
 
 /// The transport header at `off`. For the outer packet, a full header is required; a quoted
 /// one needs only its first 8 bytes (ports, or ICMP type, code and identifier).
-fn parse_l4(b: Bytes<'_>, off: usize, proto: u8, outer: bool) -> Result<(L4, Option<Quoted>), Malformed> {
+#[inline(always)]
+fn l4_into(b: Bytes<'_>, off: usize, proto: u8, outer: bool, p: &mut Packet) -> Result<(), Malformed> {
     let mut l4 = L4 { proto, ..L4::default() };
-    let mut quoted = None;
     match proto {
         PROTO_TCP if outer => {
             let t: [u8; 20] = b.array(off, Layer::L4)?;
@@ -368,7 +398,9 @@ fn parse_l4(b: Bytes<'_>, off: usize, proto: u8, outer: bool) -> Result<(L4, Opt
             let u: [u8; 8] = b.array(off, Layer::L4)?;
             l4.sport = u16::from_be_bytes([u[0], u[1]]);
             l4.dport = u16::from_be_bytes([u[2], u[3]]);
-            l4.seq = u32::from_be_bytes([u[4], u[5], u[6], u[7]]);
+            if proto == PROTO_TCP {
+                l4.seq = u32::from_be_bytes([u[4], u[5], u[6], u[7]]);
+            }
             if outer && proto == PROTO_SCTP {
                 b.need(off + 12, Layer::L4)?;
             }
@@ -377,9 +409,6 @@ fn parse_l4(b: Bytes<'_>, off: usize, proto: u8, outer: bool) -> Result<(L4, Opt
                 if len < 8 || off + len > b.0.len() {
                     return Err(Malformed::BadUdpHeader);
                 }
-            }
-            if proto != PROTO_TCP {
-                l4.seq = 0;
             }
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
@@ -394,25 +423,32 @@ fn parse_l4(b: Bytes<'_>, off: usize, proto: u8, outer: bool) -> Result<(L4, Opt
                     l4.dport = id;
                 }
                 // One level of quoting: an error inside an error is not followed.
-                IcmpKind::Error if outer => {
-                    let inner = Bytes(&b.0[off + 8..]);
-                    let q = if proto == PROTO_ICMP {
-                        parse_ipv4(inner, 0, false)
-                    } else {
-                        parse_ipv6(inner, 0, false)
-                    };
-                    let q = q.map_err(|e| match e {
-                        Malformed::Truncated(_) => Malformed::Truncated(Layer::L4),
-                        other => other,
-                    })?;
-                    quoted = Some(Quoted { src: q.src, dst: q.dst, l4: q.l4 });
-                }
+                IcmpKind::Error if outer => p.quoted = Some(quoted(b, off, proto)?),
                 _ => {}
             }
         }
         _ => {}
     }
-    Ok((l4, quoted))
+    p.l4 = l4;
+    Ok(())
+}
+
+/// The header an ICMP error at `off` quotes (after its 8-byte ICMP header). Out of line: the
+/// one place the parse recurses, and a rare one.
+#[inline(never)]
+fn quoted(b: Bytes<'_>, off: usize, proto: u8) -> Result<Quoted, Malformed> {
+    let inner = Bytes(&b.0[off + 8..]);
+    let mut q = Packet::EMPTY;
+    let r = if proto == PROTO_ICMP {
+        ipv4_into(inner, 0, false, &mut q)
+    } else {
+        ipv6_into(inner, 0, false, &mut q)
+    };
+    r.map_err(|e| match e {
+        Malformed::Truncated(_) => Malformed::Truncated(Layer::L4),
+        other => other,
+    })?;
+    Ok(Quoted { src: q.src, dst: q.dst, l4: q.l4 })
 }
 
 /// Sets the header checksum of the IPv4 header `ip` (options included, per its IHL). For
