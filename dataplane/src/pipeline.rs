@@ -386,26 +386,35 @@ impl Pipeline {
     }
 
     /// The next hop of `p`, or the (counted and logged) reason there is none.
+    #[inline(always)]
     fn next_hop(&mut self, now: u64, p: &Packet, len: usize) -> Result<Resolved, Drop> {
-        self.fwd.resolve(p).map_err(|e| {
-            let d = match e {
-                ForwardError::NoRoute => Drop::NoRoute,
-                ForwardError::NoNeighbour => {
-                    if let Some(hop) = self.fwd.table().next_hop_address(p.dst)
-                        && self.unresolved.len() < MAX_UNRESOLVED
-                        && !self.unresolved.contains(&hop)
-                    {
-                        self.unresolved.push(hop);
-                    }
-                    Drop::NoNeighbour
+        match self.fwd.resolve(p) {
+            Ok(hop) => Ok(hop),
+            Err(e) => Err(self.no_hop(now, p, e, len)),
+        }
+    }
+
+    /// Counts and logs a packet [`Pipeline::next_hop`] found no way for.
+    #[inline(never)]
+    fn no_hop(&mut self, now: u64, p: &Packet, e: ForwardError, len: usize) -> Drop {
+        let d = match e {
+            ForwardError::NoRoute => Drop::NoRoute,
+            ForwardError::NoNeighbour => {
+                if let Some(hop) = self.fwd.table().next_hop_address(p.dst)
+                    && self.unresolved.len() < MAX_UNRESOLVED
+                    && !self.unresolved.contains(&hop)
+                {
+                    self.unresolved.push(hop);
                 }
-                ForwardError::TtlExpired => Drop::Ttl,
-            };
-            self.drop_logged(now, p, d, None, len)
-        })
+                Drop::NoNeighbour
+            }
+            ForwardError::TtlExpired => Drop::Ttl,
+        };
+        self.drop_logged(now, p, d, None, len)
     }
 
     /// Rewrites `frame` for `hop` and counts it sent.
+    #[inline(always)]
     fn send(&mut self, frame: &mut [u8], p: &Packet, hop: &Resolved) -> Outcome {
         hop.apply(frame, p);
         self.acct.counters.tx_packets += 1;
@@ -423,11 +432,18 @@ impl Pipeline {
 
     /// Classifies a tracked flow again when it was allowed under an older policy; cuts it
     /// when the policy in force denies it.
+    #[inline(always)]
     fn revalidate(&mut self, now: u64, i: u32) -> Result<(), Drop> {
-        let e = self.table.get(i);
-        if e.epoch == self.acct.policy.epoch {
+        if self.table.get(i).epoch == self.acct.policy.epoch {
             return Ok(());
         }
+        self.reclassify(now, i)
+    }
+
+    /// [`Pipeline::revalidate`] of a flow from an older epoch.
+    #[inline(never)]
+    fn reclassify(&mut self, now: u64, i: u32) -> Result<(), Drop> {
+        let e = self.table.get(i);
         self.acct.counters.reclassified += 1;
         let d = self.acct.policy.compiled.decide(&flow_of_entry(e));
         if d.verdict == Verdict::Deny {
@@ -609,6 +625,8 @@ impl Pipeline {
         let acct = &mut self.acct;
         let interval = acct.interval;
         let mut visit = |e: &mut Entry| {
+            // `reported` is in the entry's first line; the counters, in the second, are read
+            // only when an interval is over.
             if now.saturating_sub(e.reported) >= interval && e.packets != [0, 0] {
                 acct.aggregate(e, now);
             }
@@ -770,6 +788,7 @@ pub fn flow_owner(frame: &[u8], workers: usize) -> Option<usize> {
     Some((h % workers.max(1) as u64) as usize)
 }
 
+#[inline(always)]
 fn key_of(p: &Packet) -> (FlowKey, bool) {
     match &p.quoted {
         Some(q) => FlowKey::new(q.l4.proto, q.src, q.l4.sport, q.dst, q.l4.dport),

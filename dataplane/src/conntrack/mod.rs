@@ -78,6 +78,22 @@ pub enum State {
     Generic,
 }
 
+/// Every state, in discriminant order.
+const ALL_STATES: [State; 12] = [
+    State::Free,
+    State::TcpSynSent,
+    State::TcpSynRecv,
+    State::TcpEstablished,
+    State::TcpFinWait,
+    State::TcpCloseWait,
+    State::TcpLastAck,
+    State::TcpTimeWait,
+    State::TcpClose,
+    State::Udp,
+    State::Icmp,
+    State::Generic,
+];
+
 impl State {
     /// The name docs and flow dumps use.
     pub fn as_str(self) -> &'static str {
@@ -200,38 +216,41 @@ pub mod flags {
 }
 
 /// One tracked connection: 128 bytes, two whole cache lines (aligned to 64, so an entry never
-/// straddles a third line; both are prefetched). Counters count what happened since the
-/// flow's previous flow record, so each packet is in exactly one record.
+/// straddles a third line; both are prefetched). The first line holds what every lookup and
+/// the aging hand read (key, times, state, flags, epoch), so aging touches one line per entry;
+/// the second the counters and the decision. Counters count what happened since the flow's
+/// previous flow record, so each packet is in exactly one record.
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C, align(64))]
 pub struct Entry {
     /// The connection.
     pub key: FlowKey,
-    /// First packet, ns.
-    pub created: u64,
     /// Last packet, ns.
     pub last_seen: u64,
     /// Time of the flow's last record (its start record, then each aggregate), ns.
     pub reported: u64,
+    /// Policy epoch the flow was allowed under.
+    pub epoch: u32,
+    /// [`flags`] bits.
+    pub flags: u16,
+    /// State.
+    pub state: State,
     /// Packets since the last record: `[originator to responder, responder to originator]`.
     pub packets: [u64; 2],
     /// Bytes since the last record, same order.
     pub bytes: [u64; 2],
-    /// Policy epoch the flow was allowed under.
-    pub epoch: u32,
+    /// First packet, ns.
+    pub created: u64,
     /// The egress side's decision (a `SideRef::meta`).
     pub egress_meta: u32,
     /// The ingress side's decision.
     pub ingress_meta: u32,
     /// TCP: the originator's initial sequence number.
     pub isn: u32,
-    /// State.
-    pub state: State,
-    /// [`flags`] bits.
-    pub flags: u16,
 }
 
 const _: () = assert!(size_of::<Entry>() == 128);
+const _: () = assert!(std::mem::offset_of!(Entry, state) < 64 && std::mem::offset_of!(Entry, packets) == 64);
 
 impl Entry {
     /// Whether a packet from side a to side b travels in the originator's direction.
@@ -299,9 +318,20 @@ pub struct Table {
     capacity: usize,
     hand: usize,
     hasher: FixedState,
-    /// Timeouts.
-    pub timeouts: Timeouts,
+    /// Idle timeout in ns by `State as usize` (the aging hand's check is one load).
+    idle_ns: [u64; STATES],
+    timeouts: Timeouts,
 }
+
+/// Number of [`State`] values.
+const STATES: usize = State::Generic as usize + 1;
+const _: () = {
+    let mut i = 0;
+    while i < STATES {
+        assert!(ALL_STATES[i] as usize == i);
+        i += 1;
+    }
+};
 
 impl Table {
     /// A table for at most `capacity` entries (at least 1), hashing with `seed`.
@@ -317,6 +347,7 @@ impl Table {
             capacity,
             hand: 0,
             hasher: FixedState::with_seed(seed),
+            idle_ns: std::array::from_fn(|i| timeout_ns(&timeouts, ALL_STATES[i])),
             timeouts,
         }
     }
@@ -329,6 +360,18 @@ impl Table {
     /// Whether no entry is live.
     pub fn is_empty(&self) -> bool {
         self.live == 0
+    }
+
+    /// Idle timeouts.
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
+    }
+
+    /// Whether `e` has been idle past its timeout at `now` ([`Entry::expired`] with this
+    /// table's timeouts).
+    #[inline]
+    fn expired(&self, e: &Entry, now: u64) -> bool {
+        now.saturating_sub(e.last_seen) > self.idle_ns[e.state as usize]
     }
 
     /// Most entries.
@@ -362,7 +405,7 @@ impl Table {
             && (s >> 32) as u32 == hash
             && let Some(e) = self.slab.get((s as u32 - 1) as usize)
         {
-            // The key is in the first line, the counters in the second.
+            // The key, state and epoch are in the first line, the counters in the second.
             prefetch(e);
             prefetch(&e.packets);
         }
@@ -441,7 +484,7 @@ impl Table {
             if e.state == State::Free {
                 continue;
             }
-            if e.expired(now, &self.timeouts) {
+            if self.expired(e, now) {
                 self.hand = (i + 1) % n;
                 self.remove(i as u32, EndReason::Expired, ended);
                 return Ok(());
@@ -518,15 +561,14 @@ impl Table {
         }
         for _ in 0..budget.min(n) {
             let i = self.hand;
-            self.hand = (self.hand + 1) % n;
-            let e = &mut self.slab[i];
-            if e.state == State::Free {
+            self.hand = if i + 1 == n { 0 } else { i + 1 };
+            if self.slab[i].state == State::Free {
                 continue;
             }
-            if e.expired(now, &self.timeouts) {
+            if self.expired(&self.slab[i], now) {
                 self.remove(i as u32, EndReason::Expired, ended);
             } else {
-                visit(e);
+                visit(&mut self.slab[i]);
             }
         }
     }

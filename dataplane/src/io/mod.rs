@@ -46,10 +46,8 @@ impl Burst {
             self.bufs.push(Vec::with_capacity(2048));
         }
         let b = &mut self.bufs[self.len];
-        if b.len() != frame.len() {
-            b.resize(frame.len(), 0);
-        }
-        b.copy_from_slice(frame);
+        b.clear();
+        b.extend_from_slice(frame);
         self.ts.push(ts);
         self.len += 1;
     }
@@ -144,7 +142,10 @@ impl PacketIo for MemIo {
         while burst.len() < max && self.remaining > 0 {
             let (at, len) = self.frames[self.next];
             burst.push(self.clock, &self.data[at..at + len]);
-            self.next = (self.next + 1) % self.frames.len();
+            self.next += 1;
+            if self.next == self.frames.len() {
+                self.next = 0;
+            }
             self.remaining -= 1;
             self.clock += self.step_ns;
         }
