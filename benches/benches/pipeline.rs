@@ -10,8 +10,9 @@
 //! - `conntrack memory`: the table's reserved bytes at 1M capacity, and the resident memory
 //!   it took to fill it.
 //!
-//! `cargo bench -p margay-benches --bench pipeline [-- --reps N --quick]`; pin it with
-//! `taskset -c 1`. Targets: established >= 10 M/s, new flows >= 2 M/s, 1M entries <= 160 MB.
+//! `cargo bench -p margay-benches --bench pipeline [-- --reps N --quick --only CASE --packets N]`;
+//! pin it with `taskset -c 1`. To profile only the timed loops: `mkfifo /tmp/ctl; PERF_CTL=/tmp/ctl
+//! perf record -D -1 --control fifo:/tmp/ctl -e cpu-clock BENCH ...`. Targets: established >= 10 M/s, new flows >= 2 M/s, 1M entries <= 160 MB.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -130,8 +131,20 @@ fn shuffle(v: &mut [Vec<u8>], seed: u64) {
     }
 }
 
+/// `perf record -D -1 --control fifo:CTL ...` with `PERF_CTL=CTL` in the environment samples
+/// only the timed loops: each is bracketed by `enable` and `disable` written to the FIFO.
+fn perf_control(cmd: &str) {
+    if let Some(path) = std::env::var_os("PERF_CTL") {
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{cmd}\n").as_bytes()));
+    }
+}
+
 /// Runs every frame `io` yields through `p`; returns (packets, forwarded, seconds).
 fn drive(p: &mut Pipeline, io: &mut MemIo, start_ns: u64) -> (u64, u64, f64) {
+    perf_control("enable");
     let mut burst = Burst::new();
     let mut out = vec![Outcome::Forward(0); BURST];
     let mut records: Vec<FlowRecord> = Vec::with_capacity(4096);
@@ -150,7 +163,9 @@ fn drive(p: &mut Pipeline, io: &mut MemIo, start_ns: u64) -> (u64, u64, f64) {
         p.take_records(&mut records);
         records.clear();
     }
-    (n, fwd, t.elapsed().as_secs_f64())
+    let secs = t.elapsed().as_secs_f64();
+    perf_control("disable");
+    (n, fwd, secs)
 }
 
 fn rss_bytes() -> usize {
@@ -206,11 +221,14 @@ fn main() {
             } else {
                 margay_dataplane::conntrack::DEFAULT_CAPACITY
             };
-            let mut p = Pipeline::new(&config(capacity), compile(), 99 + rep as u64);
-            // Make the live flows: one packet each.
+            let policy = compile();
             let mut live = flows(&triples, case.live, 0);
             let mut warm = MemIo::cycle(live.clone(), live.len() as u64, 1);
+            // The table commits its memory when it is made (docs/conntrack.md): resident
+            // memory is measured from before that to after the live flows are in.
             let rss0 = rss_bytes();
+            let mut p = Pipeline::new(&config(capacity), policy, 99 + rep as u64);
+            // Make the live flows: one packet each.
             let (_, fwd, _) = drive(&mut p, &mut warm, 0);
             assert_eq!(fwd as usize, case.live, "every live flow must be allowed and forwarded");
             let rss1 = rss_bytes();
@@ -236,7 +254,7 @@ fn main() {
             }
             if case.name == "established/1M" && rep == 0 {
                 println!(
-                    "conntrack memory at {} entries: {:.1} MB reserved (index + slab at capacity {}), {:.1} MB resident to fill ({} B/entry)",
+                    "conntrack memory at {} entries: {:.1} MB reserved (index + slab at capacity {}), {:.1} MB resident to make and fill ({} B/entry)",
                     case.live,
                     p.conntrack().memory_bytes() as f64 / 1e6,
                     p.conntrack().capacity(),
