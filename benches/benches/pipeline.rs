@@ -8,7 +8,10 @@
 //! - `new/1k-live`, `new/1M-live`: every packet opens a new allowed flow (classified, inserted,
 //!   a start record made) while 1,000 or 1,000,000 flows are live.
 //! - `conntrack memory`: the table's reserved bytes at 1M capacity, and the resident memory
-//!   it took to fill it.
+//!   it took to make and fill it.
+//! - `conntrack-only/1k`, `conntrack-only/1M`: the conntrack lookups and counter updates of
+//!   the established cases alone (no parse, route or rewrite), printed first: the memory floor
+//!   under `established/1M` on the machine at hand.
 //!
 //! `cargo bench -p margay-benches --bench pipeline [-- --reps N --quick --only CASE --packets N]`;
 //! pin it with `taskset -c 1`. To profile only the timed loops: `mkfifo /tmp/ctl; PERF_CTL=/tmp/ctl
@@ -20,8 +23,9 @@ use std::time::Instant;
 
 use margay_benches::policygen::{ENDPOINTS, endpoint_ip, scale_policy};
 use margay_config::PolicySet;
-use margay_config::daemon::DaemonConfig;
+use margay_config::daemon::{DaemonConfig, Timeouts};
 use margay_config::policy::Verdict;
+use margay_dataplane::conntrack::{DEFAULT_CAPACITY, Entry, FlowKey, State, Table};
 use margay_dataplane::flowlog::FlowRecord;
 use margay_dataplane::io::{Burst, MemIo, PacketIo};
 use margay_dataplane::pipeline::{BURST, Outcome, Pipeline};
@@ -168,6 +172,58 @@ fn drive(p: &mut Pipeline, io: &mut MemIo, start_ns: u64) -> (u64, u64, f64) {
     (n, fwd, secs)
 }
 
+/// Conntrack alone at `live` flows: the lookups and counter updates of the `established` cases
+/// with the pipeline's three passes per burst of [`BURST`] (hash and prefetch the index slot;
+/// prefetch the entry; find and count), and no parsing, routing or rewriting. The keys are
+/// read in a shuffled order from one array, as the frames are. What the table's memory
+/// accesses alone cost on this machine: the floor under `established/1M`.
+fn table_only(live: usize, total: u64, seed: u64) -> f64 {
+    let mut t = Table::new(DEFAULT_CAPACITY, Timeouts::default(), seed);
+    let mut keys: Vec<FlowKey> = (0..live)
+        .map(|i| {
+            let src = Ipv4Addr::from(0xc612_0000 | (i as u32 & 0xffff));
+            let dst = Ipv4Addr::from(0xc613_0000 | ((i as u32 >> 16) & 0xffff));
+            FlowKey::new(17, src.into(), 1024 + (i % 50_000) as u16, dst.into(), 53).0
+        })
+        .collect();
+    for k in &keys {
+        let h = t.hash(k);
+        let e = Entry { key: *k, state: State::Udp, ..Entry::default() };
+        let _ = t.insert(e, h, 0, &mut |_, _| {});
+    }
+    assert_eq!(t.len(), live, "every key inserted");
+    let mut rng = SplitMix64::new(seed);
+    for i in (1..keys.len()).rev() {
+        keys.swap(i, rng.below(i + 1));
+    }
+    let mut found = 0u64;
+    let mut hashes = [0u32; BURST];
+    let started = Instant::now();
+    let mut done = 0u64;
+    let mut next = 0usize;
+    while done < total {
+        let burst = &keys[next..(next + BURST).min(keys.len())];
+        next = if next + BURST >= keys.len() { 0 } else { next + BURST };
+        for (k, h) in burst.iter().zip(hashes.iter_mut()) {
+            *h = t.hash(k);
+            t.prefetch_index(*h);
+        }
+        for h in &hashes[..burst.len()] {
+            t.prefetch_entry(*h);
+        }
+        for (k, h) in burst.iter().zip(hashes.iter()) {
+            if let Some(i) = t.find(k, *h) {
+                t.get_mut(i).count(true, 64, done);
+                found += 1;
+            }
+        }
+        done += burst.len() as u64;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(found, done, "every lookup hits");
+    done as f64 / secs
+}
+
 fn rss_bytes() -> usize {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
@@ -211,6 +267,17 @@ fn main() {
         Case { name: "new/1k-live", live: 1_000, new_flows: true },
         Case { name: "new/1M-live", live: million, new_flows: true },
     ];
+    for (name, live) in [("conntrack-only/1k", 1_000), ("conntrack-only/1M", million)] {
+        if only.as_deref().is_none_or(|o| o == name) {
+            let total = packets.unwrap_or(if quick { 4_000_000 } else { 20_000_000 });
+            let best = (0..reps).map(|r| table_only(live, total, 11 + r as u64)).fold(0.0, f64::max);
+            println!(
+                "{name:<18} {:>6.2} Mpps   ({live} live entries, {:.1} ns/lookup)",
+                best / 1e6,
+                1e9 / best
+            );
+        }
+    }
     for case in cases.iter().filter(|c| only.as_deref().is_none_or(|o| c.name == o)) {
         let mut best = 0.0f64;
         let mut detail = String::new();
@@ -263,6 +330,6 @@ fn main() {
                 );
             }
         }
-        println!("{:<16} {:>8.2} Mpps   ({detail})", case.name, best / 1e6);
+        println!("{:<18} {:>6.2} Mpps   ({detail})", case.name, best / 1e6);
     }
 }
