@@ -286,7 +286,7 @@ fn main() {
             let capacity = if case.new_flows {
                 case.live + new_count + 1024
             } else {
-                margay_dataplane::conntrack::DEFAULT_CAPACITY
+                DEFAULT_CAPACITY
             };
             let policy = compile();
             let mut live = flows(&triples, case.live, 0);
@@ -326,7 +326,7 @@ fn main() {
                     p.conntrack().memory_bytes() as f64 / 1e6,
                     p.conntrack().capacity(),
                     (rss1.saturating_sub(rss0)) as f64 / 1e6,
-                    size_of::<margay_dataplane::conntrack::Entry>(),
+                    size_of::<Entry>(),
                 );
             }
         }
