@@ -283,11 +283,7 @@ fn main() {
         let mut detail = String::new();
         for rep in 0..reps {
             let new_count = if case.new_flows { million } else { 0 };
-            let capacity = if case.new_flows {
-                case.live + new_count + 1024
-            } else {
-                DEFAULT_CAPACITY
-            };
+            let capacity = if case.new_flows { case.live + new_count + 1024 } else { DEFAULT_CAPACITY };
             let policy = compile();
             let mut live = flows(&triples, case.live, 0);
             let mut warm = MemIo::cycle(live.clone(), live.len() as u64, 1);
