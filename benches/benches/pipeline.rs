@@ -128,7 +128,7 @@ fn flows(triples: &[(Ipv4Addr, Ipv4Addr, u16)], n: usize, offset: usize) -> Vec<
         .collect()
 }
 
-fn shuffle(v: &mut [Vec<u8>], seed: u64) {
+fn shuffle<T>(v: &mut [T], seed: u64) {
     let mut rng = SplitMix64::new(seed);
     for i in (1..v.len()).rev() {
         v.swap(i, rng.below(i + 1));
@@ -192,10 +192,7 @@ fn table_only(live: usize, total: u64, seed: u64) -> f64 {
         let _ = t.insert(e, h, 0, &mut |_, _| {});
     }
     assert_eq!(t.len(), live, "every key inserted");
-    let mut rng = SplitMix64::new(seed);
-    for i in (1..keys.len()).rev() {
-        keys.swap(i, rng.below(i + 1));
-    }
+    shuffle(&mut keys, seed);
     let mut found = 0u64;
     let mut hashes = [0u32; BURST];
     let started = Instant::now();

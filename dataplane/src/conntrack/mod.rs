@@ -275,11 +275,6 @@ impl Entry {
         }
     }
 
-    /// Whether the entry has been idle past its timeout at `now`.
-    pub fn expired(&self, now: u64, t: &Timeouts) -> bool {
-        now.saturating_sub(self.last_seen) > timeout_ns(t, self.state)
-    }
-
     /// Counts one packet.
     #[inline]
     pub fn count(&mut self, from_orig: bool, len: usize, now: u64) {
@@ -288,6 +283,14 @@ impl Entry {
         self.bytes[d] += len as u64;
         self.last_seen = now;
     }
+}
+
+/// Starts loading both cache lines of `e`: key, state and epoch in the first, the counters in
+/// the second.
+#[inline]
+fn prefetch_lines(e: &Entry) {
+    prefetch(e);
+    prefetch(&e.packets);
 }
 
 /// Why an entry left the table.
@@ -323,7 +326,6 @@ pub struct Table {
     hasher: FixedState,
     /// Idle timeout in ns by `State as usize` (the aging hand's check is one load).
     idle_ns: [u64; STATES],
-    timeouts: Timeouts,
 }
 
 /// Number of [`State`] values.
@@ -357,7 +359,6 @@ impl Table {
             hand: 0,
             hasher: FixedState::with_seed(seed),
             idle_ns: std::array::from_fn(|i| timeout_ns(&timeouts, ALL_STATES[i])),
-            timeouts,
         }
     }
 
@@ -371,13 +372,7 @@ impl Table {
         self.live == 0
     }
 
-    /// Idle timeouts.
-    pub fn timeouts(&self) -> &Timeouts {
-        &self.timeouts
-    }
-
-    /// Whether `e` has been idle past its timeout at `now` ([`Entry::expired`] with this
-    /// table's timeouts).
+    /// Whether `e` has been idle past its state's timeout at `now`.
     #[inline]
     fn expired(&self, e: &Entry, now: u64) -> bool {
         now.saturating_sub(e.last_seen) > self.idle_ns[e.state as usize]
@@ -414,9 +409,7 @@ impl Table {
             && (s >> 32) as u32 == hash
             && let Some(e) = self.slab.get((s as u32 - 1) as usize)
         {
-            // The key, state and epoch are in the first line, the counters in the second.
-            prefetch(e);
-            prefetch(&e.packets);
+            prefetch_lines(e);
         }
     }
 
@@ -492,8 +485,7 @@ impl Table {
     fn prefetch_next_slot(&self) {
         let next = self.free.last().map_or(self.used, |&f| f as usize);
         if let Some(e) = self.slab.get(next) {
-            prefetch(e);
-            prefetch(&e.packets);
+            prefetch_lines(e);
         }
     }
 
