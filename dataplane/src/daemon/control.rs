@@ -255,12 +255,42 @@ pub fn request(path: &Path, req: &Value) -> anyhow::Result<Value> {
     conn.set_read_timeout(Some(Duration::from_secs(120)))?;
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
-    conn.write_all(&line)?;
+    // The daemon may answer and close before it reads the request (a refused peer): the
+    // write then fails with a broken pipe, but the answer is waiting, so it is read anyway.
+    let sent = conn.write_all(&line);
     let mut reader = BufReader::new(conn);
     let mut answer = String::new();
-    reader.read_line(&mut answer).context("reading the reply")?;
+    let read = reader.read_line(&mut answer);
     if answer.is_empty() {
+        sent.context("sending the request")?;
+        read.context("reading the reply")?;
         bail!("the daemon closed the connection without a reply");
     }
     serde_json::from_str(&answer).context("the reply is not JSON")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A daemon that answers and closes without reading (as for a refused peer): the client
+    /// still gets the answer, even when its own write fails because the socket closed first.
+    #[test]
+    fn an_answer_sent_before_the_request_was_read_is_not_lost() {
+        let dir = std::env::temp_dir().join(format!("margay-ctl-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ctl.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            reply(&mut conn, &json!({"ok": false, "error": "permission denied"})).unwrap();
+        });
+        // Larger than the socket's buffers, so the write is still going when the server closes.
+        let req = json!({"cmd": "stats", "pad": "x".repeat(4 << 20)});
+        let got = request(&path, &req);
+        server.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(got.unwrap(), json!({"ok": false, "error": "permission denied"}));
+    }
 }
