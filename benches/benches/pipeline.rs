@@ -12,6 +12,9 @@
 //! - `conntrack-only/1k`, `conntrack-only/1M`: the conntrack lookups and counter updates of
 //!   the established cases alone (no parse, route or rewrite), printed first: the memory floor
 //!   under `established/1M` on the machine at hand.
+//! - `decide-only`: the policy decisions of the `new` cases alone (`CompiledPolicy::decide` on
+//!   1,000,000 fresh allowed flows, nothing else): the part of a new flow's time the policy
+//!   takes.
 //!
 //! `cargo bench -p margay-benches --bench pipeline [-- --reps N --quick --only CASE --packets N]`;
 //! pin it with `taskset -c 1`. To profile only the timed loops: `mkfifo /tmp/ctl; PERF_CTL=/tmp/ctl
@@ -117,12 +120,17 @@ fn allowed_triples(text: &str, policy: &CompiledPolicy, want: usize) -> Vec<(Ipv
     out
 }
 
-/// `n` distinct allowed flows' first frames: each triple with many source ports.
+/// Allowed flow number `i`: (src, sport, dst, dport), each triple with many source ports.
+fn nth_flow(triples: &[(Ipv4Addr, Ipv4Addr, u16)], i: usize) -> (Ipv4Addr, u16, Ipv4Addr, u16) {
+    let (s, d, p) = triples[i % triples.len()];
+    (s, 1024 + (i / triples.len()) as u16, d, p)
+}
+
+/// The first frames of `n` distinct allowed flows, from flow number `offset` on.
 fn flows(triples: &[(Ipv4Addr, Ipv4Addr, u16)], n: usize, offset: usize) -> Vec<Vec<u8>> {
     (offset..offset + n)
         .map(|i| {
-            let (s, d, p) = triples[i % triples.len()];
-            let sport = 1024 + (i / triples.len()) as u16;
+            let (s, sport, d, p) = nth_flow(triples, i);
             udp_frame(s, sport, d, p)
         })
         .collect()
@@ -221,6 +229,32 @@ fn table_only(live: usize, total: u64, seed: u64) -> f64 {
     done as f64 / secs
 }
 
+/// The policy decisions of the `new` cases alone: `CompiledPolicy::decide` on the first packet
+/// of each of `n` fresh allowed flows, in the order the new-flow cases see them, with nothing
+/// else in between. Decisions per second: the floor under `new/*`.
+fn decide_only(policy: &CompiledPolicy, triples: &[(Ipv4Addr, Ipv4Addr, u16)], n: usize) -> f64 {
+    let flows: Vec<Flow> = (0..n)
+        .map(|i| {
+            let (s, sport, d, p) = nth_flow(triples, i);
+            Flow {
+                protocol: 17,
+                src: s.into(),
+                dst: d.into(),
+                src_port: Some(sport),
+                dst_port: Some(p),
+                icmp: None,
+            }
+        })
+        .collect();
+    perf_control("enable");
+    let started = Instant::now();
+    let allowed = flows.iter().filter(|f| policy.decide(f).verdict == Verdict::Allow).count();
+    let secs = started.elapsed().as_secs_f64();
+    perf_control("disable");
+    assert_eq!(allowed, n, "every flow is allowed");
+    n as f64 / secs
+}
+
 fn rss_bytes() -> usize {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
@@ -274,6 +308,16 @@ fn main() {
                 1e9 / best
             );
         }
+    }
+    if only.as_deref().is_none_or(|o| o == "decide-only") {
+        let n = if quick { 100_000 } else { 1_000_000 };
+        let best = (0..reps).map(|_| decide_only(&probe, &triples, n)).fold(0.0, f64::max);
+        println!(
+            "{:<18} {:>6.2} M/s    ({n} decisions, {:.1} ns/decision)",
+            "decide-only",
+            best / 1e6,
+            1e9 / best
+        );
     }
     for case in cases.iter().filter(|c| only.as_deref().is_none_or(|o| c.name == o)) {
         let mut best = 0.0f64;
