@@ -15,6 +15,9 @@
 //! - `decide-only`: the policy decisions of the `new` cases alone (`CompiledPolicy::decide` on
 //!   1,000,000 fresh allowed flows, nothing else): the part of a new flow's time the policy
 //!   takes.
+//! - `layout-model/2-places`, `layout-model/1-place` (only with `--only layout-model`): the
+//!   conntrack table's memory layout modelled with bare arrays, today's against one a redesign
+//!   could reach at best (see `layout_model`).
 //!
 //! `cargo bench -p margay-benches --bench pipeline [-- --reps N --quick --only CASE --packets N]`;
 //! pin it with `taskset -c 1`. To profile only the timed loops: `mkfifo /tmp/ctl; PERF_CTL=/tmp/ctl
@@ -32,6 +35,7 @@ use margay_dataplane::conntrack::{DEFAULT_CAPACITY, Entry, FlowKey, State, Table
 use margay_dataplane::flowlog::FlowRecord;
 use margay_dataplane::io::{Burst, MemIo, PacketIo};
 use margay_dataplane::pipeline::{BURST, Outcome, Pipeline};
+use margay_rulecompiler::classifier::prefetch;
 use margay_rulecompiler::policy::Flow;
 use margay_rulecompiler::policy::compile::CompiledPolicy;
 use margay_rulecompiler::synth::SplitMix64;
@@ -229,6 +233,86 @@ fn table_only(live: usize, total: u64, seed: u64) -> f64 {
     done as f64 / secs
 }
 
+/// A model of the conntrack table's memory layout, without the table's code: 2^20 entries of
+/// 128 bytes visited in a shuffled order, 64 per burst, with the table's prefetching passes.
+/// `one_place: false` is today's layout: a tag-and-index slot in an index of 2^21 (one line),
+/// then the entry's two lines, the second address known only once the first line is in.
+/// `one_place: true` is a layout that finds the entry from the hash alone (an entry per home
+/// slot, no probing or collisions: an ideal no real table at this load reaches), so a lookup is
+/// the entry's two adjacent lines. Lookups per second; what a redesign could gain at most.
+fn layout_model(one_place: bool, total: u64, seed: u64) -> f64 {
+    const N: usize = 1 << 20;
+    const SLOTS: usize = 2 * N;
+    #[derive(Clone, Copy, Default)]
+    #[repr(C, align(64))]
+    struct Entry128 {
+        key: u64,
+        _first: [u64; 7],
+        count: u64,
+        _second: [u64; 7],
+    }
+    let mut slab = vec![Entry128::default(); N];
+    let mut index = vec![0u64; SLOTS];
+    let mut rng = SplitMix64::new(seed);
+    let hashes: Vec<u32> = (0..N).map(|_| rng.next_u64() as u32).collect();
+    for (k, &h) in hashes.iter().enumerate() {
+        let mut pos = h as usize & (SLOTS - 1);
+        while index[pos] != 0 {
+            pos = (pos + 1) & (SLOTS - 1);
+        }
+        index[pos] = (u64::from(h) << 32) | (k as u64 + 1);
+        slab[k].key = k as u64;
+    }
+    let mut order: Vec<(u64, u32)> = hashes.iter().enumerate().map(|(k, &h)| (k as u64, h)).collect();
+    shuffle(&mut order, seed);
+    let (mut done, mut next, mut found) = (0u64, 0usize, 0u64);
+    let started = Instant::now();
+    while done < total {
+        let burst = &order[next..next + BURST];
+        next = if next + 2 * BURST > N { 0 } else { next + BURST };
+        if one_place {
+            for &(_, h) in burst {
+                let e = &slab[h as usize & (N - 1)];
+                prefetch(e);
+                prefetch(&e.count);
+            }
+            for &(_, h) in burst {
+                let e = &mut slab[h as usize & (N - 1)];
+                e.count += 1;
+                found += u64::from(e.key != u64::MAX);
+            }
+        } else {
+            for &(_, h) in burst {
+                prefetch(&index[h as usize & (SLOTS - 1)]);
+            }
+            for &(_, h) in burst {
+                let s = index[h as usize & (SLOTS - 1)];
+                if (s >> 32) as u32 == h {
+                    let e = &slab[(s as u32 - 1) as usize];
+                    prefetch(e);
+                    prefetch(&e.count);
+                }
+            }
+            for &(k, h) in burst {
+                let mut pos = h as usize & (SLOTS - 1);
+                loop {
+                    let s = index[pos];
+                    if (s >> 32) as u32 == h && slab[(s as u32 - 1) as usize].key == k {
+                        slab[(s as u32 - 1) as usize].count += 1;
+                        found += 1;
+                        break;
+                    }
+                    pos = (pos + 1) & (SLOTS - 1);
+                }
+            }
+        }
+        done += BURST as u64;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(found, done, "every lookup finds its entry");
+    done as f64 / secs
+}
+
 /// The policy decisions of the `new` cases alone: `CompiledPolicy::decide` on the first packet
 /// of each of `n` fresh allowed flows, in the order the new-flow cases see them, with nothing
 /// else in between. Decisions per second: the floor under `new/*`.
@@ -304,6 +388,17 @@ fn main() {
             let best = (0..reps).map(|r| table_only(live, total, 11 + r as u64)).fold(0.0, f64::max);
             println!(
                 "{name:<18} {:>6.2} Mpps   ({live} live entries, {:.1} ns/lookup)",
+                best / 1e6,
+                1e9 / best
+            );
+        }
+    }
+    for (name, one_place) in [("layout-model/2-places", false), ("layout-model/1-place", true)] {
+        if only.as_deref().is_some_and(|o| o == name || o == "layout-model") {
+            let total = packets.unwrap_or(20_000_000);
+            let best = (0..reps).map(|r| layout_model(one_place, total, 21 + r as u64)).fold(0.0, f64::max);
+            println!(
+                "{name:<22} {:>6.2} M lookups/s   (2^20 entries, {:.1} ns/lookup)",
                 best / 1e6,
                 1e9 / best
             );
