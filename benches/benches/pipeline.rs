@@ -81,6 +81,18 @@ fn udp_frame(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
     f
 }
 
+/// A UDP flow as the policy sees it.
+fn udp_flow(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Flow {
+    Flow {
+        protocol: 17,
+        src: src.into(),
+        dst: dst.into(),
+        src_port: Some(sport),
+        dst_port: Some(dport),
+        icmp: None,
+    }
+}
+
 /// (src, dst, dport) triples of UDP flows the scale policy allows: sampled from the ports its
 /// rules name, destinations among its endpoints, and sources among its endpoints and the
 /// unmanaged addresses .251 to .254 of the /24s its `nets` peers name, then kept when the
@@ -109,14 +121,7 @@ fn allowed_triples(text: &str, policy: &CompiledPolicy, want: usize) -> Vec<(Ipv
         };
         let dst: Ipv4Addr = endpoint_ip(rng.below(ENDPOINTS)).parse().unwrap_or(Ipv4Addr::UNSPECIFIED);
         let dport = ports[rng.below(ports.len())];
-        let flow = Flow {
-            protocol: 17,
-            src: src.into(),
-            dst: dst.into(),
-            src_port: Some(40000),
-            dst_port: Some(dport),
-            icmp: None,
-        };
+        let flow = udp_flow(src, 40000, dst, dport);
         if src != dst && policy.decide(&flow).verdict == Verdict::Allow && seen.insert((src, dst, dport)) {
             out.push((src, dst, dport));
         }
@@ -320,14 +325,7 @@ fn decide_only(policy: &CompiledPolicy, triples: &[(Ipv4Addr, Ipv4Addr, u16)], n
     let flows: Vec<Flow> = (0..n)
         .map(|i| {
             let (s, sport, d, p) = nth_flow(triples, i);
-            Flow {
-                protocol: 17,
-                src: s.into(),
-                dst: d.into(),
-                src_port: Some(sport),
-                dst_port: Some(p),
-                icmp: None,
-            }
+            udp_flow(s, sport, d, p)
         })
         .collect();
     perf_control("enable");
@@ -337,6 +335,11 @@ fn decide_only(policy: &CompiledPolicy, triples: &[(Ipv4Addr, Ipv4Addr, u16)], n
     perf_control("disable");
     assert_eq!(allowed, n, "every flow is allowed");
     n as f64 / secs
+}
+
+/// The highest of `reps` measurements, `run(rep)` making each.
+fn best_of(reps: usize, run: impl FnMut(usize) -> f64) -> f64 {
+    (0..reps).map(run).fold(0.0, f64::max)
 }
 
 fn rss_bytes() -> usize {
@@ -385,7 +388,7 @@ fn main() {
     for (name, live) in [("conntrack-only/1k", 1_000), ("conntrack-only/1M", million)] {
         if only.as_deref().is_none_or(|o| o == name) {
             let total = packets.unwrap_or(if quick { 4_000_000 } else { 20_000_000 });
-            let best = (0..reps).map(|r| table_only(live, total, 11 + r as u64)).fold(0.0, f64::max);
+            let best = best_of(reps, |r| table_only(live, total, 11 + r as u64));
             println!(
                 "{name:<18} {:>6.2} Mpps   ({live} live entries, {:.1} ns/lookup)",
                 best / 1e6,
@@ -396,7 +399,7 @@ fn main() {
     for (name, one_place) in [("layout-model/2-places", false), ("layout-model/1-place", true)] {
         if only.as_deref().is_some_and(|o| o == name || o == "layout-model") {
             let total = packets.unwrap_or(20_000_000);
-            let best = (0..reps).map(|r| layout_model(one_place, total, 21 + r as u64)).fold(0.0, f64::max);
+            let best = best_of(reps, |r| layout_model(one_place, total, 21 + r as u64));
             println!(
                 "{name:<22} {:>6.2} M lookups/s   (2^20 entries, {:.1} ns/lookup)",
                 best / 1e6,
@@ -406,7 +409,7 @@ fn main() {
     }
     if only.as_deref().is_none_or(|o| o == "decide-only") {
         let n = if quick { 100_000 } else { 1_000_000 };
-        let best = (0..reps).map(|_| decide_only(&probe, &triples, n)).fold(0.0, f64::max);
+        let best = best_of(reps, |_| decide_only(&probe, &triples, n));
         println!(
             "{:<18} {:>6.2} M/s    ({n} decisions, {:.1} ns/decision)",
             "decide-only",
