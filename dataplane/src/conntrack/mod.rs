@@ -329,8 +329,9 @@ pub struct Table {
 }
 
 /// Number of [`State`] values.
-const STATES: usize = State::Generic as usize + 1;
+const STATES: usize = ALL_STATES.len();
 const _: () = {
+    assert!(STATES == State::Generic as usize + 1);
     let mut i = 0;
     while i < STATES {
         assert!(ALL_STATES[i] as usize == i);
@@ -358,7 +359,7 @@ impl Table {
             capacity,
             hand: 0,
             hasher: FixedState::with_seed(seed),
-            idle_ns: std::array::from_fn(|i| timeout_ns(&timeouts, ALL_STATES[i])),
+            idle_ns: ALL_STATES.map(|state| timeout_ns(&timeouts, state)),
         }
     }
 
