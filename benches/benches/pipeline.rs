@@ -15,9 +15,9 @@
 //! - `decide-only`: the policy decisions of the `new` cases alone (`CompiledPolicy::decide` on
 //!   1,000,000 fresh allowed flows, nothing else): the part of a new flow's time the policy
 //!   takes.
-//! - `layout-model/2-places`, `layout-model/1-place` (only with `--only layout-model`): the
+//! - `layout-model/2-places`, `layout-model/1-place` (both with `--only layout-model`): the
 //!   conntrack table's memory layout modelled with bare arrays, today's against one a redesign
-//!   could reach at best (see `layout_model`).
+//!   could reach at best (see `layout_model`), printed beside `conntrack-only/1M`.
 //!
 //! `cargo bench -p margay-benches --bench pipeline [-- --reps N --quick --only CASE --packets N]`;
 //! pin it with `taskset -c 1`. To profile only the timed loops: `mkfifo /tmp/ctl; PERF_CTL=/tmp/ctl
@@ -397,8 +397,8 @@ fn main() {
         }
     }
     for (name, one_place) in [("layout-model/2-places", false), ("layout-model/1-place", true)] {
-        if only.as_deref().is_some_and(|o| o == name || o == "layout-model") {
-            let total = packets.unwrap_or(20_000_000);
+        if only.as_deref().is_none_or(|o| o == name || o == "layout-model") {
+            let total = packets.unwrap_or(if quick { 4_000_000 } else { 20_000_000 });
             let best = best_of(reps, |r| layout_model(one_place, total, 21 + r as u64));
             println!(
                 "{name:<22} {:>6.2} M lookups/s   (2^20 entries, {:.1} ns/lookup)",
