@@ -27,8 +27,15 @@ use crate::wire::{self, IcmpKind, Malformed, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP
 
 /// Frames decided together (prefetch depth).
 pub const BURST: usize = 64;
-/// Conntrack slots the aging hand visits per burst.
+/// Most conntrack slots the aging hand visits per burst.
 pub const AGE_BUDGET: usize = 64;
+/// Most conntrack slots the aging hand visits in one idle worker's tick (between two waits
+/// for packets, at most 10 ms apart): enough to keep [`SWEEP_NS`] with a million entries.
+pub const IDLE_AGE_BUDGET: usize = 16_384;
+/// The aging hand's pace: it visits every slab slot in use once per this many nanoseconds of
+/// the pipeline's clock, however many packets arrive, as far as the per-call budgets allow.
+/// Expiry and aggregate records therefore lag by at most about this much.
+pub const SWEEP_NS: u64 = SEC;
 /// Distinct dropped flows aggregated per flow-log interval; past it, records are counted as lost.
 pub const MAX_DROP_AGGREGATES: usize = 65_536;
 /// Older policies kept to name the decisions of flows not yet seen under the current one.
@@ -210,6 +217,7 @@ pub struct Pipeline {
     /// A burst's flow keys (direction, hash), where the packet goes on to conntrack.
     keys: Vec<Option<(FlowKey, bool, u32)>>,
     unresolved: Vec<(u16, IpAddr)>,
+    sweep: Sweep,
     /// `[daemon] forward_only`: route every parsed packet, skipping conntrack and policy.
     forward_only: bool,
 }
@@ -231,6 +239,7 @@ impl Pipeline {
             table: Table::new(config.conntrack.capacity, config.conntrack.timeouts, seed),
             fwd: CachedForwarder::new(Arc::new(Forwarder::from_config(config))),
             unresolved: Vec::new(),
+            sweep: Sweep::default(),
             forward_only: config.daemon.forward_only,
             acct: Accounting {
                 policy,
@@ -618,10 +627,13 @@ impl Pipeline {
         d
     }
 
-    /// Housekeeping at `now`: ages up to `budget` conntrack slots (ending expired flows, writing
-    /// aggregate records of flows whose interval is over) and, once per interval, writes the
-    /// drop aggregates. `process` calls it with [`AGE_BUDGET`]; an idle worker calls it itself.
+    /// Housekeeping at `now`: ages the conntrack slots due since the last call at the pace of
+    /// [`SWEEP_NS`], at most `budget` of them (ending expired flows, writing aggregate records
+    /// of flows whose interval is over) and, once per interval, writes the drop aggregates.
+    /// `process` calls it with [`AGE_BUDGET`]; an idle worker calls it itself with
+    /// [`IDLE_AGE_BUDGET`].
     pub fn tick(&mut self, now: u64, budget: usize) {
+        let visits = self.sweep.due(now, self.table.slots(), budget);
         let acct = &mut self.acct;
         let interval = acct.interval;
         let mut visit = |e: &mut Entry| {
@@ -632,7 +644,7 @@ impl Pipeline {
             }
         };
         let mut ended_records = Vec::new();
-        self.table.age(now, budget, &mut visit, &mut |e, _| ended_records.push(*e));
+        self.table.age(now, visits, &mut visit, &mut |e, _| ended_records.push(*e));
         for e in ended_records {
             self.acct.end(&e, now, Reason::Expired, Verdict::Allow);
         }
@@ -658,6 +670,33 @@ impl Pipeline {
             acct.aggregate(self.table.get_mut(i), now);
         }
         acct.flush_drops(now);
+    }
+}
+
+/// Paces the aging hand in time rather than per packet: at a million live entries, a fixed
+/// number of slots per burst streams a cache line of the slab from memory for every packet
+/// forwarded, for expiry checks that need to happen about once a second.
+#[derive(Debug, Default)]
+struct Sweep {
+    /// The time the visits made so far account for, ns.
+    at: u64,
+}
+
+impl Sweep {
+    /// The slot visits due at `now` over a table of `slots` slots, at most `budget`; the time
+    /// they account for is taken. A backlog is kept for at most one sweep.
+    fn due(&mut self, now: u64, slots: usize, budget: usize) -> usize {
+        self.at = self.at.clamp(now.saturating_sub(SWEEP_NS), now);
+        if slots == 0 {
+            self.at = now;
+            return 0;
+        }
+        let (slots, sweep) = (slots as u128, u128::from(SWEEP_NS));
+        let owed = u128::from(now - self.at) * slots / sweep;
+        let visits = owed.min(budget as u128);
+        // `visits <= owed`, so the time taken is at most `now - at`.
+        self.at += (visits * sweep / slots) as u64;
+        visits as usize
     }
 }
 

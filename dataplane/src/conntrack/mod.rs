@@ -379,6 +379,11 @@ impl Table {
         now.saturating_sub(e.last_seen) > self.idle_ns[e.state as usize]
     }
 
+    /// Slab slots the aging hand cycles over: those that have ever held a flow.
+    pub fn slots(&self) -> usize {
+        self.used
+    }
+
     /// Most entries.
     pub fn capacity(&self) -> usize {
         self.capacity

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::{Shared, WorkerStats, now_ns};
 use crate::flowlog::FlowRecord;
 use crate::io::afxdp::XskIo;
-use crate::pipeline::{AGE_BUDGET, Outcome, Pipeline, flow_owner};
+use crate::pipeline::{IDLE_AGE_BUDGET, Outcome, Pipeline, flow_owner};
 
 /// Which flows a `flows` request wants.
 #[derive(Debug, Clone, Default)]
@@ -262,7 +262,7 @@ impl Worker {
                 last_publish = now;
             }
             if got == 0 {
-                self.pipeline.tick(now, AGE_BUDGET);
+                self.pipeline.tick(now, IDLE_AGE_BUDGET);
                 idle += 1;
                 if idle > 32 && self.handoff_rx.is_empty() {
                     // Nothing for a while: sleep in poll(2) rather than spin on a shared core.

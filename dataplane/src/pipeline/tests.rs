@@ -351,6 +351,73 @@ fn expired_flows_end_with_a_record() {
     assert_eq!(recs[0]["flows_completed"], 1);
 }
 
+#[test]
+fn the_sweep_paces_visits_in_time_within_the_budget() {
+    let mut s = Sweep::default();
+    let ms = SWEEP_NS / 1000;
+    assert_eq!(s.due(0, 1000, 64), 0, "no time has passed");
+    // 1000 slots a sweep: one visit per millisecond, whatever the number of calls.
+    let mut total = 0;
+    for k in 1..=4000 {
+        let v = s.due(k * ms / 4, 1000, 64);
+        assert!(v <= 1, "a quarter millisecond owes at most one visit, got {v}");
+        total += v;
+    }
+    assert_eq!(total, 1000, "one sweep's visits in one sweep's time");
+    // The budget caps a call; what is left stays owed, up to one sweep.
+    let now = 10 * SWEEP_NS;
+    assert_eq!(s.due(now, 1000, 64), 64);
+    let rest: usize = (0..20).map(|_| s.due(now, 1000, 64)).sum();
+    assert_eq!(rest, 1000 - 64, "a backlog of one sweep at most");
+    assert_eq!(s.due(now, 1000, 64), 0);
+    // A clock that goes back owes nothing and does not panic; an empty table owes nothing.
+    assert_eq!(s.due(now - SWEEP_NS, 1000, 64), 0);
+    assert_eq!(s.due(now + SWEEP_NS, 0, 64), 0);
+}
+
+#[test]
+fn aging_keeps_its_pace_under_steady_traffic() {
+    let mut p = pipeline(1000);
+    let n = 500;
+    for id in 0..n {
+        assert_eq!(one(&mut p, 0, icmp_echo(true, CLIENT, SERVER, id, false)).0, Outcome::Forward(1));
+    }
+    records(&mut p);
+    let live = |p: &Pipeline| p.conntrack().len();
+    // A UDP packet every millisecond, until `until` ms.
+    let mut ms = 0;
+    let mut traffic = |p: &mut Pipeline, until: u64| {
+        while ms < until {
+            ms += 1;
+            assert_eq!(one(p, ms * SEC / 1000, udp(true, CLIENT, 50000, SERVER, 53)).0, Outcome::Forward(1));
+        }
+    };
+    traffic(&mut p, 5_000);
+    assert_eq!(live(&p), usize::from(n) + 1, "no echo has expired (ICMP: 5 s)");
+    // The hand passes every slot once a second, so half a second ends about half of them:
+    // the sweep keeps time, it does not race through the table with the packets.
+    traffic(&mut p, 5_500);
+    let ended = usize::from(n) + 1 - live(&p);
+    assert!((150..=350).contains(&ended), "half a sweep ended {ended} of {n}");
+    traffic(&mut p, 6_010);
+    assert_eq!(live(&p), 1, "one sweep after the timeout, every echo has ended; the UDP flow stays");
+    let ends = records(&mut p).iter().filter(|r| r["reason"] == "expired").count();
+    assert_eq!(ends, usize::from(n));
+}
+
+#[test]
+fn after_a_pause_one_call_ages_at_most_its_budget() {
+    let mut p = pipeline(1000);
+    for id in 0..500 {
+        assert_eq!(one(&mut p, 0, icmp_echo(true, CLIENT, SERVER, id, false)).0, Outcome::Forward(1));
+    }
+    // Nothing for 10 s: a sweep's backlog is owed, and the next call pays at most a budget.
+    assert_eq!(one(&mut p, 10 * SEC, udp(true, CLIENT, 50000, SERVER, 53)).0, Outcome::Forward(1));
+    assert_eq!(p.conntrack().len(), 501 - AGE_BUDGET);
+    p.tick(10 * SEC, IDLE_AGE_BUDGET);
+    assert_eq!(p.conntrack().len(), 1, "an idle tick pays the rest of the backlog");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
