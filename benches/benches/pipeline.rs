@@ -207,7 +207,7 @@ fn table_only(live: usize, total: u64, seed: u64) -> f64 {
         .collect();
     for k in &keys {
         let h = t.hash(k);
-        let e = Entry { key: *k, state: State::Udp, ..Entry::default() };
+        let e = Entry::new(*k, State::Udp, 0);
         let _ = t.insert(e, h, 0, &mut |_, _| {});
     }
     assert_eq!(t.len(), live, "every key inserted");

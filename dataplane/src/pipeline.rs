@@ -496,7 +496,9 @@ impl Pipeline {
             }
             _ => {
                 let seg = Segment { from_orig, flags: p.l4.flags, ack: p.l4.ack };
-                match tcp::step(e.state, e.flags & flags::FIN_BY_ORIG != 0, e.isn, seg) {
+                // The ISN is in the entry's second line, and only a SYN or RST needs it.
+                let isn = if tcp::reads_isn(p.l4.flags) { e.isn } else { 0 };
+                match tcp::step(e.state, e.flags & flags::FIN_BY_ORIG != 0, isn, seg) {
                     Step::To { state, fin_by_orig } => {
                         e.state = state;
                         e.flags = (e.flags & !flags::FIN_BY_ORIG)
@@ -559,16 +561,9 @@ impl Pipeline {
         if d.verdict == Verdict::Deny {
             return Err(self.drop_logged(now, p, Drop::Denied, Some(&d), len));
         }
-        let mut e = Entry {
-            key: *key,
-            created: now,
-            last_seen: now,
-            reported: now,
-            isn: p.l4.seq,
-            state,
-            flags: if a_to_b { flags::ORIG_IS_A } else { 0 },
-            ..Entry::default()
-        };
+        let mut e = Entry::new(*key, state, now);
+        e.isn = p.l4.seq;
+        e.flags = if a_to_b { flags::ORIG_IS_A } else { 0 };
         store_decision(&mut e, &d, self.acct.policy.epoch);
         let acct = &mut self.acct;
         let inserted = self.table.insert(e, h, now, &mut |old, why| {
@@ -637,9 +632,7 @@ impl Pipeline {
         let acct = &mut self.acct;
         let interval = acct.interval;
         let mut visit = |e: &mut Entry| {
-            // `reported` is in the entry's first line; the counters, in the second, are read
-            // only when an interval is over.
-            if now.saturating_sub(e.reported) >= interval && e.packets != [0, 0] {
+            if now.saturating_sub(e.reported) >= interval && e.counted() {
                 acct.aggregate(e, now);
             }
         };
@@ -665,7 +658,7 @@ impl Pipeline {
     /// capture, and a daemon's shutdown.
     pub fn flush(&mut self, now: u64) {
         let acct = &mut self.acct;
-        let idx: Vec<u32> = self.table.iter().filter(|(_, e)| e.packets != [0, 0]).map(|(i, _)| i).collect();
+        let idx: Vec<u32> = self.table.iter().filter(|(_, e)| e.counted()).map(|(i, _)| i).collect();
         for i in idx {
             acct.aggregate(self.table.get_mut(i), now);
         }
@@ -762,8 +755,8 @@ impl Accounting {
             reason,
             policy,
             decision,
-            packets: e.packets,
-            bytes: e.bytes,
+            packets: e.packets(),
+            bytes: e.bytes(),
             flows_started: 0,
             flows_completed: 0,
         }
@@ -773,8 +766,7 @@ impl Accounting {
         let rec = self.record(Kind::Aggregate, e, e.reported, now, Reason::Policy, Verdict::Allow);
         self.records.push(rec);
         e.reported = now;
-        e.packets = [0, 0];
-        e.bytes = [0, 0];
+        e.clear_counters();
     }
 
     fn end(&mut self, e: &Entry, now: u64, reason: Reason, action: Verdict) {

@@ -216,10 +216,16 @@ pub mod flags {
 }
 
 /// One tracked connection: 128 bytes, two whole cache lines (aligned to 64, so an entry never
-/// straddles a third line; both are prefetched). The first line holds what every lookup and
-/// the aging hand read (key, times, state, flags, epoch), so aging touches one line per entry;
-/// the second the counters and the decision. Counters count what happened since the flow's
-/// previous flow record, so each packet is in exactly one record.
+/// straddles a third line). The first line holds everything a packet of an established flow
+/// reads and writes: key, last-packet time, state, flags, epoch and the *recent* counters; so a
+/// lookup and its update touch one line of the entry, and so does the aging hand's expiry
+/// check. The second holds the counter totals, the last record's time and the decision.
+///
+/// Counters count what happened since the flow's previous flow record, so each packet is in
+/// exactly one record. They are split: `recent` counts up to 255 packets and 2^24 - 1 bytes per
+/// direction in the first line, and is folded into the 64-bit totals in the second line when
+/// a field would overflow (at most once per 255 packets) or a record is written. Read them
+/// with [`Entry::packets`] and [`Entry::bytes`].
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C, align(64))]
 pub struct Entry {
@@ -227,18 +233,21 @@ pub struct Entry {
     pub key: FlowKey,
     /// Last packet, ns.
     pub last_seen: u64,
-    /// Time of the flow's last record (its start record, then each aggregate), ns.
-    pub reported: u64,
     /// Policy epoch the flow was allowed under.
     pub epoch: u32,
     /// [`flags`] bits.
     pub flags: u16,
     /// State.
     pub state: State,
-    /// Packets since the last record: `[originator to responder, responder to originator]`.
-    pub packets: [u64; 2],
-    /// Bytes since the last record, same order.
-    pub bytes: [u64; 2],
+    /// Counts not yet folded into `packets` and `bytes`: per direction (originator to
+    /// responder in the low half), 8 bits of packets above 24 bits of bytes.
+    recent: u64,
+    /// Time of the flow's last record (its start record, then each aggregate), ns.
+    pub reported: u64,
+    /// Folded packet counts: `[originator to responder, responder to originator]`.
+    packets: [u64; 2],
+    /// Folded byte counts, same order.
+    bytes: [u64; 2],
     /// First packet, ns.
     pub created: u64,
     /// The egress side's decision (a `SideRef::meta`).
@@ -250,9 +259,25 @@ pub struct Entry {
 }
 
 const _: () = assert!(size_of::<Entry>() == 128);
-const _: () = assert!(std::mem::offset_of!(Entry, state) < 64 && std::mem::offset_of!(Entry, packets) == 64);
+const _: () = assert!(
+    std::mem::offset_of!(Entry, recent) + size_of::<u64>() <= 64
+        && std::mem::offset_of!(Entry, reported) == 64
+);
+
+/// Bits of a direction's byte count in [`Entry`]'s `recent` word.
+const RECENT_BYTES: u32 = 24;
+/// The largest recent byte count (and, shifted, the field's mask).
+const RECENT_BYTES_MAX: u32 = (1 << RECENT_BYTES) - 1;
+/// The largest recent packet count.
+const RECENT_PACKETS_MAX: u32 = u8::MAX as u32;
 
 impl Entry {
+    /// A new entry for `key` in `state`, made at `now` (its start record's time), with
+    /// nothing counted.
+    pub fn new(key: FlowKey, state: State, now: u64) -> Entry {
+        Entry { key, state, created: now, last_seen: now, reported: now, ..Entry::default() }
+    }
+
     /// Whether a packet from side a to side b travels in the originator's direction.
     pub fn from_orig(&self, a_to_b: bool) -> bool {
         a_to_b == (self.flags & flags::ORIG_IS_A != 0)
@@ -275,22 +300,70 @@ impl Entry {
         }
     }
 
-    /// Counts one packet.
+    /// Counts one packet of `len` bytes. Touches the first line only, but once per 255
+    /// packets of a direction.
     #[inline]
     pub fn count(&mut self, from_orig: bool, len: usize, now: u64) {
         let d = usize::from(!from_orig);
-        self.packets[d] += 1;
-        self.bytes[d] += len as u64;
+        let shift = 32 * d as u32;
+        let field = (self.recent >> shift) as u32;
+        let bytes = field & RECENT_BYTES_MAX;
+        if field >> RECENT_BYTES == RECENT_PACKETS_MAX || len > (RECENT_BYTES_MAX - bytes) as usize {
+            self.fold_direction(d, len);
+        } else {
+            self.recent += ((1 << RECENT_BYTES) | len as u64) << shift;
+        }
         self.last_seen = now;
+    }
+
+    /// Folds direction `d`'s recent counts, and one more packet of `len` bytes, into the
+    /// totals: the rare path of [`Entry::count`].
+    #[inline(never)]
+    fn fold_direction(&mut self, d: usize, len: usize) {
+        let shift = 32 * d as u32;
+        let field = (self.recent >> shift) as u32;
+        self.packets[d] += u64::from(field >> RECENT_BYTES) + 1;
+        self.bytes[d] += u64::from(field & RECENT_BYTES_MAX) + len as u64;
+        self.recent &= !(u64::from(u32::MAX) << shift);
+    }
+
+    /// Packets since the last record: `[originator to responder, responder to originator]`.
+    pub fn packets(&self) -> [u64; 2] {
+        let recent = |d: u32| u64::from((self.recent >> (32 * d)) as u32 >> RECENT_BYTES);
+        [self.packets[0] + recent(0), self.packets[1] + recent(1)]
+    }
+
+    /// Bytes since the last record, same order.
+    pub fn bytes(&self) -> [u64; 2] {
+        let recent = |d: u32| u64::from((self.recent >> (32 * d)) as u32 & RECENT_BYTES_MAX);
+        [self.bytes[0] + recent(0), self.bytes[1] + recent(1)]
+    }
+
+    /// Whether any packet was counted since the last record.
+    pub fn counted(&self) -> bool {
+        self.recent != 0 || self.packets != [0, 0]
+    }
+
+    /// Zeroes the counters (a record has taken them).
+    pub fn clear_counters(&mut self) {
+        self.recent = 0;
+        self.packets = [0, 0];
+        self.bytes = [0, 0];
     }
 }
 
-/// Starts loading both cache lines of `e`: key, state and epoch in the first, the counters in
-/// the second.
+/// Starts loading the first cache line of `e`: all an established flow's packet reads and
+/// writes.
+#[inline]
+fn prefetch_line(e: &Entry) {
+    prefetch(e);
+}
+
+/// Starts loading both cache lines of `e`, for a new entry's stores.
 #[inline]
 fn prefetch_lines(e: &Entry) {
     prefetch(e);
-    prefetch(&e.packets);
+    prefetch(&e.reported);
 }
 
 /// Why an entry left the table.
@@ -415,7 +488,7 @@ impl Table {
             && (s >> 32) as u32 == hash
             && let Some(e) = self.slab.get((s as u32 - 1) as usize)
         {
-            prefetch_lines(e);
+            prefetch_line(e);
         }
     }
 

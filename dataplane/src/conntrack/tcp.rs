@@ -36,7 +36,14 @@ pub fn opens(flags: u8) -> bool {
     flags & (SYN | ACK | RST | FIN) == SYN
 }
 
-/// The next state. `isn` is the originator's initial sequence number.
+/// Whether [`step`] reads its `isn` for a segment with `flags`: only a SYN or RST is checked
+/// against the originator's initial sequence number, so the caller may skip loading it.
+pub fn reads_isn(flags: u8) -> bool {
+    flags & (SYN | RST) != 0
+}
+
+/// The next state. `isn` is the originator's initial sequence number (read only when
+/// [`reads_isn`]).
 pub fn step(state: State, fin_by_orig: bool, isn: u32, seg: Segment) -> Step {
     use State::*;
     let f = seg.flags;
@@ -180,5 +187,36 @@ mod tests {
         for f in [SA, A, FA, R, RA, S | FIN, 0] {
             assert!(!opens(f), "{f:#x}");
         }
+    }
+
+    #[test]
+    fn the_isn_matters_only_for_syn_and_rst() {
+        let states = [
+            TcpSynSent,
+            TcpSynRecv,
+            TcpEstablished,
+            TcpFinWait,
+            TcpCloseWait,
+            TcpLastAck,
+            TcpTimeWait,
+            TcpClose,
+        ];
+        let mut differ = 0;
+        for state in states {
+            for flags in 0..=u8::MAX {
+                for (from_orig, fin_by_orig) in [(false, false), (false, true), (true, false), (true, true)] {
+                    let s = seg(from_orig, flags, GOOD);
+                    let (good, bad) = (step(state, fin_by_orig, ISN, s), step(state, fin_by_orig, BAD, s));
+                    if good != bad {
+                        differ += 1;
+                        assert!(
+                            reads_isn(flags),
+                            "{state:?} {flags:#x}: the ISN decided, but reads_isn says no"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(differ > 0, "some SYN or RST segments depend on the ISN");
     }
 }

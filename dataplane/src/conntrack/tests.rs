@@ -9,7 +9,7 @@ fn ip(last: u8) -> IpAddr {
 }
 
 fn entry(key: FlowKey, state: State, now: u64) -> Entry {
-    Entry { key, state, created: now, last_seen: now, ..Entry::default() }
+    Entry::new(key, state, now)
 }
 
 fn key(n: u32) -> FlowKey {
@@ -161,6 +161,33 @@ proptest! {
         for n in 0..200u32 {
             let k = key(n);
             prop_assert_eq!(t.find(&k, t.hash(&k)), model.get(&k).copied());
+        }
+    }
+}
+
+proptest! {
+    /// The split counters (recent ones in the first line, folded into the totals) count
+    /// exactly what a plain pair of sums counts, across folds, huge frames and records.
+    #[test]
+    fn split_counters_count_exactly(packets in proptest::collection::vec(
+        (any::<bool>(), prop_oneof![0usize..100, 1400usize..1600, 60_000usize..70_000, Just(20_000_000usize)], 0..40usize, any::<bool>()),
+        0..60,
+    )) {
+        let mut e = entry(key(1), State::Udp, 0);
+        let mut want = ([0u64; 2], [0u64; 2]);
+        for (from_orig, len, repeat, record) in packets {
+            for _ in 0..repeat * 10 {
+                e.count(from_orig, len, 1);
+                let d = usize::from(!from_orig);
+                want.0[d] += 1;
+                want.1[d] += len as u64;
+            }
+            prop_assert_eq!((e.packets(), e.bytes()), want);
+            prop_assert_eq!(e.counted(), want.0 != [0, 0]);
+            if record {
+                e.clear_counters();
+                want = ([0; 2], [0; 2]);
+            }
         }
     }
 }
