@@ -242,11 +242,12 @@ fn table_only(live: usize, total: u64, seed: u64) -> f64 {
 
 /// A model of the conntrack table's memory layout, without the table's code: 2^20 entries of
 /// 128 bytes visited in a shuffled order, 64 per burst, with the table's prefetching passes.
+/// As in the table, a lookup reads and writes the entry's first line only.
 /// `one_place: false` is today's layout: a tag-and-index slot in an index of 2^21 (one line),
-/// then the entry's two lines, the second address known only once the first line is in.
+/// then the entry's first line, whose address is known only once the slot is in.
 /// `one_place: true` is a layout that finds the entry from the hash alone (an entry per home
 /// slot, no probing or collisions: an ideal no real table at this load reaches), so a lookup is
-/// the entry's two adjacent lines. Lookups per second; what a redesign could gain at most.
+/// the entry's line. Lookups per second; what a redesign could gain at most.
 fn layout_model(one_place: bool, total: u64, seed: u64) -> f64 {
     const N: usize = 1 << 20;
     const SLOTS: usize = 2 * N;
@@ -254,9 +255,9 @@ fn layout_model(one_place: bool, total: u64, seed: u64) -> f64 {
     #[repr(C, align(64))]
     struct Entry128 {
         key: u64,
-        _first: [u64; 7],
         count: u64,
-        _second: [u64; 7],
+        _first: [u64; 6],
+        _second: [u64; 8],
     }
     let mut slab = vec![Entry128::default(); N];
     let mut index = vec![0u64; SLOTS];
@@ -279,9 +280,7 @@ fn layout_model(one_place: bool, total: u64, seed: u64) -> f64 {
         next = if next + 2 * BURST > N { 0 } else { next + BURST };
         if one_place {
             for &(_, h) in burst {
-                let e = &slab[h as usize & (N - 1)];
-                prefetch(e);
-                prefetch(&e.count);
+                prefetch(&slab[h as usize & (N - 1)]);
             }
             for &(_, h) in burst {
                 let e = &mut slab[h as usize & (N - 1)];
@@ -293,11 +292,12 @@ fn layout_model(one_place: bool, total: u64, seed: u64) -> f64 {
                 prefetch(&index[h as usize & (SLOTS - 1)]);
             }
             for &(_, h) in burst {
-                let s = index[h as usize & (SLOTS - 1)];
-                if (s >> 32) as u32 == h {
-                    let e = &slab[(s as u32 - 1) as usize];
-                    prefetch(e);
-                    prefetch(&e.count);
+                // As the table does: the first slot tagged `h` within the home slot's line.
+                let home = h as usize & (SLOTS - 1);
+                if let Some(&s) = index[home..=home | 7].iter().find(|&&s| s == 0 || (s >> 32) as u32 == h)
+                    && s != 0
+                {
+                    prefetch(&slab[(s as u32 - 1) as usize]);
                 }
             }
             for &(k, h) in burst {

@@ -479,16 +479,26 @@ impl Table {
         prefetch(&self.index[hash as usize & self.mask]);
     }
 
-    /// Starts loading the entry the index slot for `hash` points at, if the slot is loaded
-    /// and its tag matches (a guess: the first probe usually holds the entry).
+    /// Starts loading the entry of the first slot tagged `hash` on the probe path from its home
+    /// slot, looking no further than the home slot's cache line (which
+    /// [`Table::prefetch_index`] loaded): at a load of one half, about a quarter of the entries
+    /// are not in their home slot, and an entry not prefetched costs a full miss in
+    /// [`Table::find`].
     #[inline]
     pub fn prefetch_entry(&self, hash: u32) {
-        let s = self.index[hash as usize & self.mask];
-        if s != 0
-            && (s >> 32) as u32 == hash
-            && let Some(e) = self.slab.get((s as u32 - 1) as usize)
-        {
-            prefetch_line(e);
+        const SLOTS_PER_LINE: usize = 64 / size_of::<u64>();
+        let home = hash as usize & self.mask;
+        let line_end = (home | (SLOTS_PER_LINE - 1)).min(self.mask);
+        for &s in self.index.get(home..=line_end).unwrap_or_default() {
+            if s == 0 {
+                return;
+            }
+            if (s >> 32) as u32 == hash {
+                if let Some(e) = self.slab.get((s as u32 - 1) as usize) {
+                    prefetch_line(e);
+                }
+                return;
+            }
         }
     }
 
