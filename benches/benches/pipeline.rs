@@ -259,16 +259,20 @@ fn layout_model(one_place: bool, total: u64, seed: u64) -> f64 {
         _first: [u64; 6],
         _second: [u64; 8],
     }
+    /// A line of index slots, aligned as the table's are.
+    #[derive(Clone, Copy, Default)]
+    #[repr(C, align(64))]
+    struct Line([u64; 8]);
     let mut slab = vec![Entry128::default(); N];
-    let mut index = vec![0u64; SLOTS];
+    let mut index = vec![Line::default(); SLOTS / 8];
     let mut rng = SplitMix64::new(seed);
     let hashes: Vec<u32> = (0..N).map(|_| rng.next_u64() as u32).collect();
     for (k, &h) in hashes.iter().enumerate() {
         let mut pos = h as usize & (SLOTS - 1);
-        while index[pos] != 0 {
+        while index[pos / 8].0[pos % 8] != 0 {
             pos = (pos + 1) & (SLOTS - 1);
         }
-        index[pos] = (u64::from(h) << 32) | (k as u64 + 1);
+        index[pos / 8].0[pos % 8] = (u64::from(h) << 32) | (k as u64 + 1);
         slab[k].key = k as u64;
     }
     let mut order: Vec<(u64, u32)> = hashes.iter().enumerate().map(|(k, &h)| (k as u64, h)).collect();
@@ -289,12 +293,13 @@ fn layout_model(one_place: bool, total: u64, seed: u64) -> f64 {
             }
         } else {
             for &(_, h) in burst {
-                prefetch(&index[h as usize & (SLOTS - 1)]);
+                prefetch(&index[(h as usize & (SLOTS - 1)) / 8]);
             }
             for &(_, h) in burst {
                 // As the table does: the first slot tagged `h` within the home slot's line.
                 let home = h as usize & (SLOTS - 1);
-                if let Some(&s) = index[home..=home | 7].iter().find(|&&s| s == 0 || (s >> 32) as u32 == h)
+                if let Some(&s) =
+                    index[home / 8].0[home % 8..].iter().find(|&&s| s == 0 || (s >> 32) as u32 == h)
                     && s != 0
                 {
                     prefetch(&slab[(s as u32 - 1) as usize]);
@@ -303,7 +308,7 @@ fn layout_model(one_place: bool, total: u64, seed: u64) -> f64 {
             for &(k, h) in burst {
                 let mut pos = h as usize & (SLOTS - 1);
                 loop {
-                    let s = index[pos];
+                    let s = index[pos / 8].0[pos % 8];
                     if (s >> 32) as u32 == h && slab[(s as u32 - 1) as usize].key == k {
                         slab[(s as u32 - 1) as usize].count += 1;
                         found += 1;
