@@ -305,13 +305,12 @@ impl Entry {
     #[inline]
     pub fn count(&mut self, from_orig: bool, len: usize, now: u64) {
         let d = usize::from(!from_orig);
-        let shift = 32 * d as u32;
-        let field = (self.recent >> shift) as u32;
+        let field = self.recent(d);
         let bytes = field & RECENT_BYTES_MAX;
         if field >> RECENT_BYTES == RECENT_PACKETS_MAX || len > (RECENT_BYTES_MAX - bytes) as usize {
             self.fold_direction(d, len);
         } else {
-            self.recent += ((1 << RECENT_BYTES) | len as u64) << shift;
+            self.recent += ((1 << RECENT_BYTES) | len as u64) << (32 * d);
         }
         self.last_seen = now;
     }
@@ -320,23 +319,26 @@ impl Entry {
     /// totals: the rare path of [`Entry::count`].
     #[inline(never)]
     fn fold_direction(&mut self, d: usize, len: usize) {
-        let shift = 32 * d as u32;
-        let field = (self.recent >> shift) as u32;
+        let field = self.recent(d);
         self.packets[d] += u64::from(field >> RECENT_BYTES) + 1;
         self.bytes[d] += u64::from(field & RECENT_BYTES_MAX) + len as u64;
-        self.recent &= !(u64::from(u32::MAX) << shift);
+        self.recent &= !(u64::from(u32::MAX) << (32 * d));
+    }
+
+    /// Direction `d`'s half of `recent`: packets above [`RECENT_BYTES`] bits of bytes.
+    #[inline]
+    fn recent(&self, d: usize) -> u32 {
+        (self.recent >> (32 * d)) as u32
     }
 
     /// Packets since the last record: `[originator to responder, responder to originator]`.
     pub fn packets(&self) -> [u64; 2] {
-        let recent = |d: u32| u64::from((self.recent >> (32 * d)) as u32 >> RECENT_BYTES);
-        [self.packets[0] + recent(0), self.packets[1] + recent(1)]
+        [0, 1].map(|d| self.packets[d] + u64::from(self.recent(d) >> RECENT_BYTES))
     }
 
     /// Bytes since the last record, same order.
     pub fn bytes(&self) -> [u64; 2] {
-        let recent = |d: u32| u64::from((self.recent >> (32 * d)) as u32 & RECENT_BYTES_MAX);
-        [self.bytes[0] + recent(0), self.bytes[1] + recent(1)]
+        [0, 1].map(|d| self.bytes[d] + u64::from(self.recent(d) & RECENT_BYTES_MAX))
     }
 
     /// Whether any packet was counted since the last record.
