@@ -421,17 +421,15 @@ impl PacketIo for FlowGen {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let reps: usize = args
-        .iter()
-        .position(|a| a == "--reps")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    // The value after `--name`.
+    let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1));
+    let reps: usize = value("--reps").and_then(|v| v.parse().ok()).unwrap_or(3);
     let quick = args.iter().any(|a| a == "--quick");
-    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
+    let only = value("--only").cloned();
     let million = if quick { 100_000 } else { 1_000_000 };
-    let packets: Option<u64> =
-        args.iter().position(|a| a == "--packets").and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok());
+    // Packets (lookups) per measurement of the established, conntrack-only and model cases.
+    let packets: u64 =
+        value("--packets").and_then(|v| v.parse().ok()).unwrap_or(if quick { 4_000_000 } else { 20_000_000 });
 
     let text = scale_policy();
     let set = PolicySet::parse(&text, Path::new("scale.toml")).unwrap_or_else(|e| panic!("{e}"));
@@ -452,8 +450,7 @@ fn main() {
     ];
     for (name, live) in [("conntrack-only/1k", 1_000), ("conntrack-only/1M", million)] {
         if only.as_deref().is_none_or(|o| o == name) {
-            let total = packets.unwrap_or(if quick { 4_000_000 } else { 20_000_000 });
-            let best = best_of(reps, |r| table_only(live, total, 11 + r as u64));
+            let best = best_of(reps, |r| table_only(live, packets, 11 + r as u64));
             println!(
                 "{name:<18} {:>6.2} Mpps   ({live} live entries, {:.1} ns/lookup)",
                 best / 1e6,
@@ -463,8 +460,7 @@ fn main() {
     }
     for (name, one_place) in [("layout-model/2-places", false), ("layout-model/1-place", true)] {
         if only.as_deref().is_none_or(|o| o == name || o == "layout-model") {
-            let total = packets.unwrap_or(if quick { 4_000_000 } else { 20_000_000 });
-            let best = best_of(reps, |r| layout_model(one_place, total, 21 + r as u64));
+            let best = best_of(reps, |r| layout_model(one_place, packets, 21 + r as u64));
             println!(
                 "{name:<22} {:>6.2} M lookups/s   (2^20 entries, {:.1} ns/lookup)",
                 best / 1e6,
@@ -507,13 +503,12 @@ fn main() {
                 (n, fwd, secs, total)
             } else {
                 shuffle(&mut live, 7 + rep as u64);
-                let total = packets.unwrap_or(if quick { 4_000_000 } else { 20_000_000 });
                 let (n, fwd, secs) = if case.generated {
-                    drive(&mut p, &mut FlowGen::new(&live, total), origin)
+                    drive(&mut p, &mut FlowGen::new(&live, packets), origin)
                 } else {
-                    drive(&mut p, &mut MemIo::cycle(live, total, 1), origin)
+                    drive(&mut p, &mut MemIo::cycle(live, packets, 1), origin)
                 };
-                (n, fwd, secs, total)
+                (n, fwd, secs, packets)
             };
             assert_eq!((n, fwd), (total, total), "{}: every packet forwarded", case.name);
             let pps = n as f64 / secs;
