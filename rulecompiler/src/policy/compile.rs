@@ -15,13 +15,14 @@
 //! `not_protocol`), ports (minus `not_ports`) and ICMP type/code boxes (minus `not_icmp`). IPv6
 //! address intervals are cut into prefixes, which split exactly into word ranges.
 //!
-//! **Control flow on a first-match classifier.** After each tier's rules come its sentinels:
-//! rules that match every key of the signatures the tier applies to (grouped by the tier's last
-//! selecting policy, which a tier-default decision names). At the very end, one sentinel for
-//! `no_policy_action` matches every signature. A side's lookup asks for the first match,
-//! then acts: allow/deny decide; `log` records and asks again *after the rule's last lowered
-//! piece*; `pass` asks again after the tier's sentinel; a tier default of pass asks again after
-//! the sentinel. The final sentinel guarantees an answer.
+//! **Control flow on a first-match classifier.** After the rules of a tier whose default is
+//! deny come its sentinels: rules that match every key of the signatures the tier applies to
+//! (grouped by the tier's last selecting policy, which a tier-default decision names). A tier
+//! whose default is pass has none: when none of its rules matched, the walk goes on to the
+//! next tier's rules by itself. At the very end, one sentinel for `no_policy_action` matches
+//! every signature. A side's lookup asks for the first match, then acts: allow/deny decide;
+//! `log` records and asks again *after the rule's last lowered piece*; `pass` asks again after
+//! the tier's last rule (its sentinels, if it has any). The final sentinel guarantees an answer.
 //!
 //! **Staged policies** compile into a second view in which they count as enforced.
 //!
@@ -54,8 +55,8 @@ pub const MAX_CLASSIFIER_RULES: usize = 1 << 23;
 enum Step {
     /// A policy rule: allow, deny, pass or log.
     Rule { meta: u32, action: Action, group_end: RuleId, tier_end: RuleId },
-    /// The end of an applying tier.
-    TierDefault { meta: u32, default: TierDefault },
+    /// The end of an applying tier whose default is deny (a pass default has no sentinel).
+    TierDeny { meta: u32 },
     /// The end of the list: `no_policy_action`.
     NoPolicy(Verdict),
 }
@@ -351,10 +352,9 @@ impl View {
                         after = Some(group_end.max(id));
                     }
                 },
-                Step::TierDefault { meta, default: TierDefault::Deny } => {
+                Step::TierDeny { meta } => {
                     return SideRef { verdict: Verdict::Deny, meta, tier_default: true };
                 }
-                Step::TierDefault { default: TierDefault::Pass, .. } => after = Some(id),
                 Step::NoPolicy(verdict) => {
                     return SideRef { verdict, meta: SideRef::DEFAULTS, tier_default: false };
                 }
@@ -524,8 +524,13 @@ impl Lowering<'_> {
                 }
             }
             // Sentinels: signatures the tier applies to, grouped by its last selecting policy.
+            // A tier whose default is pass gets none: passing on is what a first-match walk
+            // does anyway when nothing in the tier matched, and a sentinel matches every key,
+            // so it would cost each such side a second lookup (and a rule in the classifier's
+            // shared tail leaf, scanned by every lookup).
             let mut by_last: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
-            for (i, (_, list)) in sigs.iter().enumerate() {
+            let ends_in_sentinels = tier.default_action == TierDefault::Deny;
+            for (i, (_, list)) in sigs.iter().enumerate().filter(|_| ends_in_sentinels) {
                 if let Some(&last) = list.iter().rev().find(|&&p| set.policies[p].tier == tier.name) {
                     by_last.entry(last).or_default().push(i as u32);
                 }
@@ -537,7 +542,7 @@ impl Lowering<'_> {
                     policy: set.policies[last].name.clone(),
                     rule: -1,
                 });
-                let step = Step::TierDefault { meta, default: tier.default_action };
+                let step = Step::TierDeny { meta };
                 self.v4.sentinel(&runs(&ids), step);
                 self.v6.sentinel(&runs(&ids), step);
             }
