@@ -40,7 +40,7 @@ use margay_config::selector::Selector;
 
 use super::intervals::{IntervalSet, range_to_prefixes};
 use super::{Decision, Flow, LogHit, SideDecision, combine_verdicts, selects};
-use crate::classifier::{BuildError, Classifier, FieldRange, Rule, RuleId};
+use crate::classifier::{BuildError, BuildParams, Classifier, FieldRange, Rule, RuleId};
 
 const V4_FIELDS: usize = 8;
 const V6_FIELDS: usize = 14;
@@ -49,6 +49,21 @@ const V6_FIELDS: usize = 14;
 /// IPv4 rules, 0.9 GiB of IPv6). A policy past it is rejected with an error before the rules
 /// are generated, instead of exhausting memory.
 pub const MAX_CLASSIFIER_RULES: usize = 1 << 23;
+
+/// The builder's knobs for a policy's classifiers: leaves of at most 8 rules, and nodes of
+/// more than 8 rules may defer the rules a cut would split to a later tree.
+///
+/// The defaults (32 and 32) were measured best on the ClassBench sets (`docs/classifier.md`).
+/// A lowered policy is shaped differently: besides rules an address cut separates well, it
+/// holds rules that are wide in every field but one (a port rule for every endpoint, the
+/// tier sentinels) and feed prefixes that the endpoints' cuts split. With the defaults these
+/// meet in one shared 31-rule leaf at the end of the forest, which every lookup scans whole.
+/// Smaller nodes that may defer spread them over small trees a walk passes in a few steps:
+/// on the scale policy a lookup compares 11 leaf rules instead of 36, walking 7 trees instead
+/// of 4, and `decide-only` in `benches/pipeline.rs` took 20% less time (`docs/benchmarks.md`).
+fn policy_build_params() -> BuildParams {
+    BuildParams { leaf_size: 8, defer_min_rules: 8, ..BuildParams::default() }
+}
 
 /// What a lowered classifier rule means.
 #[derive(Debug, Clone, Copy)]
@@ -421,7 +436,10 @@ impl<const D: usize> Emit<D> {
         if self.overflow {
             return Err(CompileError::TooManyRules);
         }
-        Ok(Lowered { classifier: Classifier::build(&self.rules)?, steps: self.steps })
+        Ok(Lowered {
+            classifier: Classifier::build_with(&self.rules, &policy_build_params())?,
+            steps: self.steps,
+        })
     }
 
     fn next_id(&self) -> RuleId {
