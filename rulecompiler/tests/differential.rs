@@ -172,6 +172,16 @@ fn check_against_reference<const D: usize>(rules: &[Rule<D>], seed: u64) -> Resu
             prop_assert_eq!(c.classify_after(k, Some(after)), expect, "after {} for {:?}", after, k);
             prop_assert_eq!(c.classify_after(k, None), want[i]);
         }
+        // Tags: the matched rule's own, from either kind of lookup.
+        let tagged = c.clone().with_tags(|id| u64::from(id) * 3 + 1);
+        for (i, k) in keys.iter().enumerate() {
+            let after = (i * 5 % (rules.len() + 1)) as u32;
+            for bound in [None, Some(after)] {
+                let got = tagged.classify_after_tagged(k, bound).map(|(id, &t)| (id, t));
+                let expect = c.classify_after(k, bound).map(|id| (id, u64::from(id) * 3 + 1));
+                prop_assert_eq!(got, expect, "tagged lookup of {:?} after {:?}", k, bound);
+            }
+        }
     }
     Ok(())
 }

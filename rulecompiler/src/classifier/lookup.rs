@@ -11,21 +11,29 @@ use super::{BATCH_WIDTH, Classifier, RuleId, Slot};
 /// Internal "no match" marker: worse than every rule id.
 const NONE: RuleId = RuleId::MAX;
 
-impl<const D: usize> Classifier<D> {
+impl<const D: usize, T> Classifier<D, T> {
     /// The highest-priority (lowest index) rule matching `key`, or `None`.
     pub fn classify(&self, key: &[u32; D]) -> Option<RuleId> {
-        self.finish::<false>(&self.trees, key, NONE, 0)
+        let (best, _) = self.finish::<false>(&self.trees, key, (NONE, 0), 0);
+        (best != NONE).then_some(best)
     }
 
     /// The first rule matching `key` whose index is above `after` (all rules when `None`).
     /// Used by the policy lookup to continue past `log` and `pass` rules.
     pub fn classify_after(&self, key: &[u32; D], after: Option<RuleId>) -> Option<RuleId> {
-        match after {
-            None => self.finish::<false>(&self.trees, key, NONE, 0),
+        self.classify_after_tagged(key, after).map(|(id, _)| id)
+    }
+
+    /// [`Classifier::classify_after`] with the matched rule's tag ([`Classifier::with_tags`]),
+    /// read from the leaf line the match was.
+    pub fn classify_after_tagged(&self, key: &[u32; D], after: Option<RuleId>) -> Option<(RuleId, &T)> {
+        let (best, at) = match after {
+            None => self.finish::<false>(&self.trees, key, (NONE, 0), 0),
             // No rule is above the largest id.
-            Some(RuleId::MAX) => None,
-            Some(a) => self.finish::<true>(&self.trees, key, NONE, a + 1),
-        }
+            Some(RuleId::MAX) => return None,
+            Some(a) => self.finish::<true>(&self.trees, key, (NONE, 0), a + 1),
+        };
+        (best != NONE).then(|| (best, &self.leaves[at].tag))
     }
 
     /// Classifies every key of `keys` into the matching position of `out`, like
@@ -92,49 +100,56 @@ impl<const D: usize> Classifier<D> {
             }
         }
         for i in 0..n {
-            let best = self.scan::<false>(slot[i], &keys[i], NONE, 0);
-            out[i] = self.finish::<false>(rest, &keys[i], best, 0);
+            let found = self.scan::<false>(slot[i], &keys[i], (NONE, 0), 0);
+            let (best, _) = self.finish::<false>(rest, &keys[i], found, 0);
+            out[i] = (best != NONE).then_some(best);
         }
     }
 
-    /// Walks `trees` for one key, starting from the match `best` found so far, considering
-    /// only rules numbered `floor` or above when `BOUNDED` (the unbounded instantiation
-    /// compiles the floor check away: it is the hot path).
+    /// Walks `trees` for one key, starting from the match `found` so far (the best rule id and
+    /// its index in `leaves`), considering only rules numbered `floor` or above when `BOUNDED`
+    /// (the unbounded instantiation compiles the floor check away: it is the hot path).
     #[inline(always)]
     fn finish<const BOUNDED: bool>(
         &self,
         trees: &[super::Tree],
         key: &[u32; D],
-        mut best: RuleId,
+        mut found: (RuleId, usize),
         floor: RuleId,
-    ) -> Option<RuleId> {
+    ) -> (RuleId, usize) {
         for tree in trees {
-            if tree.min_rule >= best {
+            if tree.min_rule >= found.0 {
                 break;
             }
             let mut slot = tree.root;
             while slot.is_node() {
                 slot = self.slots[slot.child(key)];
             }
-            best = self.scan::<BOUNDED>(slot, key, best, floor);
+            found = self.scan::<BOUNDED>(slot, key, found, floor);
         }
-        (best != NONE).then_some(best)
+        found
     }
 
     /// Scans a leaf for the first rule numbered `floor` or above that matches `key` and beats
-    /// `best`.
+    /// the match `found` so far: that rule's id and index in `leaves`, or `found`.
     #[inline(always)]
-    fn scan<const BOUNDED: bool>(&self, leaf: Slot, key: &[u32; D], best: RuleId, floor: RuleId) -> RuleId {
+    fn scan<const BOUNDED: bool>(
+        &self,
+        leaf: Slot,
+        key: &[u32; D],
+        found: (RuleId, usize),
+        floor: RuleId,
+    ) -> (RuleId, usize) {
         let (start, count) = leaf.leaf_range();
-        for rule in &self.leaves[start..start + count] {
-            if rule.id >= best {
+        for (i, rule) in self.leaves[start..start + count].iter().enumerate() {
+            if rule.id >= found.0 {
                 break;
             }
             if (!BOUNDED || rule.id >= floor) && rule.matches(key) {
-                return rule.id;
+                return (rule.id, start + i);
             }
         }
-        best
+        found
     }
 }
 
@@ -149,7 +164,7 @@ pub struct LookupCost {
     pub rules: u32,
 }
 
-impl<const D: usize> Classifier<D> {
+impl<const D: usize, T> Classifier<D, T> {
     /// Classifies `key` like [`Classifier::classify`] and reports the work it took.
     pub fn classify_with_cost(&self, key: &[u32; D]) -> (Option<RuleId>, LookupCost) {
         let mut cost = LookupCost::default();

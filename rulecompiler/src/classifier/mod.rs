@@ -155,19 +155,23 @@ impl Slot {
 }
 
 /// A rule as stored in a leaf: a key matches when `key[i] - lo[i] <= span[i]` (wrapping) for
-/// every field, one compare per field.
+/// every field, one compare per field. `tag` is the caller's data for the rule
+/// ([`Classifier::with_tags`]); `()` by default, which takes no space.
 #[derive(Debug, Clone, Copy)]
-struct LeafRule<const D: usize> {
+struct LeafRule<const D: usize, T = ()> {
     lo: [u32; D],
     span: [u32; D],
     id: RuleId,
+    tag: T,
 }
 
 impl<const D: usize> LeafRule<D> {
     fn new(rule: &Rule<D>, id: RuleId) -> Self {
-        Self { lo: rule.fields.map(|f| f.lo()), span: rule.fields.map(|f| f.hi() - f.lo()), id }
+        Self { lo: rule.fields.map(|f| f.lo()), span: rule.fields.map(|f| f.hi() - f.lo()), id, tag: () }
     }
+}
 
+impl<const D: usize, T> LeafRule<D, T> {
     #[inline(always)]
     fn matches(&self, key: &[u32; D]) -> bool {
         let mut ok = true;
@@ -180,11 +184,15 @@ impl<const D: usize> LeafRule<D> {
 
 /// A compiled first-match classifier over `D` fields. Build it with [`Classifier::build`],
 /// look up with [`Classifier::classify`] or [`Classifier::classify_batch`].
+///
+/// `T` is data the caller keeps with each rule ([`Classifier::with_tags`]), returned by
+/// [`Classifier::classify_after_tagged`] from the leaf line the match was read from, so a
+/// caller needs no second random access (an array indexed by rule id) to act on a match.
 #[derive(Debug, Clone)]
-pub struct Classifier<const D: usize> {
+pub struct Classifier<const D: usize, T = ()> {
     trees: Box<[Tree]>,
     slots: Box<[Slot]>,
-    leaves: Box<[LeafRule<D>]>,
+    leaves: Box<[LeafRule<D, T>]>,
     stats: ClassifierStats,
 }
 
@@ -217,6 +225,21 @@ impl<const D: usize> Classifier<D> {
         build::build(rules, params)
     }
 
+    /// The same classifier with `tag(id)` kept beside each rule `id` in the leaves.
+    pub fn with_tags<U>(self, mut tag: impl FnMut(RuleId) -> U) -> Classifier<D, U> {
+        let leaves: Box<[LeafRule<D, U>]> = self
+            .leaves
+            .iter()
+            .map(|r| LeafRule { lo: r.lo, span: r.span, id: r.id, tag: tag(r.id) })
+            .collect();
+        let mut stats = self.stats;
+        stats.memory_bytes = stats.memory_bytes - self.leaves.len() * size_of::<LeafRule<D>>()
+            + leaves.len() * size_of::<LeafRule<D, U>>();
+        Classifier { trees: self.trees, slots: self.slots, leaves, stats }
+    }
+}
+
+impl<const D: usize, T> Classifier<D, T> {
     /// Sizes of the built structure.
     pub fn stats(&self) -> &ClassifierStats {
         &self.stats
