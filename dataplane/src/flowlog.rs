@@ -11,6 +11,7 @@
 //! Records carry indexes into the policy they were decided under (an `Arc`), so making one
 //! does not allocate names; names are resolved when the record is written.
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -26,6 +27,37 @@ pub struct PolicyVersion {
     pub epoch: u32,
     /// The policy.
     pub compiled: CompiledPolicy,
+}
+
+/// The policy versions flow records name, by epoch: the newest [`PolicyVersions::KEEP`]. What
+/// a record's reader keeps to resolve [`FlowRecord::policy_epoch`].
+#[derive(Debug, Default, Clone)]
+pub struct PolicyVersions(VecDeque<Arc<PolicyVersion>>);
+
+impl PolicyVersions {
+    /// Versions kept: as many as a pipeline keeps for its tracked flows
+    /// ([`crate::pipeline::POLICY_HISTORY`] before the current one).
+    pub const KEEP: usize = crate::pipeline::POLICY_HISTORY + 1;
+
+    /// Versions holding `v` alone.
+    pub fn of(v: Arc<PolicyVersion>) -> Self {
+        let mut s = Self::default();
+        s.insert(v);
+        s
+    }
+
+    /// Adds `v` (replacing a version of the same epoch), dropping the oldest past
+    /// [`PolicyVersions::KEEP`].
+    pub fn insert(&mut self, v: Arc<PolicyVersion>) {
+        self.0.retain(|p| p.epoch != v.epoch);
+        self.0.push_front(v);
+        self.0.truncate(Self::KEEP);
+    }
+
+    /// The version of `epoch`, if kept.
+    pub fn get(&self, epoch: u32) -> Option<&PolicyVersion> {
+        self.0.iter().find(|p| p.epoch == epoch).map(|p| &**p)
+    }
 }
 
 /// A record's kind.
@@ -123,8 +155,12 @@ pub struct FlowRecord {
     pub action: Verdict,
     /// Why.
     pub reason: Reason,
-    /// The policy that names endpoints and decisions (the one the decision was made under).
-    pub policy: Option<Arc<PolicyVersion>>,
+    /// The epoch of the policy that names endpoints and decisions (the one the decision was
+    /// made under), when the pipeline still held that version; [`PolicyVersions`] resolves it.
+    /// An epoch rather than a reference: a counted reference per record cost every new flow a
+    /// locked increment behind its table stores, and workers and the flow-log thread
+    /// contending for one counter (docs/daemon.md "Flow logs").
+    pub policy_epoch: Option<u32>,
     /// The policy decision, when the policy was consulted.
     pub decision: Option<RecordDecision>,
     /// Packets `[out (originator to responder), in]`.
@@ -149,9 +185,9 @@ fn proto_name(p: u8) -> Value {
 }
 
 impl FlowRecord {
-    /// The record as a JSON object, names resolved.
-    pub fn to_json(&self) -> Value {
-        let policy = self.policy.as_ref();
+    /// The record as a JSON object, names resolved from `versions`.
+    pub fn to_json(&self, versions: &PolicyVersions) -> Value {
+        let policy = self.policy_epoch.and_then(|e| versions.get(e));
         let endpoint = |ip: IpAddr| policy.and_then(|p| p.compiled.endpoint(ip));
         let side = |s: Option<SideRef>| match (s, policy) {
             (Some(s), Some(p)) => {
@@ -202,9 +238,9 @@ impl<W: Write> JsonLines<W> {
         JsonLines { out }
     }
 
-    /// Writes one record as a line.
-    pub fn write(&mut self, r: &FlowRecord) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, &r.to_json())?;
+    /// Writes one record as a line, names resolved from `versions`.
+    pub fn write(&mut self, r: &FlowRecord, versions: &PolicyVersions) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, &r.to_json(versions))?;
         self.out.write_all(b"\n")
     }
 
@@ -212,5 +248,41 @@ impl<W: Write> JsonLines<W> {
     pub fn into_inner(mut self) -> io::Result<W> {
         self.out.flush()?;
         Ok(self.out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use margay_config::PolicySet;
+    use margay_rulecompiler::policy::compile::CompiledPolicy;
+
+    use super::{PolicyVersion, PolicyVersions};
+
+    fn version(epoch: u32) -> Arc<PolicyVersion> {
+        let set = PolicySet::parse("", Path::new("empty.toml")).unwrap();
+        Arc::new(PolicyVersion { epoch, compiled: CompiledPolicy::compile(&set).unwrap() })
+    }
+
+    #[test]
+    fn policy_versions_keep_the_newest_and_replace_by_epoch() {
+        let mut v = PolicyVersions::of(version(1));
+        assert_eq!(v.get(1).map(|p| p.epoch), Some(1));
+        assert!(v.get(2).is_none());
+        for e in 2..=PolicyVersions::KEEP as u32 + 1 {
+            v.insert(version(e));
+        }
+        // KEEP + 1 versions went in: the oldest is gone, every newer one is there.
+        assert!(v.get(1).is_none(), "the oldest version past KEEP is dropped");
+        for e in 2..=PolicyVersions::KEEP as u32 + 1 {
+            assert_eq!(v.get(e).map(|p| p.epoch), Some(e));
+        }
+        // The same epoch again replaces, and does not push another version out.
+        let again = version(2);
+        v.insert(Arc::clone(&again));
+        assert!(std::ptr::eq(v.get(2).unwrap(), &*again));
+        assert_eq!(v.get(3).map(|p| p.epoch), Some(3));
     }
 }

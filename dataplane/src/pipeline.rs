@@ -21,7 +21,7 @@ use margay_rulecompiler::policy::compile::{CompiledPolicy, SideRef, Verdicts};
 
 use crate::conntrack::tcp::{self, Segment, Step};
 use crate::conntrack::{EndReason, Entry, FlowKey, SEC, State, Table, flags};
-use crate::flowlog::{FlowRecord, Kind, PolicyVersion, Reason, RecordDecision};
+use crate::flowlog::{FlowRecord, Kind, PolicyVersion, PolicyVersions, Reason, RecordDecision};
 use crate::forward::{CachedForwarder, ForwardError, Forwarder, Resolved};
 use crate::wire::{self, IcmpKind, Malformed, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet};
 
@@ -291,6 +291,16 @@ impl Pipeline {
     /// The policy in force.
     pub fn policy(&self) -> &Arc<PolicyVersion> {
         &self.acct.policy
+    }
+
+    /// The policy versions this pipeline's records may name: the one in force and those its
+    /// tracked flows may still have been allowed under.
+    pub fn policy_versions(&self) -> PolicyVersions {
+        let mut v = PolicyVersions::default();
+        for p in self.acct.history.iter().rev().chain(std::iter::once(&self.acct.policy)) {
+            v.insert(Arc::clone(p));
+        }
+        v
     }
 
     /// Counters.
@@ -723,8 +733,8 @@ impl Accounting {
         action: Verdict,
     ) -> FlowRecord {
         let ((src, src_port), (dst, dst_port)) = e.endpoints();
-        let policy = self.policy_at(e.epoch).cloned();
-        let decision = policy.as_ref().map(|_| {
+        let policy_epoch = self.policy_at(e.epoch).map(|p| p.epoch);
+        let decision = policy_epoch.map(|_| {
             let side = |present, td, meta| {
                 (e.flags & present != 0).then_some(SideRef {
                     verdict: Verdict::Allow,
@@ -753,7 +763,7 @@ impl Accounting {
             dst_port,
             action,
             reason,
-            policy,
+            policy_epoch,
             decision,
             packets: e.packets(),
             bytes: e.bytes(),
@@ -795,7 +805,7 @@ impl Accounting {
                 dst_port: k.dst_port,
                 action: Verdict::Deny,
                 reason: k.reason,
-                policy: Some(Arc::clone(&self.policy)),
+                policy_epoch: Some(self.policy.epoch),
                 decision,
                 packets: [a.packets, 0],
                 bytes: [a.bytes, 0],

@@ -317,12 +317,30 @@ fn a_reload_that_denies_an_established_flow_cuts_it() {
     // A new connection is refused too, and port 80 still works.
     assert!(netns::curl(&env.t, CLIENT.role, &format!("http://{}:7/", WEB.ip), 1).unwrap().is_none());
     stop.store(true, Ordering::Relaxed);
-    std::thread::sleep(Duration::from_millis(1200));
-    let records = env.records();
-    assert!(
-        records.iter().any(|r| r["type"] == "end" && r["dst_port"] == 7 && r["reason"] == "policy-changed"),
-        "no end record with reason policy-changed: {records:#?}"
+    // Records name endpoints and rules by the policy version they were decided under: the cut
+    // flow's by epoch 1, the refused connection's drop aggregate (written at the next 1 s
+    // interval) by epoch 2, which the flow-log writer learnt of at the reload.
+    let refused = |r: &Value| {
+        r["action"] == "deny" && r["reason"] == "policy" && r["dst_port"] == 7 && r["policy_epoch"] == 2
+    };
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let mut records = env.records();
+    while !records.iter().any(refused) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        records = env.records();
+    }
+    let cut_end =
+        records.iter().find(|r| r["type"] == "end" && r["dst_port"] == 7 && r["reason"] == "policy-changed");
+    let Some(cut_end) = cut_end else { panic!("no end record with reason policy-changed: {records:#?}") };
+    assert_eq!(
+        (&cut_end["src_name"], &cut_end["dst_name"], &cut_end["policy_epoch"], &cut_end["ingress"]["policy"]),
+        (&json!("client"), &json!("web"), &json!(1), &json!("web-in")),
+        "the cut flow's end record names its endpoints and the rule that allowed it: {cut_end:#}"
     );
+    let Some(denied) = records.iter().find(|r| refused(r)) else {
+        panic!("no drop record for the refused connection under epoch 2: {records:#?}")
+    };
+    assert_eq!((&denied["src_name"], &denied["dst_name"]), (&json!("client"), &json!("web")), "{denied:#}");
 }
 
 #[test]

@@ -144,8 +144,9 @@ fn drain(
     p.take_records(buf);
     let n = buf.len() as u64;
     if let Some(w) = out {
+        let versions = p.policy_versions();
         for r in buf.iter() {
-            w.write(r)?;
+            w.write(r, &versions)?;
         }
     }
     buf.clear();

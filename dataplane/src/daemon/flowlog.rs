@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use crate::flowlog::FlowRecord;
+use crate::flowlog::{FlowRecord, PolicyVersion, PolicyVersions};
 
 /// Flow-log counters, shared with the workers (drops) and the metrics.
 #[derive(Debug, Default)]
@@ -97,7 +97,16 @@ impl Writer {
 
 /// Runs the writer until every sender is gone, then flushes. Opening the file is checked by
 /// the daemon before it starts (see [`check_sink`]).
-pub fn run(sink: Sink, records: Receiver<FlowRecord>, stats: Arc<FlowLogStats>) {
+///
+/// `versions` brings every policy version the daemon publishes, sent before the workers can
+/// adopt it, so the version a record names has arrived by the time the record has: records
+/// carry the epoch, and the names are resolved here.
+pub fn run(
+    sink: Sink,
+    records: Receiver<FlowRecord>,
+    versions: Receiver<Arc<PolicyVersion>>,
+    stats: Arc<FlowLogStats>,
+) {
     let mut writer = match &sink.path {
         Some(p) => match Writer::open(p, sink.max_bytes, sink.keep) {
             Ok(w) => Some(w),
@@ -109,6 +118,7 @@ pub fn run(sink: Sink, records: Receiver<FlowRecord>, stats: Arc<FlowLogStats>) 
         None => None,
     };
     let mut line = Vec::with_capacity(512);
+    let mut known = PolicyVersions::default();
     loop {
         let r = match records.recv_timeout(Duration::from_millis(500)) {
             Ok(r) => r,
@@ -128,8 +138,11 @@ pub fn run(sink: Sink, records: Receiver<FlowRecord>, stats: Arc<FlowLogStats>) 
                 stats.write_errors.fetch_add(1, Ordering::Relaxed);
             }
             (Some(w), _) => {
+                for v in versions.try_iter() {
+                    known.insert(v);
+                }
                 line.clear();
-                let ok = serde_json::to_writer(&mut line, &r.to_json()).is_ok();
+                let ok = serde_json::to_writer(&mut line, &r.to_json(&known)).is_ok();
                 line.push(b'\n');
                 if ok && w.write(&line, &stats).is_ok() {
                     stats.written.fetch_add(1, Ordering::Relaxed);

@@ -91,6 +91,8 @@ pub struct Shared {
     pub config_path: PathBuf,
     /// The policy in force.
     pub policy: ArcSwap<PolicyVersion>,
+    /// Every version published, for the flow-log writer, which resolves records' names.
+    pub flowlog_versions: Sender<Arc<PolicyVersion>>,
     /// The policy file reloads read.
     pub policy_path: Mutex<PathBuf>,
     /// Serialises reloads; holds the last one's outcome.
@@ -153,7 +155,11 @@ impl Shared {
         match compile(&path) {
             Ok((compiled, build_ms, summary)) => {
                 let epoch = self.policy.load().epoch.wrapping_add(1);
-                self.policy.store(Arc::new(PolicyVersion { epoch, compiled }));
+                let version = Arc::new(PolicyVersion { epoch, compiled });
+                // Before the workers can adopt it, so the flow-log writer knows the version
+                // before any record names it. The writer gone (shutting down): nothing to tell.
+                let _ = self.flowlog_versions.send(Arc::clone(&version));
+                self.policy.store(version);
                 *self.policy_path.lock().unwrap_or_else(|e| e.into_inner()) = path;
                 *last = Some(ReloadInfo { at, ok: true, epoch, error: None });
                 tracing::info!(epoch, build_ms, "policy reloaded");
@@ -393,6 +399,9 @@ impl Daemon {
         }
         let names: Vec<String> = config.interfaces.iter().map(|i| i.name.clone()).collect();
         let (records_tx, records_rx) = crossbeam_channel::bounded(config.flow_logs.channel);
+        // Unbounded: one message per reload.
+        let (versions_tx, versions_rx) = crossbeam_channel::unbounded();
+        let _ = versions_tx.send(Arc::clone(&policy));
         let mut workers = Vec::new();
         let mut handles = Vec::new();
         let (handoff_tx, mut handoff_rx): (Vec<_>, Vec<_>) = if queues > 1 {
@@ -429,6 +438,7 @@ impl Daemon {
         let shared = Arc::new(Shared {
             config_path: config_path.to_owned(),
             policy: ArcSwap::new(policy),
+            flowlog_versions: versions_tx,
             policy_path: Mutex::new(policy_path),
             last_reload: Mutex::new(None),
             stop: AtomicBool::new(false),
@@ -449,7 +459,7 @@ impl Daemon {
         }
         let writer = std::thread::Builder::new()
             .name("margay-flowlog".into())
-            .spawn(move || flowlog::run(sink, records_rx, flowlog_stats))
+            .spawn(move || flowlog::run(sink, records_rx, versions_rx, flowlog_stats))
             .context("spawning the flow-log writer")?;
         for w in workers {
             let s = Arc::clone(&shared);

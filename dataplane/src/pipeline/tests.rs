@@ -110,7 +110,8 @@ fn one(p: &mut Pipeline, now: u64, frame: Vec<u8>) -> (Outcome, Vec<u8>) {
 fn records(p: &mut Pipeline) -> Vec<Value> {
     let mut r = Vec::new();
     p.take_records(&mut r);
-    r.iter().map(FlowRecord::to_json).collect()
+    let versions = p.policy_versions();
+    r.iter().map(|r| r.to_json(&versions)).collect()
 }
 
 use serde_json::Value;
