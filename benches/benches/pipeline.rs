@@ -257,8 +257,7 @@ fn table_only(live: usize, total: u64, seed: u64) -> f64 {
 /// slot, no probing or collisions: an ideal no real table at this load reaches), so a lookup is
 /// the entry's line. Lookups per second; what a redesign could gain at most.
 fn layout_model(one_place: bool, total: u64, seed: u64) -> f64 {
-    const N: usize = 1 << 20;
-    const SLOTS: usize = 2 * N;
+    const SLOTS: usize = 2 * MODEL_ENTRIES;
     #[derive(Clone, Copy, Default)]
     #[repr(C, align(64))]
     struct Entry128 {
@@ -271,10 +270,9 @@ fn layout_model(one_place: bool, total: u64, seed: u64) -> f64 {
     #[derive(Clone, Copy, Default)]
     #[repr(C, align(64))]
     struct Line([u64; 8]);
-    let mut slab = vec![Entry128::default(); N];
+    let mut slab = vec![Entry128::default(); MODEL_ENTRIES];
     let mut index = vec![Line::default(); SLOTS / 8];
-    let mut rng = SplitMix64::new(seed);
-    let hashes: Vec<u32> = (0..N).map(|_| rng.next_u64() as u32).collect();
+    let hashes = model_hashes(seed);
     for (k, &h) in hashes.iter().enumerate() {
         let mut pos = h as usize & (SLOTS - 1);
         while index[pos / 8].0[pos % 8] != 0 {
@@ -283,19 +281,14 @@ fn layout_model(one_place: bool, total: u64, seed: u64) -> f64 {
         index[pos / 8].0[pos % 8] = (u64::from(h) << 32) | (k as u64 + 1);
         slab[k].key = k as u64;
     }
-    let mut order: Vec<(u64, u32)> = hashes.iter().enumerate().map(|(k, &h)| (k as u64, h)).collect();
-    shuffle(&mut order, seed);
-    let (mut done, mut next, mut found) = (0u64, 0usize, 0u64);
-    let started = Instant::now();
-    while done < total {
-        let burst = &order[next..next + BURST];
-        next = if next + 2 * BURST > N { 0 } else { next + BURST };
+    drive_model(&hashes, total, seed, |burst| {
+        let mut found = 0;
         if one_place {
             for &(_, h) in burst {
-                prefetch(&slab[h as usize & (N - 1)]);
+                prefetch(&slab[h as usize & (MODEL_ENTRIES - 1)]);
             }
             for &(_, h) in burst {
-                let e = &mut slab[h as usize & (N - 1)];
+                let e = &mut slab[h as usize & (MODEL_ENTRIES - 1)];
                 e.count += 1;
                 found += u64::from(e.key != u64::MAX);
             }
@@ -326,11 +319,8 @@ fn layout_model(one_place: bool, total: u64, seed: u64) -> f64 {
                 }
             }
         }
-        done += BURST as u64;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    assert_eq!(found, done, "every lookup finds its entry");
-    done as f64 / secs
+        found
+    })
 }
 
 /// A one-place layout a real table could have within the 160 MB bound: the entries' first
@@ -341,7 +331,6 @@ fn layout_model(one_place: bool, total: u64, seed: u64) -> f64 {
 /// one-place ideal it pays for collisions: each lookup prefetches its home line and the next,
 /// and a key further on costs more lines. Lookups per second.
 fn layout_model_probed(load: f64, total: u64, seed: u64) -> f64 {
-    const N: usize = 1 << 20;
     #[derive(Clone, Copy, Default)]
     #[repr(C, align(64))]
     struct Hot {
@@ -349,11 +338,11 @@ fn layout_model_probed(load: f64, total: u64, seed: u64) -> f64 {
         count: u64,
         _rest: [u64; 6],
     }
-    let lines = (N as f64 / load) as usize;
+    let lines = (MODEL_ENTRIES as f64 / load) as usize;
     let home = |h: u32| ((u64::from(h) * lines as u64) >> 32) as usize;
     let mut table = vec![Hot::default(); lines];
-    let mut rng = SplitMix64::new(seed);
-    let hashes: Vec<u32> = (0..N).map(|_| rng.next_u64() as u32).collect();
+    let hashes = model_hashes(seed);
+    // Key `k` is stored as `k + 1`: 0 marks an empty line.
     for (k, &h) in hashes.iter().enumerate() {
         let mut pos = home(h);
         while table[pos].key != 0 {
@@ -361,13 +350,7 @@ fn layout_model_probed(load: f64, total: u64, seed: u64) -> f64 {
         }
         table[pos].key = k as u64 + 1;
     }
-    let mut order: Vec<(u64, u32)> = hashes.iter().enumerate().map(|(k, &h)| (k as u64 + 1, h)).collect();
-    shuffle(&mut order, seed);
-    let (mut done, mut next, mut found) = (0u64, 0usize, 0u64);
-    let started = Instant::now();
-    while done < total {
-        let burst = &order[next..next + BURST];
-        next = if next + 2 * BURST > N { 0 } else { next + BURST };
+    drive_model(&hashes, total, seed, |burst| {
         // The home line and the next: a key past its home is most often in the next line.
         for &(_, h) in burst {
             prefetch(&table[home(h)]);
@@ -375,12 +358,36 @@ fn layout_model_probed(load: f64, total: u64, seed: u64) -> f64 {
         }
         for &(k, h) in burst {
             let mut pos = home(h);
-            while table[pos].key != k {
+            while table[pos].key != k + 1 {
                 pos = if pos + 1 == lines { 0 } else { pos + 1 };
             }
             table[pos].count += 1;
-            found += 1;
         }
+        burst.len() as u64
+    })
+}
+
+/// Entries in the layout models.
+const MODEL_ENTRIES: usize = 1 << 20;
+
+/// The layout models' keys' 32-bit hashes, key `k` at index `k`.
+fn model_hashes(seed: u64) -> Vec<u32> {
+    let mut rng = SplitMix64::new(seed);
+    (0..MODEL_ENTRIES).map(|_| rng.next_u64() as u32).collect()
+}
+
+/// Times `total` lookups of the keys of `hashes` in a shuffled order, [`BURST`] at a time:
+/// `lookup(burst)` looks up each `(key, hash)` of a burst and returns how many it found, which
+/// must be all of them. Lookups per second.
+fn drive_model(hashes: &[u32], total: u64, seed: u64, mut lookup: impl FnMut(&[(u64, u32)]) -> u64) -> f64 {
+    let mut order: Vec<(u64, u32)> = hashes.iter().enumerate().map(|(k, &h)| (k as u64, h)).collect();
+    shuffle(&mut order, seed);
+    let (mut done, mut next, mut found) = (0u64, 0usize, 0u64);
+    let started = Instant::now();
+    while done < total {
+        let burst = &order[next..next + BURST];
+        next = if next + 2 * BURST > order.len() { 0 } else { next + BURST };
+        found += lookup(burst);
         done += BURST as u64;
     }
     let secs = started.elapsed().as_secs_f64();
@@ -517,19 +524,17 @@ fn main() {
             );
         }
     }
-    for (name, one_place) in [("layout-model/2-places", false), ("layout-model/1-place", true)] {
+    // The layout models: today's layout and the one-place ideal (`layout_model`), and a
+    // one-place layout with collisions at two loads (`layout_model_probed`).
+    let models: [(&str, &dyn Fn(u64) -> f64); 4] = [
+        ("layout-model/2-places", &|seed| layout_model(false, packets, seed)),
+        ("layout-model/1-place", &|seed| layout_model(true, packets, seed)),
+        ("layout-model/1-place-probed-0.5", &|seed| layout_model_probed(0.5, packets, seed + 10)),
+        ("layout-model/1-place-probed-0.7", &|seed| layout_model_probed(0.7, packets, seed + 10)),
+    ];
+    for (name, model) in models {
         if only.as_deref().is_none_or(|o| o == name || o == "layout-model") {
-            let best = best_of(reps, |r| layout_model(one_place, packets, 21 + r as u64));
-            println!(
-                "{name:<22} {:>6.2} M lookups/s   (2^20 entries, {:.1} ns/lookup)",
-                best / 1e6,
-                1e9 / best
-            );
-        }
-    }
-    for (name, load) in [("layout-model/1-place-probed-0.5", 0.5), ("layout-model/1-place-probed-0.7", 0.7)] {
-        if only.as_deref().is_none_or(|o| o == name || o == "layout-model") {
-            let best = best_of(reps, |r| layout_model_probed(load, packets, 31 + r as u64));
+            let best = best_of(reps, |r| model(21 + r as u64));
             println!(
                 "{name:<22} {:>6.2} M lookups/s   (2^20 entries, {:.1} ns/lookup)",
                 best / 1e6,
