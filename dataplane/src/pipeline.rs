@@ -9,7 +9,7 @@
 //! packet that cannot be forwarded never creates state), conntrack (an entry from an older
 //! policy epoch is classified again first), then the policy for packets that may open a flow.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -198,7 +198,8 @@ struct DropAgg {
 #[derive(Debug)]
 struct Accounting {
     policy: Arc<PolicyVersion>,
-    history: VecDeque<Arc<PolicyVersion>>,
+    /// `policy` and the [`POLICY_HISTORY`] versions before it: those records may name.
+    versions: PolicyVersions,
     counters: Counters,
     records: Vec<FlowRecord>,
     drops: HashMap<DropKey, DropAgg, FixedState>,
@@ -242,8 +243,8 @@ impl Pipeline {
             sweep: Sweep::default(),
             forward_only: config.daemon.forward_only,
             acct: Accounting {
+                versions: PolicyVersions::of(Arc::clone(&policy)),
                 policy,
-                history: VecDeque::new(),
                 counters: Counters::default(),
                 records: Vec::new(),
                 drops: HashMap::default(),
@@ -266,9 +267,8 @@ impl Pipeline {
     /// Enforces `policy` from now on: a version the daemon compiled once and published to every
     /// worker. Its epoch must differ from the current one (the daemon numbers them).
     pub fn adopt(&mut self, policy: Arc<PolicyVersion>) {
-        let old = std::mem::replace(&mut self.acct.policy, policy);
-        self.acct.history.push_front(old);
-        self.acct.history.truncate(POLICY_HISTORY);
+        self.acct.versions.insert(Arc::clone(&policy));
+        self.acct.policy = policy;
     }
 
     /// Forwards with `fwd` from now on (new routes or neighbours); the next-hop cache starts
@@ -295,12 +295,8 @@ impl Pipeline {
 
     /// The policy versions this pipeline's records may name: the one in force and those its
     /// tracked flows may still have been allowed under.
-    pub fn policy_versions(&self) -> PolicyVersions {
-        let mut v = PolicyVersions::default();
-        for p in self.acct.history.iter().rev().chain(std::iter::once(&self.acct.policy)) {
-            v.insert(Arc::clone(p));
-        }
-        v
+    pub fn policy_versions(&self) -> &PolicyVersions {
+        &self.acct.versions
     }
 
     /// Counters.
@@ -719,10 +715,6 @@ impl Accounting {
         d
     }
 
-    fn policy_at(&self, epoch: u32) -> Option<&Arc<PolicyVersion>> {
-        std::iter::once(&self.policy).chain(self.history.iter()).find(|p| p.epoch == epoch)
-    }
-
     fn record(
         &self,
         kind: Kind,
@@ -733,7 +725,7 @@ impl Accounting {
         action: Verdict,
     ) -> FlowRecord {
         let ((src, src_port), (dst, dst_port)) = e.endpoints();
-        let policy_epoch = self.policy_at(e.epoch).map(|p| p.epoch);
+        let policy_epoch = self.versions.get(e.epoch).map(|p| p.epoch);
         let decision = policy_epoch.map(|_| {
             let side = |present, td, meta| {
                 (e.flags & present != 0).then_some(SideRef {

@@ -146,7 +146,7 @@ fn drain(
     if let Some(w) = out {
         let versions = p.policy_versions();
         for r in buf.iter() {
-            w.write(r, &versions)?;
+            w.write(r, versions)?;
         }
     }
     buf.clear();

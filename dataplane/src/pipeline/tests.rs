@@ -111,7 +111,7 @@ fn records(p: &mut Pipeline) -> Vec<Value> {
     let mut r = Vec::new();
     p.take_records(&mut r);
     let versions = p.policy_versions();
-    r.iter().map(|r| r.to_json(&versions)).collect()
+    r.iter().map(|r| r.to_json(versions)).collect()
 }
 
 use serde_json::Value;
