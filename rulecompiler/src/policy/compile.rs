@@ -34,7 +34,7 @@ use std::net::IpAddr;
 
 use margay_config::net::{Cidr, IcmpMatch};
 use margay_config::policy::{
-    Action, Endpoint, IpVersion, Peer, Policy, PolicySet, Rule as PolicyRule, TierDefault, Verdict,
+    Action, Endpoint, IpVersion, Peer, Policy, PolicySet, Rule as PolicyRule, Tier, TierDefault, Verdict,
 };
 use margay_config::selector::Selector;
 
@@ -62,7 +62,8 @@ pub const MAX_CLASSIFIER_RULES: usize = 1 << 23;
 /// meet in one shared 31-rule leaf at the end of the forest, which every lookup scans whole.
 /// Smaller nodes that may defer spread them over small trees a walk passes in a few steps:
 /// on the scale policy a lookup compares 11 leaf rules instead of 36, walking 7 trees instead
-/// of 4, and `decide-only` in `benches/pipeline.rs` took 20% less time (`docs/benchmarks.md`).
+/// of 4, and `decide-only` in `benches/pipeline.rs` took 27% less time over three interleaved
+/// pairs (`docs/benchmarks.md`).
 fn policy_build_params() -> BuildParams {
     BuildParams { leaf_size: 8, defer_min_rules: 8, ..BuildParams::default() }
 }
@@ -577,28 +578,12 @@ impl Lowering<'_> {
                     }
                 }
             }
-            // Sentinels: signatures the tier applies to, grouped by its last selecting policy.
-            // A tier whose default is pass gets none: passing on is what a first-match walk
-            // does anyway when nothing in the tier matched, and a sentinel matches every key,
-            // so it would cost each such side a second lookup (and a rule in the classifier's
-            // shared tail leaf, scanned by every lookup).
-            let mut by_last: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
-            let ends_in_sentinels = tier.default_action == TierDefault::Deny;
-            for (i, (_, list)) in sigs.iter().enumerate().filter(|_| ends_in_sentinels) {
-                if let Some(&last) = list.iter().rev().find(|&&p| set.policies[p].tier == tier.name) {
-                    by_last.entry(last).or_default().push(i as u32);
-                }
-            }
-            for (last, ids) in by_last {
-                let meta = self.meta.len() as u32;
-                self.meta.push(Meta {
-                    tier: tier.name.clone(),
-                    policy: set.policies[last].name.clone(),
-                    rule: -1,
-                });
-                let step = Step::TierDeny { meta };
-                self.v4.sentinel(&runs(&ids), step);
-                self.v6.sentinel(&runs(&ids), step);
+            // A tier whose default is pass gets no sentinels: passing on is what a first-match
+            // walk does anyway when nothing in the tier matched, and a sentinel matches every
+            // key, so it would cost each such side a second lookup (and a rule in the
+            // classifier's shared tail leaf, scanned by every lookup).
+            if tier.default_action == TierDefault::Deny {
+                self.deny_sentinels(tier, sigs);
             }
             let (end4, end6) = (self.v4.next_id().saturating_sub(1), self.v6.next_id().saturating_sub(1));
             self.v4.close_tier(from4, end4);
@@ -607,6 +592,29 @@ impl Lowering<'_> {
         let every = runs(&(0..sigs.len() as u32).collect::<Vec<_>>());
         self.v4.sentinel(&every, Step::NoPolicy(set.defaults.no_policy_action));
         self.v6.sentinel(&every, Step::NoPolicy(set.defaults.no_policy_action));
+    }
+
+    /// The sentinels of a tier whose default is deny: over the signatures the tier applies
+    /// to, grouped by its last selecting policy (which the tier-default decision names).
+    fn deny_sentinels(&mut self, tier: &Tier, sigs: &[(usize, Vec<usize>)]) {
+        let set = self.set;
+        let mut by_last: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+        for (i, (_, list)) in sigs.iter().enumerate() {
+            if let Some(&last) = list.iter().rev().find(|&&p| set.policies[p].tier == tier.name) {
+                by_last.entry(last).or_default().push(i as u32);
+            }
+        }
+        for (last, ids) in by_last {
+            let meta = self.meta.len() as u32;
+            self.meta.push(Meta {
+                tier: tier.name.clone(),
+                policy: set.policies[last].name.clone(),
+                rule: -1,
+            });
+            let step = Step::TierDeny { meta };
+            self.v4.sentinel(&runs(&ids), step);
+            self.v6.sentinel(&runs(&ids), step);
+        }
     }
 
     /// `rule` of `policy` in one family, or `None` when it cannot match there.
