@@ -23,7 +23,9 @@
 //!   conntrack table's memory layout modelled with bare arrays, today's against one a redesign
 //!   could reach at best (see `layout_model`), printed beside `conntrack-only/1M`; and
 //!   `layout-model/1-place-probed-0.5` and `-0.7`, a one-place layout with real collisions
-//!   (hot lines at their hashed position, linear probing; `layout_model_probed`).
+//!   (hot lines at their hashed position, linear probing; `layout_model_probed`); and
+//!   `layout-model/fingerprints-0.95`, a cuckoo-bucketed slab found through a 2.2 MB array of
+//!   fingerprints instead of the 16 MB index (`layout_model_fingerprints`).
 //!
 //! `cargo bench -p margay-benches --bench pipeline [-- --reps N --quick --only CASE --packets N]`;
 //! pin it with `taskset -c 1`. To profile only the timed loops: `mkfifo /tmp/ctl; PERF_CTL=/tmp/ctl
@@ -367,6 +369,94 @@ fn layout_model_probed(load: f64, total: u64, seed: u64) -> f64 {
     })
 }
 
+/// A layout with a small index: the slab itself is a bucketized cuckoo table (buckets of 4
+/// entries of 128 bytes, two candidate buckets per key, filled to `load`), and a 16-bit
+/// fingerprint per slot in an array of its own (8 bytes per bucket: 2.2 MB at 2^20 entries,
+/// against today's 16 MB index). A lookup reads its two buckets' fingerprints, then the
+/// entry's first line, whose position they give. The question it answers: does an index small
+/// enough to stay near the core make the entry the only costly line? (Measured: no; every line
+/// a lookup misses the L1 for costs alike here, docs/benchmarks.md.) Lookups per second.
+fn layout_model_fingerprints(load: f64, total: u64, seed: u64) -> f64 {
+    #[derive(Clone, Copy, Default)]
+    #[repr(C, align(64))]
+    struct Entry128 {
+        key: u64,
+        count: u64,
+        _first: [u64; 6],
+        _second: [u64; 8],
+    }
+    const WAYS: usize = 4;
+    let buckets = ((MODEL_ENTRIES as f64 / load) as usize).div_ceil(WAYS);
+    let mut slab = vec![Entry128::default(); buckets * WAYS];
+    let mut fps = vec![[0u16; WAYS]; buckets];
+    let hashes = model_hashes(seed);
+    // Two buckets and a fingerprint from the key's 32-bit hash (remixed: the model's hashes
+    // stand for a 64-bit hash of the key).
+    let place = |h: u32| {
+        let x = u64::from(h).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let b1 = (((x >> 32) * buckets as u64) >> 32) as usize;
+        let b2 = (((x & 0xffff_ffff) * buckets as u64) >> 32) as usize;
+        let fp = ((x >> 16) as u16).max(1);
+        (b1, b2, fp)
+    };
+    let mut rng = SplitMix64::new(seed ^ 0x55);
+    for (k, &h) in hashes.iter().enumerate() {
+        let (mut key, mut hash) = (k as u64 + 1, h);
+        let mut kicks = 0;
+        loop {
+            let (b1, b2, fp) = place(hash);
+            let free = [b1, b2].into_iter().find_map(|b| fps[b].iter().position(|&f| f == 0).map(|w| (b, w)));
+            if let Some((b, w)) = free {
+                fps[b][w] = fp;
+                slab[b * WAYS + w].key = key;
+                break;
+            }
+            // Both full: evict a random way of one of them and move it to its other bucket.
+            kicks += 1;
+            assert!(kicks < 10_000, "cuckoo insert failed at load {load}");
+            let b = if rng.below(2) == 0 { b1 } else { b2 };
+            let w = rng.below(WAYS);
+            let old = slab[b * WAYS + w].key;
+            fps[b][w] = fp;
+            slab[b * WAYS + w].key = key;
+            // The evicted key goes round again: its bucket it was evicted from is full, so it
+            // lands in its other one, or evicts in turn (a random walk).
+            key = old;
+            hash = hashes[(old - 1) as usize];
+        }
+    }
+    drive_model(&hashes, total, seed, |burst| {
+        for &(_, h) in burst {
+            let (b1, b2, _) = place(h);
+            prefetch(&fps[b1]);
+            prefetch(&fps[b2]);
+        }
+        for &(_, h) in burst {
+            let (b1, b2, fp) = place(h);
+            for b in [b1, b2] {
+                if let Some(w) = fps[b].iter().position(|&f| f == fp) {
+                    prefetch(&slab[b * WAYS + w]);
+                    break;
+                }
+            }
+        }
+        let mut found = 0;
+        for &(k, h) in burst {
+            let (b1, b2, fp) = place(h);
+            'search: for b in [b1, b2] {
+                for w in 0..WAYS {
+                    if fps[b][w] == fp && slab[b * WAYS + w].key == k + 1 {
+                        slab[b * WAYS + w].count += 1;
+                        found += 1;
+                        break 'search;
+                    }
+                }
+            }
+        }
+        found
+    })
+}
+
 /// Entries in the layout models.
 const MODEL_ENTRIES: usize = 1 << 20;
 
@@ -526,11 +616,12 @@ fn main() {
     }
     // The layout models: today's layout and the one-place ideal (`layout_model`), and a
     // one-place layout with collisions at two loads (`layout_model_probed`).
-    let models: [(&str, &dyn Fn(u64) -> f64); 4] = [
+    let models: [(&str, &dyn Fn(u64) -> f64); 5] = [
         ("layout-model/2-places", &|seed| layout_model(false, packets, seed)),
         ("layout-model/1-place", &|seed| layout_model(true, packets, seed)),
         ("layout-model/1-place-probed-0.5", &|seed| layout_model_probed(0.5, packets, seed + 10)),
         ("layout-model/1-place-probed-0.7", &|seed| layout_model_probed(0.7, packets, seed + 10)),
+        ("layout-model/fingerprints-0.95", &|seed| layout_model_fingerprints(0.95, packets, seed + 10)),
     ];
     for (name, model) in models {
         if only.as_deref().is_none_or(|o| o == name || o == "layout-model") {
