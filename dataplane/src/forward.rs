@@ -170,8 +170,11 @@ impl Resolved {
     #[inline]
     pub fn apply(&self, frame: &mut [u8], pkt: &Packet) {
         decrement_ttl(frame, pkt);
-        frame[0..6].copy_from_slice(&self.dst_mac);
-        frame[6..12].copy_from_slice(&self.src_mac);
+        // One length check for both addresses (a parsed frame always has them).
+        if let Some(eth) = frame.first_chunk_mut::<12>() {
+            eth[..6].copy_from_slice(&self.dst_mac);
+            eth[6..].copy_from_slice(&self.src_mac);
+        }
     }
 }
 
@@ -179,16 +182,19 @@ impl Resolved {
 /// (IPv6). `pkt` must be `frame`'s parse and its TTL above zero.
 #[inline]
 pub fn decrement_ttl(frame: &mut [u8], pkt: &Packet) {
-    let l3 = pkt.l3;
+    // One length check per header (a parsed frame always has it); the fields are then at
+    // fixed offsets.
+    let Some(h) = frame.get_mut(pkt.l3..) else { return };
     if pkt.is_v4() {
+        let Some(h) = h.first_chunk_mut::<12>() else { return };
         // The 16-bit word at offset 8 is (TTL, protocol).
-        let old = u16::from_be_bytes([frame[l3 + 8], frame[l3 + 9]]);
+        let old = u16::from_be_bytes([h[8], h[9]]);
         let new = old.wrapping_sub(0x0100);
-        frame[l3 + 8] = (new >> 8) as u8;
-        let hc = u16::from_be_bytes([frame[l3 + 10], frame[l3 + 11]]);
-        frame[l3 + 10..l3 + 12].copy_from_slice(&update_checksum(hc, old, new).to_be_bytes());
-    } else {
-        frame[l3 + 7] -= 1;
+        h[8] = (new >> 8) as u8;
+        let hc = u16::from_be_bytes([h[10], h[11]]);
+        h[10..].copy_from_slice(&update_checksum(hc, old, new).to_be_bytes());
+    } else if let Some(hop_limit) = h.get_mut(7) {
+        *hop_limit -= 1;
     }
 }
 

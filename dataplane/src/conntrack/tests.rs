@@ -35,6 +35,35 @@ fn both_directions_share_one_key() {
     assert_eq!((k6.addr_a(), k6.addr_b()), (v6a, v6b));
 }
 
+proptest! {
+    /// The hand-written equality is field-by-field equality: keys that differ in any one
+    /// field (each address word, each port, the protocol, the family) differ.
+    #[test]
+    fn keys_are_equal_exactly_when_every_field_is(
+        words in any::<[u64; 4]>(),
+        ports in any::<[u16; 2]>(),
+        proto in any::<u8>(),
+        v4 in any::<bool>(),
+        field in 0usize..8,
+        flip in 1u64..,
+    ) {
+        let k = FlowKey { a: [words[0], words[1]], b: [words[2], words[3]], a_port: ports[0], b_port: ports[1], proto, v4, ..FlowKey::default() };
+        let mut o = k;
+        prop_assert_eq!(k, o);
+        match field {
+            0 => o.a[0] ^= flip,
+            1 => o.a[1] ^= flip,
+            2 => o.b[0] ^= flip,
+            3 => o.b[1] ^= flip,
+            4 => o.a_port ^= (flip as u16).max(1),
+            5 => o.b_port ^= (flip as u16).max(1),
+            6 => o.proto ^= (flip as u8).max(1),
+            _ => o.v4 = !o.v4,
+        }
+        prop_assert_ne!(k, o);
+    }
+}
+
 #[test]
 fn entry_fits_two_cache_lines() {
     assert!(size_of::<Entry>() <= 128, "{}", size_of::<Entry>());
