@@ -260,14 +260,6 @@ fn table_only(live: usize, total: u64, seed: u64) -> f64 {
 /// the entry's line. Lookups per second; what a redesign could gain at most.
 fn layout_model(one_place: bool, total: u64, seed: u64) -> f64 {
     const SLOTS: usize = 2 * MODEL_ENTRIES;
-    #[derive(Clone, Copy, Default)]
-    #[repr(C, align(64))]
-    struct Entry128 {
-        key: u64,
-        count: u64,
-        _first: [u64; 6],
-        _second: [u64; 8],
-    }
     /// A line of index slots, aligned as the table's are.
     #[derive(Clone, Copy, Default)]
     #[repr(C, align(64))]
@@ -377,14 +369,6 @@ fn layout_model_probed(load: f64, total: u64, seed: u64) -> f64 {
 /// enough to stay near the core make the entry the only costly line? (Measured: no; every line
 /// a lookup misses the L1 for costs alike here, docs/benchmarks.md.) Lookups per second.
 fn layout_model_fingerprints(load: f64, total: u64, seed: u64) -> f64 {
-    #[derive(Clone, Copy, Default)]
-    #[repr(C, align(64))]
-    struct Entry128 {
-        key: u64,
-        count: u64,
-        _first: [u64; 6],
-        _second: [u64; 8],
-    }
     const WAYS: usize = 4;
     let buckets = ((MODEL_ENTRIES as f64 / load) as usize).div_ceil(WAYS);
     let mut slab = vec![Entry128::default(); buckets * WAYS];
@@ -455,6 +439,17 @@ fn layout_model_fingerprints(load: f64, total: u64, seed: u64) -> f64 {
         }
         found
     })
+}
+
+/// A layout model's entry: 128 bytes, aligned as the table's are; a lookup touches the
+/// first line (the key and a counter) only.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct Entry128 {
+    key: u64,
+    count: u64,
+    _first: [u64; 6],
+    _second: [u64; 8],
 }
 
 /// Entries in the layout models.
