@@ -47,7 +47,15 @@ proptest! {
         field in 0usize..8,
         flip in 1u64..,
     ) {
-        let k = FlowKey { a: [words[0], words[1]], b: [words[2], words[3]], a_port: ports[0], b_port: ports[1], proto, v4, ..FlowKey::default() };
+        let k = FlowKey {
+            a: [words[0], words[1]],
+            b: [words[2], words[3]],
+            a_port: ports[0],
+            b_port: ports[1],
+            proto,
+            v4,
+            ..FlowKey::default()
+        };
         let mut o = k;
         prop_assert_eq!(k, o);
         match field {
