@@ -395,7 +395,7 @@ fn layout_model_fingerprints(load: f64, total: u64, seed: u64) -> f64 {
                 slab[b * WAYS + w].key = key;
                 break;
             }
-            // Both full: evict a random way of one of them and move it to its other bucket.
+            // Both full: put the key in a random way of one of them, evicting that way's key.
             kicks += 1;
             assert!(kicks < 10_000, "cuckoo insert failed at load {load}");
             let b = if rng.below(2) == 0 { b1 } else { b2 };
@@ -403,8 +403,8 @@ fn layout_model_fingerprints(load: f64, total: u64, seed: u64) -> f64 {
             let old = slab[b * WAYS + w].key;
             fps[b][w] = fp;
             slab[b * WAYS + w].key = key;
-            // The evicted key goes round again: its bucket it was evicted from is full, so it
-            // lands in its other one, or evicts in turn (a random walk).
+            // The evicted key goes round again: the bucket it left is full, so it lands in its
+            // other one or evicts in turn (a random walk).
             key = old;
             hash = hashes[(old - 1) as usize];
         }
@@ -609,8 +609,9 @@ fn main() {
             );
         }
     }
-    // The layout models: today's layout and the one-place ideal (`layout_model`), and a
-    // one-place layout with collisions at two loads (`layout_model_probed`).
+    // The layout models: today's layout and the one-place ideal (`layout_model`), a one-place
+    // layout with collisions at two loads (`layout_model_probed`), and a cuckoo-bucketed slab
+    // behind a small fingerprint array (`layout_model_fingerprints`).
     let models: [(&str, &dyn Fn(u64) -> f64); 5] = [
         ("layout-model/2-places", &|seed| layout_model(false, packets, seed)),
         ("layout-model/1-place", &|seed| layout_model(true, packets, seed)),

@@ -8,8 +8,9 @@
 //! route, TTL) is aggregated per 5-tuple and reason and written as `aggregate` records with
 //! action `deny` at each interval. docs/pipeline.md has the field reference.
 //!
-//! Records carry indexes into the policy they were decided under (an `Arc`), so making one
-//! does not allocate names; names are resolved when the record is written.
+//! Records carry the epoch of the policy they were decided under and indexes into it, so
+//! making one neither allocates names nor touches a shared reference count; the writer
+//! resolves names from the [`PolicyVersions`] it keeps.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
