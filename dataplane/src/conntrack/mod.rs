@@ -424,28 +424,85 @@ pub struct Table {
 /// Index slots per cache line.
 const SLOTS_PER_LINE: usize = 64 / size_of::<u64>();
 
-/// One cache line of index slots, aligned so that a home line is one line of memory.
-#[derive(Debug, Clone, Copy, Default)]
-#[repr(C, align(64))]
-struct IndexLine([u64; SLOTS_PER_LINE]);
-
-/// The index: slots addressed one by one, stored in whole aligned lines.
+/// The index's slots, in memory of their own: a fresh anonymous mapping, advised for
+/// transparent huge pages (`MADV_HUGEPAGE`) before its first write, and then written through
+/// once so no packet takes its page faults.
+///
+/// Why a mapping and not a `Vec`: a lookup's first miss is its index slot, anywhere in 16 MB at
+/// the default capacity. On 4 KiB pages nearly every one also misses the TLB (4,096 pages),
+/// and under a hypervisor each such miss is a two-level page walk; on 2 MiB pages the whole
+/// index is 8 TLB entries (docs/benchmarks.md, "huge pages for the index"). The advice only
+/// takes effect on pages not yet touched, which a `Vec` cannot promise: the allocator may
+/// hand back heap it has used before. When the kernel's THP setting is `never`, the advice
+/// fails and the index is on 4 KiB pages, as before.
 #[derive(Debug)]
-struct Index(Vec<IndexLine>);
+struct Index {
+    map: memmap2::MmapMut,
+    /// Whether the kernel took the huge-page advice.
+    huge: bool,
+}
+
+impl Index {
+    /// `slots` zeroed slots (a whole number of lines).
+    fn new(slots: usize) -> Index {
+        let bytes = slots * size_of::<u64>();
+        let map = match memmap2::MmapOptions::new().len(bytes).map_anon() {
+            Ok(map) => map,
+            // What a `Vec` does when its allocation fails.
+            Err(_) => std::alloc::handle_alloc_error(
+                std::alloc::Layout::from_size_align(bytes, 4096).unwrap_or(std::alloc::Layout::new::<u64>()),
+            ),
+        };
+        #[cfg(target_os = "linux")]
+        let huge = map.advise(memmap2::Advice::HugePage).is_ok();
+        #[cfg(not(target_os = "linux"))]
+        let huge = false;
+        let mut index = Index { map, huge };
+        // Fault every page in now (one store per 4 KiB; the first store to a 2 MiB region
+        // brings its huge page).
+        for page in index.slots_mut().chunks_mut(4096 / size_of::<u64>()) {
+            page[0] = 0;
+        }
+        index
+    }
+
+    /// The slots. (The cast cannot fail: the mapping is page-aligned and a whole number of
+    /// slots long.)
+    #[inline(always)]
+    fn slots(&self) -> &[u64] {
+        bytemuck::cast_slice(&self.map)
+    }
+
+    #[inline(always)]
+    fn slots_mut(&mut self) -> &mut [u64] {
+        bytemuck::cast_slice_mut(&mut self.map)
+    }
+
+    /// The slots from `pos` to the end of its cache line.
+    #[inline(always)]
+    fn rest_of_line(&self, pos: usize) -> &[u64] {
+        let end = (pos | (SLOTS_PER_LINE - 1)) + 1;
+        self.slots().get(pos..end).unwrap_or(&[])
+    }
+
+    fn bytes(&self) -> usize {
+        self.map.len()
+    }
+}
 
 impl std::ops::Index<usize> for Index {
     type Output = u64;
 
-    #[inline]
+    #[inline(always)]
     fn index(&self, pos: usize) -> &u64 {
-        &self.0[pos / SLOTS_PER_LINE].0[pos % SLOTS_PER_LINE]
+        &self.slots()[pos]
     }
 }
 
 impl std::ops::IndexMut<usize> for Index {
-    #[inline]
+    #[inline(always)]
     fn index_mut(&mut self, pos: usize) -> &mut u64 {
-        &mut self.0[pos / SLOTS_PER_LINE].0[pos % SLOTS_PER_LINE]
+        &mut self.slots_mut()[pos]
     }
 }
 
@@ -467,11 +524,10 @@ impl Table {
         let slots = (capacity * 2).next_power_of_two().max(SLOTS_PER_LINE);
         // The slab is written through once here, so its pages are resident before the first
         // packet: new flows take no page fault (one per 32 entries otherwise, about a tenth of
-        // a new flow's time in the profile). The index's pages fault in on first use, 512
-        // slots each, which is rare enough to leave.
+        // a new flow's time in the profile). So is the index, in `Index::new`.
         let slab = vec![Entry::default(); capacity];
         Table {
-            index: Index(vec![IndexLine::default(); slots / SLOTS_PER_LINE]),
+            index: Index::new(slots),
             mask: slots - 1,
             slab,
             used: 0,
@@ -510,9 +566,15 @@ impl Table {
         self.capacity
     }
 
+    /// Whether the kernel took the advice to put the index on transparent huge pages (it
+    /// refuses when `/sys/kernel/mm/transparent_hugepage/enabled` is `never`).
+    pub fn index_on_huge_pages(&self) -> bool {
+        self.index.huge
+    }
+
     /// Bytes reserved by the index and the slab at full capacity.
     pub fn memory_bytes(&self) -> usize {
-        self.index.0.len() * size_of::<IndexLine>() + self.capacity * size_of::<Entry>()
+        self.index.bytes() + self.capacity * size_of::<Entry>()
     }
 
     /// The 32-bit hash of `key`.
@@ -542,7 +604,7 @@ impl Table {
     #[inline]
     pub fn prefetch_entry(&self, hash: u32) {
         let home = self.home(hash);
-        for &s in &self.index.0[home / SLOTS_PER_LINE].0[home % SLOTS_PER_LINE..] {
+        for &s in self.index.rest_of_line(home) {
             if s == 0 {
                 return;
             }

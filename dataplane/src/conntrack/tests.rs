@@ -73,6 +73,20 @@ proptest! {
 }
 
 #[test]
+fn index_starts_zeroed_and_a_line_ends_on_its_64_byte_boundary() {
+    let mut index = Index::new(64);
+    assert_eq!(index.bytes(), 64 * 8);
+    assert!(index.slots().iter().all(|&s| s == 0));
+    // The mapping is page-aligned, so slot 8k starts a cache line.
+    assert_eq!(index.slots().as_ptr() as usize % 64, 0);
+    assert_eq!(index.rest_of_line(0).len(), 8);
+    assert_eq!(index.rest_of_line(5).len(), 3);
+    assert_eq!(index.rest_of_line(63).len(), 1);
+    index[13] = 7;
+    assert_eq!(index.rest_of_line(9), &[0, 0, 0, 0, 7, 0, 0]);
+}
+
+#[test]
 fn entry_fits_two_cache_lines() {
     assert!(size_of::<Entry>() <= 128, "{}", size_of::<Entry>());
 }
