@@ -490,10 +490,14 @@ impl Pipeline {
         let Some(i) = self.table.find(key, h) else {
             return self.open(now, p, key, a_to_b, h, len);
         };
-        self.revalidate(now, i)?;
-        let e = self.table.get_mut(i);
+        // `revalidate`, with the entry looked up once on its common path.
+        let mut e = self.table.get_mut(i);
+        if e.epoch != self.acct.policy.epoch {
+            self.reclassify(now, i)?;
+            e = self.table.get_mut(i);
+        }
         let from_orig = e.from_orig(a_to_b);
-        let valid = match e.state {
+        let valid = match e.state() {
             State::Udp | State::Generic => true,
             State::Icmp => {
                 let k = p.icmp_kind();
@@ -504,9 +508,9 @@ impl Pipeline {
                 let seg = Segment { from_orig, flags: p.l4.flags, ack: p.l4.ack };
                 // The ISN is in the entry's second line, and only a SYN or RST needs it.
                 let isn = if tcp::reads_isn(p.l4.flags) { e.isn } else { 0 };
-                match tcp::step(e.state, e.flags & flags::FIN_BY_ORIG != 0, isn, seg) {
+                match tcp::step(e.state(), e.flags & flags::FIN_BY_ORIG != 0, isn, seg) {
                     Step::To { state, fin_by_orig } => {
-                        e.state = state;
+                        e.set_state(state);
                         e.flags = (e.flags & !flags::FIN_BY_ORIG)
                             | if fin_by_orig { flags::FIN_BY_ORIG } else { 0 };
                         true
@@ -849,7 +853,7 @@ fn flow_of_packet(p: &Packet) -> Flow {
 fn flow_of_entry(e: &Entry) -> Flow {
     let ((src, sport), (dst, dport)) = e.endpoints();
     let ports = wire::has_ports(e.key.proto);
-    let icmp = match (e.state, e.key.proto) {
+    let icmp = match (e.state(), e.key.proto) {
         (State::Icmp, PROTO_ICMP) => Some((8, 0)),
         (State::Icmp, _) => Some((128, 0)),
         _ => None,

@@ -95,6 +95,13 @@ const ALL_STATES: [State; 12] = [
 ];
 
 impl State {
+    /// The state whose discriminant is `b`; `Free` for a byte no state has (an entry keeps
+    /// its state as a byte, and only [`Entry::set_state`] writes it).
+    #[inline]
+    fn from_byte(b: u8) -> State {
+        ALL_STATES.get(usize::from(b)).copied().unwrap_or(State::Free)
+    }
+
     /// The name docs and flow dumps use.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -117,7 +124,7 @@ impl State {
 /// A connection's identity, normalised so both directions give the same key: side `a` is the
 /// lower (address, port) pair. Addresses are 128-bit (IPv4 mapped into IPv6) as two words, so
 /// comparing and hashing are a few integer operations.
-#[derive(Debug, Clone, Copy, Eq, Default)]
+#[derive(Debug, Clone, Copy, Eq, Default, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
 pub struct FlowKey {
     /// Side a's address (high word, low word).
@@ -130,8 +137,8 @@ pub struct FlowKey {
     pub b_port: u16,
     /// IP protocol.
     pub proto: u8,
-    /// Whether the addresses are IPv4.
-    pub v4: bool,
+    /// 1 when the addresses are IPv4 (a byte, not a `bool`, so an entry is plain data).
+    v4: u8,
     _pad: [u8; 2],
 }
 
@@ -167,7 +174,7 @@ impl FlowKey {
         let (s, d) = (words(src), words(dst));
         let a_to_b = (s[0], s[1], sport) <= (d[0], d[1], dport);
         let (a, a_port, b, b_port) = if a_to_b { (s, sport, d, dport) } else { (d, dport, s, sport) };
-        (FlowKey { a, b, a_port, b_port, proto, v4: src.is_ipv4(), _pad: [0; 2] }, a_to_b)
+        (FlowKey { a, b, a_port, b_port, proto, v4: u8::from(src.is_ipv4()), _pad: [0; 2] }, a_to_b)
     }
 
     /// Ports, protocol and family in one word.
@@ -181,12 +188,17 @@ impl FlowKey {
 
     /// Side a's address.
     pub fn addr_a(&self) -> IpAddr {
-        addr(self.a, self.v4)
+        addr(self.a, self.is_v4())
     }
 
     /// Side b's address.
     pub fn addr_b(&self) -> IpAddr {
-        addr(self.b, self.v4)
+        addr(self.b, self.is_v4())
+    }
+
+    /// Whether the addresses are IPv4.
+    pub fn is_v4(&self) -> bool {
+        self.v4 != 0
     }
 }
 
@@ -244,7 +256,11 @@ pub mod flags {
 /// direction in the first line, and is folded into the 64-bit totals in the second line when
 /// a field would overflow (at most once per 255 packets) or a record is written. Read them
 /// with [`Entry::packets`] and [`Entry::bytes`].
-#[derive(Debug, Clone, Copy, Default)]
+///
+/// Plain data (`bytemuck::Pod`: the state is kept as a byte, the padding is spelled out), so
+/// the slab can be a mapping of its own on huge pages, viewed as entries without `unsafe`
+/// ([`Table`]).
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C, align(64))]
 pub struct Entry {
     /// The connection.
@@ -255,8 +271,9 @@ pub struct Entry {
     pub epoch: u32,
     /// [`flags`] bits.
     pub flags: u16,
-    /// State.
-    pub state: State,
+    /// The [`State`], as its discriminant: [`Entry::state`].
+    state: u8,
+    _pad: u8,
     /// Counts not yet folded into `packets` and `bytes`: per direction (originator to
     /// responder in the low half), 8 bits of packets above 24 bits of bytes.
     recent: u64,
@@ -274,6 +291,7 @@ pub struct Entry {
     pub ingress_meta: u32,
     /// TCP: the originator's initial sequence number.
     pub isn: u32,
+    _tail: [u8; 4],
 }
 
 const _: () = assert!(size_of::<Entry>() == 128);
@@ -293,7 +311,19 @@ impl Entry {
     /// A new entry for `key` in `state`, made at `now` (its start record's time), with
     /// nothing counted.
     pub fn new(key: FlowKey, state: State, now: u64) -> Entry {
-        Entry { key, state, created: now, last_seen: now, reported: now, ..Entry::default() }
+        Entry { key, state: state as u8, created: now, last_seen: now, reported: now, ..Entry::default() }
+    }
+
+    /// The connection's state.
+    #[inline]
+    pub fn state(&self) -> State {
+        State::from_byte(self.state)
+    }
+
+    /// Sets the connection's state.
+    #[inline]
+    pub fn set_state(&mut self, state: State) {
+        self.state = state as u8;
     }
 
     /// Whether a packet from side a to side b travels in the originator's direction.
@@ -311,7 +341,7 @@ impl Entry {
     /// Whether the connection is established: a TCP handshake completed (and not closing), or
     /// a reply seen for other protocols. Unestablished entries are reclaimed first.
     pub fn established(&self) -> bool {
-        match self.state {
+        match self.state() {
             State::TcpEstablished => true,
             State::Udp | State::Icmp | State::Generic => self.flags & flags::REPLIED != 0,
             _ => false,
@@ -406,11 +436,11 @@ pub struct Full;
 pub struct Table {
     /// `(tag << 32) | (slab index + 1)`; 0 is empty. The tag is the hash's low 32 bits, which
     /// also give the home slot ([`Table::home`]).
-    index: Index,
+    index: Mapped<u64>,
     mask: usize,
     /// `capacity` entries, all initialised (unused ones `State::Free`); the first `used` have
     /// ever held a flow.
-    slab: Vec<Entry>,
+    slab: Mapped<Entry>,
     used: usize,
     free: Vec<u32>,
     live: usize,
@@ -424,65 +454,48 @@ pub struct Table {
 /// Index slots per cache line.
 const SLOTS_PER_LINE: usize = 64 / size_of::<u64>();
 
-/// The index's slots, in memory of their own: a fresh anonymous mapping, advised for
-/// transparent huge pages (`MADV_HUGEPAGE`) before its first write, and then written through
-/// once so no packet takes its page faults.
+/// A table's array (the index's slots, the slab's entries) in memory of its own: a fresh
+/// anonymous mapping, advised for transparent huge pages (`MADV_HUGEPAGE`) before its first
+/// write, and then faulted in whole so no packet takes its page faults. Reads as a slice.
 ///
-/// Why a mapping and not a `Vec`: a lookup's first miss is its index slot, anywhere in 16 MB at
-/// the default capacity. On 4 KiB pages nearly every one also misses the TLB (4,096 pages),
-/// and under a hypervisor each such miss is a two-level page walk; on 2 MiB pages the whole
-/// index is 8 TLB entries (docs/benchmarks.md, "huge pages for the index"). The advice only
-/// takes effect on pages not yet touched, which a `Vec` cannot promise: the allocator may
-/// hand back heap it has used before. When the kernel's THP setting is `never`, the advice
-/// fails and the index is on 4 KiB pages, as before.
+/// Why a mapping and not a `Vec`: a lookup's misses are its index slot (anywhere in 16 MB at
+/// the default capacity) and its entry (anywhere in 128 MB). On 4 KiB pages nearly every one
+/// also misses the TLB, and under a hypervisor each such miss is a two-level page walk; on
+/// 2 MiB pages the index is 8 TLB entries and the slab 64 (docs/benchmarks.md, "the conntrack
+/// table on transparent huge pages"). The advice only takes effect on pages not yet touched,
+/// which a `Vec` cannot promise: the allocator may hand back heap it has used before. When
+/// the host's THP setting is `never` the advice fails and the array is on 4 KiB pages.
+/// `T` is plain data (`bytemuck::Pod`), so the bytes are viewed as `T`s without `unsafe`.
 #[derive(Debug)]
-struct Index {
+struct Mapped<T> {
     map: memmap2::MmapMut,
     /// Whether the kernel took the huge-page advice.
     huge: bool,
+    _t: std::marker::PhantomData<T>,
 }
 
-impl Index {
-    /// `slots` zeroed slots (a whole number of lines).
-    fn new(slots: usize) -> Index {
-        let bytes = slots * size_of::<u64>();
+impl<T: bytemuck::Pod> Mapped<T> {
+    /// `n` zeroed `T`s (at least one).
+    fn zeroed(n: usize) -> Mapped<T> {
+        let bytes = n.max(1) * size_of::<T>();
         let map = match memmap2::MmapOptions::new().len(bytes).map_anon() {
             Ok(map) => map,
             // What a `Vec` does when its allocation fails.
             Err(_) => std::alloc::handle_alloc_error(
-                std::alloc::Layout::from_size_align(bytes, 4096).unwrap_or(std::alloc::Layout::new::<u64>()),
+                std::alloc::Layout::from_size_align(bytes, 4096).unwrap_or(std::alloc::Layout::new::<T>()),
             ),
         };
         #[cfg(target_os = "linux")]
         let huge = map.advise(memmap2::Advice::HugePage).is_ok();
         #[cfg(not(target_os = "linux"))]
         let huge = false;
-        let mut index = Index { map, huge };
-        // Fault every page in now (one store per 4 KiB; the first store to a 2 MiB region
+        let mut m = Mapped { map, huge, _t: std::marker::PhantomData };
+        // Fault every page in now: one store per 4 KiB (the first store to a 2 MiB region
         // brings its huge page).
-        for page in index.slots_mut().chunks_mut(4096 / size_of::<u64>()) {
+        for page in m.map.chunks_mut(4096) {
             page[0] = 0;
         }
-        index
-    }
-
-    /// The slots. (The cast cannot fail: the mapping is page-aligned and a whole number of
-    /// slots long.)
-    #[inline(always)]
-    fn slots(&self) -> &[u64] {
-        bytemuck::cast_slice(&self.map)
-    }
-
-    #[inline(always)]
-    fn slots_mut(&mut self) -> &mut [u64] {
-        bytemuck::cast_slice_mut(&mut self.map)
-    }
-
-    /// The slots from `pos` to the end of its cache line.
-    #[inline(always)]
-    fn rest_of_line(&self, pos: usize) -> &[u64] {
-        let end = (pos | (SLOTS_PER_LINE - 1)) + 1;
-        self.slots().get(pos..end).unwrap_or(&[])
+        m
     }
 
     fn bytes(&self) -> usize {
@@ -490,20 +503,29 @@ impl Index {
     }
 }
 
-impl std::ops::Index<usize> for Index {
-    type Output = u64;
+/// The `T`s. (The cast cannot fail: the mapping is page-aligned, `T`'s alignment is at most
+/// a line, and the length is a whole number of `T`s.)
+impl<T: bytemuck::Pod> std::ops::Deref for Mapped<T> {
+    type Target = [T];
 
     #[inline(always)]
-    fn index(&self, pos: usize) -> &u64 {
-        &self.slots()[pos]
+    fn deref(&self) -> &[T] {
+        bytemuck::cast_slice(&self.map)
     }
 }
 
-impl std::ops::IndexMut<usize> for Index {
+impl<T: bytemuck::Pod> std::ops::DerefMut for Mapped<T> {
     #[inline(always)]
-    fn index_mut(&mut self, pos: usize) -> &mut u64 {
-        &mut self.slots_mut()[pos]
+    fn deref_mut(&mut self) -> &mut [T] {
+        bytemuck::cast_slice_mut(&mut self.map)
     }
+}
+
+/// The index slots from `pos` to the end of its cache line.
+#[inline(always)]
+fn rest_of_line(index: &[u64], pos: usize) -> &[u64] {
+    let end = (pos | (SLOTS_PER_LINE - 1)) + 1;
+    index.get(pos..end).unwrap_or(&[])
 }
 
 /// Number of [`State`] values.
@@ -522,14 +544,13 @@ impl Table {
     pub fn new(capacity: usize, timeouts: Timeouts, seed: u64) -> Table {
         let capacity = capacity.clamp(1, u32::MAX as usize / 2);
         let slots = (capacity * 2).next_power_of_two().max(SLOTS_PER_LINE);
-        // The slab is written through once here, so its pages are resident before the first
+        // Both arrays are faulted in here, so their pages are resident before the first
         // packet: new flows take no page fault (one per 32 entries otherwise, about a tenth of
-        // a new flow's time in the profile). So is the index, in `Index::new`.
-        let slab = vec![Entry::default(); capacity];
+        // a new flow's time in the profile). Zeroed entries are `State::Free`.
         Table {
-            index: Index::new(slots),
+            index: Mapped::zeroed(slots),
+            slab: Mapped::zeroed(capacity),
             mask: slots - 1,
-            slab,
             used: 0,
             free: Vec::new(),
             live: 0,
@@ -553,7 +574,7 @@ impl Table {
     /// Whether `e` has been idle past its state's timeout at `now`.
     #[inline]
     fn expired(&self, e: &Entry, now: u64) -> bool {
-        now.saturating_sub(e.last_seen) > self.idle_ns[e.state as usize]
+        now.saturating_sub(e.last_seen) > self.idle_ns.get(usize::from(e.state)).copied().unwrap_or(0)
     }
 
     /// Slab slots the aging hand cycles over: those that have ever held a flow.
@@ -566,15 +587,15 @@ impl Table {
         self.capacity
     }
 
-    /// Whether the kernel took the advice to put the index on transparent huge pages (it
-    /// refuses when `/sys/kernel/mm/transparent_hugepage/enabled` is `never`).
-    pub fn index_on_huge_pages(&self) -> bool {
-        self.index.huge
+    /// Whether the kernel took the advice to put the index and the slab on transparent huge
+    /// pages (it refuses when `/sys/kernel/mm/transparent_hugepage/enabled` is `never`).
+    pub fn on_huge_pages(&self) -> bool {
+        self.index.huge && self.slab.huge
     }
 
     /// Bytes reserved by the index and the slab at full capacity.
     pub fn memory_bytes(&self) -> usize {
-        self.index.bytes() + self.capacity * size_of::<Entry>()
+        self.index.bytes() + self.slab.bytes()
     }
 
     /// The 32-bit hash of `key`.
@@ -604,7 +625,7 @@ impl Table {
     #[inline]
     pub fn prefetch_entry(&self, hash: u32) {
         let home = self.home(hash);
-        for &s in self.index.rest_of_line(home) {
+        for &s in rest_of_line(&self.index, home) {
             if s == 0 {
                 return;
             }
@@ -620,15 +641,18 @@ impl Table {
     /// The slab index of `key`'s entry.
     #[inline(always)]
     pub fn find(&self, key: &FlowKey, hash: u32) -> Option<u32> {
+        // Each view of a mapping checks its alignment and length: once per lookup, not per
+        // probe.
+        let (index, slab): (&[u64], &[Entry]) = (&self.index, &self.slab);
         let mut pos = self.home(hash);
         loop {
-            let s = self.index[pos];
+            let s = index[pos];
             if s == 0 {
                 return None;
             }
             if (s >> 32) as u32 == hash {
                 let i = s as u32 - 1;
-                if self.slab[i as usize].key == *key {
+                if slab[i as usize].key == *key {
                     return Some(i);
                 }
             }
@@ -701,7 +725,7 @@ impl Table {
         for k in 0..RECLAIM_SCAN.min(n) {
             let i = (self.hand + k) % n;
             let e = &self.slab[i];
-            if e.state == State::Free {
+            if e.state() == State::Free {
                 continue;
             }
             if self.expired(e, now) {
@@ -726,7 +750,7 @@ impl Table {
     /// Removes the entry at slab index `i`, passing it to `ended` first.
     pub fn remove(&mut self, i: u32, why: EndReason, ended: &mut impl FnMut(&Entry, EndReason)) {
         let e = self.slab[i as usize];
-        if e.state == State::Free {
+        if e.state() == State::Free {
             return;
         }
         ended(&e, why);
@@ -742,7 +766,7 @@ impl Table {
             pos = (pos + 1) & self.mask;
         }
         self.unlink(pos);
-        self.slab[i as usize].state = State::Free;
+        self.slab[i as usize].set_state(State::Free);
         self.free.push(i);
         self.live -= 1;
     }
@@ -782,7 +806,7 @@ impl Table {
         for _ in 0..budget.min(n) {
             let i = self.hand;
             self.hand = if i + 1 == n { 0 } else { i + 1 };
-            if self.slab[i].state == State::Free {
+            if self.slab[i].state() == State::Free {
                 continue;
             }
             if self.expired(&self.slab[i], now) {
@@ -798,7 +822,7 @@ impl Table {
         self.slab[..self.used]
             .iter()
             .enumerate()
-            .filter(|(_, e)| e.state != State::Free)
+            .filter(|(_, e)| e.state() != State::Free)
             .map(|(i, e)| (i as u32, e))
     }
 }

@@ -53,7 +53,7 @@ proptest! {
             a_port: ports[0],
             b_port: ports[1],
             proto,
-            v4,
+            v4: u8::from(v4),
             ..FlowKey::default()
         };
         let mut o = k;
@@ -66,24 +66,39 @@ proptest! {
             4 => o.a_port ^= (flip as u16).max(1),
             5 => o.b_port ^= (flip as u16).max(1),
             6 => o.proto ^= (flip as u8).max(1),
-            _ => o.v4 = !o.v4,
+            _ => o.v4 ^= 1,
         }
         prop_assert_ne!(k, o);
     }
 }
 
 #[test]
-fn index_starts_zeroed_and_a_line_ends_on_its_64_byte_boundary() {
-    let mut index = Index::new(64);
-    assert_eq!(index.bytes(), 64 * 8);
-    assert!(index.slots().iter().all(|&s| s == 0));
+fn mapped_arrays_start_zeroed_and_an_index_line_ends_on_its_64_byte_boundary() {
+    let mut index: Mapped<u64> = Mapped::zeroed(64);
+    assert_eq!((index.len(), index.bytes()), (64, 64 * 8));
+    assert!(index.iter().all(|&s| s == 0));
     // The mapping is page-aligned, so slot 8k starts a cache line.
-    assert_eq!(index.slots().as_ptr() as usize % 64, 0);
-    assert_eq!(index.rest_of_line(0).len(), 8);
-    assert_eq!(index.rest_of_line(5).len(), 3);
-    assert_eq!(index.rest_of_line(63).len(), 1);
+    assert_eq!(index.as_ptr() as usize % 64, 0);
+    assert_eq!(rest_of_line(&index, 0).len(), 8);
+    assert_eq!(rest_of_line(&index, 5).len(), 3);
+    assert_eq!(rest_of_line(&index, 63).len(), 1);
     index[13] = 7;
-    assert_eq!(index.rest_of_line(9), &[0, 0, 0, 0, 7, 0, 0]);
+    assert_eq!(rest_of_line(&index, 9), &[0, 0, 0, 0, 7, 0, 0]);
+    // A zeroed entry is a free slot, and entries are whole lines.
+    let slab: Mapped<Entry> = Mapped::zeroed(3);
+    assert_eq!(slab.len(), 3);
+    assert!(slab.iter().all(|e| e.state() == State::Free && e.key == FlowKey::default()));
+    assert_eq!(slab.as_ptr() as usize % 64, 0);
+}
+
+#[test]
+fn an_entry_keeps_its_state_as_a_byte() {
+    let mut e = entry(key(1), State::TcpSynSent, 0);
+    for s in ALL_STATES {
+        e.set_state(s);
+        assert_eq!(e.state(), s);
+    }
+    assert_eq!(State::from_byte(200), State::Free);
 }
 
 #[test]

@@ -88,7 +88,7 @@ fn flow_json(e: &crate::conntrack::Entry, now: u64) -> Value {
     let ((src, sport), (dst, dport)) = e.endpoints();
     json!({
         "proto": e.key.proto, "src": src.to_string(), "src_port": sport, "dst": dst.to_string(), "dst_port": dport,
-        "state": e.state.as_str(), "epoch": e.epoch,
+        "state": e.state().as_str(), "epoch": e.epoch,
         "packets": e.packets(), "bytes": e.bytes(),
         "age_s": now.saturating_sub(e.created) as f64 / 1e9, "idle_s": now.saturating_sub(e.last_seen) as f64 / 1e9,
     })

@@ -200,7 +200,7 @@ fn tcp_handshake_data_and_close() {
         let (o, _) = one(&mut p, i as u64, frame);
         assert_eq!(o, want, "step {i}");
         let (_, e) = p.conntrack().iter().next().unwrap();
-        assert_eq!(e.state.as_str(), state, "step {i}");
+        assert_eq!(e.state().as_str(), state, "step {i}");
     }
     let recs = records(&mut p);
     let kinds: Vec<&str> = recs.iter().map(|r| r["type"].as_str().unwrap()).collect();
