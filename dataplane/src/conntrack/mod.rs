@@ -574,7 +574,7 @@ impl Table {
     /// Whether `e` has been idle past its state's timeout at `now`.
     #[inline]
     fn expired(&self, e: &Entry, now: u64) -> bool {
-        now.saturating_sub(e.last_seen) > self.idle_ns.get(usize::from(e.state)).copied().unwrap_or(0)
+        now.saturating_sub(e.last_seen) > self.idle_ns[e.state() as usize]
     }
 
     /// Slab slots the aging hand cycles over: those that have ever held a flow.
