@@ -684,13 +684,13 @@ fn main() {
             }
             if case.name == "established/1M" && rep == 0 {
                 println!(
-                    "conntrack memory at {} entries: {:.1} MB reserved (index + slab at capacity {}), {:.1} MB resident to make and fill ({} B/entry; index and slab on huge pages: {})",
+                    "conntrack memory at {} entries: {:.1} MB reserved (index + slab at capacity {}), {:.1} MB resident to make and fill ({} B/entry; on huge pages: {:.1} MB)",
                     case.live,
                     p.conntrack().memory_bytes() as f64 / 1e6,
                     p.conntrack().capacity(),
                     (rss1.saturating_sub(rss0)) as f64 / 1e6,
                     size_of::<Entry>(),
-                    if p.conntrack().on_huge_pages() { "yes" } else { "no" },
+                    p.conntrack().huge_page_bytes().unwrap_or(0) as f64 / 1e6,
                 );
             }
         }

@@ -25,6 +25,7 @@
 //!
 //! [conntrack]
 //! capacity = 1048576
+//! huge_pages = true                  # ask for transparent huge pages for the table (false: 4 KiB)
 //! [conntrack.timeouts]               # seconds
 //! syn = 20
 //! established = 3600
@@ -185,6 +186,10 @@ pub struct Conntrack {
     pub capacity: usize,
     /// Idle timeouts.
     pub timeouts: Timeouts,
+    /// Whether the table's index and slab ask the kernel for transparent huge pages
+    /// (`MADV_HUGEPAGE`; default true). False asks for 4 KiB pages (`MADV_NOHUGEPAGE`), also on
+    /// a host whose THP setting is `always`.
+    pub huge_pages: bool,
 }
 
 /// `[flow_logs]`.
@@ -353,6 +358,12 @@ struct RawConntrack {
     capacity: Spanned<usize>,
     #[serde(default = "default_timeouts")]
     timeouts: Spanned<Timeouts>,
+    #[serde(default = "default_huge_pages")]
+    huge_pages: bool,
+}
+
+fn default_huge_pages() -> bool {
+    true
 }
 
 fn default_timeouts() -> Spanned<Timeouts> {
@@ -361,7 +372,11 @@ fn default_timeouts() -> Spanned<Timeouts> {
 
 impl Default for RawConntrack {
     fn default() -> Self {
-        RawConntrack { capacity: default_capacity(), timeouts: default_timeouts() }
+        RawConntrack {
+            capacity: default_capacity(),
+            timeouts: default_timeouts(),
+            huge_pages: default_huge_pages(),
+        }
     }
 }
 
@@ -570,7 +585,7 @@ impl DaemonConfig {
             routes,
             kernel_routes,
             neighbours,
-            conntrack: Conntrack { capacity, timeouts: t },
+            conntrack: Conntrack { capacity, timeouts: t, huge_pages: raw.conntrack.huge_pages },
             flow_logs,
             daemon,
         })
@@ -619,6 +634,13 @@ udp = 30
         assert_eq!(c.neighbours[0].interface, 1);
         assert_eq!(c.conntrack.capacity, 1000);
         assert_eq!(c.conntrack.timeouts, Timeouts { udp: 30, ..Timeouts::default() });
+        assert!(c.conntrack.huge_pages, "huge pages by default");
+        assert!(
+            !parse(&OK.replace("capacity = 1000", "capacity = 1000\nhuge_pages = false"))
+                .unwrap()
+                .conntrack
+                .huge_pages
+        );
         assert_eq!(c.flow_logs.interval, 10);
     }
 

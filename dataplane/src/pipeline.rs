@@ -237,7 +237,12 @@ impl Pipeline {
     /// A pipeline enforcing `policy` (a version shared with other workers) from the start.
     pub fn with_policy(config: &DaemonConfig, policy: Arc<PolicyVersion>, seed: u64) -> Pipeline {
         Pipeline {
-            table: Table::new(config.conntrack.capacity, config.conntrack.timeouts, seed),
+            table: Table::with_pages(
+                config.conntrack.capacity,
+                config.conntrack.timeouts,
+                seed,
+                config.conntrack.huge_pages,
+            ),
             fwd: CachedForwarder::new(Arc::new(Forwarder::from_config(config))),
             unresolved: Vec::new(),
             sweep: Sweep::default(),

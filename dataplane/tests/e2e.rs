@@ -268,6 +268,14 @@ fn ping_tcp_and_denials_through_the_daemon() {
     for i in ["c0", "s1", "s2"] {
         assert!(!env.t.xdp_attached(i).unwrap(), "{i}: XDP still attached after a clean stop");
     }
+    // The worker logged its table: size, and how much the kernel put on huge pages.
+    let log = env.daemon.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("conntrack table")
+            && l.contains("capacity=1048576")
+            && l.contains("huge_mb")),
+        "{log}"
+    );
 }
 
 #[test]

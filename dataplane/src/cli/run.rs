@@ -23,11 +23,17 @@ pub struct RunArgs {
     check: bool,
 }
 
-/// Installs the tracing subscriber (stderr).
+/// Installs the tracing subscriber (stderr; colours only when it is a terminal, so a log
+/// file or the journal gets plain text).
 pub fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 pub(super) fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {

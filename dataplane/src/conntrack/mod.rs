@@ -465,18 +465,18 @@ const SLOTS_PER_LINE: usize = 64 / size_of::<u64>();
 /// table on transparent huge pages"). The advice only takes effect on pages not yet touched,
 /// which a `Vec` cannot promise: the allocator may hand back heap it has used before. When
 /// the host's THP setting is `never` the advice fails and the array is on 4 KiB pages.
+/// Without `huge` (`[conntrack] huge_pages = false`) the array is advised `MADV_NOHUGEPAGE`
+/// instead, so it is on 4 KiB pages whatever the host's setting.
 /// `T` is plain data (`bytemuck::Pod`), so the bytes are viewed as `T`s without `unsafe`.
 #[derive(Debug)]
 struct Mapped<T> {
     map: memmap2::MmapMut,
-    /// Whether the kernel took the huge-page advice.
-    huge: bool,
     _t: std::marker::PhantomData<T>,
 }
 
 impl<T: bytemuck::Pod> Mapped<T> {
-    /// `n` zeroed `T`s (at least one).
-    fn zeroed(n: usize) -> Mapped<T> {
+    /// `n` zeroed `T`s (at least one), on huge pages when `huge` and the kernel allows.
+    fn zeroed(n: usize, huge: bool) -> Mapped<T> {
         let bytes = n.max(1) * size_of::<T>();
         let map = match memmap2::MmapOptions::new().len(bytes).map_anon() {
             Ok(map) => map,
@@ -485,11 +485,13 @@ impl<T: bytemuck::Pod> Mapped<T> {
                 std::alloc::Layout::from_size_align(bytes, 4096).unwrap_or(std::alloc::Layout::new::<T>()),
             ),
         };
+        // Best effort: the kernel refuses `MADV_HUGEPAGE` when the host's THP setting is
+        // `never` (`Table::huge_page_bytes` says what it gave).
         #[cfg(target_os = "linux")]
-        let huge = map.advise(memmap2::Advice::HugePage).is_ok();
+        let _ = map.advise(if huge { memmap2::Advice::HugePage } else { memmap2::Advice::NoHugePage });
         #[cfg(not(target_os = "linux"))]
-        let huge = false;
-        let mut m = Mapped { map, huge, _t: std::marker::PhantomData };
+        let _ = huge;
+        let mut m = Mapped { map, _t: std::marker::PhantomData };
         // Fault every page in now: one store per 4 KiB (the first store to a 2 MiB region
         // brings its huge page).
         for page in m.map.chunks_mut(4096) {
@@ -501,6 +503,42 @@ impl<T: bytemuck::Pod> Mapped<T> {
     fn bytes(&self) -> usize {
         self.map.len()
     }
+
+    /// The mapping's address range.
+    fn range(&self) -> std::ops::Range<usize> {
+        let start = self.map.as_ptr() as usize;
+        start..start + self.map.len()
+    }
+}
+
+/// Bytes of `range` the kernel has placed on huge pages, from `smaps` text (the format of
+/// `/proc/PID/smaps`: a `start-end perms ...` line per mapping, then its `Key: value kB`
+/// lines). The kernel merges adjacent mappings of the same kind into one (the index and the
+/// slab, or two workers' tables), and smaps counts per merged mapping, so a mapping's
+/// `AnonHugePages` is shared out by how much of it `range` covers: exact when the mapping
+/// is `range` or wholly on huge pages, else an estimate. `None` when no mapping overlaps it.
+fn anon_huge_bytes(smaps: &str, range: std::ops::Range<usize>) -> Option<usize> {
+    let mut total = None;
+    // The overlap with `range` of the mapping being read, and that mapping's size.
+    let mut current: Option<(usize, usize)> = None;
+    for line in smaps.lines() {
+        let mut words = line.split_ascii_whitespace();
+        let first = words.next().unwrap_or("");
+        if let Some((lo, hi)) = first.split_once('-')
+            && let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+        {
+            let overlap = hi.min(range.end).saturating_sub(lo.max(range.start));
+            current = (overlap > 0 && hi > lo).then_some((overlap, hi - lo));
+        } else if let Some((overlap, size)) = current
+            && first == "AnonHugePages:"
+        {
+            let huge = words.next()?.parse::<usize>().ok()? * 1024;
+            let share = (huge as u128 * overlap as u128 / size as u128) as usize;
+            total = Some(total.unwrap_or(0) + share);
+            current = None;
+        }
+    }
+    total
 }
 
 /// The `T`s. (The cast cannot fail: the mapping is page-aligned, `T`'s alignment is at most
@@ -540,16 +578,23 @@ const _: () = {
 };
 
 impl Table {
-    /// A table for at most `capacity` entries (at least 1), hashing with `seed`.
+    /// A table for at most `capacity` entries (at least 1), hashing with `seed`, on huge pages
+    /// where the host allows ([`Table::with_pages`]).
     pub fn new(capacity: usize, timeouts: Timeouts, seed: u64) -> Table {
+        Table::with_pages(capacity, timeouts, seed, true)
+    }
+
+    /// [`Table::new`], asking for transparent huge pages only when `huge_pages` (the daemon
+    /// config's `[conntrack] huge_pages`).
+    pub fn with_pages(capacity: usize, timeouts: Timeouts, seed: u64, huge_pages: bool) -> Table {
         let capacity = capacity.clamp(1, u32::MAX as usize / 2);
         let slots = (capacity * 2).next_power_of_two().max(SLOTS_PER_LINE);
         // Both arrays are faulted in here, so their pages are resident before the first
         // packet: new flows take no page fault (one per 32 entries otherwise, about a tenth of
         // a new flow's time in the profile). Zeroed entries are `State::Free`.
         Table {
-            index: Mapped::zeroed(slots),
-            slab: Mapped::zeroed(capacity),
+            index: Mapped::zeroed(slots, huge_pages),
+            slab: Mapped::zeroed(capacity, huge_pages),
             mask: slots - 1,
             used: 0,
             free: Vec::new(),
@@ -587,10 +632,12 @@ impl Table {
         self.capacity
     }
 
-    /// Whether the kernel took the advice to put the index and the slab on transparent huge
-    /// pages (it refuses when `/sys/kernel/mm/transparent_hugepage/enabled` is `never`).
-    pub fn on_huge_pages(&self) -> bool {
-        self.index.huge && self.slab.huge
+    /// Bytes of the index and the slab the kernel has placed on huge pages (`None` when
+    /// `/proc/self/smaps` cannot be read; an estimate when the kernel merged them with other
+    /// memory: [`anon_huge_bytes`]). Reads and parses that file: not for the packet path.
+    pub fn huge_page_bytes(&self) -> Option<usize> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+        Some(anon_huge_bytes(&smaps, self.index.range())? + anon_huge_bytes(&smaps, self.slab.range())?)
     }
 
     /// Bytes reserved by the index and the slab at full capacity.

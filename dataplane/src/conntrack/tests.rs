@@ -74,7 +74,7 @@ proptest! {
 
 #[test]
 fn mapped_arrays_start_zeroed_and_an_index_line_ends_on_its_64_byte_boundary() {
-    let mut index: Mapped<u64> = Mapped::zeroed(64);
+    let mut index: Mapped<u64> = Mapped::zeroed(64, true);
     assert_eq!((index.len(), index.bytes()), (64, 64 * 8));
     assert!(index.iter().all(|&s| s == 0));
     // The mapping is page-aligned, so slot 8k starts a cache line.
@@ -85,10 +85,33 @@ fn mapped_arrays_start_zeroed_and_an_index_line_ends_on_its_64_byte_boundary() {
     index[13] = 7;
     assert_eq!(rest_of_line(&index, 9), &[0, 0, 0, 0, 7, 0, 0]);
     // A zeroed entry is a free slot, and entries are whole lines.
-    let slab: Mapped<Entry> = Mapped::zeroed(3);
+    let slab: Mapped<Entry> = Mapped::zeroed(3, false);
     assert_eq!(slab.len(), 3);
     assert!(slab.iter().all(|e| e.state() == State::Free && e.key == FlowKey::default()));
     assert_eq!(slab.as_ptr() as usize % 64, 0);
+}
+
+#[test]
+fn huge_page_bytes_are_read_from_the_mapping_smaps_names() {
+    let smaps = "\
+7f0000000000-7f0000400000 rw-p 00000000 00:00 0
+Size:               4096 kB
+AnonHugePages:      2048 kB
+7f0000400000-7f0001400000 rw-p 00000000 00:00 0
+Size:              16384 kB
+AnonHugePages:     14336 kB
+VmFlags: rd wr mr mw me ac sd hg
+";
+    let at = |lo: usize, len: usize| anon_huge_bytes(smaps, lo..lo + len);
+    assert_eq!(at(0x7f00_0040_0000, 16 << 20), Some(14336 * 1024), "a whole mapping");
+    assert_eq!(at(0x7f00_0000_0000, 4 << 20), Some(2048 * 1024));
+    assert_eq!(at(0x7f00_0000_0000, 20 << 20), Some(16384 * 1024), "two merged mappings");
+    // A quarter of the second mapping: a quarter of its huge pages.
+    assert_eq!(at(0x7f00_0040_0000, 4 << 20), Some(3584 * 1024), "part of a mapping");
+    assert_eq!(at(0x7f00_0140_0000, 4096), None, "no mapping there");
+    // A table that asked for 4 KiB pages is found in this process's smaps, with none huge.
+    let t = Table::with_pages(1 << 16, Timeouts::default(), 1, false);
+    assert_eq!(t.huge_page_bytes(), Some(0));
 }
 
 #[test]
