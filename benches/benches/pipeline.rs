@@ -5,6 +5,9 @@
 //! Cases (each printed in packets per second, side by side, best of `--reps`):
 //! - `established/1k`, `established/1M`: packets of flows already tracked, 1,000 or 1,000,000
 //!   of them, visited in a shuffled order (the 1M case misses cache on every flow).
+//! - `established/1k-4k`, `established/1M-4k`: the same with the conntrack table on 4 KiB
+//!   pages (`[conntrack] huge_pages = false`), side by side with the huge pages the others
+//!   ask for.
 //! - `established/1M-gen`: the `established/1M` flows with frames made per packet by a
 //!   generator (`FlowGen`: a template with each flow's addresses and ports written in), so the
 //!   frame is in cache when the pipeline gets it instead of read from 64 MB of stored frames:
@@ -25,7 +28,10 @@
 //!   `layout-model/1-place-probed-0.5` and `-0.7`, a one-place layout with real collisions
 //!   (hot lines at their hashed position, linear probing; `layout_model_probed`); and
 //!   `layout-model/fingerprints-0.95`, a cuckoo-bucketed slab found through a 2.2 MB array of
-//!   fingerprints instead of the 16 MB index (`layout_model_fingerprints`).
+//!   fingerprints instead of the 16 MB index (`layout_model_fingerprints`); and
+//!   `layout-model/2-places-64`, today's layout with 64-byte entries (a slab split into its
+//!   hot and cold lines). Run with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` to put the models'
+//!   arrays on huge pages, as the table's are.
 //!
 //! `cargo bench -p margay-benches --bench pipeline [-- --reps N --quick --only CASE --packets N]`;
 //! pin it with `taskset -c 1`. To profile only the timed loops: `mkfifo /tmp/ctl; PERF_CTL=/tmp/ctl
@@ -48,7 +54,9 @@ use margay_rulecompiler::policy::Flow;
 use margay_rulecompiler::policy::compile::CompiledPolicy;
 use margay_rulecompiler::synth::SplitMix64;
 
-fn config(capacity: usize) -> DaemonConfig {
+/// The bench's daemon config: one route and neighbour, conntrack of `capacity`, its table on
+/// transparent huge pages or not (`[conntrack] huge_pages`).
+fn config(capacity: usize, huge_pages: bool) -> DaemonConfig {
     let text = format!(
         r#"
 [[interface]]
@@ -67,6 +75,7 @@ mac = "02:00:00:00:00:fe"
 interface = "out0"
 [conntrack]
 capacity = {capacity}
+huge_pages = {huge_pages}
 "#
     );
     DaemonConfig::parse(&text, Path::new("bench.toml")).unwrap_or_else(|e| panic!("{e}"))
@@ -257,14 +266,16 @@ fn table_only(live: usize, total: u64, seed: u64) -> f64 {
 /// then the entry's first line, whose address is known only once the slot is in.
 /// `one_place: true` is a layout that finds the entry from the hash alone (an entry per home
 /// slot, no probing or collisions: an ideal no real table at this load reaches), so a lookup is
-/// the entry's line. Lookups per second; what a redesign could gain at most.
-fn layout_model(one_place: bool, total: u64, seed: u64) -> f64 {
+/// the entry's line. Lookups per second; what a redesign could gain at most. `E` is the
+/// entry: [`Entry128`] as the table's, or [`Entry64`], its first line alone (a slab split
+/// into an array of hot lines and one of cold lines).
+fn layout_model<E: ModelEntry>(one_place: bool, total: u64, seed: u64) -> f64 {
     const SLOTS: usize = 2 * MODEL_ENTRIES;
     /// A line of index slots, aligned as the table's are.
     #[derive(Clone, Copy, Default)]
     #[repr(C, align(64))]
     struct Line([u64; 8]);
-    let mut slab = vec![Entry128::default(); MODEL_ENTRIES];
+    let mut slab: Vec<E> = (0..MODEL_ENTRIES).map(|_| E::default()).collect();
     let mut index = vec![Line::default(); SLOTS / 8];
     let hashes = model_hashes(seed);
     for (k, &h) in hashes.iter().enumerate() {
@@ -273,7 +284,7 @@ fn layout_model(one_place: bool, total: u64, seed: u64) -> f64 {
             pos = (pos + 1) & (SLOTS - 1);
         }
         index[pos / 8].0[pos % 8] = (u64::from(h) << 32) | (k as u64 + 1);
-        slab[k].key = k as u64;
+        *slab[k].key() = k as u64;
     }
     drive_model(&hashes, total, seed, |burst| {
         let mut found = 0;
@@ -283,8 +294,8 @@ fn layout_model(one_place: bool, total: u64, seed: u64) -> f64 {
             }
             for &(_, h) in burst {
                 let e = &mut slab[h as usize & (MODEL_ENTRIES - 1)];
-                e.count += 1;
-                found += u64::from(e.key != u64::MAX);
+                *e.count() += 1;
+                found += u64::from(*e.key() != u64::MAX);
             }
         } else {
             for &(_, h) in burst {
@@ -304,8 +315,8 @@ fn layout_model(one_place: bool, total: u64, seed: u64) -> f64 {
                 let mut pos = h as usize & (SLOTS - 1);
                 loop {
                     let s = index[pos / 8].0[pos % 8];
-                    if (s >> 32) as u32 == h && slab[(s as u32 - 1) as usize].key == k {
-                        slab[(s as u32 - 1) as usize].count += 1;
+                    if (s >> 32) as u32 == h && *slab[(s as u32 - 1) as usize].key() == k {
+                        *slab[(s as u32 - 1) as usize].count() += 1;
                         found += 1;
                         break;
                     }
@@ -452,6 +463,40 @@ struct Entry128 {
     _second: [u64; 8],
 }
 
+/// An entry of 64 bytes: [`Entry128`]'s first line alone, as in a slab split into an array
+/// of the lines a lookup touches and one of the rest.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct Entry64 {
+    key: u64,
+    count: u64,
+    _first: [u64; 6],
+}
+
+/// What the layout models touch of an entry.
+trait ModelEntry: Copy + Default {
+    fn key(&mut self) -> &mut u64;
+    fn count(&mut self) -> &mut u64;
+}
+
+impl ModelEntry for Entry128 {
+    fn key(&mut self) -> &mut u64 {
+        &mut self.key
+    }
+    fn count(&mut self) -> &mut u64 {
+        &mut self.count
+    }
+}
+
+impl ModelEntry for Entry64 {
+    fn key(&mut self) -> &mut u64 {
+        &mut self.key
+    }
+    fn count(&mut self) -> &mut u64 {
+        &mut self.count
+    }
+}
+
 /// Entries in the layout models.
 const MODEL_ENTRIES: usize = 1 << 20;
 
@@ -517,6 +562,8 @@ struct Case {
     new_flows: bool,
     /// The frames are made per packet by [`FlowGen`] instead of read from memory by `MemIo`.
     generated: bool,
+    /// The conntrack table asks for transparent huge pages (the default).
+    huge_pages: bool,
 }
 
 /// Established flows' frames made as a packet generator makes them: one template frame, each
@@ -593,11 +640,31 @@ fn main() {
     );
 
     let cases = [
-        Case { name: "established/1k", live: 1_000, new_flows: false, generated: false },
-        Case { name: "established/1M", live: million, new_flows: false, generated: false },
-        Case { name: "established/1M-gen", live: million, new_flows: false, generated: true },
-        Case { name: "new/1k-live", live: 1_000, new_flows: true, generated: false },
-        Case { name: "new/1M-live", live: million, new_flows: true, generated: false },
+        Case { name: "established/1k", live: 1_000, new_flows: false, generated: false, huge_pages: true },
+        Case {
+            name: "established/1k-4k",
+            live: 1_000,
+            new_flows: false,
+            generated: false,
+            huge_pages: false,
+        },
+        Case { name: "established/1M", live: million, new_flows: false, generated: false, huge_pages: true },
+        Case {
+            name: "established/1M-4k",
+            live: million,
+            new_flows: false,
+            generated: false,
+            huge_pages: false,
+        },
+        Case {
+            name: "established/1M-gen",
+            live: million,
+            new_flows: false,
+            generated: true,
+            huge_pages: true,
+        },
+        Case { name: "new/1k-live", live: 1_000, new_flows: true, generated: false, huge_pages: true },
+        Case { name: "new/1M-live", live: million, new_flows: true, generated: false, huge_pages: true },
     ];
     for (name, live) in [("conntrack-only/1k", 1_000), ("conntrack-only/1M", million)] {
         if only.as_deref().is_none_or(|o| o == name) {
@@ -612,9 +679,10 @@ fn main() {
     // The layout models: today's layout and the one-place ideal (`layout_model`), a one-place
     // layout with collisions at two loads (`layout_model_probed`), and a cuckoo-bucketed slab
     // behind a small fingerprint array (`layout_model_fingerprints`).
-    let models: [(&str, &dyn Fn(u64) -> f64); 5] = [
-        ("layout-model/2-places", &|seed| layout_model(false, packets, seed)),
-        ("layout-model/1-place", &|seed| layout_model(true, packets, seed)),
+    let models: [(&str, &dyn Fn(u64) -> f64); 6] = [
+        ("layout-model/2-places", &|seed| layout_model::<Entry128>(false, packets, seed)),
+        ("layout-model/2-places-64", &|seed| layout_model::<Entry64>(false, packets, seed)),
+        ("layout-model/1-place", &|seed| layout_model::<Entry128>(true, packets, seed)),
         ("layout-model/1-place-probed-0.5", &|seed| layout_model_probed(0.5, packets, seed + 10)),
         ("layout-model/1-place-probed-0.7", &|seed| layout_model_probed(0.7, packets, seed + 10)),
         ("layout-model/fingerprints-0.95", &|seed| layout_model_fingerprints(0.95, packets, seed + 10)),
@@ -651,7 +719,7 @@ fn main() {
             // The table commits its memory when it is made (docs/conntrack.md): resident
             // memory is measured from before that to after the live flows are in.
             let rss0 = rss_bytes();
-            let mut p = Pipeline::new(&config(capacity), policy, 99 + rep as u64);
+            let mut p = Pipeline::new(&config(capacity, case.huge_pages), policy, 99 + rep as u64);
             let origin = Instant::now();
             // Make the live flows: one packet each.
             let (_, fwd, _) = drive(&mut p, &mut warm, origin);
@@ -682,7 +750,7 @@ fn main() {
                     p.conntrack().len()
                 );
             }
-            if case.name == "established/1M" && rep == 0 {
+            if case.live == million && !case.new_flows && !case.generated && rep == 0 {
                 println!(
                     "conntrack memory at {} entries: {:.1} MB reserved (index + slab at capacity {}), {:.1} MB resident to make and fill ({} B/entry; on huge pages: {:.1} MB)",
                     case.live,
