@@ -494,6 +494,33 @@ fn frame_strategy() -> impl Strategy<Value = Vec<u8>> {
 }
 
 #[test]
+fn each_frame_of_a_mixed_burst_gets_its_own_outcome() {
+    let mut p = pipeline(1000);
+    let ok = |port| udp(true, CLIENT, port, SERVER, 53);
+    let ttl1 = finish(v4(true, CLIENT, SERVER, 1).udp(9, 53), b"x");
+    // Tracked, malformed, tracked, dropped before conntrack, not IP, tracked; and again past
+    // the first burst of 64, so positions above 63 are placed too.
+    let pattern = [ok(1), vec![0; 10], ok(2), ttl1, vec![0xff; 60], ok(3)];
+    let mut frames: Vec<Vec<u8>> = (0..70).map(|i| pattern[i % 6].clone()).collect();
+    let out = run(&mut p, 0, &mut frames);
+    for (i, o) in out.iter().enumerate() {
+        let want = match i % 6 {
+            0 | 2 | 5 => Outcome::Forward(1),
+            1 => Outcome::Drop(Drop::Malformed(Malformed::Truncated(wire::Layer::Ethernet))),
+            3 => Outcome::Drop(Drop::Ttl),
+            _ => Outcome::Drop(Drop::Malformed(Malformed::NotIp)),
+        };
+        assert_eq!(*o, want, "frame {i}");
+        if want == Outcome::Forward(1) {
+            assert_eq!(frames[i][..6], SERVER_MAC, "frame {i} rewritten for the server");
+        } else {
+            assert_eq!(frames[i], pattern[i % 6], "dropped frame {i} untouched");
+        }
+    }
+    assert_eq!(p.conntrack().len(), 3, "three flows");
+}
+
+#[test]
 fn frames_without_an_outcome_slot_are_left_alone() {
     let mut p = pipeline(1000);
     let f = udp(true, CLIENT, 1, SERVER, 53);
