@@ -236,6 +236,7 @@ fn ping_tcp_and_denials_through_the_daemon() {
     assert!(s["verdict_deny"].as_u64().unwrap() >= 3, "{s}");
     assert!(s["tracked_packets"].as_u64().unwrap() > 10, "{s}");
     assert!(s["drops"]["policy"].as_u64().unwrap() >= 3, "{s}");
+    assert_eq!(s["workers"][0]["conntrack_capacity"], 1_048_576, "{s}");
     // The XDP program sent the traffic to the sockets, and ARP to the kernel.
     let c0 = &s["xdp"][0]["counters"];
     assert!(c0["redirected"].as_u64().unwrap() > 5 && c0["host_arp"].as_u64().unwrap() >= 1, "{s}");
@@ -294,6 +295,7 @@ fn metrics_are_served_in_prometheus_text() {
         "margay_packets_total{verdict=\"forwarded\"}",
         "margay_drops_total{reason=\"policy\"}",
         "margay_conntrack_entries",
+        "margay_conntrack_capacity 1048576",
         "margay_policy_epoch 1",
         "margay_flowlog_dropped_total",
         "margay_worker_rx_packets_total{worker=\"0\"}",

@@ -64,6 +64,8 @@ pub fn update(shared: &Shared) {
         counter!("margay_drops_total", "reason" => Drop::name(i)).absolute(*v);
     }
     gauge!("margay_conntrack_entries").set(entries as f64);
+    let capacity: usize = workers.iter().map(|w| w.conntrack_capacity).sum();
+    gauge!("margay_conntrack_capacity").set(capacity as f64);
     gauge!("margay_policy_epoch").set(f64::from(shared.policy.load().epoch));
     if let Some(r) = shared.last_reload.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
         gauge!("margay_last_reload_timestamp_seconds").set(r.at);

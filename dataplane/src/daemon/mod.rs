@@ -187,7 +187,8 @@ impl Shared {
         for (i, s) in workers.iter().enumerate() {
             per_worker.push(json!({
                 "worker": i, "rx_packets": s.counters.rx_packets, "tx_packets": s.counters.tx_packets,
-                "dropped": s.counters.dropped(), "conntrack_entries": s.conntrack_entries, "epoch": s.epoch,
+                "dropped": s.counters.dropped(), "conntrack_entries": s.conntrack_entries,
+                "conntrack_capacity": s.conntrack_capacity, "epoch": s.epoch,
                 "tx_ring_full": s.io.tx_ring_full, "tx_no_frame": s.io.tx_no_frame,
                 "kernel_rx_dropped": s.kernel[0], "kernel_rx_ring_full": s.kernel[1],
                 "kernel_fill_ring_empty": s.kernel[2], "kernel_tx_invalid": s.kernel[3],
