@@ -272,6 +272,12 @@ fn run_explains_what_is_wrong_before_touching_anything() {
     let out = margay(&["run", "--check", "--config", ok.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("ok: 1 interfaces"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout)
+            .contains("conntrack table of 1048576 entries (151.0 MB resident from the start, huge pages"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]

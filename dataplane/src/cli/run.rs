@@ -43,13 +43,17 @@ pub(super) fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         let policy = config.policy.clone().context("no policy file (set `policy = \"FILE\"`)")?;
         let set = margay_config::PolicySet::load(&policy)?;
         let (compiled, ms) = super::policy::compile_timed(&set)?;
+        let table = crate::conntrack::reserved_bytes(config.conntrack.capacity);
         println!(
-            "{}: ok: {} interfaces, {} routes, {} neighbours, {} worker(s); policy {} compiled to {} classifier rules in {ms:.1} ms",
+            "{}: ok: {} interfaces, {} routes, {} neighbours, {} worker(s), each with a conntrack table of {} entries ({:.1} MB resident from the start, {}); policy {} compiled to {} classifier rules in {ms:.1} ms",
             args.config.display(),
             config.interfaces.len(),
             config.routes.len(),
             config.neighbours.len(),
             config.workers(),
+            config.conntrack.capacity,
+            table as f64 / 1e6,
+            if config.conntrack.huge_pages { "huge pages asked for" } else { "4 KiB pages" },
             policy.display(),
             compiled.stats().classifier_rules
         );

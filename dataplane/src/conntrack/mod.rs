@@ -577,6 +577,18 @@ const _: () = {
     }
 };
 
+/// Bytes a table for `capacity` entries reserves (and commits) for its index and slab:
+/// [`Table::memory_bytes`] before the table is made.
+pub fn reserved_bytes(capacity: usize) -> usize {
+    let capacity = capacity.clamp(1, u32::MAX as usize / 2);
+    index_slots(capacity) * size_of::<u64>() + capacity * size_of::<Entry>()
+}
+
+/// Index slots for `capacity` entries: a load of at most one half, whole lines.
+fn index_slots(capacity: usize) -> usize {
+    (capacity * 2).next_power_of_two().max(SLOTS_PER_LINE)
+}
+
 impl Table {
     /// A table for at most `capacity` entries (at least 1), hashing with `seed`, on huge pages
     /// where the host allows ([`Table::with_pages`]).
@@ -588,7 +600,7 @@ impl Table {
     /// config's `[conntrack] huge_pages`).
     pub fn with_pages(capacity: usize, timeouts: Timeouts, seed: u64, huge_pages: bool) -> Table {
         let capacity = capacity.clamp(1, u32::MAX as usize / 2);
-        let slots = (capacity * 2).next_power_of_two().max(SLOTS_PER_LINE);
+        let slots = index_slots(capacity);
         // Both arrays are faulted in here, so their pages are resident before the first
         // packet: new flows take no page fault (one per 32 entries otherwise, about a tenth of
         // a new flow's time in the profile). Zeroed entries are `State::Free`.

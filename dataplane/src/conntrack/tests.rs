@@ -115,6 +115,16 @@ VmFlags: rd wr mr mw me ac sd hg
 }
 
 #[test]
+fn reserved_bytes_is_what_a_table_reserves() {
+    for cap in [1, 7, 1000, 4096, 100_000] {
+        let t = Table::with_pages(cap, Timeouts::default(), 1, false);
+        assert_eq!(reserved_bytes(cap), t.memory_bytes(), "capacity {cap}");
+    }
+    // The default: 16.8 MB of index and 134.2 MB of slab.
+    assert_eq!(reserved_bytes(DEFAULT_CAPACITY), (1 << 21) * 8 + (1 << 20) * 128);
+}
+
+#[test]
 fn an_entry_keeps_its_state_as_a_byte() {
     let mut e = entry(key(1), State::TcpSynSent, 0);
     for s in ALL_STATES {
