@@ -580,8 +580,14 @@ const _: () = {
 /// Bytes a table for `capacity` entries reserves (and commits) for its index and slab:
 /// [`Table::memory_bytes`] before the table is made.
 pub fn reserved_bytes(capacity: usize) -> usize {
-    let capacity = capacity.clamp(1, u32::MAX as usize / 2);
+    let capacity = entries_for(capacity);
     index_slots(capacity) * size_of::<u64>() + capacity * size_of::<Entry>()
+}
+
+/// The entries a table asked for `capacity` holds: at least 1, and few enough that a slab
+/// index (plus one) fits an index slot's 32 bits.
+fn entries_for(capacity: usize) -> usize {
+    capacity.clamp(1, u32::MAX as usize / 2)
 }
 
 /// Index slots for `capacity` entries: a load of at most one half, whole lines.
@@ -599,7 +605,7 @@ impl Table {
     /// [`Table::new`], asking for transparent huge pages only when `huge_pages` (the daemon
     /// config's `[conntrack] huge_pages`).
     pub fn with_pages(capacity: usize, timeouts: Timeouts, seed: u64, huge_pages: bool) -> Table {
-        let capacity = capacity.clamp(1, u32::MAX as usize / 2);
+        let capacity = entries_for(capacity);
         let slots = index_slots(capacity);
         // Both arrays are faulted in here, so their pages are resident before the first
         // packet: new flows take no page fault (one per 32 entries otherwise, about a tenth of
