@@ -42,9 +42,7 @@ impl Burst {
 
     /// Appends a copy of `frame`, received at `ts`.
     pub fn push(&mut self, ts: u64, frame: &[u8]) {
-        if self.len == self.bufs.len() {
-            self.bufs.push(Vec::with_capacity(2048));
-        }
+        self.reserve_bufs(self.len + 1);
         let b = &mut self.bufs[self.len];
         b.clear();
         b.extend_from_slice(frame);
@@ -55,13 +53,19 @@ impl Burst {
     /// Makes the burst `n` frames long, with buffers for all of them, and returns those
     /// buffers (their old contents, to be overwritten) and the timestamps (all 0).
     fn take(&mut self, n: usize) -> (&mut [Vec<u8>], &mut [u64]) {
-        while self.bufs.len() < n {
-            self.bufs.push(Vec::with_capacity(2048));
-        }
+        self.reserve_bufs(n);
         self.len = n;
         self.ts.clear();
         self.ts.resize(n, 0);
         (&mut self.bufs[..n], &mut self.ts)
+    }
+
+    /// Makes sure there are buffers for `n` frames (each made once, room for a 2 KiB frame,
+    /// and kept).
+    fn reserve_bufs(&mut self, n: usize) {
+        while self.bufs.len() < n {
+            self.bufs.push(Vec::with_capacity(2048));
+        }
     }
 
     /// Frames.
