@@ -30,7 +30,11 @@
 //!   `layout-model/fingerprints-0.95`, a cuckoo-bucketed slab found through a 2.2 MB array of
 //!   fingerprints instead of the 16 MB index (`layout_model_fingerprints`); and
 //!   `layout-model/2-places-64`, today's layout with 64-byte entries (a slab split into its
-//!   hot and cold lines). Run with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` to put the models'
+//!   hot and cold lines); and `layout-model/work-alone`, `layout-model/2-places+work` and
+//!   `layout-model/2-places+work-ahead-16` (`work_model`), which ask whether the table's misses
+//!   overlap about a decision's worth of arithmetic per lookup: with the pipeline's schedule
+//!   (all index lines, then all entries, then the lookups) or with each entry prefetched 16
+//!   lookups ahead. Run with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` to put the models'
 //!   arrays on huge pages, as the table's are.
 //!
 //! `cargo bench -p margay-benches --bench pipeline [-- --reps N --quick --only CASE --packets N]`;
@@ -270,22 +274,7 @@ fn table_only(live: usize, total: u64, seed: u64) -> f64 {
 /// entry: [`Entry128`] as the table's, or [`Entry64`], its first line alone (a slab split
 /// into an array of hot lines and one of cold lines).
 fn layout_model<E: ModelEntry>(one_place: bool, total: u64, seed: u64) -> f64 {
-    const SLOTS: usize = 2 * MODEL_ENTRIES;
-    /// A line of index slots, aligned as the table's are.
-    #[derive(Clone, Copy, Default)]
-    #[repr(C, align(64))]
-    struct Line([u64; 8]);
-    let mut slab: Vec<E> = (0..MODEL_ENTRIES).map(|_| E::default()).collect();
-    let mut index = vec![Line::default(); SLOTS / 8];
-    let hashes = model_hashes(seed);
-    for (k, &h) in hashes.iter().enumerate() {
-        let mut pos = h as usize & (SLOTS - 1);
-        while index[pos / 8].0[pos % 8] != 0 {
-            pos = (pos + 1) & (SLOTS - 1);
-        }
-        index[pos / 8].0[pos % 8] = (u64::from(h) << 32) | (k as u64 + 1);
-        *slab[k].key() = k as u64;
-    }
+    let (mut slab, index, hashes) = two_places::<E>(seed);
     drive_model(&hashes, total, seed, |burst| {
         let mut found = 0;
         if one_place {
@@ -299,33 +288,120 @@ fn layout_model<E: ModelEntry>(one_place: bool, total: u64, seed: u64) -> f64 {
             }
         } else {
             for &(_, h) in burst {
-                prefetch(&index[(h as usize & (SLOTS - 1)) / 8]);
+                prefetch(&index[(h as usize & (MODEL_SLOTS - 1)) / 8]);
             }
             for &(_, h) in burst {
-                // As the table does: the first slot tagged `h` within the home slot's line.
-                let home = h as usize & (SLOTS - 1);
-                if let Some(&s) =
-                    index[home / 8].0[home % 8..].iter().find(|&&s| s == 0 || (s >> 32) as u32 == h)
-                    && s != 0
-                {
-                    prefetch(&slab[(s as u32 - 1) as usize]);
-                }
+                prefetch_model_entry(&index, &slab, h);
             }
             for &(k, h) in burst {
-                let mut pos = h as usize & (SLOTS - 1);
-                loop {
-                    let s = index[pos / 8].0[pos % 8];
-                    if (s >> 32) as u32 == h && *slab[(s as u32 - 1) as usize].key() == k {
-                        *slab[(s as u32 - 1) as usize].count() += 1;
-                        found += 1;
-                        break;
-                    }
-                    pos = (pos + 1) & (SLOTS - 1);
-                }
+                found += find_model_entry(&index, &mut slab, k, h);
             }
         }
         found
     })
+}
+
+/// Index slots of the two-place models.
+const MODEL_SLOTS: usize = 2 * MODEL_ENTRIES;
+
+/// A line of index slots, aligned as the table's are.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct Line([u64; 8]);
+
+/// Today's layout in bare arrays: a slab of [`MODEL_ENTRIES`] entries and an index of
+/// [`MODEL_SLOTS`] slots (tag and slab index, linear probing), filled with the keys of
+/// `model_hashes(seed)`, which are returned too.
+fn two_places<E: ModelEntry>(seed: u64) -> (Vec<E>, Vec<Line>, Vec<u32>) {
+    let mut slab: Vec<E> = (0..MODEL_ENTRIES).map(|_| E::default()).collect();
+    let mut index = vec![Line::default(); MODEL_SLOTS / 8];
+    let hashes = model_hashes(seed);
+    for (k, &h) in hashes.iter().enumerate() {
+        let mut pos = h as usize & (MODEL_SLOTS - 1);
+        while index[pos / 8].0[pos % 8] != 0 {
+            pos = (pos + 1) & (MODEL_SLOTS - 1);
+        }
+        index[pos / 8].0[pos % 8] = (u64::from(h) << 32) | (k as u64 + 1);
+        *slab[k].key() = k as u64;
+    }
+    (slab, index, hashes)
+}
+
+/// As the table does: prefetches the entry of the first slot tagged `h` within the home
+/// slot's line.
+fn prefetch_model_entry<E: ModelEntry>(index: &[Line], slab: &[E], h: u32) {
+    let home = h as usize & (MODEL_SLOTS - 1);
+    if let Some(&s) = index[home / 8].0[home % 8..].iter().find(|&&s| s == 0 || (s >> 32) as u32 == h)
+        && s != 0
+    {
+        prefetch(&slab[(s as u32 - 1) as usize]);
+    }
+}
+
+/// Finds key `k` (hash `h`) and counts a packet in its entry; 1 when found.
+fn find_model_entry<E: ModelEntry>(index: &[Line], slab: &mut [E], k: u64, h: u32) -> u64 {
+    let mut pos = h as usize & (MODEL_SLOTS - 1);
+    loop {
+        let s = index[pos / 8].0[pos % 8];
+        if s == 0 {
+            return 0;
+        }
+        if (s >> 32) as u32 == h && *slab[(s as u32 - 1) as usize].key() == k {
+            *slab[(s as u32 - 1) as usize].count() += 1;
+            return 1;
+        }
+        pos = (pos + 1) & (MODEL_SLOTS - 1);
+    }
+}
+
+/// About a decision's worth of arithmetic per lookup (`WORK_STEPS` steps of two independent
+/// multiply-rotate chains, ~160 instructions), seeded by `x`, with no memory access.
+fn model_work(mut x: u64) -> u64 {
+    const WORK_STEPS: u32 = 40;
+    let mut y = x ^ 0x9e37;
+    for _ in 0..WORK_STEPS {
+        x = x.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(7);
+        y = y.wrapping_add(x ^ 17).rotate_left(3);
+    }
+    x ^ y
+}
+
+/// Does a table's miss overlap a packet's work on this machine? The two-place layout with
+/// [`model_work`] per lookup (after it, on the found entry's count), scheduled as the
+/// pipeline does (`ahead` 0: all index lines, then all entries, then the lookups and their
+/// work) or with each entry prefetched `ahead` lookups before its own (the index lines still
+/// all first). `ahead` None: the work alone, on the keys, without the table.
+fn work_model(ahead: Option<usize>, total: u64, seed: u64) -> f64 {
+    let (mut slab, index, hashes) = two_places::<Entry128>(seed);
+    let mut sink = 0u64;
+    let rate = drive_model(&hashes, total, seed, |burst| {
+        let Some(ahead) = ahead else {
+            for &(k, _) in burst {
+                sink ^= model_work(k);
+            }
+            return burst.len() as u64;
+        };
+        for &(_, h) in burst {
+            prefetch(&index[(h as usize & (MODEL_SLOTS - 1)) / 8]);
+        }
+        let first = if ahead == 0 { burst.len() } else { ahead };
+        for &(_, h) in burst.iter().take(first) {
+            prefetch_model_entry(&index, &slab, h);
+        }
+        let mut found = 0;
+        for (i, &(k, h)) in burst.iter().enumerate() {
+            if ahead > 0
+                && let Some(&(_, next)) = burst.get(i + ahead)
+            {
+                prefetch_model_entry(&index, &slab, next);
+            }
+            found += find_model_entry(&index, &mut slab, k, h);
+            sink ^= model_work(*slab[k as usize].count());
+        }
+        found
+    });
+    std::hint::black_box(sink);
+    rate
 }
 
 /// A one-place layout a real table could have within the 160 MB bound: the entries' first
@@ -679,13 +755,16 @@ fn main() {
     // The layout models: today's layout and the one-place ideal (`layout_model`), a one-place
     // layout with collisions at two loads (`layout_model_probed`), and a cuckoo-bucketed slab
     // behind a small fingerprint array (`layout_model_fingerprints`).
-    let models: [(&str, &dyn Fn(u64) -> f64); 6] = [
+    let models: [(&str, &dyn Fn(u64) -> f64); 9] = [
         ("layout-model/2-places", &|seed| layout_model::<Entry128>(false, packets, seed)),
         ("layout-model/2-places-64", &|seed| layout_model::<Entry64>(false, packets, seed)),
         ("layout-model/1-place", &|seed| layout_model::<Entry128>(true, packets, seed)),
         ("layout-model/1-place-probed-0.5", &|seed| layout_model_probed(0.5, packets, seed + 10)),
         ("layout-model/1-place-probed-0.7", &|seed| layout_model_probed(0.7, packets, seed + 10)),
         ("layout-model/fingerprints-0.95", &|seed| layout_model_fingerprints(0.95, packets, seed + 10)),
+        ("layout-model/work-alone", &|seed| work_model(None, packets, seed)),
+        ("layout-model/2-places+work", &|seed| work_model(Some(0), packets, seed)),
+        ("layout-model/2-places+work-ahead-16", &|seed| work_model(Some(16), packets, seed)),
     ];
     for (name, model) in models {
         if only.as_deref().is_none_or(|o| o == name || o == "layout-model") {
