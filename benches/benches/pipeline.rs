@@ -37,13 +37,18 @@
 //!   lookups ahead. Run with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` to put the models'
 //!   arrays on huge pages, as the table's are.
 //!
+//! With `--features pass-times` each timed loop also prints the time of each pass of a burst
+//! per packet (parse and index prefetch, entry prefetch, decide) and of `recv`, and the ratio
+//! of the decide passes to the parse pass, which compares two builds across the machine's
+//! phases better than their totals do (docs/benchmarks.md, 2026-12-01 late).
+//!
 //! `cargo bench -p margay-benches --bench pipeline [-- --reps N --quick --only CASE --packets N]`;
 //! pin it with `taskset -c 1`. To profile only the timed loops: `mkfifo /tmp/ctl; PERF_CTL=/tmp/ctl
 //! perf record -D -1 --control fifo:/tmp/ctl -e cpu-clock BENCH ...`. Targets: established >= 10 M/s, new flows >= 2 M/s, 1M entries <= 160 MB.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use margay_benches::policygen::{ENDPOINTS, endpoint_ip, scale_policy};
 use margay_config::PolicySet;
@@ -52,7 +57,7 @@ use margay_config::policy::Verdict;
 use margay_dataplane::conntrack::{DEFAULT_CAPACITY, Entry, FlowKey, State, Table};
 use margay_dataplane::flowlog::FlowRecord;
 use margay_dataplane::io::{Burst, MemIo, PacketIo};
-use margay_dataplane::pipeline::{BURST, Outcome, Pipeline};
+use margay_dataplane::pipeline::{BURST, Outcome, PassTimes, Pipeline};
 use margay_rulecompiler::classifier::prefetch;
 use margay_rulecompiler::policy::Flow;
 use margay_rulecompiler::policy::compile::CompiledPolicy;
@@ -195,9 +200,15 @@ fn drive(p: &mut Pipeline, io: &mut impl PacketIo, origin: Instant) -> (u64, u64
     // After the allocations: the first large one makes glibc consolidate the free chunks the
     // setup left (1M frames' worth in the new-flow cases), which is no part of the loop.
     perf_control("enable");
+    let before = p.pass_times();
+    let mut recv_time = Duration::ZERO;
     let t = Instant::now();
     loop {
+        let r = cfg!(feature = "pass-times").then(Instant::now);
         let k = io.recv(&mut burst, BURST).unwrap_or(0);
+        if let Some(r) = r {
+            recv_time += r.elapsed();
+        }
         if k == 0 {
             break;
         }
@@ -211,7 +222,26 @@ fn drive(p: &mut Pipeline, io: &mut impl PacketIo, origin: Instant) -> (u64, u64
     }
     let secs = t.elapsed().as_secs_f64();
     perf_control("disable");
+    if cfg!(feature = "pass-times") && n > 0 {
+        print_passes(&before, &p.pass_times(), recv_time, n, secs);
+    }
     (n, fwd, secs)
+}
+
+/// With the `pass-times` feature: the time of each pass of a burst (and of `recv`) per packet
+/// over `n` packets, and the decide passes' time over the parse pass's. That ratio compares
+/// builds across the machine's phases, which slow every pass alike (docs/benchmarks.md,
+/// 2026-12-01 late).
+fn print_passes(before: &PassTimes, after: &PassTimes, recv: Duration, n: u64, secs: f64) {
+    let ns = |d: Duration| d.as_nanos() as f64 / n as f64;
+    let [parse, prefetch, decide] =
+        std::array::from_fn(|i| ns(after.passes[i].saturating_sub(before.passes[i])));
+    println!(
+        "  passes over {n} packets, ns a packet: parse and index prefetch {parse:.1}, entry prefetch {prefetch:.1}, decide {decide:.1}, recv {:.1}, all {:.1}; (entry prefetch + decide) / parse {:.2}",
+        ns(recv),
+        secs * 1e9 / n as f64,
+        (prefetch + decide) / parse
+    );
 }
 
 /// Conntrack alone at `live` flows: the lookups and counter updates of the `established` cases

@@ -221,6 +221,43 @@ pub struct Pipeline {
     sweep: Sweep,
     /// `[daemon] forward_only`: route every parsed packet, skipping conntrack and policy.
     forward_only: bool,
+    passes: PassTimes,
+}
+
+/// Time spent in each pass of a burst, summed over every burst: (1) parse, flow key, hash
+/// and index prefetch, (2) entry prefetch, (3) the decisions (conntrack, policy, route,
+/// rewrite, accounting). Measured only in a build with the `pass-times` feature (the
+/// pipeline bench's breakdown, docs/benchmarks.md); otherwise always zero, and free.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PassTimes {
+    /// Summed per pass.
+    pub passes: [std::time::Duration; 3],
+    #[cfg(feature = "pass-times")]
+    last: Option<std::time::Instant>,
+}
+
+impl PassTimes {
+    /// Starts timing a burst.
+    #[inline(always)]
+    fn start(&mut self) {
+        #[cfg(feature = "pass-times")]
+        {
+            self.last = Some(std::time::Instant::now());
+        }
+    }
+
+    /// Ends pass `i` of the burst (and starts the next).
+    #[inline(always)]
+    fn lap(&mut self, i: usize) {
+        #[cfg(feature = "pass-times")]
+        if let Some(last) = self.last {
+            let now = std::time::Instant::now();
+            self.passes[i] += now - last;
+            self.last = Some(now);
+        }
+        #[cfg(not(feature = "pass-times"))]
+        let _ = i;
+    }
 }
 
 /// Most distinct unresolved next hops a pipeline remembers between two
@@ -258,6 +295,7 @@ impl Pipeline {
             },
             parsed: vec![Packet::EMPTY; BURST],
             keys: Vec::with_capacity(BURST),
+            passes: PassTimes::default(),
         }
     }
 
@@ -309,6 +347,12 @@ impl Pipeline {
         &self.acct.counters
     }
 
+    /// Time spent in each pass of a burst so far: zero unless built with the `pass-times`
+    /// feature ([`PassTimes`]).
+    pub fn pass_times(&self) -> PassTimes {
+        self.passes
+    }
+
     /// The conntrack table.
     pub fn conntrack(&self) -> &Table {
         &self.table
@@ -333,6 +377,7 @@ impl Pipeline {
     }
 
     fn burst<F: AsMut<[u8]>>(&mut self, now: u64, frames: &mut [F], out: &mut [Outcome]) {
+        self.passes.start();
         // Taken out of `self` for the burst, so the parsed packets are borrowed, not copied:
         // each frame is parsed straight into its slot.
         let mut parsed = std::mem::take(&mut self.parsed);
@@ -360,14 +405,17 @@ impl Pipeline {
             };
             keys.push(key);
         }
+        self.passes.lap(0);
         for (_, _, h) in keys.iter().flatten() {
             self.table.prefetch_entry(*h);
         }
+        self.passes.lap(1);
         for (i, k) in keys.iter().enumerate() {
             if let Some((key, a_to_b, h)) = k {
                 out[i] = self.packet(now, frames[i].as_mut(), &parsed[i], key, *a_to_b, *h);
             }
         }
+        self.passes.lap(2);
         self.parsed = parsed;
         self.keys = keys;
     }
