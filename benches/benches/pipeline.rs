@@ -54,7 +54,7 @@ use margay_benches::policygen::{ENDPOINTS, endpoint_ip, scale_policy};
 use margay_config::PolicySet;
 use margay_config::daemon::{DaemonConfig, Timeouts};
 use margay_config::policy::Verdict;
-use margay_dataplane::conntrack::{DEFAULT_CAPACITY, Entry, FlowKey, State, Table};
+use margay_dataplane::conntrack::{DEFAULT_CAPACITY, Entry, FlowKey, Hint, State, Table};
 use margay_dataplane::flowlog::FlowRecord;
 use margay_dataplane::io::{Burst, MemIo, PacketIo};
 use margay_dataplane::pipeline::{BURST, Outcome, PassTimes, Pipeline};
@@ -267,6 +267,7 @@ fn table_only(live: usize, total: u64, seed: u64) -> f64 {
     shuffle(&mut keys, seed);
     let mut found = 0u64;
     let mut hashes = [0u32; BURST];
+    let mut hints = [Hint::NONE; BURST];
     let started = Instant::now();
     let mut done = 0u64;
     let mut next = 0usize;
@@ -277,11 +278,12 @@ fn table_only(live: usize, total: u64, seed: u64) -> f64 {
             *h = t.hash(k);
             t.prefetch_index(*h);
         }
-        for h in &hashes[..burst.len()] {
-            t.prefetch_entry(*h);
+        let probe = t.probe();
+        for (h, hint) in hashes[..burst.len()].iter().zip(hints.iter_mut()) {
+            *hint = probe.prefetch_entry(*h);
         }
-        for (k, h) in burst.iter().zip(hashes.iter()) {
-            if let Some(i) = t.find(k, *h) {
+        for ((k, h), hint) in burst.iter().zip(hashes.iter()).zip(hints.iter()) {
+            if let Some(i) = t.find_hinted(k, *h, *hint) {
                 t.get_mut(i).count(true, 64, done);
                 found += 1;
             }

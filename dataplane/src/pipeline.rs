@@ -20,7 +20,7 @@ use margay_rulecompiler::policy::Flow;
 use margay_rulecompiler::policy::compile::{CompiledPolicy, SideRef, Verdicts};
 
 use crate::conntrack::tcp::{self, Segment, Step};
-use crate::conntrack::{EndReason, Entry, FlowKey, SEC, State, Table, flags};
+use crate::conntrack::{EndReason, Entry, FlowKey, Hint, SEC, State, Table, flags};
 use crate::flowlog::{FlowRecord, Kind, PolicyVersion, PolicyVersions, Reason, RecordDecision};
 use crate::forward::{CachedForwarder, ForwardError, Forwarder, Resolved};
 use crate::wire::{self, IcmpKind, Malformed, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet};
@@ -207,6 +207,17 @@ struct Accounting {
     last_flush: Option<u64>,
 }
 
+/// A packet's conntrack lookup, carried from pass to pass of its burst.
+#[derive(Debug, Clone, Copy)]
+struct Lookup {
+    key: FlowKey,
+    /// Whether the packet goes from the key's side a to side b.
+    a_to_b: bool,
+    hash: u32,
+    /// Where the entry pass found the entry's index slot pointing.
+    hint: Hint,
+}
+
 /// The packet pipeline of one worker.
 #[derive(Debug)]
 pub struct Pipeline {
@@ -215,8 +226,8 @@ pub struct Pipeline {
     acct: Accounting,
     /// A burst's parsed packets ([`BURST`] slots, overwritten by each burst).
     parsed: Vec<Packet>,
-    /// A burst's flow keys (direction, hash), where the packet goes on to conntrack.
-    keys: Vec<Option<(FlowKey, bool, u32)>>,
+    /// A burst's conntrack lookups, where the packet goes on to conntrack.
+    lookups: Vec<Option<Lookup>>,
     unresolved: Vec<(u16, IpAddr)>,
     sweep: Sweep,
     /// `[daemon] forward_only`: route every parsed packet, skipping conntrack and policy.
@@ -294,7 +305,7 @@ impl Pipeline {
                 last_flush: None,
             },
             parsed: vec![Packet::EMPTY; BURST],
-            keys: Vec::with_capacity(BURST),
+            lookups: Vec::with_capacity(BURST),
             passes: PassTimes::default(),
         }
     }
@@ -381,64 +392,54 @@ impl Pipeline {
         // Taken out of `self` for the burst, so the parsed packets are borrowed, not copied:
         // each frame is parsed straight into its slot.
         let mut parsed = std::mem::take(&mut self.parsed);
-        let mut keys = std::mem::take(&mut self.keys);
-        keys.clear();
+        let mut lookups = std::mem::take(&mut self.lookups);
+        lookups.clear();
         for ((f, o), p) in frames.iter_mut().zip(out.iter_mut()).zip(parsed.iter_mut()) {
             let frame = f.as_mut();
             self.acct.counters.rx_packets += 1;
             self.acct.counters.rx_bytes += frame.len() as u64;
-            let key = match wire::parse_into(frame, p) {
+            let lookup = match wire::parse_into(frame, p) {
                 Ok(()) if self.forward_only => {
                     *o = self.route(now, frame, p);
                     None
                 }
                 Ok(()) => {
                     let (key, a_to_b) = key_of(p);
-                    let h = self.table.hash(&key);
-                    self.table.prefetch_index(h);
-                    Some((key, a_to_b, h))
+                    let hash = self.table.hash(&key);
+                    self.table.prefetch_index(hash);
+                    Some(Lookup { key, a_to_b, hash, hint: Hint::NONE })
                 }
                 Err(m) => {
                     *o = self.acct.drop(Drop::Malformed(m));
                     None
                 }
             };
-            keys.push(key);
+            lookups.push(lookup);
         }
         self.passes.lap(0);
-        for (_, _, h) in keys.iter().flatten() {
-            self.table.prefetch_entry(*h);
+        let probe = self.table.probe();
+        for l in lookups.iter_mut().flatten() {
+            l.hint = probe.prefetch_entry(l.hash);
         }
         self.passes.lap(1);
-        for (i, k) in keys.iter().enumerate() {
-            if let Some((key, a_to_b, h)) = k {
-                out[i] = self.packet(now, frames[i].as_mut(), &parsed[i], key, *a_to_b, *h);
+        for (i, l) in lookups.iter().enumerate() {
+            if let Some(l) = l {
+                out[i] = self.packet(now, frames[i].as_mut(), &parsed[i], l);
             }
         }
         self.passes.lap(2);
         self.parsed = parsed;
-        self.keys = keys;
+        self.lookups = lookups;
     }
 
-    fn packet(
-        &mut self,
-        now: u64,
-        frame: &mut [u8],
-        p: &Packet,
-        key: &FlowKey,
-        a_to_b: bool,
-        h: u32,
-    ) -> Outcome {
+    fn packet(&mut self, now: u64, frame: &mut [u8], p: &Packet, l: &Lookup) -> Outcome {
         let hop = match self.next_hop(now, p, frame.len()) {
             Ok(hop) => hop,
             Err(d) => return Outcome::Drop(d),
         };
         let len = frame.len();
-        let verdict = if p.quoted.is_some() {
-            self.related(now, p, key, h, len)
-        } else {
-            self.track(now, p, key, a_to_b, h, len)
-        };
+        let verdict =
+            if p.quoted.is_some() { self.related(now, p, l, len) } else { self.track(now, p, l, len) };
         match verdict {
             Ok(()) => self.send(frame, p, &hop),
             Err(d) => Outcome::Drop(d),
@@ -491,8 +492,8 @@ impl Pipeline {
     }
 
     /// An ICMP error: allowed exactly when the flow it quotes is tracked (and still allowed).
-    fn related(&mut self, now: u64, p: &Packet, key: &FlowKey, h: u32, len: usize) -> Result<(), Drop> {
-        match self.table.find(key, h) {
+    fn related(&mut self, now: u64, p: &Packet, l: &Lookup, len: usize) -> Result<(), Drop> {
+        match self.table.find_hinted(&l.key, l.hash, l.hint) {
             Some(i) => self.revalidate(now, i),
             None => Err(self.drop_logged(now, p, Drop::Invalid, None, len)),
         }
@@ -528,19 +529,12 @@ impl Pipeline {
         Ok(())
     }
 
-    fn track(
-        &mut self,
-        now: u64,
-        p: &Packet,
-        key: &FlowKey,
-        a_to_b: bool,
-        h: u32,
-        len: usize,
-    ) -> Result<(), Drop> {
+    fn track(&mut self, now: u64, p: &Packet, l: &Lookup, len: usize) -> Result<(), Drop> {
         if p.icmp_kind() == Some(IcmpKind::Other) {
             return self.stateless(now, p, len);
         }
-        let Some(i) = self.table.find(key, h) else {
+        let (key, a_to_b, h) = (&l.key, l.a_to_b, l.hash);
+        let Some(i) = self.table.find_hinted(key, h, l.hint) else {
             return self.open(now, p, key, a_to_b, h, len);
         };
         // `revalidate`, with the entry looked up once on its common path.
@@ -865,8 +859,6 @@ impl Accounting {
     }
 }
 
-/// The conntrack key of a packet (of the quoted packet, for an ICMP error) and whether the
-/// packet goes from side a to side b.
 /// Which of `workers` workers owns the flow of `frame`: the same for both directions of a flow
 /// (and for ICMP errors about it), in every worker. None for a frame that does not parse (the
 /// receiving worker counts it).
@@ -878,6 +870,8 @@ pub fn flow_owner(frame: &[u8], workers: usize) -> Option<usize> {
     Some((h % workers.max(1) as u64) as usize)
 }
 
+/// The conntrack key of a packet (of the quoted packet, for an ICMP error) and whether the
+/// packet goes from side a to side b.
 #[inline(always)]
 fn key_of(p: &Packet) -> (FlowKey, bool) {
     match &p.quoted {

@@ -559,6 +559,12 @@ impl<T: bytemuck::Pod> std::ops::DerefMut for Mapped<T> {
     }
 }
 
+/// The first index slot `hash` probes in an index of `mask + 1` slots.
+#[inline(always)]
+fn home(hash: u32, mask: usize) -> usize {
+    hash as usize & mask
+}
+
 /// The index slots from `pos` to the end of its cache line.
 #[inline(always)]
 fn rest_of_line(index: &[u64], pos: usize) -> &[u64] {
@@ -680,27 +686,29 @@ impl Table {
     /// faster: docs/benchmarks.md.)
     #[inline]
     fn home(&self, hash: u32) -> usize {
-        hash as usize & self.mask
+        home(hash, self.mask)
     }
 
-    /// Starts loading the entry of the first slot tagged `hash` on its probe path, from the
-    /// home slot to the end of its line of the index (which [`Table::prefetch_index`] loaded):
-    /// at a load of one half, 24% of the entries are not in their home slot but 94.5% are
-    /// in its line, and an entry not prefetched costs a full miss in [`Table::find`].
+    /// The index and the slab, viewed once for a pass over a burst: [`Probe::prefetch_entry`].
     #[inline]
-    pub fn prefetch_entry(&self, hash: u32) {
-        let home = self.home(hash);
-        for &s in rest_of_line(&self.index, home) {
-            if s == 0 {
-                return;
-            }
-            if (s >> 32) as u32 == hash {
-                if let Some(e) = self.slab.get((s as u32 - 1) as usize) {
-                    prefetch_line(e);
-                }
-                return;
-            }
+    pub fn probe(&self) -> Probe<'_> {
+        Probe { index: &self.index, slab: &self.slab, mask: self.mask }
+    }
+
+    /// [`Table::find`], trying slab index `hint` first ([`Probe::prefetch_entry`]'s answer
+    /// for `hash`). The hint is only a guess, and may be stale: the table may have changed
+    /// since it was taken (an earlier packet of the burst opened, ended or reopened a flow).
+    /// It is taken only when its entry is live and holds `key`, which makes it `key`'s entry,
+    /// as a key is live at most once.
+    #[inline(always)]
+    pub fn find_hinted(&self, key: &FlowKey, hash: u32, hint: Hint) -> Option<u32> {
+        if let Some(e) = self.slab.get(hint.0 as usize)
+            && e.key == *key
+            && e.state != State::Free as u8
+        {
+            return Some(hint.0);
         }
+        self.find(key, hash)
     }
 
     /// The slab index of `key`'s entry.
@@ -889,6 +897,58 @@ impl Table {
             .enumerate()
             .filter(|(_, e)| e.state() != State::Free)
             .map(|(i, e)| (i as u32, e))
+    }
+}
+
+/// Where a lookup's entry probably is: the slab index [`Probe::prefetch_entry`] started
+/// loading, for [`Table::find_hinted`] to try before it walks the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hint(u32);
+
+impl Hint {
+    /// No guess: [`Table::find_hinted`] walks the index.
+    pub const NONE: Hint = Hint(u32::MAX);
+
+    /// A guess of slab index `i`, right or wrong.
+    #[cfg(test)]
+    fn at(i: u32) -> Hint {
+        Hint(i)
+    }
+}
+
+/// The table's arrays, viewed for a pass over a burst. Each view of a mapping checks its
+/// alignment and length; a loop that also stores (the hints) takes the views again for
+/// every packet, as the compiler cannot tell the stores leave the table alone: about 14
+/// instructions a packet in callgrind (docs/benchmarks.md, 2026-12-01 evening).
+#[derive(Debug, Clone, Copy)]
+pub struct Probe<'a> {
+    index: &'a [u64],
+    slab: &'a [Entry],
+    mask: usize,
+}
+
+impl Probe<'_> {
+    /// Starts loading the entry of the first slot tagged `hash` on its probe path, from the
+    /// home slot to the end of its line of the index (which [`Table::prefetch_index`] loaded),
+    /// and returns where it is. At a load of one half, 24% of the entries are not in their
+    /// home slot but 94.5% are in its line, and an entry not prefetched costs a full miss in
+    /// [`Table::find`]. With the hint, the lookup does not read the index again: a dependent
+    /// load less on its way to the entry (docs/benchmarks.md).
+    #[inline]
+    pub fn prefetch_entry(&self, hash: u32) -> Hint {
+        for &s in rest_of_line(self.index, home(hash, self.mask)) {
+            if s == 0 {
+                return Hint::NONE;
+            }
+            if (s >> 32) as u32 == hash {
+                let i = s as u32 - 1;
+                if let Some(e) = self.slab.get(i as usize) {
+                    prefetch_line(e);
+                }
+                return Hint(i);
+            }
+        }
+        Hint::NONE
     }
 }
 

@@ -16,6 +16,11 @@ fn key(n: u32) -> FlowKey {
     FlowKey::new(17, ip(1), (n % 60000) as u16, ip(2 + (n / 60000) as u8), 53).0
 }
 
+/// The hint a burst's entry pass takes for `k`.
+fn hint_of(t: &Table, k: &FlowKey) -> Hint {
+    t.probe().prefetch_entry(t.hash(k))
+}
+
 fn none(_: &Entry, _: EndReason) {
     panic!("nothing should end here");
 }
@@ -236,7 +241,14 @@ proptest! {
     {
         let mut t = Table::new(200, Timeouts::default(), seed);
         let mut model: HashMap<FlowKey, u32> = HashMap::new();
-        for op in ops {
+        // Hints taken halfway through, and so stale by the end, as a burst's are when its
+        // earlier packets change the table.
+        let half = ops.len() / 2;
+        let mut stale = Vec::new();
+        for (n, op) in ops.into_iter().enumerate() {
+            if n == half {
+                stale = (0..200u32).map(|n| hint_of(&t, &key(n))).collect();
+            }
             match op {
                 Op::Insert(n) => {
                     let k = key(u32::from(n));
@@ -259,7 +271,19 @@ proptest! {
         }
         for n in 0..200u32 {
             let k = key(n);
-            prop_assert_eq!(t.find(&k, t.hash(&k)), model.get(&k).copied());
+            let h = t.hash(&k);
+            let want = model.get(&k).copied();
+            prop_assert_eq!(t.find(&k, h), want);
+            // Whatever the hint, a hinted lookup finds what the index does: a fresh hint, a
+            // stale one, none, and every slab slot (removed keys stay in freed slots).
+            prop_assert_eq!(t.find_hinted(&k, h, hint_of(&t, &k)), want);
+            if let Some(&old) = stale.get(n as usize) {
+                prop_assert_eq!(t.find_hinted(&k, h, old), want);
+            }
+            prop_assert_eq!(t.find_hinted(&k, h, Hint::NONE), want);
+            for slot in 0..t.slots() as u32 {
+                prop_assert_eq!(t.find_hinted(&k, h, Hint::at(slot)), want);
+            }
         }
     }
 }

@@ -272,6 +272,53 @@ fn a_reload_that_denies_a_tracked_flow_cuts_it() {
     assert_eq!(recs[0]["policy_epoch"], 1);
 }
 
+/// A burst looks up each entry where its entry pass found it (a hint), but earlier packets of
+/// the burst may have moved it: here a cut flow's slot is taken by a new flow before the cut
+/// flow's reply comes. The burst must decide as the same frames one call each.
+#[test]
+fn a_burst_decides_as_its_frames_one_call_each_when_its_hints_go_stale() {
+    let stricter = POLICY.replace(
+        "  protocol = \"udp\"\n  destination = { ports = [53] }\n\n  [[policy.ingress]]\n  action = \"allow\"\n  protocol = \"icmp\"",
+        "  protocol = \"udp\"\n  source = { ports = [40001] }\n  destination = { ports = [53] }\n\n  [[policy.ingress]]\n  action = \"allow\"\n  protocol = \"icmp\"",
+    );
+    assert_ne!(stricter, POLICY);
+    let start = || {
+        let mut p = pipeline(1000);
+        assert_eq!(one(&mut p, 0, udp(true, CLIENT, 40000, SERVER, 53)).0, Outcome::Forward(1));
+        assert_eq!(one(&mut p, 1, udp(false, SERVER, 53, CLIENT, 40000)).0, Outcome::Forward(0));
+        p.set_policy(compile(&stricter));
+        records(&mut p);
+        p
+    };
+    let slot_of = |p: &Pipeline, sport: u16| {
+        p.conntrack().iter().find(|(_, e)| e.endpoints().0.1 == sport).map(|(i, _)| i)
+    };
+    let frames = vec![
+        udp(true, CLIENT, 40000, SERVER, 53), // cut: the new policy denies it
+        tcp(true, (CLIENT, 40002), (SERVER, 80), SYN, 7, 0), // opens, in the cut flow's slot
+        udp(false, SERVER, 53, CLIENT, 40000), // its hint is that slot
+        tcp(false, (SERVER, 80), (CLIENT, 40002), SYN | ACK, 9, 8),
+        udp(true, CLIENT, 40000, SERVER, 53),
+    ];
+    let mut burst = start();
+    let cut_slot = slot_of(&burst, 40000).expect("the flow to cut is tracked");
+    let mut burst_frames = frames.clone();
+    let burst_out = run(&mut burst, 2, &mut burst_frames);
+    let mut single = start();
+    let single_out: Vec<Outcome> = frames.into_iter().map(|f| one(&mut single, 2, f).0).collect();
+
+    assert_eq!(burst_out, single_out);
+    assert_eq!(burst_out[0], Outcome::Drop(Drop::PolicyChanged));
+    assert_eq!(burst_out[1], Outcome::Forward(1));
+    assert_eq!(slot_of(&burst, 40002), Some(cut_slot), "the new flow took the cut flow's slot");
+    assert_eq!(records(&mut burst), records(&mut single));
+    let states = |p: &Pipeline| -> Vec<(u32, &'static str)> {
+        p.conntrack().iter().map(|(i, e)| (i, e.state().as_str())).collect()
+    };
+    assert_eq!(states(&burst), states(&single));
+    assert_eq!(burst.counters().drops, single.counters().drops);
+}
+
 #[test]
 fn a_full_table_refuses_new_flows_and_counts() {
     let mut p = pipeline(2);
