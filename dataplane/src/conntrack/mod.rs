@@ -661,7 +661,7 @@ impl Table {
 
     /// Bytes of the index and the slab the kernel has placed on huge pages (`None` when
     /// `/proc/self/smaps` cannot be read; an estimate when the kernel merged them with other
-    /// memory: [`anon_huge_bytes`]). Reads and parses that file: not for the packet path.
+    /// memory: see `anon_huge_bytes`). Reads and parses that file: not for the packet path.
     pub fn huge_page_bytes(&self) -> Option<usize> {
         let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
         Some(anon_huge_bytes(&smaps, self.index.range())? + anon_huge_bytes(&smaps, self.slab.range())?)

@@ -4,7 +4,7 @@
 //! Hand-written rather than `etherparse` (which the tests use as the independent parser): the
 //! packet path needs the offsets of the fields it rewrites in place, one flat result without
 //! enums of slices, and a drop reason per way a packet can be malformed. Every read is
-//! bounds-checked through [`Bytes`]; a short or inconsistent packet is an [`Malformed`] value,
+//! bounds-checked through `Bytes`; a short or inconsistent packet is a [`Malformed`] value,
 //! never a panic.
 //!
 //! Decisions (docs/pipeline.md): IPv4 non-first fragments are dropped (they carry no ports, so
