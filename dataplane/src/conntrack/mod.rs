@@ -707,7 +707,7 @@ impl Table {
     pub fn find_hinted(&self, key: &FlowKey, hash: u32, hint: Hint) -> Option<u32> {
         if let Some(e) = self.slab.get(hint.0 as usize)
             && e.key == *key
-            && e.state != State::Free as u8
+            && e.state() != State::Free
         {
             return Some(hint.0);
         }
