@@ -320,7 +320,7 @@ fn layout_model<E: ModelEntry>(one_place: bool, total: u64, seed: u64) -> f64 {
             }
         } else {
             for &(_, h) in burst {
-                prefetch(&index[(h as usize & (MODEL_SLOTS - 1)) / 8]);
+                prefetch_model_index(&index, h);
             }
             for &(_, h) in burst {
                 prefetch_model_entry(&index, &slab, h);
@@ -349,7 +349,7 @@ fn two_places<E: ModelEntry>(seed: u64) -> (Vec<E>, Vec<Line>, Vec<u32>) {
     let mut index = vec![Line::default(); MODEL_SLOTS / 8];
     let hashes = model_hashes(seed);
     for (k, &h) in hashes.iter().enumerate() {
-        let mut pos = h as usize & (MODEL_SLOTS - 1);
+        let mut pos = model_home(h);
         while index[pos / 8].0[pos % 8] != 0 {
             pos = (pos + 1) & (MODEL_SLOTS - 1);
         }
@@ -359,10 +359,20 @@ fn two_places<E: ModelEntry>(seed: u64) -> (Vec<E>, Vec<Line>, Vec<u32>) {
     (slab, index, hashes)
 }
 
+/// The first index slot hash `h` probes in the two-place models.
+fn model_home(h: u32) -> usize {
+    h as usize & (MODEL_SLOTS - 1)
+}
+
+/// Starts loading the index line of hash `h`'s home slot.
+fn prefetch_model_index(index: &[Line], h: u32) {
+    prefetch(&index[model_home(h) / 8]);
+}
+
 /// As the table does: prefetches the entry of the first slot tagged `h` within the home
 /// slot's line.
 fn prefetch_model_entry<E: ModelEntry>(index: &[Line], slab: &[E], h: u32) {
-    let home = h as usize & (MODEL_SLOTS - 1);
+    let home = model_home(h);
     if let Some(&s) = index[home / 8].0[home % 8..].iter().find(|&&s| s == 0 || (s >> 32) as u32 == h)
         && s != 0
     {
@@ -372,7 +382,7 @@ fn prefetch_model_entry<E: ModelEntry>(index: &[Line], slab: &[E], h: u32) {
 
 /// Finds key `k` (hash `h`) and counts a packet in its entry; 1 when found.
 fn find_model_entry<E: ModelEntry>(index: &[Line], slab: &mut [E], k: u64, h: u32) -> u64 {
-    let mut pos = h as usize & (MODEL_SLOTS - 1);
+    let mut pos = model_home(h);
     loop {
         let s = index[pos / 8].0[pos % 8];
         if s == 0 {
@@ -414,7 +424,7 @@ fn work_model(ahead: Option<usize>, total: u64, seed: u64) -> f64 {
             return burst.len() as u64;
         };
         for &(_, h) in burst {
-            prefetch(&index[(h as usize & (MODEL_SLOTS - 1)) / 8]);
+            prefetch_model_index(&index, h);
         }
         let first = if ahead == 0 { burst.len() } else { ahead };
         for &(_, h) in burst.iter().take(first) {
