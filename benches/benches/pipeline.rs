@@ -735,6 +735,25 @@ impl PacketIo for FlowGen {
     }
 }
 
+/// `--help`'s text.
+const USAGE: &str = "\
+The packet pipeline's throughput on the in-memory backend, one core (pin it: taskset -c 1).
+
+usage: cargo bench -p margay-benches --bench pipeline [-- OPTIONS]
+       (or the bench binary itself: target/release/deps/pipeline-HASH OPTIONS)
+
+options:
+  --only CASE     run one case (or `layout-model` for all the models); default: every case
+  --reps N        measurements per case, the best printed (default 3)
+  --packets N     packets (lookups) per measurement of the established, conntrack-only and
+                  model cases (default 20,000,000; 4,000,000 with --quick)
+  --quick         100,000 flows instead of 1,000,000 in the `1M` cases
+  --help          this text
+
+What each case measures: the module docs of benches/benches/pipeline.rs. Figures, with the
+commands that made them: docs/benchmarks.md. Built with `--features pass-times`, each
+timed loop also prints its time per pass of a burst.";
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     // The value after `--name`.
@@ -746,16 +765,6 @@ fn main() {
     // Packets (lookups) per measurement of the established, conntrack-only and model cases.
     let packets: u64 =
         value("--packets").and_then(|v| v.parse().ok()).unwrap_or(if quick { 4_000_000 } else { 20_000_000 });
-
-    let text = scale_policy();
-    let set = PolicySet::parse(&text, Path::new("scale.toml")).unwrap_or_else(|e| panic!("{e}"));
-    let rules: usize = set.policies.iter().map(|p| p.ingress.len() + p.egress.len()).sum();
-    let compile = || CompiledPolicy::compile(&set).unwrap_or_else(|e| panic!("{e}"));
-    let probe = compile();
-    let triples = allowed_triples(&text, &probe, 4096);
-    println!(
-        "pipeline: scale policy with {rules} rules; 64-byte UDP frames; in-memory backend; best of {reps}"
-    );
 
     let cases = [
         Case { name: "established/1k", live: 1_000, new_flows: false, generated: false, huge_pages: true },
@@ -784,16 +793,6 @@ fn main() {
         Case { name: "new/1k-live", live: 1_000, new_flows: true, generated: false, huge_pages: true },
         Case { name: "new/1M-live", live: million, new_flows: true, generated: false, huge_pages: true },
     ];
-    for (name, live) in [("conntrack-only/1k", 1_000), ("conntrack-only/1M", million)] {
-        if only.as_deref().is_none_or(|o| o == name) {
-            let best = best_of(reps, |r| table_only(live, packets, 11 + r as u64));
-            println!(
-                "{name:<18} {:>6.2} Mpps   ({live} live entries, {:.1} ns/lookup)",
-                best / 1e6,
-                1e9 / best
-            );
-        }
-    }
     // The layout models: today's layout and the one-place ideal (`layout_model`), a one-place
     // layout with collisions at two loads (`layout_model_probed`), and a cuckoo-bucketed slab
     // behind a small fingerprint array (`layout_model_fingerprints`).
@@ -808,6 +807,45 @@ fn main() {
         ("layout-model/2-places+work", &|seed| work_model(Some(0), packets, seed)),
         ("layout-model/2-places+work-ahead-16", &|seed| work_model(Some(16), packets, seed)),
     ];
+    const TABLE_ONLY: [&str; 2] = ["conntrack-only/1k", "conntrack-only/1M"];
+    let names: Vec<&str> = TABLE_ONLY
+        .into_iter()
+        .chain(["layout-model"])
+        .chain(models.iter().map(|m| m.0))
+        .chain(["decide-only"])
+        .chain(cases.iter().map(|c| c.name))
+        .collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}\n\ncases: {}", names.join(", "));
+        return;
+    }
+    if let Some(o) = &only
+        && !names.contains(&o.as_str())
+    {
+        eprintln!("pipeline: no case named {o:?}; the cases: {}", names.join(", "));
+        std::process::exit(2);
+    }
+
+    let text = scale_policy();
+    let set = PolicySet::parse(&text, Path::new("scale.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let rules: usize = set.policies.iter().map(|p| p.ingress.len() + p.egress.len()).sum();
+    let compile = || CompiledPolicy::compile(&set).unwrap_or_else(|e| panic!("{e}"));
+    let probe = compile();
+    let triples = allowed_triples(&text, &probe, 4096);
+    println!(
+        "pipeline: scale policy with {rules} rules; 64-byte UDP frames; in-memory backend; best of {reps}"
+    );
+
+    for (name, live) in TABLE_ONLY.into_iter().zip([1_000, million]) {
+        if only.as_deref().is_none_or(|o| o == name) {
+            let best = best_of(reps, |r| table_only(live, packets, 11 + r as u64));
+            println!(
+                "{name:<18} {:>6.2} Mpps   ({live} live entries, {:.1} ns/lookup)",
+                best / 1e6,
+                1e9 / best
+            );
+        }
+    }
     for (name, model) in models {
         if only.as_deref().is_none_or(|o| o == name || o == "layout-model") {
             let best = best_of(reps, |r| model(21 + r as u64));
