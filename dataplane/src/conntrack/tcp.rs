@@ -89,9 +89,13 @@ pub fn step(state: State, fin_by_orig: bool, isn: u32, seg: Segment) -> Step {
         TcpLastAck if seg.from_orig == fin_by_orig && ack && !fin => to(TcpTimeWait),
         TcpLastAck => to(TcpLastAck),
         TcpTimeWait | TcpClose if seg.from_orig && opens(f) => Step::Reopen,
-        TcpTimeWait if syn => Step::Invalid,
+        TcpTimeWait | TcpClose if syn => Step::Invalid,
         TcpTimeWait => to(TcpTimeWait),
-        TcpClose => Step::Invalid,
+        // Segments already in flight when the RST crossed (data, ACKs, a FIN) pass, as in
+        // Linux's table: the endpoint answers them itself. Dropping them would count every
+        // reset connection's stragglers as invalid, and would let one unchecked RST (sequence
+        // numbers are not tracked) cut a live connection here while its endpoints go on.
+        TcpClose => to(TcpClose),
         Free | Udp | Icmp | Generic => Step::Invalid,
     }
 }
@@ -166,7 +170,12 @@ mod tests {
             // Reset and closed.
             (TcpFinWait, true, false, R, 0, to(TcpClose, true)),
             (TcpClose, false, true, R, 0, to(TcpClose, false)),
-            (TcpClose, false, true, A, 5, Step::Invalid),
+            (TcpClose, false, true, A, 5, to(TcpClose, false)),
+            (TcpClose, false, false, A, 5, to(TcpClose, false)),
+            (TcpClose, true, true, FA, 5, to(TcpClose, true)),
+            (TcpClose, false, false, FA, 5, to(TcpClose, false)),
+            (TcpClose, false, false, SA, GOOD, Step::Invalid),
+            (TcpClose, false, true, SA, GOOD, Step::Invalid),
             (TcpClose, false, true, S, 0, Step::Reopen),
             (TcpClose, false, false, S, 0, Step::Invalid),
             // Not TCP states.

@@ -209,6 +209,43 @@ fn tcp_handshake_data_and_close() {
     assert_eq!((recs[1]["packets_out"].as_u64(), recs[1]["packets_in"].as_u64()), (Some(4), Some(3)));
 }
 
+/// The demo's iperf3 stream ends this way: the server resets the connection while the client's
+/// segments are still in flight. Those stragglers pass (the endpoint answers them), as in
+/// Linux's conntrack; only a SYN that fits no state is invalid, and the originator's SYN
+/// reopens.
+#[test]
+fn segments_in_flight_when_a_reset_crossed_pass_and_the_flow_stays_closed() {
+    let mut p = pipeline(1000);
+    let c = |flags, seq, ack| tcp(true, (CLIENT, 40001), (SERVER, 80), flags, seq, ack);
+    let s = |flags, seq, ack| tcp(false, (SERVER, 80), (CLIENT, 40001), flags, seq, ack);
+    let steps: Vec<(Vec<u8>, Outcome, &str)> = vec![
+        (c(SYN, 100, 0), Outcome::Forward(1), "SYN_SENT"),
+        (s(SYN | ACK, 900, 101), Outcome::Forward(0), "SYN_RECV"),
+        (c(ACK, 101, 901), Outcome::Forward(1), "ESTABLISHED"),
+        (s(RST | ACK, 901, 101), Outcome::Forward(0), "CLOSE"),
+        (c(ACK, 101, 901), Outcome::Forward(1), "CLOSE"),
+        (c(ACK, 1549, 901), Outcome::Forward(1), "CLOSE"),
+        (s(RST, 901, 0), Outcome::Forward(0), "CLOSE"),
+        (c(FIN | ACK, 2997, 901), Outcome::Forward(1), "CLOSE"),
+        (s(SYN | ACK, 900, 101), Outcome::Drop(Drop::Invalid), "CLOSE"),
+        (s(SYN, 7000, 0), Outcome::Drop(Drop::Invalid), "CLOSE"),
+        (c(SYN, 5000, 0), Outcome::Forward(1), "SYN_SENT"), // reopened
+    ];
+    for (i, (frame, want, state)) in steps.into_iter().enumerate() {
+        let (o, _) = one(&mut p, i as u64, frame);
+        assert_eq!(o, want, "step {i}");
+        let (_, e) = p.conntrack().iter().next().unwrap();
+        assert_eq!(e.state().as_str(), state, "step {i}");
+    }
+    assert_eq!(p.counters().drops[Drop::Invalid.index()], 2, "only the two SYNs");
+    let recs = records(&mut p);
+    let kinds: Vec<&str> = recs.iter().map(|r| r["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["start", "end", "start"]);
+    assert_eq!(recs[1]["reason"], "reopened");
+    // Since the start record (which counted the SYN); the two invalid SYNs are not counted.
+    assert_eq!((recs[1]["packets_out"].as_u64(), recs[1]["packets_in"].as_u64()), (Some(4), Some(3)));
+}
+
 #[test]
 fn tcp_without_a_syn_is_invalid() {
     let mut p = pipeline(1000);
