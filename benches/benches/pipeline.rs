@@ -359,18 +359,18 @@ fn two_places<E: ModelEntry>(seed: u64) -> (Vec<E>, Vec<Line>, Vec<u32>) {
     (slab, index, hashes)
 }
 
-/// The first index slot hash `h` probes in the two-place models.
+/// The first index slot hash `h` probes in the two-place models: the first of its line, as the
+/// table's.
 fn model_home(h: u32) -> usize {
-    h as usize & (MODEL_SLOTS - 1)
+    h as usize & (MODEL_SLOTS - 1) & !7
 }
 
-/// Starts loading the index line of hash `h`'s home slot.
+/// Starts loading hash `h`'s home line of the index.
 fn prefetch_model_index(index: &[Line], h: u32) {
     prefetch(&index[model_home(h) / 8]);
 }
 
-/// As the table does: prefetches the entry of the first slot tagged `h` within the home
-/// slot's line.
+/// As the table does: prefetches the entry of the first slot tagged `h` in its home line.
 fn prefetch_model_entry<E: ModelEntry>(index: &[Line], slab: &[E], h: u32) {
     let home = model_home(h);
     if let Some(&s) = index[home / 8].0[home % 8..].iter().find(|&&s| s == 0 || (s >> 32) as u32 == h)

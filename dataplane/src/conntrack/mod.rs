@@ -438,7 +438,7 @@ pub struct Full;
 #[derive(Debug)]
 pub struct Table {
     /// `(tag << 32) | (slab index + 1)`; 0 is empty. The tag is the hash's low 32 bits, which
-    /// also give the home slot ([`Table::home`]).
+    /// also give the home line ([`Table::home`]).
     index: Mapped<u64>,
     mask: usize,
     /// `capacity` entries, all initialised (unused ones `State::Free`); the first `used` have
@@ -562,10 +562,11 @@ impl<T: bytemuck::Pod> std::ops::DerefMut for Mapped<T> {
     }
 }
 
-/// The first index slot `hash` probes in an index of `mask + 1` slots.
+/// The first index slot `hash` probes in an index of `mask + 1` slots: the first slot of the
+/// hash's line.
 #[inline(always)]
 fn home(hash: u32, mask: usize) -> usize {
-    hash as usize & mask
+    hash as usize & mask & !(SLOTS_PER_LINE - 1)
 }
 
 /// The index slots from `pos` to the end of its cache line.
@@ -678,15 +679,17 @@ impl Table {
         self.hasher.hash_one(key) as u32
     }
 
-    /// Starts loading the index slot `hash` probes first.
+    /// Starts loading the index line `hash` probes first.
     #[inline]
     pub fn prefetch_index(&self, hash: u32) {
         prefetch(&self.index[self.home(hash)]);
     }
 
-    /// The first index slot `hash` probes. (A home at the start of the slot's line instead,
-    /// which keeps 99.3% of keys in the line a lookup loads rather than 94.5%, measured no
-    /// faster: docs/benchmarks.md.)
+    /// The first index slot `hash` probes: the first of its line. Probing from the line's
+    /// start keeps 99.3% of the keys in the line a lookup loads, against 94.5% from a home slot
+    /// anywhere in the line. Each key left out costs two dependent misses (the next index line,
+    /// then the entry, neither prefetched), which outweighs scanning 2.9 slots a lookup instead
+    /// of 1.5 (docs/benchmarks.md, 2026-12-01, AMD).
     #[inline]
     fn home(&self, hash: u32) -> usize {
         home(hash, self.mask)
@@ -931,11 +934,10 @@ pub struct Probe<'a> {
 }
 
 impl Probe<'_> {
-    /// Starts loading the entry of the first slot tagged `hash` on its probe path, from the
-    /// home slot to the end of its line of the index (which [`Table::prefetch_index`] loaded),
-    /// and returns where it is. At a load of one half, 24% of the entries are not in their
-    /// home slot but 94.5% are in its line, and an entry not prefetched costs a full miss in
-    /// [`Table::find`]. With the hint, the lookup does not read the index again: a dependent
+    /// Starts loading the entry of the first slot tagged `hash` in its home line of the index
+    /// (which [`Table::prefetch_index`] loaded), and returns where it is. At a load of one
+    /// half, 99.3% of the entries are in their home line, and an entry not prefetched costs
+    /// two misses in [`Table::find`]: the next index line, then the entry. With the hint, the lookup does not read the index again: a dependent
     /// load less on its way to the entry (docs/benchmarks.md).
     #[inline]
     pub fn prefetch_entry(&self, hash: u32) -> Hint {
