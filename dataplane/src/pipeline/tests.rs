@@ -179,11 +179,38 @@ fn denied_flows_are_dropped_counted_and_aggregated() {
     assert_eq!(recs[0]["ingress"]["policy"], "db-in");
 }
 
+/// Segments of the test connection (client port `port` to the server's port 80), from the
+/// client and from the server: each takes flags, sequence and acknowledgement numbers.
+#[expect(clippy::type_complexity, reason = "two closures, named by their use")]
+fn client_server(port: u16) -> (impl Fn(u8, u32, u32) -> Vec<u8>, impl Fn(u8, u32, u32) -> Vec<u8>) {
+    (
+        move |flags, seq, ack| tcp(true, (CLIENT, port), (SERVER, 80), flags, seq, ack),
+        move |flags, seq, ack| tcp(false, (SERVER, 80), (CLIENT, port), flags, seq, ack),
+    )
+}
+
+/// Sends `steps` one packet each, checking each packet's outcome and the connection's state
+/// after it; then checks the records: a start, an end for `reopened` counting `packets`
+/// (out, in) since the start record, and the new flow's start.
+fn tcp_steps(p: &mut Pipeline, steps: Vec<(Vec<u8>, Outcome, &str)>, packets: (u64, u64)) {
+    for (i, (frame, want, state)) in steps.into_iter().enumerate() {
+        let (o, _) = one(p, i as u64, frame);
+        assert_eq!(o, want, "step {i}");
+        let (_, e) = p.conntrack().iter().next().unwrap();
+        assert_eq!(e.state().as_str(), state, "step {i}");
+    }
+    let recs = records(p);
+    let kinds: Vec<&str> = recs.iter().map(|r| r["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["start", "end", "start"]);
+    assert_eq!(recs[1]["reason"], "reopened");
+    let counted = (recs[1]["packets_out"].as_u64(), recs[1]["packets_in"].as_u64());
+    assert_eq!(counted, (Some(packets.0), Some(packets.1)));
+}
+
 #[test]
 fn tcp_handshake_data_and_close() {
     let mut p = pipeline(1000);
-    let c = |flags, seq, ack| tcp(true, (CLIENT, 40000), (SERVER, 80), flags, seq, ack);
-    let s = |flags, seq, ack| tcp(false, (SERVER, 80), (CLIENT, 40000), flags, seq, ack);
+    let (c, s) = client_server(40000);
     let steps: Vec<(Vec<u8>, Outcome, &str)> = vec![
         (c(SYN, 100, 0), Outcome::Forward(1), "SYN_SENT"),
         (s(SYN | ACK, 900, 555), Outcome::Drop(Drop::Invalid), "SYN_SENT"), // wrong ack
@@ -196,17 +223,8 @@ fn tcp_handshake_data_and_close() {
         (s(ACK, 902, 102), Outcome::Forward(0), "TIME_WAIT"),
         (c(SYN, 5000, 0), Outcome::Forward(1), "SYN_SENT"), // reopened
     ];
-    for (i, (frame, want, state)) in steps.into_iter().enumerate() {
-        let (o, _) = one(&mut p, i as u64, frame);
-        assert_eq!(o, want, "step {i}");
-        let (_, e) = p.conntrack().iter().next().unwrap();
-        assert_eq!(e.state().as_str(), state, "step {i}");
-    }
-    let recs = records(&mut p);
-    let kinds: Vec<&str> = recs.iter().map(|r| r["type"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["start", "end", "start"]);
-    assert_eq!(recs[1]["reason"], "reopened");
-    assert_eq!((recs[1]["packets_out"].as_u64(), recs[1]["packets_in"].as_u64()), (Some(4), Some(3)));
+    // The client's SYN is in the start record; the invalid SYN-ACK is not counted.
+    tcp_steps(&mut p, steps, (4, 3));
 }
 
 /// The demo's iperf3 stream ends this way: the server resets the connection while the client's
@@ -216,8 +234,7 @@ fn tcp_handshake_data_and_close() {
 #[test]
 fn segments_in_flight_when_a_reset_crossed_pass_and_the_flow_stays_closed() {
     let mut p = pipeline(1000);
-    let c = |flags, seq, ack| tcp(true, (CLIENT, 40001), (SERVER, 80), flags, seq, ack);
-    let s = |flags, seq, ack| tcp(false, (SERVER, 80), (CLIENT, 40001), flags, seq, ack);
+    let (c, s) = client_server(40001);
     let steps: Vec<(Vec<u8>, Outcome, &str)> = vec![
         (c(SYN, 100, 0), Outcome::Forward(1), "SYN_SENT"),
         (s(SYN | ACK, 900, 101), Outcome::Forward(0), "SYN_RECV"),
@@ -231,19 +248,9 @@ fn segments_in_flight_when_a_reset_crossed_pass_and_the_flow_stays_closed() {
         (s(SYN, 7000, 0), Outcome::Drop(Drop::Invalid), "CLOSE"),
         (c(SYN, 5000, 0), Outcome::Forward(1), "SYN_SENT"), // reopened
     ];
-    for (i, (frame, want, state)) in steps.into_iter().enumerate() {
-        let (o, _) = one(&mut p, i as u64, frame);
-        assert_eq!(o, want, "step {i}");
-        let (_, e) = p.conntrack().iter().next().unwrap();
-        assert_eq!(e.state().as_str(), state, "step {i}");
-    }
+    // The two invalid SYNs are not counted.
+    tcp_steps(&mut p, steps, (4, 3));
     assert_eq!(p.counters().drops[Drop::Invalid.index()], 2, "only the two SYNs");
-    let recs = records(&mut p);
-    let kinds: Vec<&str> = recs.iter().map(|r| r["type"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["start", "end", "start"]);
-    assert_eq!(recs[1]["reason"], "reopened");
-    // Since the start record (which counted the SYN); the two invalid SYNs are not counted.
-    assert_eq!((recs[1]["packets_out"].as_u64(), recs[1]["packets_in"].as_u64()), (Some(4), Some(3)));
 }
 
 #[test]
