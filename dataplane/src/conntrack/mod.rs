@@ -937,8 +937,9 @@ impl Probe<'_> {
     /// Starts loading the entry of the first slot tagged `hash` in its home line of the index
     /// (which [`Table::prefetch_index`] loaded), and returns where it is. At a load of one
     /// half, 99.3% of the entries are in their home line, and an entry not prefetched costs
-    /// two misses in [`Table::find`]: the next index line, then the entry. With the hint, the lookup does not read the index again: a dependent
-    /// load less on its way to the entry (docs/benchmarks.md).
+    /// two misses in [`Table::find`]: the next index line, then the entry. With the hint, the
+    /// lookup does not read the index again: a dependent load less on its way to the entry
+    /// (docs/benchmarks.md).
     #[inline]
     pub fn prefetch_entry(&self, hash: u32) -> Hint {
         for &s in rest_of_line(self.index, home(hash, self.mask)) {
