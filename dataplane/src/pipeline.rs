@@ -533,9 +533,8 @@ impl Pipeline {
         if p.icmp_kind() == Some(IcmpKind::Other) {
             return self.stateless(now, p, len);
         }
-        let (key, a_to_b, h) = (&l.key, l.a_to_b, l.hash);
-        let Some(i) = self.table.find_hinted(key, h, l.hint) else {
-            return self.open(now, p, key, a_to_b, h, len);
+        let Some(i) = self.table.find_hinted(&l.key, l.hash, l.hint) else {
+            return self.open(now, p, l, len);
         };
         // `revalidate`, with the entry looked up once on its common path.
         let mut e = self.table.get_mut(i);
@@ -543,7 +542,7 @@ impl Pipeline {
             self.reclassify(now, i)?;
             e = self.table.get_mut(i);
         }
-        let from_orig = e.from_orig(a_to_b);
+        let from_orig = e.from_orig(l.a_to_b);
         let valid = match e.state() {
             State::Udp | State::Generic => true,
             State::Icmp => {
@@ -567,7 +566,7 @@ impl Pipeline {
                         self.table.remove(i, EndReason::Removed, &mut |e, _| {
                             acct.end(e, now, Reason::Reopened, Verdict::Allow)
                         });
-                        return self.open(now, p, key, a_to_b, h, len);
+                        return self.open(now, p, l, len);
                     }
                     Step::Invalid => false,
                 }
@@ -595,15 +594,7 @@ impl Pipeline {
     }
 
     /// A packet of an untracked flow: if it may open one and the policy allows it, track it.
-    fn open(
-        &mut self,
-        now: u64,
-        p: &Packet,
-        key: &FlowKey,
-        a_to_b: bool,
-        h: u32,
-        len: usize,
-    ) -> Result<(), Drop> {
+    fn open(&mut self, now: u64, p: &Packet, l: &Lookup, len: usize) -> Result<(), Drop> {
         let state = match p.l4.proto {
             PROTO_TCP if tcp::opens(p.l4.flags) => State::TcpSynSent,
             PROTO_TCP => return Err(self.drop_logged(now, p, Drop::Invalid, None, len)),
@@ -618,12 +609,12 @@ impl Pipeline {
         if d.verdict == Verdict::Deny {
             return Err(self.drop_logged(now, p, Drop::Denied, Some(&d), len));
         }
-        let mut e = Entry::new(*key, state, now);
+        let mut e = Entry::new(l.key, state, now);
         e.isn = p.l4.seq;
-        e.flags = if a_to_b { flags::ORIG_IS_A } else { 0 };
+        e.flags = if l.a_to_b { flags::ORIG_IS_A } else { 0 };
         store_decision(&mut e, &d, self.acct.policy.epoch);
         let acct = &mut self.acct;
-        let inserted = self.table.insert(e, h, now, &mut |old, why| {
+        let inserted = self.table.insert(e, l.hash, now, &mut |old, why| {
             let reason = if why == EndReason::Expired { Reason::Expired } else { Reason::TableFull };
             acct.end(old, now, reason, Verdict::Allow);
         });
