@@ -29,7 +29,8 @@
 //!   (hot lines at their hashed position, linear probing; `layout_model_probed`); and
 //!   `layout-model/fingerprints-0.95`, a cuckoo-bucketed slab found through a 2.2 MB array of
 //!   fingerprints instead of the 16 MB index (`layout_model_fingerprints`); and
-//!   `layout-model/2-places-64`, today's layout with 64-byte entries (a slab split into its
+//!   `layout-model/paired-0.5` and `-0.7`, half-line entries two to a line at their hashed
+//!   line, without an index (`layout_model_paired`); and `layout-model/2-places-64`, today's layout with 64-byte entries (a slab split into its
 //!   hot and cold lines); and `layout-model/work-alone`, `layout-model/2-places+work` and
 //!   `layout-model/2-places+work-ahead-16` (`work_model`), which ask whether the table's misses
 //!   overlap about a decision's worth of arithmetic per lookup: with the pipeline's schedule
@@ -851,8 +852,9 @@ fn main() {
         Case { name: "new/1M-live", live: million, new_flows: true, generated: false, huge_pages: true },
     ];
     // The layout models: today's layout and the one-place ideal (`layout_model`), a one-place
-    // layout with collisions at two loads (`layout_model_probed`), and a cuckoo-bucketed slab
-    // behind a small fingerprint array (`layout_model_fingerprints`).
+    // layout with collisions at two loads (`layout_model_probed`), a cuckoo-bucketed slab
+    // behind a small fingerprint array (`layout_model_fingerprints`), half-line entries two to a
+    // line (`layout_model_paired`), and the work models (`work_model`).
     let models: [(&str, &dyn Fn(u64) -> f64); 11] = [
         ("layout-model/2-places", &|seed| layout_model::<Entry128>(false, packets, seed)),
         ("layout-model/2-places-64", &|seed| layout_model::<Entry64>(false, packets, seed)),
