@@ -18,7 +18,9 @@
 //!   it took to make and fill it.
 //! - `conntrack-only/1k`, `conntrack-only/1M`: the conntrack lookups and counter updates of
 //!   the established cases alone (no parse, route or rewrite), printed first: the memory floor
-//!   under `established/1M` on the machine at hand.
+//!   under `established/1M` on the machine at hand. `conntrack-only/1k-v4` and `-1M-v4`: the
+//!   same on the IPv4 table of one line a lookup (`conntrack::v4`), which the pipeline does
+//!   not use yet (docs/conntrack.md, "Next: one line a lookup for IPv4 flows").
 //! - `decide-only`: the policy decisions of the `new` cases alone (`CompiledPolicy::decide` on
 //!   1,000,000 fresh allowed flows, nothing else): the part of a new flow's time the policy
 //!   takes.
@@ -55,6 +57,7 @@ use margay_benches::policygen::{ENDPOINTS, endpoint_ip, scale_policy};
 use margay_config::PolicySet;
 use margay_config::daemon::{DaemonConfig, Timeouts};
 use margay_config::policy::Verdict;
+use margay_dataplane::conntrack::v4::{Cold, Key4, Record, Table4};
 use margay_dataplane::conntrack::{DEFAULT_CAPACITY, Entry, FlowKey, Hint, State, Table};
 use margay_dataplane::flowlog::FlowRecord;
 use margay_dataplane::io::{Burst, MemIo, PacketIo};
@@ -254,9 +257,8 @@ fn table_only(live: usize, total: u64, seed: u64) -> f64 {
     let mut t = Table::new(DEFAULT_CAPACITY, Timeouts::default(), seed);
     let mut keys: Vec<FlowKey> = (0..live)
         .map(|i| {
-            let src = Ipv4Addr::from(0xc612_0000 | (i as u32 & 0xffff));
-            let dst = Ipv4Addr::from(0xc613_0000 | ((i as u32 >> 16) & 0xffff));
-            FlowKey::new(17, src.into(), 1024 + (i % 50_000) as u16, dst.into(), 53).0
+            let (src, sport, dst) = table_only_flow(i);
+            FlowKey::new(17, src.into(), sport, dst.into(), 53).0
         })
         .collect();
     for k in &keys {
@@ -266,15 +268,9 @@ fn table_only(live: usize, total: u64, seed: u64) -> f64 {
     }
     assert_eq!(t.len(), live, "every key inserted");
     shuffle(&mut keys, seed);
-    let mut found = 0u64;
     let mut hashes = [0u32; BURST];
     let mut hints = [Hint::NONE; BURST];
-    let started = Instant::now();
-    let mut done = 0u64;
-    let mut next = 0usize;
-    while done < total {
-        let burst = &keys[next..(next + BURST).min(keys.len())];
-        next = if next + BURST >= keys.len() { 0 } else { next + BURST };
+    drive_table(&keys, total, |burst, now| {
         for (k, h) in burst.iter().zip(hashes.iter_mut()) {
             *h = t.hash(k);
             t.prefetch_index(*h);
@@ -283,17 +279,83 @@ fn table_only(live: usize, total: u64, seed: u64) -> f64 {
         for (h, hint) in hashes[..burst.len()].iter().zip(hints.iter_mut()) {
             *hint = probe.prefetch_entry(*h);
         }
+        let mut found = 0;
         for ((k, h), hint) in burst.iter().zip(hashes.iter()).zip(hints.iter()) {
             if let Some(i) = t.find_hinted(k, *h, *hint) {
-                t.get_mut(i).count(true, 64, done);
+                t.get_mut(i).count(true, 64, now);
                 found += 1;
             }
         }
+        found
+    })
+}
+
+/// The source, source port and destination of the `i`th flow of the conntrack-only cases
+/// (UDP to port 53).
+fn table_only_flow(i: usize) -> (Ipv4Addr, u16, Ipv4Addr) {
+    let src = Ipv4Addr::from(0xc612_0000 | (i as u32 & 0xffff));
+    let dst = Ipv4Addr::from(0xc613_0000 | ((i as u32 >> 16) & 0xffff));
+    (src, 1024 + (i % 50_000) as u16, dst)
+}
+
+/// Times `total` lookups of `keys` (in their order, cycling), [`BURST`] at a time:
+/// `lookup(burst, now)` looks up each key of a burst, counts a packet in its entry and
+/// returns how many it found, which must be all of them. Lookups per second.
+fn drive_table<K>(keys: &[K], total: u64, mut lookup: impl FnMut(&[K], u64) -> u64) -> f64 {
+    let (mut done, mut next, mut found) = (0u64, 0usize, 0u64);
+    let started = Instant::now();
+    while done < total {
+        let burst = &keys[next..(next + BURST).min(keys.len())];
+        next = if next + BURST >= keys.len() { 0 } else { next + BURST };
+        found += lookup(burst, done);
         done += burst.len() as u64;
     }
     let secs = started.elapsed().as_secs_f64();
     assert_eq!(found, done, "every lookup hits");
     done as f64 / secs
+}
+
+/// [`table_only`] on the IPv4 table of one line a lookup (`conntrack::v4::Table4`, not
+/// used by the pipeline), with the same keys in the same shuffled order: per burst, hash and
+/// prefetch each key's home line; then find and count. Two passes where [`table_only`] has
+/// three: there is no index to read before the record's line.
+fn table_only_v4(live: usize, total: u64, seed: u64) -> f64 {
+    let mut t = Table4::new(DEFAULT_CAPACITY, Timeouts::default(), seed, true);
+    let mut keys: Vec<Key4> = (0..live)
+        .map(|i| {
+            let (src, sport, dst) = table_only_flow(i);
+            Key4::new(17, src, sport, dst, 53).0
+        })
+        .collect();
+    for k in &keys {
+        let h = t.hash(k);
+        let _ = t.insert(Record::new(*k, State::Udp, 0, 0), Cold::new(0), h, 0, &mut |_, _, _| {});
+    }
+    assert_eq!(t.len(), live, "every key inserted");
+    if seed == 11 {
+        println!(
+            "  v4 table: {:.1} MB, {:.1} MB of it on huge pages, {:.1}% of the flows in their home line",
+            t.memory_bytes() as f64 / 1e6,
+            t.huge_page_bytes().unwrap_or(0) as f64 / 1e6,
+            100.0 * t.in_home_line()
+        );
+    }
+    shuffle(&mut keys, seed);
+    let mut hashes = [0u32; BURST];
+    drive_table(&keys, total, |burst, now| {
+        for (k, h) in burst.iter().zip(hashes.iter_mut()) {
+            *h = t.hash(k);
+            t.prefetch(*h);
+        }
+        let mut found = 0;
+        for (k, h) in burst.iter().zip(hashes.iter()) {
+            if let Some(pos) = t.find(k, *h) {
+                t.count(pos, true, 64, now);
+                found += 1;
+            }
+        }
+        found
+    })
 }
 
 /// A model of the conntrack table's memory layout, without the table's code: 2^20 entries of
@@ -868,7 +930,8 @@ fn main() {
         ("layout-model/2-places+work", &|seed| work_model(Some(0), packets, seed)),
         ("layout-model/2-places+work-ahead-16", &|seed| work_model(Some(16), packets, seed)),
     ];
-    const TABLE_ONLY: [&str; 2] = ["conntrack-only/1k", "conntrack-only/1M"];
+    const TABLE_ONLY: [&str; 4] =
+        ["conntrack-only/1k", "conntrack-only/1M", "conntrack-only/1k-v4", "conntrack-only/1M-v4"];
     let names: Vec<&str> = TABLE_ONLY
         .into_iter()
         .chain(["layout-model"])
@@ -897,9 +960,10 @@ fn main() {
         "pipeline: scale policy with {rules} rules; 64-byte UDP frames; in-memory backend; best of {reps}"
     );
 
-    for (name, live) in TABLE_ONLY.into_iter().zip([1_000, million]) {
+    for (i, (name, live)) in TABLE_ONLY.into_iter().zip([1_000, million, 1_000, million]).enumerate() {
         if only.as_deref().is_none_or(|o| o == name) {
-            let best = best_of(reps, |r| table_only(live, packets, 11 + r as u64));
+            let one = if i < 2 { table_only } else { table_only_v4 };
+            let best = best_of(reps, |r| one(live, packets, 11 + r as u64));
             println!(
                 "{name:<18} {:>6.2} Mpps   ({live} live entries, {:.1} ns/lookup)",
                 best / 1e6,

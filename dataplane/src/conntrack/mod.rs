@@ -14,6 +14,7 @@
 //! Aging sweeps [`Table::age`]'s budget of slab slots per call from the same hand.
 
 pub mod tcp;
+pub mod v4;
 
 use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -248,19 +248,26 @@ fn aging_is_bounded_and_removes_expired() {
     assert_eq!(t.len(), 50);
 }
 
+/// A step of the table proptests (this table's and `v4`'s): insert or remove the `n`th key.
 #[derive(Debug, Clone)]
-enum Op {
+pub(super) enum Op {
     Insert(u16),
     Remove(u16),
+}
+
+/// The ops the table proptests run: inserts and removes of 200 keys.
+pub(super) fn ops() -> impl Strategy<Value = Vec<Op>> {
+    proptest::collection::vec(
+        prop_oneof![(0u16..200).prop_map(Op::Insert), (0u16..200).prop_map(Op::Remove)],
+        1..400,
+    )
 }
 
 proptest! {
     /// Random inserts and removes agree with a HashMap model; a small key space forces long
     /// probe chains and backward shifts across the wrap of the index.
     #[test]
-    fn agrees_with_a_hashmap(ops in proptest::collection::vec(
-        prop_oneof![(0u16..200).prop_map(Op::Insert), (0u16..200).prop_map(Op::Remove)], 1..400),
-        seed in any::<u64>())
+    fn agrees_with_a_hashmap(ops in ops(), seed in any::<u64>())
     {
         let mut t = Table::new(200, Timeouts::default(), seed);
         let mut model: HashMap<FlowKey, u32> = HashMap::new();
