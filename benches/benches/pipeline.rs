@@ -32,7 +32,8 @@
 //!   `layout-model/fingerprints-0.95`, a cuckoo-bucketed slab found through a 2.2 MB array of
 //!   fingerprints instead of the 16 MB index (`layout_model_fingerprints`); and
 //!   `layout-model/paired-0.5` and `-0.7`, half-line entries two to a line at their hashed
-//!   line, without an index (`layout_model_paired`); and `layout-model/2-places-64`, today's layout with 64-byte entries (a slab split into its
+//!   line, without an index (`layout_model_paired`), and `layout-model/table4`, the real IPv4
+//!   table of that shape under the same driver (`layout_model_table4`); and `layout-model/2-places-64`, today's layout with 64-byte entries (a slab split into its
 //!   hot and cold lines); and `layout-model/work-alone`, `layout-model/2-places+work` and
 //!   `layout-model/2-places+work-ahead-16` (`work_model`), which ask whether the table's misses
 //!   overlap about a decision's worth of arithmetic per lookup: with the pipeline's schedule
@@ -320,7 +321,12 @@ fn drive_table<K>(keys: &[K], total: u64, mut lookup: impl FnMut(&[K], u64) -> u
 /// prefetch each key's home line; then find and count. Two passes where [`table_only`] has
 /// three: there is no index to read before the record's line.
 fn table_only_v4(live: usize, total: u64, seed: u64) -> f64 {
-    let mut t = Table4::new(DEFAULT_CAPACITY, Timeouts::default(), seed, true);
+    let mut t = Table4::new(
+        DEFAULT_CAPACITY,
+        Timeouts::default(),
+        seed,
+        std::env::var_os("V4_SMALL_PAGES").is_none(),
+    );
     let mut keys: Vec<Key4> = (0..live)
         .map(|i| {
             let (src, sport, dst) = table_only_flow(i);
@@ -607,6 +613,40 @@ fn layout_model_paired(load: f64, total: u64, seed: u64) -> f64 {
             }
         }
         burst.len() as u64
+    })
+}
+
+/// The real `conntrack::v4::Table4` under the models' driver (`drive_model`, the keys made
+/// from the model's key numbers and hashed by the table), beside `layout_model_paired` of the
+/// same shape: whether what makes the model faster than the table is the driver or the
+/// table (docs/benchmarks.md, 2026-12-01 late morning: the table). Lookups per second.
+fn layout_model_table4(total: u64, seed: u64) -> f64 {
+    let mut t = Table4::new(MODEL_ENTRIES, Timeouts::default(), seed, true);
+    let key = |k: u64| Key4::new(17, Ipv4Addr::from(k as u32), 1, Ipv4Addr::from(0xffff_ffff), 2).0;
+    let hashes: Vec<u32> = (0..MODEL_ENTRIES as u64).map(|k| t.hash(&key(k))).collect();
+    for (k, &h) in hashes.iter().enumerate() {
+        let _ = t.insert(Record::new(key(k as u64), State::Udp, 0, 0), Cold::new(0), h, 0, &mut |_, _, _| {});
+    }
+    let distinct = hashes.iter().copied().collect::<std::collections::HashSet<u32>>().len();
+    let lines = hashes.iter().map(|&h| h & ((1 << 20) - 1)).collect::<std::collections::HashSet<u32>>().len();
+    println!(
+        "  table4 model: {:.1}% at home; {distinct} distinct hashes, {lines} distinct home lines of 2^20",
+        100.0 * t.in_home_line()
+    );
+    let mut now = 0;
+    drive_model(&hashes, total, seed, |burst| {
+        for &(_, h) in burst {
+            t.prefetch(h);
+        }
+        let mut found = 0;
+        for &(k, h) in burst {
+            if let Some(pos) = t.find(&key(k), h) {
+                t.count(pos, true, 64, now);
+                found += 1;
+            }
+        }
+        now += 1;
+        found
     })
 }
 
@@ -917,7 +957,8 @@ fn main() {
     // layout with collisions at two loads (`layout_model_probed`), a cuckoo-bucketed slab
     // behind a small fingerprint array (`layout_model_fingerprints`), half-line entries two to a
     // line (`layout_model_paired`), and the work models (`work_model`).
-    let models: [(&str, &dyn Fn(u64) -> f64); 11] = [
+    let models: [(&str, &dyn Fn(u64) -> f64); 12] = [
+        ("layout-model/table4", &|seed| layout_model_table4(packets, seed + 10)),
         ("layout-model/2-places", &|seed| layout_model::<Entry128>(false, packets, seed)),
         ("layout-model/2-places-64", &|seed| layout_model::<Entry64>(false, packets, seed)),
         ("layout-model/1-place", &|seed| layout_model::<Entry128>(true, packets, seed)),

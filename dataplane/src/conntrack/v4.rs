@@ -1,10 +1,11 @@
 //! A conntrack table for IPv4 flows that finds a flow in one cache line: the design of
 //! docs/conntrack.md ("One line a lookup for IPv4 flows"), built and measured, and **not used
 //! by the pipeline**, which keeps every flow in [`super::Table`]. Measured on its own
-//! (`conntrack-only/1M-v4` against `conntrack-only/1M` in the pipeline bench), it is a few ns
-//! a lookup faster at 1M flows at best, not the 40% the layout models promised, which does not
-//! pay for splitting the pipeline's conntrack by family; it stays so the comparison can be run
-//! again on other machines (docs/benchmarks.md, "2026-12-01, late morning").
+//! (`conntrack-only/1M-v4` against `conntrack-only/1M` in the pipeline bench), it was a few ns
+//! a lookup faster at 1M flows at best with foldhash's fast hash, and is no faster with the
+//! quality hash it needs; not the 40% the layout models promised, and no reason to split the
+//! pipeline's conntrack by family. It stays so the comparison can be run again on other
+//! machines (docs/benchmarks.md, "2026-12-01, late morning").
 //!
 //! A flow is a 32-byte [`Record`] (all that a packet of an established flow reads and writes:
 //! key, state, flags, policy epoch, last packet time, recent counters) stored at its hashed
@@ -24,7 +25,7 @@
 use std::hash::BuildHasher;
 use std::net::Ipv4Addr;
 
-use foldhash::fast::FixedState;
+use foldhash::quality::FixedState;
 use margay_rulecompiler::classifier::prefetch;
 
 use super::{ALL_STATES, EndReason, Full, Mapped, RECLAIM_SCAN, STATES, State, Timeouts, timeout_ns};
@@ -340,7 +341,12 @@ impl Table4 {
         self.lines.bytes() + self.cold.bytes()
     }
 
-    /// The 32-bit hash of `key`.
+    /// The 32-bit hash of `key`: foldhash's quality variant, whose last multiply mixes every
+    /// input bit into the low bits the home line is taken from. The fast variant hashes a
+    /// key's two words with one multiply, and keys that differ only in one word's high half
+    /// (side a's address, when side b is fixed) then fell into a fraction of the lines: 5.7%
+    /// of 2^20 such flows in their home line (test
+    /// `keys_that_differ_only_in_a_words_high_half_spread_over_the_lines`).
     #[inline]
     pub fn hash(&self, key: &Key4) -> u32 {
         self.hasher.hash_one(key) as u32
@@ -595,16 +601,18 @@ impl Table4 {
             self.hand = (l + 1) & self.mask;
             for s in 0..2 {
                 let pos = (l as u32) << 1 | s;
-                let r = *self.record(pos);
-                if r.is_free() {
-                    continue;
-                }
-                // A removal may move a later record into this slot; it waits for the next
-                // round.
-                if self.expired(&r, now) {
+                // A removal may move a later record of the run into this slot, one the hand
+                // has not reached this round: it is looked at here.
+                loop {
+                    let r = *self.record(pos);
+                    if r.is_free() {
+                        break;
+                    }
+                    if !self.expired(&r, now) {
+                        visit(self, pos);
+                        break;
+                    }
                     self.remove(pos, EndReason::Expired, ended);
-                } else {
-                    visit(self, pos);
                 }
             }
         }

@@ -249,13 +249,15 @@ fn aging_removes_expired_flows_and_visits_the_others() {
     }
     let now = later + (timeouts.udp * 1000 * MS * 3) / 4;
     let (mut visited, mut ended) = (Vec::new(), Vec::new());
-    // Two whole rounds of the hand: a removal may move a record into a slot already passed.
-    t.age(now, 2 * 64, &mut |t: &mut Table4, pos| visited.push(t.cold(pos).created), &mut |_, c, why| {
+    // One round of the hand (64 lines) finds them all, also those a removal moved back into
+    // a slot it had just looked at.
+    t.age(now, 64, &mut |t: &mut Table4, pos| visited.push(t.cold(pos).created), &mut |_, c, why| {
         ended.push((c.created, why))
     });
     ended.sort_unstable_by_key(|&(n, _)| n);
     assert_eq!(ended, (20..40).map(|n| (n, EndReason::Expired)).collect::<Vec<_>>());
-    assert!(visited.iter().all(|&n| n < 20) && visited.len() >= 20);
+    visited.sort_unstable();
+    assert_eq!(visited, (0..20).collect::<Vec<_>>(), "each live flow visited once");
     assert_eq!(t.len(), 20);
     assert_runs_hold(&t);
 }
@@ -276,4 +278,18 @@ fn a_full_tables_records_are_mostly_in_their_home_line_and_its_memory_is_as_docu
     // alone; docs/conntrack.md.
     assert_eq!(t.memory_bytes(), n * 64 + n * 64);
     assert_eq!(reserved_bytes(n), t.memory_bytes());
+}
+
+#[test]
+fn keys_that_differ_only_in_a_words_high_half_spread_over_the_lines() {
+    // Side a's address is the high half of the key's first word; side b and the ports are
+    // fixed. With foldhash's fast variant 5.7% of 2^20 such flows were in their home line.
+    let n = 1u32 << 16;
+    let mut t = Table4::new(n as usize, Timeouts::default(), 11, false);
+    for i in 0..n {
+        let k = Key4::new(17, Ipv4Addr::from(i), 1, Ipv4Addr::from(u32::MAX), 2).0;
+        t.insert(udp(k, 0), Cold::new(0), t.hash(&k), 0, &mut none).unwrap();
+    }
+    let home = t.in_home_line();
+    assert!(home > 0.82, "{home}");
 }
