@@ -471,7 +471,8 @@ impl Table4 {
     }
 
     /// Inserts `record` (whose key is not in the table) with `cold`, reclaiming when full (a
-    /// reclaimed flow is passed to `ended` first), and returns where it is.
+    /// reclaimed flow is passed to `ended` first), and returns where it is. A record in state
+    /// `Free` is refused with `Full`, as it would read as a free slot and be lost.
     pub fn insert(
         &mut self,
         mut record: Record,
