@@ -20,7 +20,7 @@
 //!   the established cases alone (no parse, route or rewrite), printed first: the memory floor
 //!   under `established/1M` on the machine at hand. `conntrack-only/1k-v4` and `-1M-v4`: the
 //!   same on the IPv4 table of one line a lookup (`conntrack::v4`), which the pipeline does
-//!   not use yet (docs/conntrack.md, "Next: one line a lookup for IPv4 flows").
+//!   not use (docs/conntrack.md, "One line a lookup for IPv4 flows").
 //! - `decide-only`: the policy decisions of the `new` cases alone (`CompiledPolicy::decide` on
 //!   1,000,000 fresh allowed flows, nothing else): the part of a new flow's time the policy
 //!   takes.
@@ -321,12 +321,7 @@ fn drive_table<K>(keys: &[K], total: u64, mut lookup: impl FnMut(&[K], u64) -> u
 /// prefetch each key's home line; then find and count. Two passes where [`table_only`] has
 /// three: there is no index to read before the record's line.
 fn table_only_v4(live: usize, total: u64, seed: u64) -> f64 {
-    let mut t = Table4::new(
-        DEFAULT_CAPACITY,
-        Timeouts::default(),
-        seed,
-        std::env::var_os("V4_SMALL_PAGES").is_none(),
-    );
+    let mut t = Table4::new(DEFAULT_CAPACITY, Timeouts::default(), seed, true);
     let mut keys: Vec<Key4> = (0..live)
         .map(|i| {
             let (src, sport, dst) = table_only_flow(i);
@@ -628,7 +623,11 @@ fn layout_model_table4(total: u64, seed: u64) -> f64 {
         let _ = t.insert(Record::new(key(k as u64), State::Udp, 0, 0), Cold::new(0), h, 0, &mut |_, _, _| {});
     }
     let distinct = hashes.iter().copied().collect::<std::collections::HashSet<u32>>().len();
-    let lines = hashes.iter().map(|&h| h & ((1 << 20) - 1)).collect::<std::collections::HashSet<u32>>().len();
+    let lines = hashes
+        .iter()
+        .map(|&h| h & (MODEL_ENTRIES as u32 - 1))
+        .collect::<std::collections::HashSet<u32>>()
+        .len();
     println!(
         "  table4 model: {:.1}% at home; {distinct} distinct hashes, {lines} distinct home lines of 2^20",
         100.0 * t.in_home_line()
@@ -790,17 +789,8 @@ fn model_hashes(seed: u64) -> Vec<u32> {
 fn drive_model(hashes: &[u32], total: u64, seed: u64, mut lookup: impl FnMut(&[(u64, u32)]) -> u64) -> f64 {
     let mut order: Vec<(u64, u32)> = hashes.iter().enumerate().map(|(k, &h)| (k as u64, h)).collect();
     shuffle(&mut order, seed);
-    let (mut done, mut next, mut found) = (0u64, 0usize, 0u64);
-    let started = Instant::now();
-    while done < total {
-        let burst = &order[next..next + BURST];
-        next = if next + 2 * BURST > order.len() { 0 } else { next + BURST };
-        found += lookup(burst);
-        done += BURST as u64;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    assert_eq!(found, done, "every lookup finds its entry");
-    done as f64 / secs
+    // 2^20 keys: every burst is whole.
+    drive_table(&order, total, |burst, _| lookup(burst))
 }
 
 /// The policy decisions of the `new` cases alone: `CompiledPolicy::decide` on the first packet

@@ -28,7 +28,9 @@ use std::net::Ipv4Addr;
 use foldhash::quality::FixedState;
 use margay_rulecompiler::classifier::prefetch;
 
-use super::{ALL_STATES, EndReason, Full, Mapped, RECLAIM_SCAN, STATES, State, Timeouts, timeout_ns};
+use super::{
+    ALL_STATES, EndReason, Full, Mapped, RECLAIM_SCAN, STATES, State, Timeouts, may_move_back, timeout_ns,
+};
 
 /// Nanoseconds per millisecond: a record keeps its last packet's time in milliseconds.
 pub const MS: u64 = 1_000_000;
@@ -258,6 +260,18 @@ struct Line([Record; 2]);
 /// A record's position: its line times two, plus its slot in the line.
 pub type Pos = u32;
 
+/// The position of slot `slot` (0 or 1) of line `line`.
+#[inline(always)]
+fn pos(line: usize, slot: usize) -> Pos {
+    (line as u32) << 1 | slot as u32
+}
+
+/// The line and the slot of position `p`.
+#[inline(always)]
+fn line_slot(p: Pos) -> (usize, usize) {
+    ((p >> 1) as usize, (p & 1) as usize)
+}
+
 /// The table.
 #[derive(Debug)]
 pub struct Table4 {
@@ -378,10 +392,10 @@ impl Table4 {
             // A branch on which of the two records it is: comparing both and selecting without
             // a branch read 52 to 60 ns a lookup at 1M against 40 to 45 (docs/conntrack.md).
             if r0.holds(key) {
-                return Some((l as u32) << 1);
+                return Some(pos(l, 0));
             }
             if r1.holds(key) {
-                return Some((l as u32) << 1 | 1);
+                return Some(pos(l, 1));
             }
             if r0.is_free() || r1.is_free() {
                 return None;
@@ -393,13 +407,15 @@ impl Table4 {
     /// The record at `pos`.
     #[inline]
     pub fn record(&self, pos: Pos) -> &Record {
-        &self.lines[(pos >> 1) as usize].0[(pos & 1) as usize]
+        let (l, s) = line_slot(pos);
+        &self.lines[l].0[s]
     }
 
     /// The record at `pos`, mutably.
     #[inline]
     pub fn record_mut(&mut self, pos: Pos) -> &mut Record {
-        &mut self.lines[(pos >> 1) as usize].0[(pos & 1) as usize]
+        let (l, s) = line_slot(pos);
+        &mut self.lines[l].0[s]
     }
 
     /// The cold entry of the record at `pos`.
@@ -504,7 +520,7 @@ impl Table4 {
             if let Some(s) = self.lines[l].0.iter().position(Record::is_free) {
                 self.lines[l].0[s] = record;
                 self.live += 1;
-                return Ok((l as u32) << 1 | s as u32);
+                return Ok(pos(l, s));
             }
             l = (l + 1) & self.mask;
         }
@@ -522,14 +538,13 @@ impl Table4 {
                 if r.is_free() {
                     continue;
                 }
-                let pos = (l as u32) << 1 | s as u32;
                 if self.expired(r, now) {
                     self.hand = (l + 1) & self.mask;
-                    self.remove(pos, EndReason::Expired, ended);
+                    self.remove(pos(l, s), EndReason::Expired, ended);
                     return Ok(());
                 }
                 if candidate.is_none() && !r.established() {
-                    candidate = Some(pos);
+                    candidate = Some(pos(l, s));
                 }
             }
         }
@@ -561,21 +576,19 @@ impl Table4 {
     /// stop at the first line with a free record).
     fn unlink(&mut self, mut hole: Pos) {
         *self.record_mut(hole) = Record::default();
-        let mut l = ((hole >> 1) as usize + 1) & self.mask;
+        let mut l = (line_slot(hole).0 + 1) & self.mask;
         loop {
             let had_free = self.lines[l].0.iter().any(Record::is_free);
-            let hole_line = (hole >> 1) as usize;
+            let hole_line = line_slot(hole).0;
             for s in 0..2 {
                 let r = self.lines[l].0[s];
                 if r.is_free() {
                     continue;
                 }
-                let home = self.home(self.hash(&r.key()));
-                // `r` may move back when the hole is on its way from its home to `l`.
-                if l.wrapping_sub(home) & self.mask >= l.wrapping_sub(hole_line) & self.mask {
+                if may_move_back(l, self.home(self.hash(&r.key())), hole_line, self.mask) {
                     *self.record_mut(hole) = r;
                     self.lines[l].0[s] = Record::default();
-                    hole = (l as u32) << 1 | s as u32;
+                    hole = pos(l, s);
                     break;
                 }
             }
@@ -601,19 +614,19 @@ impl Table4 {
             let l = self.hand;
             self.hand = (l + 1) & self.mask;
             for s in 0..2 {
-                let pos = (l as u32) << 1 | s;
+                let p = pos(l, s);
                 // A removal may move a later record of the run into this slot, one the hand
                 // has not reached this round: it is looked at here.
                 loop {
-                    let r = *self.record(pos);
+                    let r = *self.record(p);
                     if r.is_free() {
                         break;
                     }
                     if !self.expired(&r, now) {
-                        visit(self, pos);
+                        visit(self, p);
                         break;
                     }
-                    self.remove(pos, EndReason::Expired, ended);
+                    self.remove(p, EndReason::Expired, ended);
                 }
             }
         }
@@ -622,18 +635,13 @@ impl Table4 {
     /// Live flows with their positions.
     pub fn iter(&self) -> impl Iterator<Item = (Pos, &Record)> {
         self.lines.iter().enumerate().flat_map(|(l, line)| {
-            line.0
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| !r.is_free())
-                .map(move |(s, r)| ((l as u32) << 1 | s as u32, r))
+            line.0.iter().enumerate().filter(|(_, r)| !r.is_free()).map(move |(s, r)| (pos(l, s), r))
         })
     }
 
     /// The fraction of live records in their home line (what a lookup's one prefetch covers).
     pub fn in_home_line(&self) -> f64 {
-        let home =
-            self.iter().filter(|&(pos, r)| (pos >> 1) as usize == self.home(self.hash(&r.key()))).count();
+        let home = self.iter().filter(|&(p, r)| line_slot(p).0 == self.home(self.hash(&r.key()))).count();
         home as f64 / self.live.max(1) as f64
     }
 }
