@@ -281,3 +281,43 @@ fn bad_parameters_are_errors_not_panics() {
         assert!(Classifier::build_with(&rules, &p).is_err(), "{p:?}");
     }
 }
+
+/// A forest whose split is forced: 64 rules on distinct exact values of field 0 (which the
+/// first tree cuts on), interleaved with 8 wildcards on field 0 (which no cut separates, so
+/// the first tree defers them to a second). Each tree's worst rule is then known, and a
+/// lookup bounded past every rule of one tree still finds the other's.
+#[test]
+fn each_tree_knows_its_worst_rule() {
+    let mut rules = Vec::new();
+    let mut wildcards = Vec::new();
+    for i in 0..72u32 {
+        if i % 9 == 4 {
+            wildcards.push(i);
+            rules.push(Rule { fields: [FieldRange::ANY, FieldRange::exact(i)] });
+        } else {
+            rules.push(Rule { fields: [FieldRange::exact(i * 1000), FieldRange::ANY] });
+        }
+    }
+    let params = BuildParams {
+        leaf_size: 1,
+        space_factor: 8,
+        max_cut_bits: 8,
+        max_trees: 2,
+        defer_cost: 1.0,
+        defer_min_rules: 0,
+    };
+    let c = Classifier::build_with(&rules, &params).unwrap();
+    let stats = c.stats();
+    assert_eq!(stats.rules_per_tree, vec![64, 8], "{stats:?}");
+    assert_eq!(stats.best_rule_per_tree, vec![0, 4]);
+    let last_exact = (0..72u32).rev().find(|i| i % 9 != 4).unwrap();
+    assert_eq!(stats.worst_rule_per_tree, vec![last_exact, *wildcards.last().unwrap()]);
+    // Past every exact rule, only the wildcard tree can answer: key (0, 67) matches exact
+    // rule 0 and wildcard rule 67.
+    assert_eq!(c.classify(&[0, 67]), Some(0));
+    assert_eq!(c.classify_after(&[0, 67], Some(last_exact)), None);
+    assert_eq!(c.classify_after(&[0, 67], Some(0)), Some(67));
+    // Past every wildcard, only the exact tree can: key (70_000, 4).
+    assert_eq!(c.classify_after(&[70_000, 4], Some(4)), Some(70));
+    assert_eq!(c.classify_after(&[70_000, 4], Some(70)), None);
+}

@@ -86,11 +86,15 @@ pub(super) fn build<const D: usize>(
     let mut pending: Vec<RuleId> = (0..rules.len() as RuleId).collect();
     while let Some(&min_rule) = pending.first() {
         b.allow_defer = trees.len() + 1 < params.max_trees;
+        // The tree's rules are the leaf rules it appends (each once; `node` reorders
+        // `pending` as scratch, so they are read back from there).
+        let first_leaf = b.leaves.len();
         let root = b.node(&mut pending, 0)?;
+        let max_rule = b.leaves[first_leaf..].iter().map(|r| r.id).max().unwrap_or(min_rule);
         let mut next = std::mem::take(&mut b.deferred);
         next.sort_unstable();
         rules_per_tree.push(pending.len() - next.len());
-        trees.push(Tree { root, min_rule });
+        trees.push(Tree { root, min_rule, max_rule });
         pending = next;
     }
     if b.slots.len() > u32::MAX as usize {
@@ -105,6 +109,7 @@ pub(super) fn build<const D: usize>(
         trees: trees.len(),
         rules_per_tree,
         best_rule_per_tree: trees.iter().map(|t| t.min_rule).collect(),
+        worst_rule_per_tree: trees.iter().map(|t| t.max_rule).collect(),
         slots: b.slots.len(),
         nodes: b.nodes,
         leaves: b.slots.iter().filter(|s| !s.is_node() && s.leaf_range().1 > 0).count()

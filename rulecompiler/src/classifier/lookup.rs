@@ -1,7 +1,8 @@
 //! Lookup: single and batched.
 //!
 //! Both walk the trees in order of their best rule and skip a tree whose best rule cannot beat
-//! the match found so far. The batch path walks [`BATCH_WIDTH`] keys through one tree in
+//! the match found so far; a lookup bounded from below (`classify_after`) also skips a tree
+//! whose worst rule lies below its bound. The batch path walks [`BATCH_WIDTH`] keys through one tree in
 //! lockstep, a level at a time, so the cache misses of different keys overlap instead of
 //! queueing behind each other; results are identical to the single path.
 
@@ -120,6 +121,11 @@ impl<const D: usize, T> Classifier<D, T> {
         for tree in trees {
             if tree.min_rule >= found.0 {
                 break;
+            }
+            // Every rule of this tree lies below the floor (a lookup continuing past a `log`
+            // or `pass` match): nothing in it can be the answer.
+            if BOUNDED && tree.max_rule < floor {
+                continue;
             }
             let mut slot = tree.root;
             while slot.is_node() {

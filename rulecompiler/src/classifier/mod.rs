@@ -78,6 +78,10 @@ pub struct ClassifierStats {
     /// The best (lowest) rule id of each tree: a lookup skips a tree once it holds a better
     /// match.
     pub best_rule_per_tree: Vec<RuleId>,
+    /// The worst (highest) rule id of each tree: a lookup that continues past a `log` or
+    /// `pass` match ([`Classifier::classify_after`]) skips a tree whose rules all lie at or
+    /// below its bound.
+    pub worst_rule_per_tree: Vec<RuleId>,
     /// Tree slots (internal and leaf), 8 bytes each.
     pub slots: usize,
     /// Internal (cut) nodes.
@@ -92,11 +96,13 @@ pub struct ClassifierStats {
     pub memory_bytes: usize,
 }
 
-/// One tree of the forest: its root slot and the best (lowest) rule id it holds.
+/// One tree of the forest: its root slot and the best (lowest) and worst (highest) rule ids
+/// it holds.
 #[derive(Debug, Clone, Copy)]
 struct Tree {
     root: Slot,
     min_rule: RuleId,
+    max_rule: RuleId,
 }
 
 /// A tree slot, packed into 64 bits.
