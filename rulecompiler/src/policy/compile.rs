@@ -93,13 +93,13 @@ struct Meta {
 }
 
 /// One family's classifier and what its rules mean.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Lowered<const D: usize> {
     classifier: Classifier<D, Step>,
 }
 
 /// One view (enforced, or with staged policies enforced too).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct View {
     v4: Lowered<V4_FIELDS>,
     v6: Lowered<V6_FIELDS>,
@@ -136,7 +136,7 @@ pub struct CompileStats {
 }
 
 /// A policy set compiled onto the classifier. Immutable; lookups take `&self`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct CompiledPolicy {
     /// Endpoint by address. foldhash rather than SipHash: the packet path asks twice per new
     /// flow, and the keys are the configured endpoints (lookups cannot grow a chain).
@@ -263,7 +263,7 @@ impl CompiledPolicy {
 /// 4-byte key hashes in one multiply and an IPv4 bucket is 8 bytes, where `IpAddr` keys
 /// hashed the enum's tag and bytes and took 24-byte buckets (the map is asked twice per new
 /// flow).
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 struct EndpointMap {
     v4: HashMap<u32, u32, foldhash::fast::RandomState>,
     v6: HashMap<u128, u32, foldhash::fast::RandomState>,
