@@ -11,7 +11,8 @@
 //!
 //! Checked after every operation: no panic; every received frame is either forwarded or
 //! counted as one drop; the table stays within its capacity; a forwarded IPv4 frame's header
-//! checksum verifies.
+//! checksum verifies; a forwarded frame parses to what it did before, but for a TTL (or hop
+//! limit) one lower.
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -21,7 +22,7 @@ use margay_config::daemon::DaemonConfig;
 use margay_rulecompiler::policy::compile::CompiledPolicy;
 
 use crate::pipeline::{Outcome, Pipeline};
-use crate::wire;
+use crate::wire::{self, Packet};
 
 const CONFIG: &str = include_str!("../../examples/replay/node.toml");
 const POLICY: &str = include_str!("../../examples/replay/policy.toml");
@@ -66,11 +67,20 @@ pub fn run(data: &[u8]) {
                 let before = wire::parse(&frame);
                 let mut out = [Outcome::Forward(0)];
                 p.process(now, std::slice::from_mut(&mut frame), &mut out);
-                if let (Outcome::Forward(_), Ok(pkt)) = (out[0], before)
-                    && pkt.is_v4()
-                {
-                    let ihl = usize::from(frame[pkt.l3] & 0x0f) * 4;
-                    assert_eq!(wire::checksum(&frame[pkt.l3..pkt.l3 + ihl]), 0, "forwarded IPv4 checksum");
+                if let (Outcome::Forward(_), Ok(pkt)) = (out[0], before) {
+                    if pkt.is_v4() {
+                        let ihl = usize::from(frame[pkt.l3] & 0x0f) * 4;
+                        assert_eq!(
+                            wire::checksum(&frame[pkt.l3..pkt.l3 + ihl]),
+                            0,
+                            "forwarded IPv4 checksum"
+                        );
+                    }
+                    // The forwarder changes the MACs, the TTL (by one) and the checksum only.
+                    let after = wire::parse(&frame)
+                        .unwrap_or_else(|e| panic!("forwarded frame no longer parses: {e:?}"));
+                    assert_eq!(after.ttl, pkt.ttl - 1, "forwarded TTL or hop limit");
+                    assert_eq!(Packet { ttl: pkt.ttl, ..after }, pkt, "forwarded headers beyond the TTL");
                 }
             }
             2 => now += len as u64 * 1_000_000_000,
