@@ -26,6 +26,7 @@
 //! [conntrack]
 //! capacity = 1048576
 //! huge_pages = true                  # ask for transparent huge pages for the table (false: 4 KiB)
+//! tcp_pickup = false                 # track TCP connections first seen mid-stream (default false)
 //! [conntrack.timeouts]               # seconds
 //! syn = 20
 //! established = 3600
@@ -190,6 +191,11 @@ pub struct Conntrack {
     /// (`MADV_HUGEPAGE`; default true). False asks for 4 KiB pages (`MADV_NOHUGEPAGE`), also on
     /// a host whose THP setting is `always`.
     pub huge_pages: bool,
+    /// Whether a TCP segment of an unknown connection that carries an ACK (and no SYN, FIN or
+    /// RST) may open an entry, in state established, when the policy allows it: Linux's
+    /// `nf_conntrack_tcp_loose`. Default false: such a segment is invalid, and after a restart
+    /// of the dataplane existing TCP connections must reconnect.
+    pub tcp_pickup: bool,
 }
 
 /// `[flow_logs]`.
@@ -360,6 +366,8 @@ struct RawConntrack {
     timeouts: Spanned<Timeouts>,
     #[serde(default = "default_huge_pages")]
     huge_pages: bool,
+    #[serde(default)]
+    tcp_pickup: bool,
 }
 
 fn default_huge_pages() -> bool {
@@ -376,6 +384,7 @@ impl Default for RawConntrack {
             capacity: default_capacity(),
             timeouts: default_timeouts(),
             huge_pages: default_huge_pages(),
+            tcp_pickup: false,
         }
     }
 }
@@ -585,7 +594,12 @@ impl DaemonConfig {
             routes,
             kernel_routes,
             neighbours,
-            conntrack: Conntrack { capacity, timeouts: t, huge_pages: raw.conntrack.huge_pages },
+            conntrack: Conntrack {
+                capacity,
+                timeouts: t,
+                huge_pages: raw.conntrack.huge_pages,
+                tcp_pickup: raw.conntrack.tcp_pickup,
+            },
             flow_logs,
             daemon,
         })
@@ -640,6 +654,13 @@ udp = 30
                 .unwrap()
                 .conntrack
                 .huge_pages
+        );
+        assert!(!c.conntrack.tcp_pickup, "no mid-stream pickup by default");
+        assert!(
+            parse(&OK.replace("capacity = 1000", "capacity = 1000\ntcp_pickup = true"))
+                .unwrap()
+                .conntrack
+                .tcp_pickup
         );
         assert_eq!(c.flow_logs.interval, 10);
     }

@@ -134,6 +134,8 @@ pub struct Counters {
     pub reclassified: u64,
     /// Flows that entered the table.
     pub flows_started: u64,
+    /// Of those, TCP connections picked up mid-stream (`[conntrack] tcp_pickup`).
+    pub tcp_picked_up: u64,
     /// Flows that left it.
     pub flows_ended: u64,
     /// Drops by reason, indexed by [`Drop::index`].
@@ -160,6 +162,7 @@ impl Counters {
         self.verdict_deny += other.verdict_deny;
         self.reclassified += other.reclassified;
         self.flows_started += other.flows_started;
+        self.tcp_picked_up += other.tcp_picked_up;
         self.flows_ended += other.flows_ended;
         for (x, y) in self.drops.iter_mut().zip(other.drops.iter()) {
             *x += y;
@@ -232,6 +235,8 @@ pub struct Pipeline {
     sweep: Sweep,
     /// `[daemon] forward_only`: route every parsed packet, skipping conntrack and policy.
     forward_only: bool,
+    /// `[conntrack] tcp_pickup`: an ACK of an unknown TCP connection may open an entry.
+    tcp_pickup: bool,
     passes: PassTimes,
 }
 
@@ -295,6 +300,7 @@ impl Pipeline {
             unresolved: Vec::new(),
             sweep: Sweep::default(),
             forward_only: config.daemon.forward_only,
+            tcp_pickup: config.conntrack.tcp_pickup,
             acct: Accounting {
                 versions: PolicyVersions::of(Arc::clone(&policy)),
                 policy,
@@ -597,6 +603,7 @@ impl Pipeline {
     fn open(&mut self, now: u64, p: &Packet, l: &Lookup, len: usize) -> Result<(), Drop> {
         let state = match p.l4.proto {
             PROTO_TCP if tcp::opens(p.l4.flags) => State::TcpSynSent,
+            PROTO_TCP if self.tcp_pickup && tcp::picks_up(p.l4.flags) => State::TcpEstablished,
             PROTO_TCP => return Err(self.drop_logged(now, p, Drop::Invalid, None, len)),
             PROTO_UDP => State::Udp,
             PROTO_ICMP | PROTO_ICMPV6 if p.icmp_kind() == Some(IcmpKind::EchoRequest) => State::Icmp,
@@ -610,7 +617,8 @@ impl Pipeline {
             return Err(self.drop_logged(now, p, Drop::Denied, Some(&d), len));
         }
         let mut e = Entry::new(l.key, state, now);
-        e.isn = p.l4.seq;
+        // A picked-up connection's ISN is unknown; its first segment's sequence number is not it.
+        e.isn = if state == State::TcpSynSent { p.l4.seq } else { 0 };
         e.flags = if l.a_to_b { flags::ORIG_IS_A } else { 0 };
         store_decision(&mut e, &d, self.acct.policy.epoch);
         let acct = &mut self.acct;
@@ -623,6 +631,7 @@ impl Pipeline {
         }
         let acct = &mut self.acct;
         acct.counters.flows_started += 1;
+        acct.counters.tcp_picked_up += u64::from(state == State::TcpEstablished);
         acct.counters.tracked_packets += 1;
         let mut rec = acct.record(Kind::Start, &e, now, now, Reason::Policy, Verdict::Allow);
         rec.packets = [1, 0];

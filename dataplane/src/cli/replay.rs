@@ -170,6 +170,7 @@ pub fn counters_json(c: &Counters) -> serde_json::Value {
         "verdict_deny": c.verdict_deny,
         "reclassified": c.reclassified,
         "flows_started": c.flows_started,
+        "tcp_picked_up": c.tcp_picked_up,
         "flows_ended": c.flows_ended,
         "records_lost": c.records_lost,
     })

@@ -36,6 +36,13 @@ pub fn opens(flags: u8) -> bool {
     flags & (SYN | ACK | RST | FIN) == SYN
 }
 
+/// Whether `flags` may open a connection picked up mid-stream (`[conntrack] tcp_pickup`): ACK
+/// without SYN, RST or FIN. The entry starts established; its ISN is unknown (0), which only a
+/// retransmitted SYN-ACK would read.
+pub fn picks_up(flags: u8) -> bool {
+    flags & (SYN | ACK | RST | FIN) == ACK
+}
+
 /// Whether [`step`] reads its `isn` for a segment with `flags`: only a SYN or RST is checked
 /// against the originator's initial sequence number, so the caller may skip loading it.
 pub fn reads_isn(flags: u8) -> bool {

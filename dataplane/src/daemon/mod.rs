@@ -219,7 +219,8 @@ impl Shared {
             "dropped": total.dropped(), "drops": drops,
             "classified": total.classified, "verdict_allow": total.verdict_allow, "verdict_deny": total.verdict_deny,
             "tracked_packets": total.tracked_packets, "reclassified": total.reclassified,
-            "flows_started": total.flows_started, "flows_ended": total.flows_ended,
+            "flows_started": total.flows_started, "tcp_picked_up": total.tcp_picked_up,
+            "flows_ended": total.flows_ended,
             "conntrack_entries": entries,
             "flow_records": {
                 "written": f.written.load(Ordering::Relaxed), "discarded": f.discarded.load(Ordering::Relaxed),

@@ -261,6 +261,44 @@ fn tcp_without_a_syn_is_invalid() {
     assert_eq!(p.counters().classified, 0, "invalid packets never reach the policy");
 }
 
+/// `[conntrack] tcp_pickup`: an ACK of an unknown connection opens it as established when the
+/// policy allows it (Linux's `nf_conntrack_tcp_loose`), so connections survive a restart of
+/// the dataplane; segments that cannot be mid-stream stay invalid, and the policy still decides.
+#[test]
+fn tcp_pickup_tracks_a_connection_first_seen_mid_stream() {
+    let text = CONFIG.replace("capacity = 1000", "capacity = 1000\ntcp_pickup = true");
+    let config = DaemonConfig::parse(&text, Path::new("d.toml")).unwrap();
+    let mut p = Pipeline::new(&config, compile(POLICY), 42);
+    let (c, s) = client_server(40002);
+    // Neither a SYN-ACK, a FIN, nor a reset of an unknown connection is picked up.
+    for flags in [SYN | ACK, FIN | ACK, RST | ACK, RST] {
+        assert_eq!(one(&mut p, 1, c(flags, 500, 900)).0, Outcome::Drop(Drop::Invalid), "flags {flags:#x}");
+    }
+    assert!(p.conntrack().is_empty());
+    // A plain ACK (with data or not) is, and the connection goes on from established.
+    let steps = [
+        (c(ACK, 500, 900), Outcome::Forward(1), "ESTABLISHED"),
+        (s(ACK, 900, 520), Outcome::Forward(0), "ESTABLISHED"),
+        (c(FIN | ACK, 520, 900), Outcome::Forward(1), "FIN_WAIT"),
+        (s(FIN | ACK, 900, 521), Outcome::Forward(0), "LAST_ACK"),
+        (c(ACK, 521, 901), Outcome::Forward(1), "TIME_WAIT"),
+    ];
+    for (i, (frame, want, state)) in steps.into_iter().enumerate() {
+        assert_eq!(one(&mut p, 2 + i as u64, frame).0, want, "step {i}");
+        let (_, e) = p.conntrack().iter().next().unwrap();
+        assert_eq!(e.state().as_str(), state, "step {i}");
+    }
+    let c = p.counters();
+    assert_eq!((c.flows_started, c.tcp_picked_up, c.classified), (1, 1, 1));
+    let recs = records(&mut p);
+    assert_eq!(recs[0]["type"], "start");
+    assert_eq!(recs[0]["action"], "allow");
+    // The policy still decides: the database takes only DNS.
+    let to_db = tcp(true, (CLIENT, 40003), (DB, 5432), ACK, 1, 1);
+    assert_eq!(one(&mut p, 9, to_db).0, Outcome::Drop(Drop::Denied));
+    assert_eq!((p.conntrack().len(), p.counters().tcp_picked_up), (1, 1));
+}
+
 fn icmp_echo(from_client: bool, src: [u8; 4], dst: [u8; 4], id: u16, reply: bool) -> Vec<u8> {
     let b = v4(from_client, src, dst, 64);
     let b = if reply { b.icmpv4_echo_reply(id, 1) } else { b.icmpv4_echo_request(id, 1) };
