@@ -1,7 +1,8 @@
 //! The body of the `pipeline` fuzz target (`fuzz/`, run with `cargo +nightly fuzz run
 //! pipeline`), here so the stable test suite runs it too (`tests/fuzz_body.rs`).
 //!
-//! The input is a script of operations, each `[op, len, len bytes...]`:
+//! The input is a script of operations, each `[op, len, len bytes...]` (an input of odd
+//! length runs with `[conntrack] tcp_pickup`):
 //! - `op % 5 == 0`: a frame of `len` bytes, as given;
 //! - `op % 5 == 1`: the same, with the IPv4 header checksum fixed first (so the fuzzer gets
 //!   past the checksum check and into conntrack, policy and forwarding);
@@ -50,7 +51,10 @@ fn compile(set: &PolicySet) -> CompiledPolicy {
 /// Runs one fuzz input; panics on a broken invariant.
 pub fn run(data: &[u8]) {
     let (config, a, b) = inputs();
-    let mut p = Pipeline::new(config, a.clone(), 1);
+    // Inputs of odd length run with `[conntrack] tcp_pickup`, the others without.
+    let mut config = config.clone();
+    config.conntrack.tcp_pickup = data.len() % 2 == 1;
+    let mut p = Pipeline::new(&config, a.clone(), 1);
     let mut now = 1_000_000_000u64;
     let mut swaps = 0u32;
     let mut rest = data;
