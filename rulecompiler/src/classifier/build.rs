@@ -86,8 +86,8 @@ pub(super) fn build<const D: usize>(
     let mut pending: Vec<RuleId> = (0..rules.len() as RuleId).collect();
     while let Some(&min_rule) = pending.first() {
         b.allow_defer = trees.len() + 1 < params.max_trees;
-        // The tree's rules are the leaf rules it appends (each once; `node` reorders
-        // `pending` as scratch, so they are read back from there).
+        // The tree's rules are the leaf rules it appends, each once. (`node` uses `pending`
+        // as scratch, so its worst rule is read from those leaves, not from `pending`.)
         let first_leaf = b.leaves.len();
         let root = b.node(&mut pending, 0)?;
         let max_rule = b.leaves[first_leaf..].iter().map(|r| r.id).max().unwrap_or(min_rule);

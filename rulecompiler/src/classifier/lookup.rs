@@ -2,9 +2,9 @@
 //!
 //! Both walk the trees in order of their best rule and skip a tree whose best rule cannot beat
 //! the match found so far; a lookup bounded from below (`classify_after`) also skips a tree
-//! whose worst rule lies below its bound. The batch path walks [`BATCH_WIDTH`] keys through one tree in
-//! lockstep, a level at a time, so the cache misses of different keys overlap instead of
-//! queueing behind each other; results are identical to the single path.
+//! whose worst rule lies below its bound. The batch path walks [`BATCH_WIDTH`] keys through
+//! one tree in lockstep, a level at a time, so the cache misses of different keys overlap
+//! instead of queueing behind each other; results are identical to the single path.
 
 use super::prefetch::prefetch;
 use super::{BATCH_WIDTH, Classifier, RuleId, Slot};
