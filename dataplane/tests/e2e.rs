@@ -505,6 +505,50 @@ fn killing_a_fail_closed_daemon_keeps_dropping_until_the_next_run() {
     assert!(!env.t.xdp_attached("c0").unwrap());
 }
 
+/// A restart of the dataplane under kernel TCP: without `tcp_pickup` an open connection is
+/// lost (its segments are invalid to the new daemon's empty table); with it, the client's next
+/// segment opens the flow again as established and the connection goes on.
+#[test]
+fn tcp_pickup_keeps_a_connection_across_a_restart() {
+    for pickup in [false, true] {
+        let extra = format!("fail_mode = \"closed\"\n[conntrack]\ntcp_pickup = {pickup}\n");
+        let mut env = Env::start(if pickup { "pickup" } else { "nopickup" }, BASE, &extra);
+        let stop = stop_flag();
+        tcp_echo(&env.t.ns(WEB.role), addr(WEB.ip, 7), Arc::clone(&stop));
+        let mut s = connect_from(&env.t.ns(CLIENT.role), addr(WEB.ip, 7)).unwrap();
+        assert!(echo_once(&mut s, b"before"), "the echo works before the restart");
+        env.daemon.stop().unwrap();
+        let config = env.work.join("node.toml");
+        env.daemon = DaemonProcess::start(
+            &env.t,
+            Path::new(EXE),
+            &config,
+            &env.work.join("margay.sock"),
+            &env.work.join("margay2.log"),
+        )
+        .unwrap();
+        let after = echo_once(&mut s, b"after");
+        stop.store(true, Ordering::Relaxed);
+        // Workers publish their counters every 100 ms: wait for the segment's.
+        let counted =
+            |st: &Value| st["tcp_picked_up"] != json!(0) || st["drops"]["invalid"].as_u64() > Some(0);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut stats = env.stats();
+        while !counted(&stats) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            stats = env.stats();
+        }
+        if pickup {
+            assert!(after, "the connection must go on after the restart with tcp_pickup");
+            assert_eq!(stats["tcp_picked_up"], json!(1), "{stats}");
+        } else {
+            assert!(!after, "without tcp_pickup the restarted daemon must not know the connection");
+            assert_eq!(stats["tcp_picked_up"], json!(0), "{stats}");
+            assert!(stats["drops"]["invalid"].as_u64() > Some(0), "{stats}");
+        }
+    }
+}
+
 /// Sends `frame` out of the client's eth0 as it is (socat's raw packet interface).
 fn send_raw(t: &Topology, frame: &[u8]) {
     let mut child = t
