@@ -104,17 +104,15 @@ impl Env {
         .expect("building the namespace topology needs root and iproute2 (scripts/deps.sh test)");
         let policy_path = work.join("policy.toml");
         std::fs::write(&policy_path, policy).unwrap();
-        let config_path = work.join("node.toml");
-        std::fs::write(&config_path, config(&t, &work, &policy_path)).unwrap();
-        let daemon = DaemonProcess::start(
-            &t,
-            Path::new(EXE),
-            &config_path,
-            &work.join("margay.sock"),
-            &work.join("margay.log"),
-        )
-        .unwrap();
+        std::fs::write(work.join("node.toml"), config(&t, &work, &policy_path)).unwrap();
+        let daemon = run_daemon(&t, &work, "margay.log");
         Env { t, work, daemon, _serial: serial }
+    }
+
+    /// Starts the daemon again on the same config, logging to `log` in the work folder (the
+    /// one before must have stopped).
+    fn restart(&mut self, log: &str) {
+        self.daemon = run_daemon(&self.t, &self.work, log);
     }
 
     fn ctl(&self, req: Value) -> Value {
@@ -144,6 +142,19 @@ impl Env {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     }
+}
+
+/// `margay run` on the node with `WORK/node.toml`, its control socket `WORK/margay.sock`, its
+/// log `WORK/log`.
+fn run_daemon(t: &Topology, work: &Path, log: &str) -> DaemonProcess {
+    DaemonProcess::start(
+        t,
+        Path::new(EXE),
+        &work.join("node.toml"),
+        &work.join("margay.sock"),
+        &work.join(log),
+    )
+    .unwrap()
 }
 
 impl Drop for Env {
@@ -487,15 +498,7 @@ fn killing_a_fail_closed_daemon_keeps_dropping_until_the_next_run() {
         "traffic must be dropped while no daemon runs"
     );
     // The next run takes over and traffic flows again.
-    let config = env.work.join("node.toml");
-    env.daemon = DaemonProcess::start(
-        &env.t,
-        Path::new(EXE),
-        &config,
-        &env.work.join("margay.sock"),
-        &env.work.join("margay2.log"),
-    )
-    .unwrap();
+    env.restart("margay2.log");
     assert_eq!(netns::ping(&env.t, CLIENT.role, WEB.ip, 2).unwrap(), 2);
     env.daemon.stop().unwrap();
     // A clean stop leaves it attached too; `margay detach` removes it.
@@ -518,15 +521,7 @@ fn tcp_pickup_keeps_a_connection_across_a_restart() {
         let mut s = connect_from(&env.t.ns(CLIENT.role), addr(WEB.ip, 7)).unwrap();
         assert!(echo_once(&mut s, b"before"), "the echo works before the restart");
         env.daemon.stop().unwrap();
-        let config = env.work.join("node.toml");
-        env.daemon = DaemonProcess::start(
-            &env.t,
-            Path::new(EXE),
-            &config,
-            &env.work.join("margay.sock"),
-            &env.work.join("margay2.log"),
-        )
-        .unwrap();
+        env.restart("margay2.log");
         let after = echo_once(&mut s, b"after");
         stop.store(true, Ordering::Relaxed);
         // Workers publish their counters every 100 ms: wait for the segment's.
