@@ -5,14 +5,8 @@ use std::path::PathBuf;
 
 use libbpf_cargo::SkeletonBuilder;
 
-/// (source, generated skeleton) pairs.
-const PROGRAMS: [(&str, &str); 2] =
-    [("src/bpf/margay.bpf.c", "margay.skel.rs"), ("src/bpf/sink.bpf.c", "sink.skel.rs")];
-
 fn main() {
-    for (src, skel) in PROGRAMS {
-        build(src, skel);
-    }
+    build("src/bpf/margay.bpf.c", "margay.skel.rs");
 }
 
 fn build(src: &str, skel: &str) {

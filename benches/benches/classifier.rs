@@ -22,7 +22,7 @@ fn workloads() -> Vec<Workload> {
     if loaded.is_empty() {
         eprintln!(
             "no ClassBench sets found under {} (MARGAY_CLASSBENCH_DIR)",
-            margay_benches::classbench_dir().display()
+            margay_testkit::classbench::data_dir().display()
         );
     }
     loaded

@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use margay_dataplane::netns::{self, DaemonProcess, Process};
 use margay_rulecompiler::Rule;
-use margay_rulecompiler::classbench::Key;
+use margay_testkit::classbench::Key;
+use margay_testkit::netns::{self, DaemonProcess, Process};
 use serde_json::{Value, json};
 
 use crate::policygen::harness_policy;
@@ -600,8 +600,8 @@ impl Harness {
             3_001..=30_000 => "acl1_10k",
             _ => "acl1_100k",
         };
-        let path = crate::classbench_dir().join(format!("{set}.rules"));
-        let rules = margay_rulecompiler::classbench::load_rules(&path)
+        let path = margay_testkit::classbench::data_dir().join(format!("{set}.rules"));
+        let rules = margay_testkit::classbench::load_rules(&path)
             .with_context(|| format!("the ClassBench set {} (MARGAY_CLASSBENCH_DIR)", path.display()))?;
         // A rule the generator's flows match (acl1's last rule is a catch-all) would end the
         // walk there: leave those out, so every packet walks the whole chain.

@@ -18,10 +18,8 @@ pub mod harness;
 pub mod plot;
 pub mod policygen;
 
-use std::path::PathBuf;
-
-use margay_rulecompiler::classbench::{self, Key};
 use margay_rulecompiler::{Rule, synth};
+use margay_testkit::classbench::{self, Key};
 
 /// A named rule set with keys to look up.
 #[derive(Debug)]
@@ -34,16 +32,9 @@ pub struct Workload {
     pub keys: Vec<Key>,
 }
 
-/// The ClassBench folder: `$MARGAY_CLASSBENCH_DIR`, or `shared/classbench` beside the repository.
-pub fn classbench_dir() -> PathBuf {
-    std::env::var_os("MARGAY_CLASSBENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/classbench"))
-}
-
 /// Loads `set` with up to `max_keys` keys, or `None` when its rule file is not there.
 pub fn load(set: &str, max_keys: usize) -> Option<Workload> {
-    let dir = classbench_dir();
+    let dir = classbench::data_dir();
     let rules = classbench::load_rules(&dir.join(format!("{set}.rules"))).ok()?;
     let keys = match classbench::load_trace(&dir.join(format!("{set}.trace.xz"))) {
         Ok(trace) => trace.iter().take(max_keys).map(|t| t.key).collect(),

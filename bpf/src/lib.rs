@@ -31,14 +31,9 @@ mod skel {
     pub mod margay {
         include!(concat!(env!("OUT_DIR"), "/margay.skel.rs"));
     }
-    pub mod sink {
-        include!(concat!(env!("OUT_DIR"), "/sink.skel.rs"));
-    }
 }
 
 use skel::margay::{MargaySkel, MargaySkelBuilder};
-
-pub mod sink;
 
 /// The program's name in the kernel (what `bpftool prog` and `ip link` show).
 pub const PROGRAM_NAME: &str = "margay_xdp";
@@ -292,7 +287,7 @@ impl XdpProgram {
 }
 
 /// Entry `key` of a per-CPU array of `u64`, summed over CPUs.
-fn percpu_sum(map: &impl MapCore, key: u32) -> libbpf_rs::Result<u64> {
+pub fn percpu_sum(map: &impl MapCore, key: u32) -> libbpf_rs::Result<u64> {
     let per_cpu = map.lookup_percpu(&key.to_ne_bytes(), MapFlags::ANY)?.unwrap_or_default();
     Ok(per_cpu.iter().map(|v| v.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_ne_bytes)).sum())
 }

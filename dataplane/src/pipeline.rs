@@ -21,8 +21,9 @@ use margay_rulecompiler::policy::compile::{CompiledPolicy, SideRef, Verdicts};
 
 use crate::conntrack::tcp::{self, Segment, Step};
 use crate::conntrack::{EndReason, Entry, FlowKey, Hint, SEC, State, Table, flags};
-use crate::flowlog::{FlowRecord, Kind, PolicyVersion, PolicyVersions, Reason, RecordDecision};
+use crate::flowlog::{FlowRecord, Kind, Reason, RecordDecision};
 use crate::forward::{CachedForwarder, ForwardError, Forwarder, Resolved};
+use crate::policy::{PolicyVersion, PolicyVersions};
 use crate::wire::{self, IcmpKind, Malformed, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet};
 
 /// Frames decided together (prefetch depth).
@@ -38,8 +39,6 @@ pub const IDLE_AGE_BUDGET: usize = 16_384;
 pub const SWEEP_NS: u64 = SEC;
 /// Distinct dropped flows aggregated per flow-log interval; past it, records are counted as lost.
 pub const MAX_DROP_AGGREGATES: usize = 65_536;
-/// Older policies kept to name the decisions of flows not yet seen under the current one.
-pub const POLICY_HISTORY: usize = 8;
 
 /// Why a packet was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -201,7 +200,7 @@ struct DropAgg {
 #[derive(Debug)]
 struct Accounting {
     policy: Arc<PolicyVersion>,
-    /// `policy` and the [`POLICY_HISTORY`] versions before it: those records may name.
+    /// `policy` and the [`crate::policy::POLICY_HISTORY`] versions before it: those records may name.
     versions: PolicyVersions,
     counters: Counters,
     records: Vec<FlowRecord>,

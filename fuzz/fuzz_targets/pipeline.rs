@@ -1,7 +1,7 @@
 //! Parse and pipeline on arbitrary input scripts: `cargo +nightly fuzz run pipeline`.
-//! The body and the input format are in `margay_dataplane::fuzzing`.
+//! The body and the input format are in `margay_testkit::fuzzing`.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    margay_dataplane::fuzzing::run(data);
+    margay_testkit::fuzzing::run(data);
 });

@@ -7,12 +7,10 @@
 //!   forest of flat multi-bit cut trees, immutable once built, with single and batch lookup.
 //!   Priority is rule order: the first matching rule wins.
 //! - [`reference`]: a deliberately naive linear matcher, the oracle the tree is tested against.
-//! - [`classbench`]: reader for ClassBench rule sets and traces (plain or `.xz`).
 //!
 //! The policy compiler (TOML policies lowered to classifier rules) builds on top of this.
 //! Nothing in this crate touches sockets or syscalls beyond reading files.
 
-pub mod classbench;
 pub mod classifier;
 pub mod policy;
 pub mod reference;

@@ -5,10 +5,10 @@
 
 #![expect(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on what it did not expect")]
 
-use margay_rulecompiler::classbench::{load_rules, load_trace};
 use margay_rulecompiler::reference::LinearMatcher;
 use margay_rulecompiler::{Classifier, RuleId};
-use margay_tests::classbench_dir;
+use margay_testkit::classbench::data_dir_for_test as classbench_dir;
+use margay_testkit::classbench::{load_rules, load_trace};
 
 fn agree_with_trace(set: &str) {
     let Some(dir) = classbench_dir() else { return };

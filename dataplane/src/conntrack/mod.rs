@@ -14,7 +14,6 @@
 //! Aging sweeps [`Table::age`]'s budget of slab slots per call from the same hand.
 
 pub mod tcp;
-pub mod v4;
 
 use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -182,7 +182,7 @@ pub fn handle(req: &Value, shared: &Shared) -> Value {
                 Ok(f) => {
                     let policy = shared.policy.load();
                     let d = policy.compiled.evaluate(&f);
-                    json!({"ok": true, "epoch": policy.epoch, "decision": crate::cli::policy::decision_json(&d)})
+                    json!({"ok": true, "epoch": policy.epoch, "decision": crate::policy::decision_json(&d)})
                 }
                 Err(e) => err(format!("bad flow: {e}")),
             }

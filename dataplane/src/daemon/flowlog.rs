@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use crate::flowlog::{FlowRecord, PolicyVersion, PolicyVersions};
+use crate::flowlog::FlowRecord;
+use crate::policy::{PolicyVersion, PolicyVersions};
 
 /// Flow-log counters, shared with the workers (drops) and the metrics.
 #[derive(Debug, Default)]

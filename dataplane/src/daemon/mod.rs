@@ -28,9 +28,9 @@ use margay_config::daemon::DaemonConfig;
 use margay_config::daemon::FailMode;
 use serde_json::{Value, json};
 
-use crate::flowlog::PolicyVersion;
 use crate::io::afxdp::{IoCounters, XskIo};
 use crate::pipeline::{Counters, Pipeline};
+use crate::policy::PolicyVersion;
 
 use self::flowlog::FlowLogStats;
 use self::worker::{Request, Worker};
@@ -129,8 +129,7 @@ fn compile(
 ) -> anyhow::Result<(margay_rulecompiler::policy::compile::CompiledPolicy, f64, Value)> {
     let started = Instant::now();
     let set = PolicySet::load(path)?;
-    let (compiled, _) =
-        crate::cli::policy::compile_timed(&set).with_context(|| format!("{}", path.display()))?;
+    let (compiled, _) = crate::policy::compile_timed(&set).with_context(|| format!("{}", path.display()))?;
     let rules: usize = set.policies.iter().map(|p| p.ingress.len() + p.egress.len()).sum();
     let s = compiled.stats();
     let summary = json!({

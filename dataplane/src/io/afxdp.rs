@@ -28,12 +28,12 @@ pub const FRAME_SIZE: u32 = 4096;
 /// re-initialised. (Growing the free list by everything in flight and letting the kernel fill
 /// it in cost a memset of up to the whole ring per burst: 6% of a worker's core in a profile,
 /// and it held the generator back.)
-const REAP: usize = 256;
+pub const REAP: usize = 256;
 
 /// A UMEM of `frames` 4 KiB frames with fill and completion rings `ring_size` deep, its
 /// descriptors, and the config of sockets over it (rings `ring_size` deep, no libxdp program,
 /// wakeups only when needed). Shared by the daemon's workers and the generator.
-fn umem_and_sockets(frames: u32, ring_size: u32) -> anyhow::Result<(Umem, Vec<FrameDesc>, SocketConfig)> {
+pub fn umem_and_sockets(frames: u32, ring_size: u32) -> anyhow::Result<(Umem, Vec<FrameDesc>, SocketConfig)> {
     let ring = QueueSize::new(ring_size).context("ring size")?;
     let umem_config = UmemConfig::builder()
         .frame_size(FrameSize::new(FRAME_SIZE).context("frame size")?)
@@ -89,7 +89,7 @@ impl AsMut<[u8]> for Frame<'_> {
 
 /// What `Socket::new` returns: tx and rx rings, and the fill and completion rings of a UMEM's
 /// first socket.
-type Bound = (TxQueue, RxQueue, Option<(FillQueue, CompQueue)>);
+pub type Bound = (TxQueue, RxQueue, Option<(FillQueue, CompQueue)>);
 
 /// `Socket::new`, retried for up to 2 s while the queue is busy: the kernel releases a closed
 /// socket's buffer pool in deferred work, so binding right after another process (a previous
@@ -99,7 +99,7 @@ type Bound = (TxQueue, RxQueue, Option<(FillQueue, CompQueue)>);
 ///
 /// As `Socket::new`: `umem` is used by sockets on distinct (interface, queue) pairs only, and a
 /// shared UMEM's sockets are created with INHIBIT_PROG_LOAD.
-unsafe fn bind(
+pub unsafe fn bind(
     config: SocketConfig,
     umem: &Umem,
     iface: &Interface,
@@ -354,117 +354,5 @@ impl XskIo {
     /// Frames free in userspace (for tests and stats).
     pub fn free_frames(&self) -> usize {
         self.free.len()
-    }
-}
-
-/// A transmit-only AF_XDP socket for the packet generator: frames are written into the UMEM
-/// once, and the same descriptors are sent again and again as the kernel completes them.
-pub struct TxGen {
-    umem: Umem,
-    tx: TxQueue,
-    _rx: RxQueue,
-    _fill: FillQueue,
-    comp: CompQueue,
-    free: Vec<FrameDesc>,
-    /// [`REAP`] slots the completion ring is read into.
-    reap: Vec<FrameDesc>,
-    in_flight: usize,
-    completed: u64,
-    /// Frame length by UMEM frame number (completions come back with length 0).
-    lens: Vec<usize>,
-}
-
-impl std::fmt::Debug for TxGen {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TxGen")
-            .field("free", &self.free.len())
-            .field("completed", &self.completed)
-            .finish_non_exhaustive()
-    }
-}
-
-impl TxGen {
-    /// Opens a socket on `queue` of `interface` and writes `frames` (cycled) into a UMEM of
-    /// 4 x `ring_size` frames.
-    pub fn open(interface: &str, queue: u32, frames: &[Vec<u8>], ring_size: u32) -> anyhow::Result<TxGen> {
-        if frames.is_empty() {
-            bail!("no frames to send");
-        }
-        let (umem, mut free, socket_config) = umem_and_sockets(ring_size.saturating_mul(4), ring_size)?;
-        let iface = Interface::new(CString::new(interface).context("interface name")?);
-        // SAFETY: the one socket of this UMEM, with INHIBIT_PROG_LOAD set.
-        let (tx, rx, rings) = unsafe { bind(socket_config, &umem, &iface, interface, queue) }?;
-        let Some((fill, comp)) = rings else {
-            bail!("AF_XDP socket on {interface}: no fill and completion rings")
-        };
-        let mut lens = vec![0; free.len()];
-        for (i, d) in free.iter_mut().enumerate() {
-            let frame = &frames[i % frames.len()];
-            lens[d.addr() / FRAME_SIZE as usize] = frame.len();
-            // SAFETY: every descriptor is fresh from `Umem::new` and owned by userspace; each
-            // is borrowed once.
-            let mut data = unsafe { umem.data_mut(d) };
-            let mut cursor = data.cursor();
-            cursor.write_all(frame).context("a frame larger than a UMEM frame")?;
-        }
-        Ok(TxGen {
-            umem,
-            tx,
-            _rx: rx,
-            _fill: fill,
-            comp,
-            free,
-            reap: vec![FrameDesc::default(); REAP],
-            in_flight: 0,
-            completed: 0,
-            lens,
-        })
-    }
-
-    /// Reclaims completed frames, then queues up to `max` frames and wakes the kernel if the
-    /// ring asks. Returns the number queued.
-    pub fn send(&mut self, max: usize) -> usize {
-        if self.in_flight > 0 {
-            let want = self.in_flight.min(REAP);
-            // SAFETY: completed descriptors were produced to this socket's tx ring from this
-            // UMEM; they are copied into the free list below.
-            let n = unsafe { self.comp.consume(&mut self.reap[..want]) };
-            // The frames' bytes are intact; their lengths come back as 0.
-            for d in &mut self.reap[..n] {
-                let len = self.lens.get(d.addr() / FRAME_SIZE as usize).copied().unwrap_or(0);
-                // SAFETY: just completed: userspace owns the frame again.
-                unsafe { self.umem.data_mut(d) }.cursor().set_pos(len);
-            }
-            self.free.extend_from_slice(&self.reap[..n]);
-            self.in_flight -= n;
-            self.completed += n as u64;
-        }
-        let n = max.min(self.free.len());
-        if n == 0 {
-            if self.tx.needs_wakeup() {
-                let _ = self.tx.wakeup();
-            }
-            return 0;
-        }
-        let start = self.free.len() - n;
-        // SAFETY: free descriptors are owned by userspace and belong to this UMEM; produced
-        // ones leave the free list below.
-        let sent = unsafe { self.tx.produce(&self.free[start..]) };
-        self.free.truncate(self.free.len() - sent);
-        self.in_flight += sent;
-        if self.tx.needs_wakeup() {
-            let _ = self.tx.wakeup();
-        }
-        sent
-    }
-
-    /// Frames the kernel has completed (sent) so far.
-    pub fn completed(&self) -> u64 {
-        self.completed
-    }
-
-    /// Frames queued and not yet completed.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight
     }
 }

@@ -7,7 +7,7 @@ use std::mem::MaybeUninit;
 use libbpf_rs::Link;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 
-use crate::Error;
+use margay_bpf::Error;
 
 use crate::skel::sink as skel;
 
@@ -45,7 +45,7 @@ impl Sink {
     pub fn counts(&self) -> Result<(u64, u64), Error> {
         let mut out = [0u64; 2];
         for (i, o) in out.iter_mut().enumerate() {
-            *o = crate::percpu_sum(&self.skel.maps.sink_counts, i as u32)
+            *o = margay_bpf::percpu_sum(&self.skel.maps.sink_counts, i as u32)
                 .map_err(|source| Error::Bpf { what: "reading the sink's counters".into(), source })?;
         }
         Ok((out[0], out[1]))

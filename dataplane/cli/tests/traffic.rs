@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use margay_dataplane::netns::Namespaces;
+use margay_testkit::netns::Namespaces;
 use serde_json::Value;
 
 const EXE: &str = env!("CARGO_BIN_EXE_margay");

@@ -7,7 +7,7 @@ use anyhow::Context;
 use margay_config::daemon::{DEFAULT_CONTROL_SOCKET, DaemonConfig};
 use serde_json::{Value, json};
 
-use crate::daemon::{Daemon, control};
+use margay_dataplane::daemon::{Daemon, control};
 
 /// Arguments of `margay run`.
 #[derive(Debug, clap::Args)]
@@ -42,8 +42,8 @@ pub(super) fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     if args.check {
         let policy = config.policy.clone().context("no policy file (set `policy = \"FILE\"`)")?;
         let set = margay_config::PolicySet::load(&policy)?;
-        let (compiled, ms) = super::policy::compile_timed(&set)?;
-        let table = crate::conntrack::reserved_bytes(config.conntrack.capacity);
+        let (compiled, ms) = margay_dataplane::policy::compile_timed(&set)?;
+        let table = margay_dataplane::conntrack::reserved_bytes(config.conntrack.capacity);
         println!(
             "{}: ok: {} interfaces, {} routes, {} neighbours, {} worker(s), each with a conntrack table of {} entries ({:.1} MB resident from the start, {}); policy {} compiled to {} classifier rules in {ms:.1} ms",
             args.config.display(),
@@ -167,7 +167,7 @@ pub struct DetachArgs {
 
 pub(super) fn detach(args: &DetachArgs) -> anyhow::Result<ExitCode> {
     for name in &args.interfaces {
-        if margay_bpf::detach(crate::daemon::ifindex(name)?)? {
+        if margay_bpf::detach(margay_dataplane::daemon::ifindex(name)?)? {
             println!("{name}: Margay's XDP program detached");
         } else {
             println!("{name}: no XDP program attached");

@@ -22,11 +22,11 @@ use margay_config::PolicySet;
 use margay_config::daemon::DaemonConfig;
 use margay_rulecompiler::policy::compile::CompiledPolicy;
 
-use crate::pipeline::{Outcome, Pipeline};
-use crate::wire::{self, Packet};
+use margay_dataplane::pipeline::{Outcome, Pipeline};
+use margay_dataplane::wire::{self, Packet};
 
-const CONFIG: &str = include_str!("../../examples/replay/node.toml");
-const POLICY: &str = include_str!("../../examples/replay/policy.toml");
+const CONFIG: &str = include_str!("../../../examples/replay/node.toml");
+const POLICY: &str = include_str!("../../../examples/replay/policy.toml");
 
 /// The config without and with `[conntrack] tcp_pickup`, and the two policies, made once per
 /// process: compiling on every input made the policy compiler most of each run (about 550

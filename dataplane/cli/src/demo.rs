@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::netns::{self, CLIENT, DB, DaemonProcess, Topology, WEB};
+use margay_testkit::netns::{self, CLIENT, DB, DaemonProcess, Topology, WEB};
 
 const POLICY_V1: &str = include_str!("../../../examples/demo/policy-v1.toml");
 const POLICY_V2: &str = include_str!("../../../examples/demo/policy-v2.toml");

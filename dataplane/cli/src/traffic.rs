@@ -12,7 +12,7 @@ use etherparse::PacketBuilder;
 use margay_config::daemon::Mac;
 use serde_json::json;
 
-use crate::io::afxdp::TxGen;
+use margay_testkit::generator::TxGen;
 
 /// Arguments of `margay gen`.
 #[derive(Debug, clap::Args)]
@@ -101,7 +101,7 @@ fn frames(args: &GenArgs, src_mac: Mac) -> anyhow::Result<Vec<Vec<u8>>> {
 pub(super) fn gen_run(args: &GenArgs) -> anyhow::Result<ExitCode> {
     let src_mac = match args.src_mac {
         Some(m) => m,
-        None => crate::daemon::interface_mac(&args.interface)?,
+        None => margay_dataplane::daemon::interface_mac(&args.interface)?,
     };
     let frames = Arc::new(frames(args, src_mac)?);
     let stop = Arc::new(AtomicBool::new(false));
@@ -175,7 +175,7 @@ pub struct SinkArgs {
 }
 
 pub(super) fn sink_run(args: &SinkArgs) -> anyhow::Result<ExitCode> {
-    let sink = margay_bpf::sink::Sink::attach(crate::daemon::ifindex(&args.interface)?)?;
+    let sink = margay_testkit::sink::Sink::attach(margay_dataplane::daemon::ifindex(&args.interface)?)?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))?;

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use margay_dataplane::netns::{self, CLIENT, DB, DaemonProcess, Topology, WEB};
+use margay_testkit::netns::{self, CLIENT, DB, DaemonProcess, Topology, WEB};
 use serde_json::{Value, json};
 
 const EXE: &str = env!("CARGO_BIN_EXE_margay");

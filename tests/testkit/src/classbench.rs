@@ -1,4 +1,5 @@
-//! ClassBench rule sets and header traces (the formats of `shared/classbench/README.md`).
+//! ClassBench rule sets and header traces (formats in docs/design/classifier.md, "ClassBench"),
+//! and where the data lives.
 //!
 //! Rules: one per line, `@src/len<TAB>dst/len<TAB>slo : shi<TAB>dlo : dhi<TAB>0xPP/0xMM`, line
 //! order is priority order. A rule becomes a [`Rule<5>`] over the fields
@@ -13,7 +14,32 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::classifier::{FieldRange, Rule, RuleId};
+use margay_rulecompiler::classifier::{FieldRange, Rule, RuleId};
+
+/// The ClassBench folder: `$MARGAY_CLASSBENCH_DIR`, or `shared/classbench` beside the
+/// repository (where CI puts it), whether or not it is there.
+pub fn data_dir() -> PathBuf {
+    std::env::var_os("MARGAY_CLASSBENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/classbench"))
+}
+
+/// [`data_dir`] for a test: `None`, after printing `SKIPPED: ...`, when the data is missing
+/// outside CI, so a checkout without it still runs the rest of the suite; under CI (`CI` set)
+/// a missing folder fails the test.
+pub fn data_dir_for_test() -> Option<PathBuf> {
+    let dir = data_dir();
+    if dir.join("acl1_1k.rules").is_file() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "ClassBench data not found at {} (set MARGAY_CLASSBENCH_DIR)",
+        dir.display()
+    );
+    eprintln!("SKIPPED: ClassBench data not found at {} (set MARGAY_CLASSBENCH_DIR)", dir.display());
+    None
+}
 
 /// Field order of ClassBench rules and keys.
 pub const FIELDS: [&str; 5] = ["src", "dst", "sport", "dport", "proto"];

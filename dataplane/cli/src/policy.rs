@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use margay_config::PolicySet;
-use margay_config::policy::Verdict;
+use margay_dataplane::policy::{compile_timed, decision_json};
 use margay_rulecompiler::policy::compile::CompiledPolicy;
 use margay_rulecompiler::policy::reference::ReferenceEvaluator;
-use margay_rulecompiler::policy::{Decision, Flow, SideDecision};
-use serde_json::{Value, json};
+use margay_rulecompiler::policy::{Flow, SideDecision};
+use serde_json::json;
 
 /// Arguments of `margay check`.
 #[derive(Debug, clap::Args)]
@@ -54,13 +54,6 @@ pub struct CompileArgs {
     /// Print the statistics as one JSON object (implies --stats).
     #[arg(long)]
     json: bool,
-}
-
-/// Compiles `set`, timing it.
-pub(crate) fn compile_timed(set: &PolicySet) -> anyhow::Result<(CompiledPolicy, f64)> {
-    let started = std::time::Instant::now();
-    let compiled = CompiledPolicy::compile(set)?;
-    Ok((compiled, started.elapsed().as_secs_f64() * 1e3))
 }
 
 pub(super) fn compile(args: &CompileArgs) -> anyhow::Result<ExitCode> {
@@ -131,13 +124,6 @@ pub(super) fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
-fn side_json(s: Option<&SideDecision>) -> Value {
-    s.map_or(
-        Value::Null,
-        |s| json!({"tier": s.tier, "policy": s.policy, "rule": s.rule, "action": s.verdict.as_str()}),
-    )
-}
-
 fn side_text(s: Option<&SideDecision>, dir: &str) -> String {
     match s {
         None => "-  (not a local endpoint)".to_owned(),
@@ -153,19 +139,6 @@ fn side_text(s: Option<&SideDecision>, dir: &str) -> String {
             s.rule
         ),
     }
-}
-
-pub(crate) fn decision_json(d: &Decision) -> Value {
-    json!({
-        "verdict": d.verdict.as_str(),
-        "egress": side_json(d.egress.as_ref()),
-        "ingress": side_json(d.ingress.as_ref()),
-        "log": d.log.iter().map(|h| json!({
-            "direction": if h.ingress { "ingress" } else { "egress" },
-            "tier": h.tier, "policy": h.policy, "rule": h.rule,
-        })).collect::<Vec<_>>(),
-        "staged": d.staged.map(Verdict::as_str),
-    })
 }
 
 pub(super) fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {

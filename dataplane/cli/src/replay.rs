@@ -12,9 +12,9 @@ use margay_config::daemon::DaemonConfig;
 use margay_rulecompiler::policy::compile::CompiledPolicy;
 use serde_json::json;
 
-use crate::flowlog::{FlowRecord, JsonLines};
-use crate::io::{Burst, PacketIo, PcapIo};
-use crate::pipeline::{Counters, Outcome, Pipeline};
+use margay_dataplane::flowlog::{FlowRecord, JsonLines};
+use margay_dataplane::io::{Burst, PacketIo, PcapIo};
+use margay_dataplane::pipeline::{Counters, Outcome, Pipeline};
 
 /// Arguments of `margay replay`.
 #[derive(Debug, clap::Args)]

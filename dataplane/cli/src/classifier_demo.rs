@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use margay_rulecompiler::reference::LinearMatcher;
-use margay_rulecompiler::{Classifier, RuleId, classbench, synth};
+use margay_rulecompiler::{Classifier, RuleId, synth};
+use margay_testkit::classbench;
 
 /// The embedded rule set.
 const RULES: &str = include_str!("../../../rulecompiler/data/acl1_1k.rules");

@@ -41,7 +41,7 @@ impl Drop for Scratch {
 }
 
 fn repo(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(p)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(p)
 }
 
 fn client() -> etherparse::PacketBuilderStep<etherparse::Ethernet2Header> {
@@ -141,7 +141,7 @@ fn read_capture(path: &Path) -> Vec<(Duration, Vec<u8>)> {
 
 /// Compares `got` with the snapshot `name`, or writes it under MARGAY_BLESS=1.
 fn snapshot(name: &str, got: &str) {
-    let path = repo("dataplane/tests/replay").join(name);
+    let path = repo("dataplane/cli/tests/replay").join(name);
     if std::env::var_os("MARGAY_BLESS").is_some() {
         std::fs::write(&path, got).unwrap();
         return;

@@ -1,4 +1,4 @@
-//! The fuzz target's body (`margay_dataplane::fuzzing::run`) on the stable toolchain: random
+//! The fuzz target's body (`margay_testkit::fuzzing::run`) on the stable toolchain: random
 //! scripts, and scripts of frames a real exchange would carry, mutated.
 
 use etherparse::PacketBuilder;
@@ -64,11 +64,11 @@ proptest! {
 
     #[test]
     fn scripts_of_mutated_exchanges(data in script()) {
-        margay_dataplane::fuzzing::run(&data);
+        margay_testkit::fuzzing::run(&data);
     }
 
     #[test]
     fn arbitrary_bytes(data in proptest::collection::vec(any::<u8>(), 0..600)) {
-        margay_dataplane::fuzzing::run(&data);
+        margay_testkit::fuzzing::run(&data);
     }
 }

@@ -152,7 +152,7 @@ fn help_lists_the_commands() {
 }
 
 fn shop() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop.toml").to_str().unwrap().to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/shop.toml").to_str().unwrap().to_owned()
 }
 
 #[test]

@@ -1,17 +1,10 @@
 //! The `margay` command line: argument definitions and dispatch.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod classbench;
-mod classifier_demo;
-mod demo;
-pub(crate) mod policy;
-mod replay;
-mod run;
-mod traffic;
+use crate::{classbench, classifier_demo, demo, policy, replay, run, traffic};
 
 /// Margay: a userspace packet-processing dataplane for network microsegmentation.
 #[derive(Debug, Parser)]
@@ -39,7 +32,7 @@ enum Command {
     /// Build the classifier from a ClassBench rule set, classify a whole trace on one core,
     /// check every answer against the trace's expected first match, and report build time,
     /// memory and lookup rate. Exits 1 when any answer differs.
-    Classbench(ClassbenchArgs),
+    Classbench(classbench::ClassbenchArgs),
     /// Validate policy files: a one-line summary per valid file; errors with file, line and
     /// column otherwise (exit 1).
     Check(policy::CheckArgs),
@@ -81,75 +74,6 @@ enum Command {
     /// Count (and drop) every frame arriving on an interface with an XDP program; print
     /// packets per second (the throughput harness's sink).
     Sink(traffic::SinkArgs),
-}
-
-/// Arguments of `margay classbench`.
-#[derive(Debug, clap::Args)]
-pub struct ClassbenchArgs {
-    /// ClassBench rule file (`@src/len dst/len slo : shi dlo : dhi proto/mask` per line; line
-    /// order is priority order).
-    #[arg(long, value_name = "FILE")]
-    rules: PathBuf,
-    /// Trace file, plain or xz-compressed: `src dst sport dport proto [gen_rule first_match]`
-    /// per line. The last column of a 7-column trace is the expected answer.
-    #[arg(long, value_name = "FILE")]
-    trace: PathBuf,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    json: bool,
-    /// Keys per `classify_batch` call (DPDK's test-acl uses 256).
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
-    batch: u32,
-    /// Timed passes over the whole trace; the rate is over all passes (test-acl uses 10).
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    passes: u32,
-    /// Classify one key at a time with `classify` instead of `classify_batch` (for comparison).
-    #[arg(long)]
-    single: bool,
-    /// Also report the average work per lookup (trees walked, cut steps, leaf rules compared).
-    #[arg(long)]
-    cost: bool,
-    #[command(flatten)]
-    tuning: TuningArgs,
-}
-
-/// Classifier builder knobs (defaults are the measured best; see docs/classifier.md).
-#[derive(Debug, clap::Args)]
-#[command(next_help_heading = "Classifier tuning")]
-pub struct TuningArgs {
-    /// A node with at most this many rules becomes a leaf.
-    #[arg(long, value_name = "N")]
-    leaf_size: Option<usize>,
-    /// A node with n rules cuts into at most FACTOR * n children.
-    #[arg(long, value_name = "FACTOR")]
-    space_factor: Option<usize>,
-    /// Widest single cut in bits (1..=16).
-    #[arg(long, value_name = "BITS")]
-    max_cut_bits: Option<u32>,
-    /// Most trees in the forest.
-    #[arg(long, value_name = "N")]
-    max_trees: Option<usize>,
-    /// Cost of deferring a rule to a later tree, in rules of leaf scan.
-    #[arg(long, value_name = "COST")]
-    defer_cost: Option<f64>,
-    /// Only nodes with more than N rules may defer rules to a later tree.
-    #[arg(long, value_name = "N")]
-    defer_min_rules: Option<usize>,
-}
-
-impl TuningArgs {
-    /// The builder parameters: defaults overridden by what was given.
-    pub fn params(&self) -> margay_rulecompiler::BuildParams {
-        let d = margay_rulecompiler::BuildParams::default();
-        margay_rulecompiler::BuildParams {
-            leaf_size: self.leaf_size.unwrap_or(d.leaf_size),
-            space_factor: self.space_factor.unwrap_or(d.space_factor),
-            max_cut_bits: self.max_cut_bits.unwrap_or(d.max_cut_bits),
-            max_trees: self.max_trees.unwrap_or(d.max_trees),
-            defer_cost: self.defer_cost.unwrap_or(d.defer_cost),
-            defer_min_rules: self.defer_min_rules.unwrap_or(d.defer_min_rules),
-        }
-    }
 }
 
 /// Runs the parsed command line.

@@ -549,7 +549,7 @@ impl DaemonProcess {
 
     /// One control request.
     pub fn ctl(&self, req: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
-        crate::daemon::control::request(&self.socket, req)
+        margay_dataplane::daemon::control::request(&self.socket, req)
     }
 
     /// What it logged so far.

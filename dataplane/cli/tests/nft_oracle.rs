@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use margay_config::PolicySet;
 use margay_config::policy::Verdict;
-use margay_dataplane::netns::{Namespaces, spawn_in};
 use margay_rulecompiler::policy::Flow;
 use margay_rulecompiler::policy::compile::CompiledPolicy;
+use margay_testkit::netns::{Namespaces, spawn_in};
 
 /// Namespaces sender, router and receiver; endpoints on both sides, two namespaces, a netset,
 /// a tier with pass and deny, port ranges, not_ fields, a log rule, a staged policy and
@@ -327,7 +327,7 @@ fn the_kernel_with_the_exported_ruleset_agrees_with_explain() {
 
 #[test]
 fn the_example_policy_exports_to_a_ruleset_nft_accepts() {
-    let shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop.toml");
+    let shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/shop.toml");
     let out = Command::new(env!("CARGO_BIN_EXE_margay")).args(["export", "nft"]).arg(&shop).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
