@@ -87,7 +87,7 @@ def main():
         if not shutil.which(tool):
             die(f"{tool} not found (apt-get install dpdk-dev gcc xz-utils)")
     if not os.path.exists(a.margay):
-        subprocess.run(["cargo", "build", "--release", "-p", "margay-dataplane"], cwd=REPO, check=True)
+        subprocess.run(["cargo", "build", "--release", "-p", "margay"], cwd=REPO, check=True)
     algs = ["scalar", "sse"] + (["avx2"] if "avx2" in open("/proc/cpuinfo").read() else [])
 
     with tempfile.TemporaryDirectory(prefix="margay-vs-dpdk-") as tmp:

@@ -317,7 +317,7 @@ impl Harness {
         let margay = o.margay.clone().unwrap_or_else(default_margay);
         if !margay.is_file() {
             bail!(
-                "{} not found: build it first (cargo build --release -p margay-dataplane), or give --margay",
+                "{} not found: build it first (cargo build --release -p margay), or give --margay",
                 margay.display()
             );
         }
