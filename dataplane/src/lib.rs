@@ -22,6 +22,7 @@
 //! `docs/design/architecture.md` draws the whole.
 
 pub mod conntrack;
+pub mod counters;
 
 pub mod daemon;
 pub mod flowlog;

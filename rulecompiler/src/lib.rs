@@ -12,6 +12,7 @@
 //! Nothing in this crate touches sockets or syscalls beyond reading files.
 
 pub mod classifier;
+pub mod hint;
 pub mod policy;
 pub mod reference;
 pub mod synth;

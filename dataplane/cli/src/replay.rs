@@ -115,7 +115,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     let live = pipeline.conntrack().len();
     let mut out = std::io::stdout().lock();
     if args.json {
-        let mut v = counters_json(c);
+        let mut v = c.to_json();
         v["conntrack_entries"] = json!(live);
         v["flow_records"] = json!(written);
         v["frames_written"] = json!(frames_out);
@@ -151,29 +151,6 @@ fn drain(
     }
     buf.clear();
     Ok(n)
-}
-
-/// The counters as JSON: the pipeline's fields, drops by reason name.
-pub fn counters_json(c: &Counters) -> serde_json::Value {
-    let drops: serde_json::Map<String, serde_json::Value> =
-        c.drop_reasons().map(|(k, v)| (k.to_owned(), json!(v))).collect();
-    json!({
-        "rx_packets": c.rx_packets,
-        "rx_bytes": c.rx_bytes,
-        "tx_packets": c.tx_packets,
-        "tx_bytes": c.tx_bytes,
-        "dropped": c.dropped(),
-        "drops": drops,
-        "tracked_packets": c.tracked_packets,
-        "classified": c.classified,
-        "verdict_allow": c.verdict_allow,
-        "verdict_deny": c.verdict_deny,
-        "reclassified": c.reclassified,
-        "flows_started": c.flows_started,
-        "tcp_picked_up": c.tcp_picked_up,
-        "flows_ended": c.flows_ended,
-        "records_lost": c.records_lost,
-    })
 }
 
 fn print_stats(out: &mut impl Write, c: &Counters, live: usize, records: u64) -> std::io::Result<()> {

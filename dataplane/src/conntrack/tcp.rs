@@ -208,7 +208,7 @@ mod tests {
     #[test]
     fn the_isn_matters_only_for_syn_and_rst() {
         let mut differ = 0;
-        for state in crate::conntrack::ALL_STATES {
+        for state in crate::conntrack::entry::ALL_STATES {
             for flags in 0..=u8::MAX {
                 for (from_orig, fin_by_orig) in [(false, false), (false, true), (true, false), (true, true)] {
                     let s = seg(from_orig, flags, GOOD);

@@ -1,7 +1,11 @@
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
 
 use proptest::prelude::*;
 
+use super::entry::ALL_STATES;
+use super::pages::{Mapped, anon_huge_bytes};
+use super::table::rest_of_line;
 use super::*;
 
 fn ip(last: u8) -> IpAddr {

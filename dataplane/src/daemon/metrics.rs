@@ -16,7 +16,7 @@ use metrics::{counter, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use super::Shared;
-use crate::pipeline::Drop;
+use crate::counters::Drop;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -60,8 +60,8 @@ pub fn update(shared: &Shared) {
         .absolute(total.rx_bytes.saturating_sub(total.tx_bytes));
     counter!("margay_policy_decisions_total", "verdict" => "allow").absolute(total.verdict_allow);
     counter!("margay_policy_decisions_total", "verdict" => "deny").absolute(total.verdict_deny);
-    for (i, v) in total.drops.iter().enumerate() {
-        counter!("margay_drops_total", "reason" => Drop::name(i)).absolute(*v);
+    for (d, v) in Drop::ALL.iter().zip(total.drops.iter()) {
+        counter!("margay_drops_total", "reason" => d.as_str()).absolute(*v);
     }
     gauge!("margay_conntrack_entries").set(entries as f64);
     let capacity: usize = workers.iter().map(|w| w.conntrack_capacity).sum();

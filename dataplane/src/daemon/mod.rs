@@ -194,8 +194,6 @@ impl Shared {
                 "handoff_out": s.handoff.out, "handoff_in": s.handoff.r#in, "handoff_full": s.handoff.full,
             }));
         }
-        let drops: serde_json::Map<String, Value> =
-            total.drop_reasons().map(|(k, v)| (k.to_owned(), json!(v))).collect();
         let xdp: Vec<Value> = self
             .xdp
             .lock()
@@ -210,16 +208,10 @@ impl Shared {
             .collect();
         let last = self.last_reload.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let f = &self.flowlog;
-        json!({
+        let mut stats = total.to_json();
+        let daemon = json!({
             "uptime_s": self.started.elapsed().as_secs_f64(),
             "epoch": self.policy.load().epoch,
-            "rx_packets": total.rx_packets, "rx_bytes": total.rx_bytes,
-            "tx_packets": total.tx_packets, "tx_bytes": total.tx_bytes,
-            "dropped": total.dropped(), "drops": drops,
-            "classified": total.classified, "verdict_allow": total.verdict_allow, "verdict_deny": total.verdict_deny,
-            "tracked_packets": total.tracked_packets, "reclassified": total.reclassified,
-            "flows_started": total.flows_started, "tcp_picked_up": total.tcp_picked_up,
-            "flows_ended": total.flows_ended,
             "conntrack_entries": entries,
             "flow_records": {
                 "written": f.written.load(Ordering::Relaxed), "discarded": f.discarded.load(Ordering::Relaxed),
@@ -229,7 +221,11 @@ impl Shared {
             "last_reload": last.map(|r| json!({"at": r.at, "ok": r.ok, "epoch": r.epoch, "error": r.error})),
             "workers": per_worker,
             "xdp": xdp,
-        })
+        });
+        if let (Some(s), Value::Object(d)) = (stats.as_object_mut(), daemon) {
+            s.extend(d);
+        }
+        stats
     }
 }
 

@@ -7,6 +7,7 @@ use margay_config::PolicySet;
 use proptest::prelude::*;
 
 use super::*;
+use crate::wire::Malformed;
 use crate::wire::tcp_flags::{ACK, FIN, RST, SYN};
 
 pub(crate) const CONFIG: &str = include_str!("../../../examples/replay/node.toml");

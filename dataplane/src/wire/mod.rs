@@ -91,6 +91,23 @@ impl Malformed {
         }
     }
 
+    /// What its counter counts.
+    pub fn help(self) -> &'static str {
+        match self {
+            Malformed::Truncated(Layer::Ethernet) => "the frame is shorter than its Ethernet or VLAN header",
+            Malformed::Truncated(Layer::Ip) => "the packet is shorter than its IP or IPv6 extension header",
+            Malformed::Truncated(Layer::L4) => "the packet is shorter than its transport header",
+            Malformed::NotIp => "the EtherType is neither IPv4, IPv6 nor VLAN",
+            Malformed::BadIpv4Header => "an IPv4 header with a bad version, IHL or total length",
+            Malformed::BadIpv4Checksum => "an IPv4 header checksum that does not verify",
+            Malformed::BadIpv6Header => "an IPv6 header with a bad version",
+            Malformed::TooManyExtHeaders => "more IPv6 extension headers than the parser follows",
+            Malformed::Fragment => "a non-first fragment",
+            Malformed::BadTcpHeader => "a TCP data offset below 5 words or past the packet",
+            Malformed::BadUdpHeader => "a UDP length below 8 or past the IP packet",
+        }
+    }
+
     /// Every value, in counter order.
     pub const ALL: [Malformed; 11] = [
         Malformed::Truncated(Layer::Ethernet),

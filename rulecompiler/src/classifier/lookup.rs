@@ -6,8 +6,8 @@
 //! one tree in lockstep, a level at a time, so the cache misses of different keys overlap
 //! instead of queueing behind each other; results are identical to the single path.
 
-use super::prefetch::prefetch;
 use super::{BATCH_WIDTH, Classifier, RuleId, Slot};
+use crate::hint::prefetch;
 
 /// Internal "no match" marker: worse than every rule id.
 const NONE: RuleId = RuleId::MAX;

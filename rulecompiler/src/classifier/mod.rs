@@ -20,11 +20,9 @@
 mod build;
 mod field;
 mod lookup;
-mod prefetch;
 
 pub use field::{FieldRange, Rule, RuleId, prefix128, words128};
 pub use lookup::LookupCost;
-pub use prefetch::prefetch;
 
 /// Widest cut the builder makes, in bits. The slot format stores the mask in 16 bits.
 pub const MAX_CUT_BITS: u32 = 16;

@@ -9,7 +9,6 @@
 //! packet that cannot be forwarded never creates state), conntrack (an entry from an older
 //! policy epoch is classified again first), then the policy for packets that may open a flow.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -17,14 +16,18 @@ use foldhash::fast::FixedState;
 use margay_config::daemon::DaemonConfig;
 use margay_config::policy::Verdict;
 use margay_rulecompiler::policy::Flow;
-use margay_rulecompiler::policy::compile::{CompiledPolicy, SideRef, Verdicts};
+use margay_rulecompiler::policy::compile::{CompiledPolicy, Verdicts};
 
-use crate::conntrack::tcp::{self, Segment, Step};
-use crate::conntrack::{EndReason, Entry, FlowKey, Hint, SEC, State, Table, flags};
-use crate::flowlog::{FlowRecord, Kind, Reason, RecordDecision};
+use crate::conntrack::{Advance, EndReason, Entry, FlowKey, Hint, SEC, State, Table, flags};
+pub use crate::counters::{Counters, DROP_REASONS, Drop};
+use crate::flowlog::{DropKey, FlowRecord, Reason, Recorder};
 use crate::forward::{CachedForwarder, ForwardError, Forwarder, Resolved};
 use crate::policy::{PolicyVersion, PolicyVersions};
-use crate::wire::{self, IcmpKind, Malformed, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet};
+use crate::wire::{self, IcmpKind, PROTO_ICMP, Packet};
+
+mod passes;
+
+pub use passes::PassTimes;
 
 /// Frames decided together (prefetch depth).
 pub const BURST: usize = 64;
@@ -37,69 +40,6 @@ pub const IDLE_AGE_BUDGET: usize = 16_384;
 /// the pipeline's clock, however many packets arrive, as far as the per-call budgets allow.
 /// Expiry and aggregate records therefore lag by at most about this much.
 pub const SWEEP_NS: u64 = SEC;
-/// Distinct dropped flows aggregated per flow-log interval; past it, records are counted as lost.
-pub const MAX_DROP_AGGREGATES: usize = 65_536;
-
-/// Why a packet was dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Drop {
-    /// It did not parse.
-    Malformed(Malformed),
-    /// The policy denied its flow.
-    Denied,
-    /// It fits no conntrack state, or is an ICMP error about no tracked flow.
-    Invalid,
-    /// A new flow found the conntrack table full.
-    TableFull,
-    /// A reload denied its tracked flow, which was cut.
-    PolicyChanged,
-    /// TTL or hop limit expired.
-    Ttl,
-    /// No route.
-    NoRoute,
-    /// No neighbour entry for the next hop.
-    NoNeighbour,
-}
-
-/// Number of drop counters: one per [`Malformed`] kind, then the others.
-pub const DROP_REASONS: usize = Malformed::ALL.len() + 7;
-
-impl Drop {
-    /// Position among the counters.
-    pub fn index(self) -> usize {
-        let n = Malformed::ALL.len();
-        match self {
-            Drop::Malformed(m) => m.index(),
-            Drop::Denied => n,
-            Drop::Invalid => n + 1,
-            Drop::TableFull => n + 2,
-            Drop::PolicyChanged => n + 3,
-            Drop::Ttl => n + 4,
-            Drop::NoRoute => n + 5,
-            Drop::NoNeighbour => n + 6,
-        }
-    }
-
-    /// Name of the counter at `index`.
-    pub fn name(index: usize) -> &'static str {
-        const OTHERS: [&str; 7] =
-            ["policy", "invalid", "table-full", "policy-changed", "ttl", "no-route", "no-neighbour"];
-        let n = Malformed::ALL.len();
-        if index < n { Malformed::ALL[index].as_str() } else { OTHERS.get(index - n).copied().unwrap_or("?") }
-    }
-
-    fn reason(self) -> Reason {
-        match self {
-            Drop::Malformed(_) | Drop::Invalid => Reason::Invalid,
-            Drop::Denied => Reason::Policy,
-            Drop::TableFull => Reason::TableFull,
-            Drop::PolicyChanged => Reason::PolicyChanged,
-            Drop::Ttl => Reason::Ttl,
-            Drop::NoRoute => Reason::NoRoute,
-            Drop::NoNeighbour => Reason::NoNeighbour,
-        }
-    }
-}
 
 /// What became of a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,92 +50,6 @@ pub enum Outcome {
     Drop(Drop),
 }
 
-/// Per-pipeline counters (one pipeline per worker: no sharing, no atomics).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Counters {
-    /// Frames received.
-    pub rx_packets: u64,
-    /// Bytes received.
-    pub rx_bytes: u64,
-    /// Frames forwarded.
-    pub tx_packets: u64,
-    /// Bytes forwarded.
-    pub tx_bytes: u64,
-    /// Packets of tracked flows (conntrack hits that were forwarded or dropped).
-    pub tracked_packets: u64,
-    /// Packets the policy was asked about (new flows and stateless ICMP).
-    pub classified: u64,
-    /// Packets whose policy verdict was allow.
-    pub verdict_allow: u64,
-    /// Packets whose policy verdict was deny.
-    pub verdict_deny: u64,
-    /// Tracked flows classified again after a reload.
-    pub reclassified: u64,
-    /// Flows that entered the table.
-    pub flows_started: u64,
-    /// Of those, TCP connections picked up mid-stream (`[conntrack] tcp_pickup`).
-    pub tcp_picked_up: u64,
-    /// Flows that left it.
-    pub flows_ended: u64,
-    /// Drops by reason, indexed by [`Drop::index`].
-    pub drops: [u64; DROP_REASONS],
-    /// Flow records lost because the drop aggregate table was full.
-    pub records_lost: u64,
-}
-
-impl Counters {
-    /// All drops.
-    pub fn dropped(&self) -> u64 {
-        self.drops.iter().sum()
-    }
-
-    /// Adds `other`'s counts into these (summing workers).
-    pub fn add(&mut self, other: &Counters) {
-        self.rx_packets += other.rx_packets;
-        self.rx_bytes += other.rx_bytes;
-        self.tx_packets += other.tx_packets;
-        self.tx_bytes += other.tx_bytes;
-        self.tracked_packets += other.tracked_packets;
-        self.classified += other.classified;
-        self.verdict_allow += other.verdict_allow;
-        self.verdict_deny += other.verdict_deny;
-        self.reclassified += other.reclassified;
-        self.flows_started += other.flows_started;
-        self.tcp_picked_up += other.tcp_picked_up;
-        self.flows_ended += other.flows_ended;
-        for (x, y) in self.drops.iter_mut().zip(other.drops.iter()) {
-            *x += y;
-        }
-        self.records_lost += other.records_lost;
-    }
-
-    /// `(name, value)` of each nonzero drop counter.
-    pub fn drop_reasons(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        self.drops.iter().enumerate().filter(|(_, v)| **v > 0).map(|(i, v)| (Drop::name(i), *v))
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct DropKey {
-    proto: u8,
-    src: IpAddr,
-    src_port: u16,
-    dst: IpAddr,
-    dst_port: u16,
-    reason: Reason,
-    egress: Option<SideRef>,
-    ingress: Option<SideRef>,
-    staged: Option<Verdict>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct DropAgg {
-    first: u64,
-    last: u64,
-    packets: u64,
-    bytes: u64,
-}
-
 /// Everything but the table, so the table's callbacks can borrow it.
 #[derive(Debug)]
 struct Accounting {
@@ -203,10 +57,7 @@ struct Accounting {
     /// `policy` and the [`crate::policy::POLICY_HISTORY`] versions before it: those records may name.
     versions: PolicyVersions,
     counters: Counters,
-    records: Vec<FlowRecord>,
-    drops: HashMap<DropKey, DropAgg, FixedState>,
-    interval: u64,
-    last_flush: Option<u64>,
+    log: Recorder,
 }
 
 /// A packet's conntrack lookup, carried from pass to pass of its burst.
@@ -239,42 +90,6 @@ pub struct Pipeline {
     passes: PassTimes,
 }
 
-/// Time spent in each pass of a burst, summed over every burst: (1) parse, flow key, hash
-/// and index prefetch, (2) entry prefetch, (3) the decisions (conntrack, policy, route,
-/// rewrite, accounting). Measured only in a build with the `pass-times` feature (the
-/// pipeline bench's breakdown, docs/benchmarks.md); otherwise always zero, and free.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct PassTimes {
-    /// Summed per pass.
-    pub passes: [std::time::Duration; 3],
-    #[cfg(feature = "pass-times")]
-    last: Option<std::time::Instant>,
-}
-
-impl PassTimes {
-    /// Starts timing a burst.
-    #[inline(always)]
-    fn start(&mut self) {
-        #[cfg(feature = "pass-times")]
-        {
-            self.last = Some(std::time::Instant::now());
-        }
-    }
-
-    /// Ends pass `i` of the burst (and starts the next).
-    #[inline(always)]
-    fn lap(&mut self, i: usize) {
-        #[cfg(feature = "pass-times")]
-        if let Some(last) = self.last {
-            let now = std::time::Instant::now();
-            self.passes[i] += now - last;
-            self.last = Some(now);
-        }
-        #[cfg(not(feature = "pass-times"))]
-        let _ = i;
-    }
-}
-
 /// Most distinct unresolved next hops a pipeline remembers between two
 /// [`Pipeline::take_unresolved`] calls.
 pub const MAX_UNRESOLVED: usize = 64;
@@ -304,10 +119,7 @@ impl Pipeline {
                 versions: PolicyVersions::of(Arc::clone(&policy)),
                 policy,
                 counters: Counters::default(),
-                records: Vec::new(),
-                drops: HashMap::default(),
-                interval: config.flow_logs.interval * SEC,
-                last_flush: None,
+                log: Recorder::new(config.flow_logs.interval * SEC),
             },
             parsed: vec![Packet::EMPTY; BURST],
             lookups: Vec::with_capacity(BURST),
@@ -376,7 +188,7 @@ impl Pipeline {
 
     /// Moves the flow records made so far into `out`.
     pub fn take_records(&mut self, out: &mut Vec<FlowRecord>) {
-        out.append(&mut self.acct.records);
+        self.acct.log.take(out);
     }
 
     /// Decides every frame of `frames` (rewriting forwarded ones in place) into the same
@@ -523,7 +335,7 @@ impl Pipeline {
         if d.verdict == Verdict::Deny {
             let acct = &mut self.acct;
             self.table.remove(i, EndReason::Removed, &mut |e, _| {
-                acct.end(e, now, Reason::PolicyChanged, Verdict::Deny)
+                acct.end(e, now, Reason::Drop(Drop::PolicyChanged), Verdict::Deny)
             });
             acct.counters.drops[Drop::PolicyChanged.index()] += 1;
             return Err(Drop::PolicyChanged);
@@ -548,37 +360,16 @@ impl Pipeline {
             e = self.table.get_mut(i);
         }
         let from_orig = e.from_orig(l.a_to_b);
-        let valid = match e.state() {
-            State::Udp | State::Generic => true,
-            State::Icmp => {
-                let k = p.icmp_kind();
-                (from_orig && k == Some(IcmpKind::EchoRequest))
-                    || (!from_orig && k == Some(IcmpKind::EchoReply))
+        match e.advance(from_orig, p.l4.flags, p.l4.ack, p.icmp_kind()) {
+            Advance::Valid => {}
+            Advance::Reopen => {
+                let acct = &mut self.acct;
+                self.table.remove(i, EndReason::Removed, &mut |e, _| {
+                    acct.end(e, now, Reason::Reopened, Verdict::Allow)
+                });
+                return self.open(now, p, l, len);
             }
-            _ => {
-                let seg = Segment { from_orig, flags: p.l4.flags, ack: p.l4.ack };
-                // The ISN is in the entry's second line, and only a SYN or RST needs it.
-                let isn = if tcp::reads_isn(p.l4.flags) { e.isn } else { 0 };
-                match tcp::step(e.state(), e.flags & flags::FIN_BY_ORIG != 0, isn, seg) {
-                    Step::To { state, fin_by_orig } => {
-                        e.set_state(state);
-                        e.flags = (e.flags & !flags::FIN_BY_ORIG)
-                            | if fin_by_orig { flags::FIN_BY_ORIG } else { 0 };
-                        true
-                    }
-                    Step::Reopen => {
-                        let acct = &mut self.acct;
-                        self.table.remove(i, EndReason::Removed, &mut |e, _| {
-                            acct.end(e, now, Reason::Reopened, Verdict::Allow)
-                        });
-                        return self.open(now, p, l, len);
-                    }
-                    Step::Invalid => false,
-                }
-            }
-        };
-        if !valid {
-            return Err(self.drop_logged(now, p, Drop::Invalid, None, len));
+            Advance::Invalid => return Err(self.drop_logged(now, p, Drop::Invalid, None, len)),
         }
         if !from_orig {
             e.flags |= flags::REPLIED;
@@ -600,16 +391,9 @@ impl Pipeline {
 
     /// A packet of an untracked flow: if it may open one and the policy allows it, track it.
     fn open(&mut self, now: u64, p: &Packet, l: &Lookup, len: usize) -> Result<(), Drop> {
-        let state = match p.l4.proto {
-            PROTO_TCP if tcp::opens(p.l4.flags) => State::TcpSynSent,
-            PROTO_TCP if self.tcp_pickup && tcp::picks_up(p.l4.flags) => State::TcpEstablished,
-            PROTO_TCP => return Err(self.drop_logged(now, p, Drop::Invalid, None, len)),
-            PROTO_UDP => State::Udp,
-            PROTO_ICMP | PROTO_ICMPV6 if p.icmp_kind() == Some(IcmpKind::EchoRequest) => State::Icmp,
-            PROTO_ICMP | PROTO_ICMPV6 => {
-                return Err(self.drop_logged(now, p, Drop::Invalid, None, len));
-            }
-            _ => State::Generic,
+        let Some(state) = crate::conntrack::opening(p.l4.proto, p.l4.flags, p.icmp_kind(), self.tcp_pickup)
+        else {
+            return Err(self.drop_logged(now, p, Drop::Invalid, None, len));
         };
         let d = self.acct.classify(&flow_of_packet(p));
         if d.verdict == Verdict::Deny {
@@ -622,7 +406,8 @@ impl Pipeline {
         store_decision(&mut e, &d, self.acct.policy.epoch);
         let acct = &mut self.acct;
         let inserted = self.table.insert(e, l.hash, now, &mut |old, why| {
-            let reason = if why == EndReason::Expired { Reason::Expired } else { Reason::TableFull };
+            let reason =
+                if why == EndReason::Expired { Reason::Expired } else { Reason::Drop(Drop::TableFull) };
             acct.end(old, now, reason, Verdict::Allow);
         });
         if inserted.is_err() {
@@ -632,11 +417,7 @@ impl Pipeline {
         acct.counters.flows_started += 1;
         acct.counters.tcp_picked_up += u64::from(state == State::TcpEstablished);
         acct.counters.tracked_packets += 1;
-        let mut rec = acct.record(Kind::Start, &e, now, now, Reason::Policy, Verdict::Allow);
-        rec.packets = [1, 0];
-        rec.bytes = [len as u64, 0];
-        rec.flows_started = 1;
-        acct.records.push(rec);
+        acct.log.start(&e, now, len, &acct.versions);
         Ok(())
     }
 
@@ -658,22 +439,13 @@ impl Pipeline {
             src_port,
             dst: p.dst,
             dst_port,
-            reason: d.reason(),
-            egress: decision.and_then(|v| v.egress),
-            ingress: decision.and_then(|v| v.ingress),
-            staged: decision.and_then(|v| v.staged),
+            reason: Reason::Drop(d),
+            egress: None,
+            ingress: None,
+            staged: None,
         };
-        let full = self.acct.drops.len() >= MAX_DROP_AGGREGATES;
-        match self.acct.drops.get_mut(&key) {
-            Some(a) => {
-                a.last = now;
-                a.packets += 1;
-                a.bytes += len as u64;
-            }
-            None if full => self.acct.counters.records_lost += 1,
-            None => {
-                self.acct.drops.insert(key, DropAgg { first: now, last: now, packets: 1, bytes: len as u64 });
-            }
+        if !self.acct.log.dropped(key.with_decision(decision), now, len) {
+            self.acct.counters.records_lost += 1;
         }
         d
     }
@@ -686,7 +458,7 @@ impl Pipeline {
     pub fn tick(&mut self, now: u64, budget: usize) {
         let visits = self.sweep.due(now, self.table.slots(), budget);
         let acct = &mut self.acct;
-        let interval = acct.interval;
+        let interval = acct.log.interval();
         let mut visit = |e: &mut Entry| {
             if now.saturating_sub(e.reported) >= interval && e.counted() {
                 acct.aggregate(e, now);
@@ -697,14 +469,7 @@ impl Pipeline {
         for e in ended_records {
             self.acct.end(&e, now, Reason::Expired, Verdict::Allow);
         }
-        let due = match self.acct.last_flush {
-            None => {
-                self.acct.last_flush = Some(now);
-                false
-            }
-            Some(t) => now.saturating_sub(t) >= self.acct.interval,
-        };
-        if due {
+        if self.acct.log.interval_due(now) {
             self.acct.flush_drops(now);
         }
     }
@@ -765,96 +530,17 @@ impl Accounting {
         d
     }
 
-    fn record(
-        &self,
-        kind: Kind,
-        e: &Entry,
-        start: u64,
-        end: u64,
-        reason: Reason,
-        action: Verdict,
-    ) -> FlowRecord {
-        let ((src, src_port), (dst, dst_port)) = e.endpoints();
-        let policy_epoch = self.versions.get(e.epoch).map(|p| p.epoch);
-        let decision = policy_epoch.map(|_| {
-            let side = |present, td, meta| {
-                (e.flags & present != 0).then_some(SideRef {
-                    verdict: Verdict::Allow,
-                    meta,
-                    tier_default: e.flags & td != 0,
-                })
-            };
-            RecordDecision {
-                egress: side(flags::EGRESS, flags::EGRESS_TIER_DEFAULT, e.egress_meta),
-                ingress: side(flags::INGRESS, flags::INGRESS_TIER_DEFAULT, e.ingress_meta),
-                staged: (e.flags & flags::STAGED != 0).then_some(if e.flags & flags::STAGED_DENY != 0 {
-                    Verdict::Deny
-                } else {
-                    Verdict::Allow
-                }),
-            }
-        });
-        FlowRecord {
-            kind,
-            start_ns: start,
-            end_ns: end,
-            proto: e.key.proto,
-            src,
-            src_port,
-            dst,
-            dst_port,
-            action,
-            reason,
-            policy_epoch,
-            decision,
-            packets: e.packets(),
-            bytes: e.bytes(),
-            flows_started: 0,
-            flows_completed: 0,
-        }
-    }
-
     fn aggregate(&mut self, e: &mut Entry, now: u64) {
-        let rec = self.record(Kind::Aggregate, e, e.reported, now, Reason::Policy, Verdict::Allow);
-        self.records.push(rec);
-        e.reported = now;
-        e.clear_counters();
+        self.log.aggregate(e, now, &self.versions);
     }
 
     fn end(&mut self, e: &Entry, now: u64, reason: Reason, action: Verdict) {
-        let mut rec = self.record(Kind::End, e, e.reported, now, reason, action);
-        rec.flows_completed = 1;
-        self.records.push(rec);
+        self.log.end(e, now, reason, action, &self.versions);
         self.counters.flows_ended += 1;
     }
 
     fn flush_drops(&mut self, now: u64) {
-        self.last_flush = Some(now);
-        let mut drops: Vec<(DropKey, DropAgg)> = self.drops.drain().collect();
-        // Deterministic output: by first packet, then by key fields.
-        drops.sort_by_key(|(k, a)| (a.first, k.src, k.src_port, k.dst, k.dst_port, k.proto));
-        for (k, a) in drops {
-            let decision = (k.egress.is_some() || k.ingress.is_some() || k.staged.is_some())
-                .then_some(RecordDecision { egress: k.egress, ingress: k.ingress, staged: k.staged });
-            self.records.push(FlowRecord {
-                kind: Kind::Aggregate,
-                start_ns: a.first,
-                end_ns: a.last,
-                proto: k.proto,
-                src: k.src,
-                src_port: k.src_port,
-                dst: k.dst,
-                dst_port: k.dst_port,
-                action: Verdict::Deny,
-                reason: k.reason,
-                policy_epoch: Some(self.policy.epoch),
-                decision,
-                packets: [a.packets, 0],
-                bytes: [a.bytes, 0],
-                flows_started: 1,
-                flows_completed: 1,
-            });
-        }
+        self.log.flush_drops(now, self.policy.epoch);
     }
 }
 

@@ -1,4 +1,5 @@
-//! A cache prefetch hint: the one `unsafe` call outside the modules CONVENTIONS.md names.
+//! A cache prefetch hint, for the classifier's batch lookup and the dataplane's conntrack: the one
+//! `unsafe` call outside the modules the house style names.
 //!
 //! Why it is here: the batch lookup's speed on traffic without locality is memory-level
 //! parallelism. Without an explicit hint, a mispredicted branch in one key's leaf scan flushes

@@ -19,7 +19,12 @@ use margay_config::policy::Verdict;
 use margay_rulecompiler::policy::compile::SideRef;
 use serde_json::{Value, json};
 
+use crate::counters::Drop;
+
+mod recorder;
+
 use crate::policy::PolicyVersions;
+pub use recorder::{DropKey, MAX_DROP_AGGREGATES, Recorder};
 
 /// A record's kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,39 +50,25 @@ impl Kind {
 /// Why a flow was allowed or dropped (or, for an `end` record, why it ended).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
-    /// The policy decided.
+    /// The policy decided (allowed, for a tracked flow).
     Policy,
-    /// Conntrack found the packet fits no state (or an ICMP error relates to no flow).
-    Invalid,
-    /// The conntrack table was full (or the flow was reclaimed to make room).
-    TableFull,
-    /// A reload denied a tracked flow, which was cut.
-    PolicyChanged,
-    /// TTL or hop limit expired.
-    Ttl,
-    /// No route to the destination.
-    NoRoute,
-    /// The next hop's MAC is unknown.
-    NoNeighbour,
     /// The flow stayed idle past its timeout.
     Expired,
     /// A TCP connection was reopened (a new SYN on a closed connection).
     Reopened,
+    /// Dropped for this reason; for an `end` record, `TableFull` means reclaimed to make room
+    /// and `PolicyChanged` cut by a reload.
+    Drop(Drop),
 }
 
 impl Reason {
-    /// The name records and counters use.
+    /// The name records use: a drop's [`Drop::record_reason`].
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Policy => "policy",
-            Reason::Invalid => "invalid",
-            Reason::TableFull => "table-full",
-            Reason::PolicyChanged => "policy-changed",
-            Reason::Ttl => "ttl",
-            Reason::NoRoute => "no-route",
-            Reason::NoNeighbour => "no-neighbour",
             Reason::Expired => "expired",
             Reason::Reopened => "reopened",
+            Reason::Drop(d) => d.record_reason(),
         }
     }
 }

@@ -1,0 +1,276 @@
+//! Every counter of the packet path, declared once: its name, its help text and its kind.
+//! `ctl stats`, the Prometheus metrics, `margay replay --json` and the flow records' reasons
+//! are all derived from these declarations, so a counter added here appears everywhere, under
+//! one name.
+//!
+//! - [`Counters`]: the per-pipeline counters (one pipeline per worker: plain integers, no
+//!   atomics, summed when read), declared by [`Counters::SPECS`].
+//! - [`Drop`]: why a packet was dropped, the one drop-reason enum: one counter per reason
+//!   ([`Drop::ALL`]), and the reason flow records give ([`Drop::record_reason`]).
+
+use serde_json::{Value, json};
+
+use crate::wire::Malformed;
+
+/// How a counter's value behaves, as Prometheus types it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only ever grows (a Prometheus counter).
+    Counter,
+    /// Goes up and down (a Prometheus gauge).
+    Gauge,
+}
+
+/// One counter's declaration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spec {
+    /// Its name in `ctl stats` and `replay --json`; Prometheus prefixes `margay_` and, for a
+    /// counter, suffixes `_total`.
+    pub name: &'static str,
+    /// What it counts.
+    pub help: &'static str,
+    /// Counter or gauge.
+    pub kind: Kind,
+}
+
+impl Spec {
+    /// The Prometheus metric name.
+    pub fn metric(&self) -> String {
+        match self.kind {
+            Kind::Counter => format!("margay_{}_total", self.name),
+            Kind::Gauge => format!("margay_{}", self.name),
+        }
+    }
+}
+
+/// Why a packet was dropped. Each reason is one counter ([`Drop::index`]) and, for drops that
+/// are logged, one flow-record reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Drop {
+    /// It did not parse.
+    Malformed(Malformed),
+    /// The policy denied its flow.
+    Denied,
+    /// It fits no conntrack state, or is an ICMP error about no tracked flow.
+    Invalid,
+    /// A new flow found the conntrack table full.
+    TableFull,
+    /// A reload denied its tracked flow, which was cut.
+    PolicyChanged,
+    /// TTL or hop limit expired.
+    Ttl,
+    /// No route.
+    NoRoute,
+    /// No neighbour entry for the next hop.
+    NoNeighbour,
+}
+
+/// The drop reasons that are not parse errors, in counter order after [`Malformed::ALL`].
+const OTHERS: [Drop; 7] = [
+    Drop::Denied,
+    Drop::Invalid,
+    Drop::TableFull,
+    Drop::PolicyChanged,
+    Drop::Ttl,
+    Drop::NoRoute,
+    Drop::NoNeighbour,
+];
+
+/// Number of drop counters: one per [`Malformed`] kind, then the others.
+pub const DROP_REASONS: usize = Malformed::ALL.len() + OTHERS.len();
+
+impl Drop {
+    /// Every drop reason, in counter order.
+    pub const ALL: [Drop; DROP_REASONS] = {
+        let mut all = [Drop::Denied; DROP_REASONS];
+        let mut i = 0;
+        while i < Malformed::ALL.len() {
+            all[i] = Drop::Malformed(Malformed::ALL[i]);
+            i += 1;
+        }
+        let mut j = 0;
+        while j < OTHERS.len() {
+            all[i + j] = OTHERS[j];
+            j += 1;
+        }
+        all
+    };
+
+    /// Position among the counters.
+    pub fn index(self) -> usize {
+        let n = Malformed::ALL.len();
+        match self {
+            Drop::Malformed(m) => m.index(),
+            Drop::Denied => n,
+            Drop::Invalid => n + 1,
+            Drop::TableFull => n + 2,
+            Drop::PolicyChanged => n + 3,
+            Drop::Ttl => n + 4,
+            Drop::NoRoute => n + 5,
+            Drop::NoNeighbour => n + 6,
+        }
+    }
+
+    /// The counter's name (`ctl stats` "drops", the `reason` label of `margay_drops_total`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Drop::Malformed(m) => m.as_str(),
+            Drop::Denied => "policy",
+            Drop::Invalid => "invalid",
+            Drop::TableFull => "table-full",
+            Drop::PolicyChanged => "policy-changed",
+            Drop::Ttl => "ttl",
+            Drop::NoRoute => "no-route",
+            Drop::NoNeighbour => "no-neighbour",
+        }
+    }
+
+    /// What the counter counts.
+    pub fn help(self) -> &'static str {
+        match self {
+            Drop::Malformed(m) => m.help(),
+            Drop::Denied => "the policy denied the packet's flow",
+            Drop::Invalid => "the packet fits no conntrack state, or is an ICMP error about no tracked flow",
+            Drop::TableFull => "a new flow found the conntrack table full",
+            Drop::PolicyChanged => "a reload denied the packet's tracked flow, which was cut",
+            Drop::Ttl => "the TTL or hop limit expired",
+            Drop::NoRoute => "no route to the destination",
+            Drop::NoNeighbour => "the next hop's MAC address is unknown",
+        }
+    }
+
+    /// The `reason` a flow record gives for this drop: a parse error is `invalid`, a policy
+    /// denial `policy`, the others their counter's name.
+    pub fn record_reason(self) -> &'static str {
+        match self {
+            Drop::Malformed(_) => Drop::Invalid.as_str(),
+            other => other.as_str(),
+        }
+    }
+}
+
+/// Declares [`Counters`]: each field with its doc line (the help text) and kind, and
+/// [`Counters::SPECS`] from the same lines.
+macro_rules! counters {
+    ($( #[doc = $help:literal] $kind:ident $field:ident, )*) => {
+        /// Per-pipeline counters (one pipeline per worker: no sharing, no atomics).
+        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        pub struct Counters {
+            $( #[doc = $help] pub $field: u64, )*
+            /// Drops by reason, indexed by [`Drop::index`].
+            pub drops: [u64; DROP_REASONS],
+        }
+
+        impl Counters {
+            /// The declaration of every field but `drops`, in field order.
+            pub const SPECS: &'static [Spec] = &[
+                $( Spec { name: stringify!($field), help: $help.trim_ascii(), kind: Kind::$kind }, )*
+            ];
+
+            /// The values of [`Counters::SPECS`], in the same order.
+            pub fn values(&self) -> impl Iterator<Item = (&'static Spec, u64)> + '_ {
+                Self::SPECS.iter().zip([$( self.$field, )*])
+            }
+
+            /// Adds `other`'s counts into these (summing workers).
+            pub fn add(&mut self, other: &Counters) {
+                $( self.$field += other.$field; )*
+                for (x, y) in self.drops.iter_mut().zip(other.drops.iter()) {
+                    *x += y;
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Frames received.
+    Counter rx_packets,
+    /// Bytes received.
+    Counter rx_bytes,
+    /// Frames forwarded.
+    Counter tx_packets,
+    /// Bytes forwarded.
+    Counter tx_bytes,
+    /// Packets of tracked flows (conntrack hits that were forwarded or dropped).
+    Counter tracked_packets,
+    /// Packets the policy was asked about (new flows and stateless ICMP).
+    Counter classified,
+    /// Packets whose policy verdict was allow.
+    Counter verdict_allow,
+    /// Packets whose policy verdict was deny.
+    Counter verdict_deny,
+    /// Tracked flows classified again after a reload.
+    Counter reclassified,
+    /// Flows that entered the conntrack table.
+    Counter flows_started,
+    /// Of those, TCP connections picked up mid-stream (`[conntrack] tcp_pickup`).
+    Counter tcp_picked_up,
+    /// Flows that left the conntrack table.
+    Counter flows_ended,
+    /// Flow records lost because the drop aggregate table was full.
+    Counter records_lost,
+}
+
+impl Counters {
+    /// All drops.
+    pub fn dropped(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    /// `(name, value)` of each nonzero drop counter.
+    pub fn drop_reasons(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Drop::ALL.iter().zip(self.drops.iter()).filter(|(_, v)| **v > 0).map(|(d, v)| (d.as_str(), *v))
+    }
+
+    /// As JSON (`replay --json`, the base of `ctl stats`): every declared field by name,
+    /// `dropped`, and `drops` by reason name (nonzero ones).
+    pub fn to_json(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        for (spec, v) in self.values() {
+            m.insert(spec.name.to_owned(), json!(v));
+        }
+        m.insert("dropped".to_owned(), json!(self.dropped()));
+        let drops: serde_json::Map<String, Value> =
+            self.drop_reasons().map(|(k, v)| (k.to_owned(), json!(v))).collect();
+        m.insert("drops".to_owned(), Value::Object(drops));
+        Value::Object(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_drop_reason_has_its_own_counter_and_name() {
+        for (i, d) in Drop::ALL.iter().enumerate() {
+            assert_eq!(d.index(), i, "{d:?}");
+            assert!(!d.help().is_empty());
+        }
+        let names: std::collections::HashSet<_> = Drop::ALL.iter().map(|d| d.as_str()).collect();
+        assert_eq!(names.len(), DROP_REASONS, "drop counter names are distinct");
+        assert_eq!(Drop::Malformed(Malformed::NotIp).record_reason(), "invalid");
+        assert_eq!(Drop::Denied.record_reason(), "policy");
+        assert_eq!(Drop::NoRoute.record_reason(), "no-route");
+    }
+
+    #[test]
+    fn specs_follow_the_fields_and_add_sums_every_one() {
+        let mut a = Counters::default();
+        let mut b = Counters { rx_packets: 1, records_lost: 7, ..Counters::default() };
+        b.drops[Drop::Ttl.index()] = 3;
+        a.add(&b);
+        a.add(&b);
+        let got: Vec<(&str, u64)> = a.values().map(|(s, v)| (s.name, v)).filter(|(_, v)| *v > 0).collect();
+        assert_eq!(got, [("rx_packets", 2), ("records_lost", 14)]);
+        assert_eq!(a.dropped(), 6);
+        let j = a.to_json();
+        assert_eq!(j["rx_packets"], 2);
+        assert_eq!(j["drops"]["ttl"], 6);
+        assert_eq!(j["dropped"], 6);
+        assert_eq!(Counters::SPECS.len(), j.as_object().map_or(0, |m| m.len()) - 2);
+        assert_eq!(Counters::SPECS[0].help, "Frames received.");
+        assert_eq!(Counters::SPECS[0].metric(), "margay_rx_packets_total");
+    }
+}
