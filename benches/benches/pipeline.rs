@@ -24,7 +24,7 @@
 //!   takes.
 //!
 //! With `--features pass-times` each timed loop also prints the time of each pass of a burst
-//! per packet (parse and index prefetch, entry prefetch, decide) and of `recv`, and the ratio
+//! per packet (parse and index prefetch, entry prefetch, decide) and of the rest (receiving), and the ratio
 //! of the decide passes to the parse pass, which compares two builds across the machine's
 //! phases better than their totals do (docs/benchmarks.md, 2026-12-01 late).
 //!
@@ -41,9 +41,10 @@ use margay_config::PolicySet;
 use margay_config::daemon::{DaemonConfig, Timeouts};
 use margay_config::policy::Verdict;
 use margay_dataplane::conntrack::{DEFAULT_CAPACITY, Entry, FlowKey, Hint, State, Table};
+use margay_dataplane::driver::{All, Driver};
 use margay_dataplane::flowlog::FlowRecord;
-use margay_dataplane::io::{Burst, MemIo, PacketIo};
-use margay_dataplane::pipeline::{BURST, Outcome, PassTimes, Pipeline};
+use margay_dataplane::io::{Clock, Disposition, MAX_BURST, MemIo, PacketIo};
+use margay_dataplane::pipeline::{BURST, PassTimes, Pipeline};
 use margay_rulecompiler::policy::Flow;
 use margay_rulecompiler::policy::compile::CompiledPolicy;
 use margay_rulecompiler::synth::SplitMix64;
@@ -177,29 +178,16 @@ fn perf_control(cmd: &str) {
 /// Runs every frame `io` yields through `p`, with the time since `origin` as the pipeline's
 /// clock (as the daemon reads the monotonic clock per burst, so the aging hand keeps its real
 /// pace); returns (packets, forwarded, seconds).
-fn drive(p: &mut Pipeline, io: &mut impl PacketIo, origin: Instant) -> (u64, u64, f64) {
-    let mut burst = Burst::new();
-    let mut out = vec![Outcome::Forward(0); BURST];
+fn drive<I: PacketIo>(p: &mut Pipeline, io: &mut I) -> (u64, u64, f64) {
+    let mut driver = Driver::new(BURST);
     let mut records: Vec<FlowRecord> = Vec::with_capacity(4096);
-    let (mut n, mut fwd) = (0u64, 0u64);
+    let (mut n, fwd0) = (0u64, p.counters().tx_packets);
     // After the allocations: the first large one makes glibc consolidate the free chunks the
     // setup left (1M frames' worth in the new-flow cases), which is no part of the loop.
     perf_control("enable");
     let before = p.pass_times();
-    let mut recv_time = Duration::ZERO;
     let t = Instant::now();
-    loop {
-        let r = cfg!(feature = "pass-times").then(Instant::now);
-        let k = io.recv(&mut burst, BURST).unwrap_or(0);
-        if let Some(r) = r {
-            recv_time += r.elapsed();
-        }
-        if k == 0 {
-            break;
-        }
-        let now = origin.elapsed().as_nanos() as u64;
-        p.process(now, burst.frames_mut(), &mut out[..k]);
-        fwd += out[..k].iter().filter(|o| matches!(o, Outcome::Forward(_))).count() as u64;
+    while let Some(k) = driver.step(io, p, &mut All).unwrap_or(None) {
         n += k as u64;
         // The daemon hands records to the flow-log thread; here they are dropped.
         p.take_records(&mut records);
@@ -208,22 +196,22 @@ fn drive(p: &mut Pipeline, io: &mut impl PacketIo, origin: Instant) -> (u64, u64
     let secs = t.elapsed().as_secs_f64();
     perf_control("disable");
     if cfg!(feature = "pass-times") && n > 0 {
-        print_passes(&before, &p.pass_times(), recv_time, n, secs);
+        print_passes(&before, &p.pass_times(), n, secs);
     }
-    (n, fwd, secs)
+    (n, p.counters().tx_packets - fwd0, secs)
 }
 
-/// With the `pass-times` feature: the time of each pass of a burst (and of `recv`) per packet
+/// With the `pass-times` feature: the time of each pass of a burst (and of the rest: receiving) per packet
 /// over `n` packets, and the decide passes' time over the parse pass's. That ratio compares
 /// builds across the machine's phases, which slow every pass alike (docs/benchmarks.md,
 /// 2026-12-01 late).
-fn print_passes(before: &PassTimes, after: &PassTimes, recv: Duration, n: u64, secs: f64) {
+fn print_passes(before: &PassTimes, after: &PassTimes, n: u64, secs: f64) {
     let ns = |d: Duration| d.as_nanos() as f64 / n as f64;
     let [parse, prefetch, decide] =
         std::array::from_fn(|i| ns(after.passes[i].saturating_sub(before.passes[i])));
     println!(
-        "  passes over {n} packets, ns a packet: parse and index prefetch {parse:.1}, entry prefetch {prefetch:.1}, decide {decide:.1}, recv {:.1}, all {:.1}; (entry prefetch + decide) / parse {:.2}",
-        ns(recv),
+        "  passes over {n} packets, ns a packet: parse and index prefetch {parse:.1}, entry prefetch {prefetch:.1}, decide {decide:.1}, receive and the rest {:.1}, all {:.1}; (entry prefetch + decide) / parse {:.2}",
+        secs * 1e9 / n as f64 - parse - prefetch - decide,
         secs * 1e9 / n as f64,
         (prefetch + decide) / parse
     );
@@ -349,12 +337,14 @@ struct FlowGen {
     tuples: Vec<[u8; 12]>,
     next: usize,
     remaining: u64,
+    origin: Instant,
+    frames: Vec<[u8; 64]>,
 }
 
 impl FlowGen {
     /// Cycles through the flows of `frames` (64-byte IPv4 UDP frames that differ only in
-    /// addresses and ports), `total` packets in all.
-    fn new(frames: &[Vec<u8>], total: u64) -> FlowGen {
+    /// addresses and ports), `total` packets in all, on the clock since `origin`.
+    fn new(frames: &[Vec<u8>], total: u64, origin: Instant) -> FlowGen {
         let mut template = [0u8; 64];
         template.copy_from_slice(&frames[0]);
         let tuples = frames
@@ -365,26 +355,31 @@ impl FlowGen {
                 t
             })
             .collect();
-        FlowGen { template, tuples, next: 0, remaining: total }
+        FlowGen { template, tuples, next: 0, remaining: total, origin, frames: vec![[0u8; 64]; MAX_BURST] }
     }
 }
 
 impl PacketIo for FlowGen {
-    fn recv(&mut self, burst: &mut Burst, max: usize) -> std::io::Result<usize> {
-        burst.clear();
-        while burst.len() < max && self.remaining > 0 {
-            let mut f = self.template;
+    type Frame<'a> = [u8; 64];
+
+    fn burst<F>(&mut self, max: usize, mut process: F) -> std::io::Result<Option<usize>>
+    where
+        F: FnMut(u64, &mut [[u8; 64]], &mut [Disposition]),
+    {
+        let n = usize::try_from(self.remaining).unwrap_or(usize::MAX).min(max.min(MAX_BURST));
+        if n == 0 {
+            return Ok(None);
+        }
+        for f in &mut self.frames[..n] {
+            *f = self.template;
             f[26..38].copy_from_slice(&self.tuples[self.next]);
             margay_dataplane::wire::set_ipv4_checksum(&mut f[14..34]);
-            burst.push(0, &f);
             self.next = if self.next + 1 == self.tuples.len() { 0 } else { self.next + 1 };
-            self.remaining -= 1;
         }
-        Ok(burst.len())
-    }
-
-    fn send(&mut self, _: &Burst, _: &[Outcome]) -> std::io::Result<()> {
-        Ok(())
+        self.remaining -= n as u64;
+        let mut disp = [Disposition::Drop; MAX_BURST];
+        process(self.origin.elapsed().as_nanos() as u64, &mut self.frames[..n], &mut disp[..n]);
+        Ok(Some(n))
     }
 }
 
@@ -498,27 +493,29 @@ fn main() {
             let capacity = if case.new_flows { case.live + new_count + 1024 } else { DEFAULT_CAPACITY };
             let policy = compile();
             let mut live = flows(&triples, case.live, 0);
-            let mut warm = MemIo::cycle(live.clone(), live.len() as u64, 1);
+            let warm = MemIo::cycle(live.clone(), live.len() as u64, 1);
             // The table commits its memory when it is made (docs/conntrack.md): resident
             // memory is measured from before that to after the live flows are in.
             let rss0 = rss_bytes();
             let mut p = Pipeline::new(&config(capacity, case.huge_pages), policy, 99 + rep as u64);
             let origin = Instant::now();
+            let mut warm = warm.with_clock(Clock::Since(origin));
             // Make the live flows: one packet each.
-            let (_, fwd, _) = drive(&mut p, &mut warm, origin);
+            let (_, fwd, _) = drive(&mut p, &mut warm);
             assert_eq!(fwd as usize, case.live, "every live flow must be allowed and forwarded");
             let rss1 = rss_bytes();
             let (n, fwd, secs, total) = if case.new_flows {
                 let fresh = flows(&triples, new_count, case.live);
                 let total = new_count as u64;
-                let (n, fwd, secs) = drive(&mut p, &mut MemIo::cycle(fresh, total, 1), origin);
+                let (n, fwd, secs) =
+                    drive(&mut p, &mut MemIo::cycle(fresh, total, 1).with_clock(Clock::Since(origin)));
                 (n, fwd, secs, total)
             } else {
                 shuffle(&mut live, 7 + rep as u64);
                 let (n, fwd, secs) = if case.generated {
-                    drive(&mut p, &mut FlowGen::new(&live, packets), origin)
+                    drive(&mut p, &mut FlowGen::new(&live, packets, origin))
                 } else {
-                    drive(&mut p, &mut MemIo::cycle(live, packets, 1), origin)
+                    drive(&mut p, &mut MemIo::cycle(live, packets, 1).with_clock(Clock::Since(origin)))
                 };
                 (n, fwd, secs, packets)
             };

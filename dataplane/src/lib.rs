@@ -25,6 +25,7 @@ pub mod conntrack;
 pub mod counters;
 
 pub mod daemon;
+pub mod driver;
 pub mod flowlog;
 pub mod forward;
 pub mod io;

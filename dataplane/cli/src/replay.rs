@@ -12,9 +12,10 @@ use margay_config::daemon::DaemonConfig;
 use margay_rulecompiler::policy::compile::CompiledPolicy;
 use serde_json::json;
 
+use margay_dataplane::driver::Driver;
 use margay_dataplane::flowlog::{FlowRecord, JsonLines};
-use margay_dataplane::io::{Burst, PacketIo, PcapIo};
-use margay_dataplane::pipeline::{Counters, Outcome, Pipeline};
+use margay_dataplane::io::{MAX_BURST, PcapIo};
+use margay_dataplane::pipeline::{Counters, Pipeline};
 
 /// Arguments of `margay replay`.
 #[derive(Debug, clap::Args)]
@@ -84,27 +85,17 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     };
     let mut io = PcapIo::open(&args.input, &args.output)?;
     let mut pipeline = Pipeline::new(&config, compiled, args.seed);
-    let mut burst = Burst::new();
-    let mut outcomes = Vec::new();
     let mut records: Vec<FlowRecord> = Vec::new();
     let mut written = 0u64;
-    let mut last_ts = 0;
-    loop {
-        let n = io.recv(&mut burst, 64).with_context(|| format!("{}: bad capture", args.input.display()))?;
-        if n == 0 {
-            break;
-        }
-        outcomes.clear();
-        outcomes.resize(n, Outcome::Forward(0));
-        for i in 0..n {
-            let t = burst.timestamps()[i];
-            pipeline.process(t, &mut burst.frames_mut()[i..=i], &mut outcomes[i..=i]);
-            last_ts = last_ts.max(t);
-        }
-        io.send(&burst, &outcomes)?;
-        written += drain(&mut pipeline, &mut records, flows.as_mut())?;
-    }
-    pipeline.flush(last_ts);
+    // A burst holds the frames that arrived within `BURST_WINDOW_NS` of its first, as a
+    // polling worker would take them.
+    Driver::new(MAX_BURST)
+        .run(&mut io, &mut pipeline, |p| {
+            written += drain(p, &mut records, flows.as_mut())?;
+            Ok(())
+        })
+        .with_context(|| format!("{}: bad capture", args.input.display()))?;
+    pipeline.flush(io.last_time);
     written += drain(&mut pipeline, &mut records, flows.as_mut())?;
     let frames_out = io.written;
     io.finish().with_context(|| format!("{}: cannot write", args.output.display()))?;
@@ -140,7 +131,7 @@ fn drain(
     p: &mut Pipeline,
     buf: &mut Vec<FlowRecord>,
     out: Option<&mut JsonLines<BufWriter<File>>>,
-) -> anyhow::Result<u64> {
+) -> std::io::Result<u64> {
     p.take_records(buf);
     let n = buf.len() as u64;
     if let Some(w) = out {

@@ -120,10 +120,13 @@ fn scenario() -> Vec<(f64, Vec<u8>, &'static str)> {
 
 const T0: u64 = 1_700_000_000;
 
-fn write_capture(path: &Path) {
+/// Writes the scenario as a capture; with `dense`, the frames of its first two seconds come
+/// 1 ms apart for each 1 s, so they arrive within a few bursts' windows.
+fn write_capture(path: &Path, dense: bool) {
     let f = std::fs::File::create(path).unwrap();
     let mut w = PcapWriter::new(f).unwrap();
     for (t, frame, _) in scenario() {
+        let t = if dense && t < 2.0 { t / 1000.0 } else { t };
         let ts = Duration::from_secs(T0) + Duration::from_secs_f64(t);
         w.write_packet(&PcapPacket::new(ts, frame.len() as u32, &frame)).unwrap();
     }
@@ -155,10 +158,14 @@ fn snapshot(name: &str, got: &str) {
 }
 
 fn replay(dir: &Path, extra: &[&str]) -> (std::process::Output, PathBuf, PathBuf) {
+    replay_capture(dir, false, extra)
+}
+
+fn replay_capture(dir: &Path, dense: bool, extra: &[&str]) -> (std::process::Output, PathBuf, PathBuf) {
     let input = dir.join("in.pcap");
     let output = dir.join("out.pcap");
     let flows = dir.join("flows.jsonl");
-    write_capture(&input);
+    write_capture(&input, dense);
     let mut args = vec![
         "replay".to_owned(),
         "--config".to_owned(),
@@ -176,6 +183,32 @@ fn replay(dir: &Path, extra: &[&str]) -> (std::process::Output, PathBuf, PathBuf
     let out = Command::new(env!("CARGO_BIN_EXE_margay")).args(&args).output().unwrap();
     assert!(out.status.success(), "margay replay failed: {}", String::from_utf8_lossy(&out.stderr));
     (out, output, flows)
+}
+
+/// The same scenario with its first 18 frames 1 ms apart per second of the original: replay
+/// decides them in bursts of many frames (as a worker would), and every decision and counter
+/// is the one the frame-by-frame replay of the snapshot made.
+#[test]
+fn a_dense_capture_is_decided_in_bursts_as_frame_by_frame() {
+    let dir = Scratch::new("dense");
+    let (out, output, _) = replay_capture(&dir.0, true, &["--json"]);
+    let counters: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let want: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo("dataplane/cli/tests/replay/counters.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(counters, want);
+    // The forwarded frames are the snapshot's, but for their times.
+    let strip = |text: &str| -> Vec<String> {
+        text.lines().map(|l| l.split_once(' ').map_or("", |(_, hex)| hex).to_owned()).collect()
+    };
+    let mut got = String::new();
+    for (_, f) in read_capture(&output) {
+        let hex: String = f.iter().map(|b| format!("{b:02x}")).collect();
+        writeln!(got, "0 {hex}").unwrap();
+    }
+    let want_frames = std::fs::read_to_string(repo("dataplane/cli/tests/replay/frames.txt")).unwrap();
+    assert_eq!(strip(&got), strip(&want_frames));
 }
 
 #[test]

@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use arc_swap::ArcSwap;
@@ -37,7 +37,7 @@ use self::worker::{Request, Worker};
 
 /// Wall-clock nanoseconds (flow records carry real times).
 pub fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    crate::io::afxdp::now_ns()
 }
 
 /// A worker's published counters (refreshed every 100 ms and at exit).
@@ -433,6 +433,7 @@ impl Daemon {
             (Vec::new(), Vec::new())
         };
         handoff_rx.reverse();
+        let pool = crossbeam_channel::bounded(worker::HANDOFF_DEPTH * queues as usize);
         for q in 0..queues {
             let io = XskIo::open(&names, q, config.daemon.frames, config.daemon.ring_size)?;
             for (p, prog) in xdp.iter().enumerate() {
@@ -453,6 +454,7 @@ impl Daemon {
                 batch: config.daemon.batch,
                 handoff_tx: handoff_tx.clone(),
                 handoff_rx: handoff_rx.pop().unwrap_or_else(|| crossbeam_channel::bounded(1).1),
+                pool: pool.clone(),
                 handoff: worker::Handoff::default(),
             });
         }

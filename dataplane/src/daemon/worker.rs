@@ -11,9 +11,11 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde_json::{Value, json};
 
 use super::{Shared, WorkerStats, now_ns};
+use crate::driver::{All, Driver, Steer};
 use crate::flowlog::FlowRecord;
 use crate::io::afxdp::XskIo;
-use crate::pipeline::{IDLE_AGE_BUDGET, Outcome, Pipeline, flow_owner};
+use crate::io::{Disposition, MAX_BURST, PacketIo};
+use crate::pipeline::{IDLE_AGE_BUDGET, Pipeline, flow_owner};
 
 /// Which flows a `flows` request wants.
 #[derive(Debug, Clone, Default)]
@@ -56,6 +58,10 @@ pub struct Worker {
     pub handoff_tx: Vec<Sender<Vec<u8>>>,
     /// This worker's inbound handoff queue.
     pub handoff_rx: Receiver<Vec<u8>>,
+    /// Buffers for handed-off frames, shared by all workers: a frame's copy is made in one
+    /// taken from here, and the owner puts it back once the frame is processed, so handoff
+    /// allocates only until the pool has filled.
+    pub pool: (Sender<Vec<u8>>, Receiver<Vec<u8>>),
     /// Handoff counters.
     pub handoff: Handoff,
 }
@@ -71,12 +77,76 @@ pub struct Handoff {
     pub full: u64,
 }
 
-/// The outcome given to frames the pipeline did not see (passed to another worker): anything
-/// but `Forward` makes the I/O layer recycle the frame, and no pipeline counter moves.
-const RECYCLE: Outcome = Outcome::Drop(crate::pipeline::Drop::Invalid);
-
-/// Depth of each worker's inbound handoff queue.
+/// Depth of each worker's inbound handoff queue, and of the shared buffer pool per worker.
 pub const HANDOFF_DEPTH: usize = 4096;
+
+/// How often a worker publishes its counters, ns.
+const PUBLISH_NS: u64 = 100_000_000;
+
+/// The [`Steer`] of a worker among several: it keeps the frames of the flows it owns and
+/// copies the others into their owners' queues.
+struct ToOwners<'a> {
+    me: usize,
+    queues: &'a [Sender<Vec<u8>>],
+    pool: &'a Receiver<Vec<u8>>,
+    counts: &'a mut Handoff,
+}
+
+impl Steer for ToOwners<'_> {
+    fn keep(&mut self, frame: &[u8]) -> bool {
+        let owner = flow_owner(frame, self.queues.len()).unwrap_or(self.me);
+        if owner == self.me {
+            return true;
+        }
+        let mut copy = self.pool.try_recv().unwrap_or_default();
+        copy.clear();
+        copy.extend_from_slice(frame);
+        match self.queues.get(owner).map(|q| q.try_send(copy)) {
+            Some(Ok(())) => self.counts.out += 1,
+            _ => self.counts.full += 1,
+        }
+        false
+    }
+}
+
+/// The frames other workers handed this one, as a [`PacketIo`]: a burst is what waits in the
+/// queue; forwarded frames are transmitted as copies from this worker's UMEM; every buffer
+/// goes back to the pool.
+struct Inbound<'a> {
+    queue: &'a Receiver<Vec<u8>>,
+    pool: &'a Sender<Vec<u8>>,
+    out: &'a mut XskIo,
+    bufs: &'a mut Vec<Vec<u8>>,
+    counts: &'a mut Handoff,
+}
+
+impl PacketIo for Inbound<'_> {
+    type Frame<'a> = Vec<u8>;
+
+    fn burst<F>(&mut self, max: usize, mut process: F) -> std::io::Result<Option<usize>>
+    where
+        F: FnMut(u64, &mut [Vec<u8>], &mut [Disposition]),
+    {
+        self.bufs.clear();
+        self.bufs.extend(self.queue.try_iter().take(max.min(MAX_BURST)));
+        let n = self.bufs.len();
+        if n == 0 {
+            return Ok(Some(0));
+        }
+        self.counts.r#in += n as u64;
+        let mut disp = [Disposition::Drop; MAX_BURST];
+        process(now_ns(), self.bufs, &mut disp[..n]);
+        for (f, d) in self.bufs.drain(..).zip(disp.iter()) {
+            if let Disposition::Forward(to) = *d
+                && usize::from(to) < self.out.ports()
+            {
+                self.out.send_copy(usize::from(to), &f);
+            }
+            let _ = self.pool.try_send(f);
+        }
+        Ok(Some(n))
+    }
+}
 
 fn pin(core: usize) -> nix::Result<()> {
     let mut set = nix::sched::CpuSet::new();
@@ -99,6 +169,17 @@ fn matches(f: &FlowFilter, e: &crate::conntrack::Entry) -> bool {
     f.proto.is_none_or(|p| p == e.key.proto)
         && f.addr.is_none_or(|a| a == src || a == dst)
         && f.port.is_none_or(|p| p == sport || p == dport)
+}
+
+/// What a worker keeps between iterations of its loop (made once).
+#[derive(Debug)]
+struct Scratch {
+    driver: Driver,
+    records: Vec<FlowRecord>,
+    unresolved: Vec<(u16, IpAddr)>,
+    inbound: Vec<Vec<u8>>,
+    idle: u32,
+    last_publish: u64,
 }
 
 impl Worker {
@@ -159,6 +240,79 @@ impl Worker {
         }
     }
 
+    /// Picks up a policy or routing table published since the last burst.
+    fn adopt(&mut self, shared: &Shared) {
+        let current = shared.policy.load();
+        if current.epoch != self.pipeline.policy().epoch {
+            self.pipeline.adopt(Arc::clone(&current));
+        }
+        let routes = shared.routes.load();
+        if !Arc::ptr_eq(&routes, self.pipeline.forwarder()) {
+            self.pipeline.set_forwarder(Arc::clone(&routes));
+        }
+    }
+
+    /// One burst per port through the driver and, with several workers, the frames handed to
+    /// this one; then transmits. Returns the frames processed.
+    fn bursts(&mut self, s: &mut Scratch) -> usize {
+        let mut got = 0;
+        if self.handoff_tx.len() <= 1 {
+            got += s.driver.step(&mut self.io, &mut self.pipeline, &mut All).ok().flatten().unwrap_or(0);
+        } else {
+            let mut steer = ToOwners {
+                me: self.id,
+                queues: &self.handoff_tx,
+                pool: &self.pool.1,
+                counts: &mut self.handoff,
+            };
+            got += s.driver.step(&mut self.io, &mut self.pipeline, &mut steer).ok().flatten().unwrap_or(0);
+            let mut inbound = Inbound {
+                queue: &self.handoff_rx,
+                pool: &self.pool.0,
+                out: &mut self.io,
+                bufs: &mut s.inbound,
+                counts: &mut self.handoff,
+            };
+            got += s.driver.step(&mut inbound, &mut self.pipeline, &mut All).ok().flatten().unwrap_or(0);
+        }
+        self.io.flush_tx();
+        got
+    }
+
+    /// Between bursts: flow records to the writer, unresolved next hops to the kernel,
+    /// control requests, and the counters every [`PUBLISH_NS`].
+    fn housekeeping(&mut self, shared: &Shared, s: &mut Scratch, now: u64) {
+        self.send_records(shared, &mut s.records, false);
+        if let Some(resolve) = &shared.resolve {
+            self.pipeline.take_unresolved(&mut s.unresolved);
+            for hop in s.unresolved.drain(..) {
+                let _ = resolve.try_send(hop);
+            }
+        }
+        while let Ok(req) = self.requests.try_recv() {
+            self.serve(req);
+        }
+        if now.saturating_sub(s.last_publish) > PUBLISH_NS {
+            self.publish(shared);
+            s.last_publish = now;
+        }
+    }
+
+    /// No frames this time: ages conntrack, and after a while sleeps in poll(2) rather than
+    /// spin on a shared core (briefly with handoff: a frame another worker passes on waits at
+    /// most this).
+    fn idle(&mut self, s: &mut Scratch, now: u64) {
+        self.pipeline.tick(now, IDLE_AGE_BUDGET);
+        s.idle += 1;
+        if s.idle > 32 && self.handoff_rx.is_empty() {
+            let sleep_ms: u8 = if self.handoff_tx.len() > 1 { 1 } else { 10 };
+            self.io.kick_fill();
+            let mut fds: Vec<PollFd<'_>> =
+                (0..self.io.ports()).map(|p| PollFd::new(self.io.fd(p), PollFlags::POLLIN)).collect();
+            let _ = poll(&mut fds, PollTimeout::from(sleep_ms));
+        }
+    }
+
     /// The worker loop, until `shared.stop`.
     ///
     /// With several workers, each frame belongs to the worker [`flow_owner`] names (one hash of
@@ -172,111 +326,28 @@ impl Worker {
         {
             tracing::warn!(worker = self.id, core, "could not pin to the core: {e}");
         }
-        let mut outcomes: Vec<Outcome> = Vec::with_capacity(self.batch);
-        let mut owned: Vec<bool> = Vec::with_capacity(self.batch);
-        let mut inbound: Vec<Vec<u8>> = Vec::with_capacity(self.batch);
-        let mut unresolved = Vec::new();
-        // With handoff, sleep briefly: a frame another worker passes on waits at most this.
-        let sleep_ms: u8 = if self.handoff_tx.len() > 1 { 1 } else { 10 };
-        let mut records = Vec::new();
-        let mut idle = 0u32;
-        let mut last_publish = 0u64;
+        let mut s = Scratch {
+            driver: Driver::new(self.batch),
+            records: Vec::new(),
+            unresolved: Vec::new(),
+            inbound: Vec::with_capacity(MAX_BURST),
+            idle: 0,
+            last_publish: 0,
+        };
         while !shared.stop.load(Ordering::Relaxed) {
             let now = now_ns();
-            {
-                let current = shared.policy.load();
-                if current.epoch != self.pipeline.policy().epoch {
-                    self.pipeline.adopt(Arc::clone(&current));
-                }
-                let routes = shared.routes.load();
-                if !Arc::ptr_eq(&routes, self.pipeline.forwarder()) {
-                    self.pipeline.set_forwarder(Arc::clone(&routes));
-                }
-            }
-            let mut got = 0;
-            let workers = self.handoff_tx.len();
-            for p in 0..self.io.ports() {
-                let pipeline = &mut self.pipeline;
-                let (me, handoff_tx, handoff, owned) =
-                    (self.id, &self.handoff_tx, &mut self.handoff, &mut owned);
-                got += self.io.rx_burst(p, self.batch, &mut outcomes, |frames, out| {
-                    if workers <= 1 {
-                        pipeline.process(now, frames, out);
-                        return;
-                    }
-                    owned.clear();
-                    for (f, o) in frames.iter_mut().zip(out.iter_mut()) {
-                        let bytes = f.as_mut();
-                        let owner = flow_owner(bytes, workers).unwrap_or(me);
-                        owned.push(owner == me);
-                        if owner != me {
-                            *o = RECYCLE;
-                            if handoff_tx[owner].try_send(bytes.to_vec()).is_ok() {
-                                handoff.out += 1;
-                            } else {
-                                handoff.full += 1;
-                            }
-                        }
-                    }
-                    let mut mine: Vec<_> =
-                        frames.iter_mut().zip(owned.iter()).filter(|(_, o)| **o).map(|(f, _)| f).collect();
-                    let mut mine_out = vec![RECYCLE; mine.len()];
-                    pipeline.process(now, &mut mine, &mut mine_out);
-                    let mut results = mine_out.into_iter();
-                    for (o, _) in out.iter_mut().zip(owned.iter()).filter(|(_, o)| **o) {
-                        *o = results.next().unwrap_or(RECYCLE);
-                    }
-                });
-            }
-            if workers > 1 {
-                inbound.clear();
-                inbound.extend(self.handoff_rx.try_iter().take(self.batch));
-                if !inbound.is_empty() {
-                    self.handoff.r#in += inbound.len() as u64;
-                    got += inbound.len();
-                    outcomes.clear();
-                    outcomes.resize(inbound.len(), RECYCLE);
-                    self.pipeline.process(now, &mut inbound, &mut outcomes);
-                    for (f, o) in inbound.iter().zip(outcomes.iter()) {
-                        if let Outcome::Forward(to) = *o
-                            && usize::from(to) < self.io.ports()
-                        {
-                            self.io.send_copy(usize::from(to), f);
-                        }
-                    }
-                }
-            }
-            self.io.flush();
-            self.send_records(&shared, &mut records, false);
-            if let Some(resolve) = &shared.resolve {
-                self.pipeline.take_unresolved(&mut unresolved);
-                for hop in unresolved.drain(..) {
-                    let _ = resolve.try_send(hop);
-                }
-            }
-            while let Ok(req) = self.requests.try_recv() {
-                self.serve(req);
-            }
-            if now.saturating_sub(last_publish) > 100_000_000 {
-                self.publish(&shared);
-                last_publish = now;
-            }
+            self.adopt(&shared);
+            let got = self.bursts(&mut s);
+            self.housekeeping(&shared, &mut s, now);
             if got == 0 {
-                self.pipeline.tick(now, IDLE_AGE_BUDGET);
-                idle += 1;
-                if idle > 32 && self.handoff_rx.is_empty() {
-                    // Nothing for a while: sleep in poll(2) rather than spin on a shared core.
-                    self.io.kick_fill();
-                    let mut fds: Vec<PollFd<'_>> =
-                        (0..self.io.ports()).map(|p| PollFd::new(self.io.fd(p), PollFlags::POLLIN)).collect();
-                    let _ = poll(&mut fds, PollTimeout::from(sleep_ms));
-                }
+                self.idle(&mut s, now);
             } else {
-                idle = 0;
+                s.idle = 0;
             }
         }
         let now = now_ns();
         self.pipeline.flush(now);
+        let mut records = std::mem::take(&mut s.records);
         self.send_records(&shared, &mut records, true);
         self.publish(&shared);
     }

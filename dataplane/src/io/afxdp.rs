@@ -18,7 +18,9 @@ use anyhow::{Context, bail};
 use xsk_rs::config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig};
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
-use crate::pipeline::Outcome;
+use arrayvec::ArrayVec;
+
+use super::{Disposition, MAX_BURST, PacketIo};
 
 /// UMEM frame size: one 4 KiB page per frame (the largest frame it takes is 4096 minus the
 /// 256-byte XDP headroom).
@@ -179,7 +181,7 @@ impl XskIo {
             umem,
             ports,
             free,
-            burst: Vec::new(),
+            burst: vec![FrameDesc::default(); MAX_BURST],
             reap: vec![FrameDesc::default(); REAP],
             fill_target: ring_size as usize,
             counters: IoCounters::default(),
@@ -245,44 +247,39 @@ impl XskIo {
         port.in_flight -= n;
     }
 
-    /// Receives up to `max` frames on port `port` and hands them to `process` with an outcome
-    /// slot each; then forwards each frame whose outcome is [`Outcome::Forward`] to that port's
-    /// tx queue (transmitted at [`flush`](Self::flush)) and recycles the rest. Returns the
-    /// number of frames received.
-    pub fn rx_burst(
-        &mut self,
-        port: usize,
-        max: usize,
-        outcomes: &mut Vec<Outcome>,
-        process: impl FnOnce(&mut [Frame<'_>], &mut [Outcome]),
-    ) -> usize {
+    /// Receives up to `max` frames on port `port`, hands them to `process` with `now` and a
+    /// disposition slot each, then queues each frame marked `Forward` on that port's tx queue
+    /// (transmitted at [`flush`](Self::flush)) and recycles the rest. Returns the frames
+    /// received.
+    fn port_burst<F>(&mut self, port: usize, max: usize, now: u64, process: &mut F) -> usize
+    where
+        F: FnMut(u64, &mut [Frame<'_>], &mut [Disposition]),
+    {
         self.reclaim(port);
         self.refill(port);
-        self.burst.clear();
-        self.burst.resize(max, FrameDesc::default());
+        let max = max.clamp(1, MAX_BURST);
         // SAFETY: the slots are overwritten with descriptors the kernel hands back from this
         // socket's rx ring, which were produced to its fill ring from this UMEM.
-        let n = unsafe { self.ports[port].rx.consume(&mut self.burst) };
-        self.burst.truncate(n);
+        let n = unsafe { self.ports[port].rx.consume(&mut self.burst[..max]) };
         if n == 0 {
             return 0;
         }
-        outcomes.clear();
-        outcomes.resize(n, Outcome::Drop(crate::pipeline::Drop::NoRoute));
+        let mut disp = [Disposition::Drop; MAX_BURST];
         {
             let umem = &self.umem;
-            let mut frames: Vec<Frame<'_>> = self
-                .burst
+            // On the stack: a burst's frames borrow the UMEM, so they cannot be kept in a
+            // buffer of `self` between bursts, and a `Vec` here was an allocation a burst.
+            let mut frames: ArrayVec<Frame<'_>, MAX_BURST> = self.burst[..n]
                 .iter_mut()
                 // SAFETY: each descriptor was just received, so userspace owns its frame, and
                 // each is borrowed once (distinct descriptors name distinct frames).
                 .map(|d| Frame(unsafe { umem.data_mut(d) }))
                 .collect();
-            process(&mut frames, outcomes);
+            process(now, &mut frames, &mut disp[..n]);
         }
-        for (d, o) in self.burst.iter().zip(outcomes.iter()) {
+        for (d, o) in self.burst[..n].iter().zip(disp.iter()) {
             match *o {
-                Outcome::Forward(to) if usize::from(to) < self.ports.len() => {
+                Disposition::Forward(to) if usize::from(to) < self.ports.len() => {
                     self.ports[usize::from(to)].pending_tx.push(*d);
                 }
                 _ => self.free.push(*d),
@@ -312,7 +309,7 @@ impl XskIo {
 
     /// Produces every queued frame to its tx ring and wakes the kernel where the ring asks for
     /// it. Frames that find the ring full are dropped and counted.
-    pub fn flush(&mut self) {
+    pub fn flush_tx(&mut self) {
         for p in 0..self.ports.len() {
             if self.ports[p].pending_tx.is_empty() {
                 if self.ports[p].in_flight > 0 {
@@ -355,4 +352,32 @@ impl XskIo {
     pub fn free_frames(&self) -> usize {
         self.free.len()
     }
+}
+
+impl PacketIo for XskIo {
+    type Frame<'a> = Frame<'a>;
+
+    /// One burst from each port in turn, all at one reading of the clock ([`now_ns`]).
+    fn burst<F>(&mut self, max: usize, mut process: F) -> io::Result<Option<usize>>
+    where
+        F: FnMut(u64, &mut [Frame<'_>], &mut [Disposition]),
+    {
+        let now = now_ns();
+        let mut got = 0;
+        for p in 0..self.ports.len() {
+            got += self.port_burst(p, max, now, &mut process);
+        }
+        Ok(Some(got))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_tx();
+        Ok(())
+    }
+}
+
+/// The daemon's clock: wall-clock time since the Unix epoch, ns, so flow records carry real
+/// times.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }

@@ -1,7 +1,7 @@
 //! The per-burst logic: parse, route, track, classify, rewrite, account (steps 3 to 7 of
-//! docs/architecture.md), pure: frames in, outcomes and flow records out, time given by the
-//! caller. The same code runs on captures (`margay replay`), in memory (benchmarks) and on
-//! AF_XDP (the daemon).
+//! docs/design/architecture.md), pure: frames in, outcomes and flow records out, time given by
+//! the caller. The same code runs on captures (`margay replay`), in memory (benchmarks) and on
+//! AF_XDP (the daemon), driven by [`crate::driver::Driver`].
 //!
 //! A burst is processed in three passes so its memory accesses overlap: parse every frame and
 //! hash its flow key (prefetching the index slot), then prefetch the entries, then decide each
@@ -22,6 +22,7 @@ use crate::conntrack::{Advance, EndReason, Entry, FlowKey, Hint, SEC, State, Tab
 pub use crate::counters::{Counters, DROP_REASONS, Drop};
 use crate::flowlog::{DropKey, FlowRecord, Reason, Recorder};
 use crate::forward::{CachedForwarder, ForwardError, Forwarder, Resolved};
+use crate::io::Disposition;
 use crate::policy::{PolicyVersion, PolicyVersions};
 use crate::wire::{self, IcmpKind, PROTO_ICMP, Packet};
 
@@ -48,6 +49,17 @@ pub enum Outcome {
     Forward(u16),
     /// Dropped.
     Drop(Drop),
+}
+
+impl Outcome {
+    /// What the I/O layer does with the frame.
+    #[inline(always)]
+    pub fn disposition(self) -> Disposition {
+        match self {
+            Outcome::Forward(port) => Disposition::Forward(port),
+            Outcome::Drop(_) => Disposition::Drop,
+        }
+    }
 }
 
 /// Everything but the table, so the table's callbacks can borrow it.
@@ -623,4 +635,4 @@ fn store_decision(e: &mut Entry, d: &Verdicts, epoch: u32) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

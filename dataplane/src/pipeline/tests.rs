@@ -28,8 +28,8 @@ const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 1, 0x10];
 const NODE_CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
 const NODE_SERVER_MAC: [u8; 6] = [2, 0, 0, 0, 2, 1];
 const SERVER_MAC: [u8; 6] = [2, 0, 0, 0, 2, 0x20];
-const CLIENT: [u8; 4] = [198, 18, 1, 10];
-const SERVER: [u8; 4] = [198, 18, 2, 20];
+pub(crate) const CLIENT: [u8; 4] = [198, 18, 1, 10];
+pub(crate) const SERVER: [u8; 4] = [198, 18, 2, 20];
 const DB: [u8; 4] = [198, 18, 2, 21];
 
 /// The last step of an etherparse builder, written out.
@@ -66,7 +66,7 @@ fn v4(
     PacketBuilder::ethernet2(s, d).ipv4(src, dst, ttl)
 }
 
-fn udp(from_client: bool, src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+pub(crate) fn udp(from_client: bool, src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
     finish(v4(from_client, src, dst, 64).udp(sport, dport), b"hello")
 }
 
