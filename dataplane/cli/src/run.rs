@@ -5,9 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use margay_config::daemon::{DEFAULT_CONTROL_SOCKET, DaemonConfig};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use margay_dataplane::daemon::{Daemon, control};
+use margay_dataplane::daemon::Daemon;
+use margay_dataplane::daemon::control::protocol::Protocol;
+use margay_dataplane::daemon::control::{self, Request};
 
 /// Arguments of `margay run`.
 #[derive(Debug, clap::Args)]
@@ -119,32 +121,25 @@ enum CtlCommand {
         #[arg(long)]
         icmp: Option<String>,
     },
-    /// The running config.
+    /// The running config, as TOML with every default filled in (what runs, which may differ
+    /// from the file if it changed since).
     Config,
 }
 
 pub(super) fn ctl(args: &CtlArgs) -> anyhow::Result<ExitCode> {
     let req = match &args.command {
-        CtlCommand::Reload { path } => {
-            let path = path.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
-            json!({"cmd": "reload", "path": path})
-        }
-        CtlCommand::Stats => json!({"cmd": "stats"}),
-        CtlCommand::Flows { proto, addr, port, limit } => {
-            let mut v = json!({"cmd": "flows", "limit": limit});
-            if let Some(p) = proto {
-                v["proto"] = json!(p);
-            }
-            if let Some(a) = addr {
-                v["addr"] = json!(a);
-            }
-            if let Some(p) = port {
-                v["port"] = json!(p);
-            }
-            v
-        }
-        CtlCommand::Explain { flow, icmp } => json!({"cmd": "explain", "flow": flow, "icmp": icmp}),
-        CtlCommand::Config => json!({"cmd": "config"}),
+        CtlCommand::Reload { path } => Request::Reload {
+            path: path.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
+        },
+        CtlCommand::Stats => Request::Stats,
+        CtlCommand::Flows { proto, addr, port, limit } => Request::Flows {
+            proto: proto.clone().map(Protocol::Name),
+            addr: addr.as_deref().map(str::parse).transpose().context("--addr: not an IP address")?,
+            port: *port,
+            limit: Some(*limit),
+        },
+        CtlCommand::Explain { flow, icmp } => Request::Explain { flow: flow.clone(), icmp: icmp.clone() },
+        CtlCommand::Config => Request::Config,
     };
     let answer = control::request(&args.socket, &req)?;
     if let CtlCommand::Config = args.command
@@ -154,7 +149,7 @@ pub(super) fn ctl(args: &CtlArgs) -> anyhow::Result<ExitCode> {
     } else {
         println!("{}", serde_json::to_string_pretty(&answer)?);
     }
-    Ok(if answer["ok"] == json!(true) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if answer["ok"] == Value::Bool(true) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// Arguments of `margay detach`.

@@ -258,6 +258,14 @@ fn ping_tcp_and_denials_through_the_daemon() {
     let e = env.ctl(json!({"cmd": "explain", "flow": format!("tcp {}:1 -> {}:5432", CLIENT.ip, DB.ip)}));
     assert_eq!(e["decision"]["verdict"], "deny", "{e}");
     assert_eq!(e["decision"]["ingress"]["policy"], "db-in", "{e}");
+    // The running config, printed back: the file's config, every default filled in.
+    let c = env.ctl(json!({"cmd": "config"}));
+    let running =
+        margay_config::daemon::DaemonConfig::parse(c["text"].as_str().unwrap(), Path::new("running"))
+            .unwrap();
+    let file = margay_config::daemon::DaemonConfig::load(&env.work.join("node.toml")).unwrap();
+    assert_eq!(running, file, "{c}");
+    assert_eq!(c["epoch"], 1, "{c}");
 
     stop.store(true, Ordering::Relaxed);
     let served = web.join().unwrap().unwrap();
@@ -295,12 +303,44 @@ fn metrics_are_served_in_prometheus_text() {
     let env = Env::start("metrics", BASE, "metrics = \"127.0.0.1:9464\"\n");
     assert_eq!(netns::ping(&env.t, CLIENT.role, WEB.ip, 2).unwrap(), 2);
     std::thread::sleep(Duration::from_millis(500));
+    // Clients that stall: five idle connections, and one sending 4 MiB with no newline. The
+    // one-thread responder this replaced served nothing else while they lasted.
+    let stall = Arc::new(AtomicBool::new(false));
+    let stalled = (0..6)
+        .map(|i| {
+            let stall = Arc::clone(&stall);
+            netns::spawn_in(&env.t.ns("node"), move || {
+                let mut c = TcpStream::connect("127.0.0.1:9464")?;
+                if i == 0 {
+                    let chunk = [b'x'; 64 * 1024];
+                    for _ in 0..64 {
+                        if c.write_all(&chunk).is_err() {
+                            break;
+                        }
+                    }
+                }
+                while !stall.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Ok::<_, std::io::Error>(())
+            })
+            .unwrap()
+        })
+        .collect::<Vec<_>>();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
     let out = env
         .t
         .cmd("node", "curl")
         .args(["-s", "--max-time", "3", "http://127.0.0.1:9464/metrics"])
         .output()
         .unwrap();
+    assert!(out.status.success(), "a scrape beside stalled clients failed: {out:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "a scrape waited on stalled clients");
+    stall.store(true, Ordering::Relaxed);
+    for t in stalled {
+        let _ = t.join();
+    }
     let text = String::from_utf8_lossy(&out.stdout);
     for name in [
         "margay_packets_total{verdict=\"forwarded\"}",
@@ -311,6 +351,9 @@ fn metrics_are_served_in_prometheus_text() {
         "margay_flowlog_dropped_total",
         "margay_worker_rx_packets_total{worker=\"0\"}",
         "margay_xdp_packets_total{interface=\"c0\",counter=\"redirected\"}",
+        // From the counters' declarations, with their help text.
+        "margay_rx_packets_total",
+        "# HELP margay_tcp_picked_up_total",
     ] {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }

@@ -1,49 +1,60 @@
-//! Prometheus metrics through the `metrics` crate and `metrics-exporter-prometheus`'s recorder,
-//! served as text on `http://ADDR/metrics` by a small std HTTP responder (the exporter's own
-//! listener would pull in an async runtime for one endpoint).
+//! Prometheus metrics through the `metrics` crate and `metrics-exporter-prometheus`, served
+//! on `http://ADDR/metrics` by the exporter's own HTTP listener (hyper on a one-thread tokio
+//! runtime of its own): every connection is served concurrently, a request's headers are
+//! bounded by hyper's buffer limit, so a slow or idle client neither stalls a scrape nor grows
+//! the daemon's memory.
 //!
 //! The main thread copies the workers' published counters into the recorder every 200 ms
-//! ([`update`]), so the packet path never touches the recorder.
+//! ([`update`]), so the packet path never touches the recorder. The pipeline's counters are
+//! exported from their declarations (`margay_<name>_total`, with their help text), beside the
+//! daemon's own metrics.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use anyhow::Context;
-use metrics::{counter, gauge};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics::{counter, describe_counter, gauge};
+use metrics_exporter_prometheus::PrometheusBuilder;
 
 use super::Shared;
-use crate::counters::Drop;
+use crate::counters::{Counters, Drop, Kind};
 
-static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+/// Whether a recorder was installed (once per process).
+static INSTALLED: OnceLock<()> = OnceLock::new();
 
-fn handle() -> Option<&'static PrometheusHandle> {
-    HANDLE
-        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
-            Ok(h) => Some(h),
-            Err(e) => {
-                tracing::warn!("metrics recorder: {e}");
-                None
-            }
-        })
-        .as_ref()
-}
-
-/// The metrics as Prometheus text.
-pub fn render() -> String {
-    handle().map(PrometheusHandle::render).unwrap_or_default()
+/// Installs the recorder and serves it on `addr`.
+pub fn serve(addr: SocketAddr) -> anyhow::Result<()> {
+    if INSTALLED.get().is_some() {
+        anyhow::bail!("metrics: already served by this process");
+    }
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .with_context(|| format!("metrics address {addr}"))?;
+    let _ = INSTALLED.set(());
+    for spec in Counters::SPECS {
+        if spec.kind == Kind::Counter {
+            describe_counter!(spec.metric(), spec.help);
+        }
+    }
+    describe_counter!("margay_drops_total", "Packets dropped, by reason (see the reason's help in docs)");
+    Ok(())
 }
 
 /// Copies the daemon's counters into the recorder.
 pub fn update(shared: &Shared) {
-    if handle().is_none() {
+    if INSTALLED.get().is_none() {
         return;
     }
     let workers = shared.worker_stats();
     let (total, entries) = super::totals(&workers);
+    for (spec, v) in total.values() {
+        match spec.kind {
+            Kind::Counter => counter!(spec.metric()).absolute(v),
+            Kind::Gauge => gauge!(spec.metric()).set(v as f64),
+        }
+    }
     for (i, s) in workers.iter().enumerate() {
         let worker = i.to_string();
         counter!("margay_worker_rx_packets_total", "worker" => worker.clone())
@@ -85,43 +96,4 @@ pub fn update(shared: &Shared) {
                 .absolute(v);
         }
     }
-}
-
-/// Serves `GET /metrics` on `addr` until `shared.stop`.
-pub fn serve(addr: SocketAddr, shared: Arc<Shared>) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    let listener = TcpListener::bind(addr).with_context(|| format!("metrics address {addr}"))?;
-    listener.set_nonblocking(true)?;
-    let _ = handle();
-    Ok(std::thread::Builder::new().name("margay-metrics".into()).spawn(move || {
-        while !shared.stop.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((mut conn, _)) => {
-                    let _ = conn.set_nonblocking(false);
-                    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-                    let mut request_line = String::new();
-                    let Ok(clone) = conn.try_clone() else { continue };
-                    let mut reader = BufReader::new(clone);
-                    if reader.read_line(&mut request_line).is_err() {
-                        continue;
-                    }
-                    // Drain the headers.
-                    let mut h = String::new();
-                    while reader.read_line(&mut h).is_ok_and(|n| n > 2) {
-                        h.clear();
-                    }
-                    let (status, body) = if request_line.starts_with("GET /metrics") {
-                        ("200 OK", render())
-                    } else {
-                        ("404 Not Found", "try /metrics\n".to_owned())
-                    };
-                    let _ = write!(
-                        conn,
-                        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        }
-    })?)
 }

@@ -497,8 +497,7 @@ impl Daemon {
         let control_thread = control.serve(s)?;
         threads.push(("margay-control".into(), control_thread));
         if let Some(addr) = shared.config.daemon.metrics {
-            let s = Arc::clone(&shared);
-            threads.push(("margay-metrics".into(), metrics::serve(addr, s)?));
+            metrics::serve(addr)?;
         }
         let host = Mutex::new((host.into_iter().collect(), Instant::now()));
         let d = Daemon { shared, threads, writer: Some(writer), xdp, control, host, _locks: locks };

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use serde_json::{Value, json};
 
+use super::control::FlowInfo;
 use super::{Shared, WorkerStats, now_ns};
 use crate::driver::{All, Driver, Steer};
 use crate::flowlog::FlowRecord;
@@ -34,7 +34,7 @@ pub struct FlowFilter {
 #[derive(Debug)]
 pub enum Request {
     /// Dump tracked flows matching the filter.
-    Flows(FlowFilter, Sender<Vec<Value>>),
+    Flows(FlowFilter, Sender<Vec<FlowInfo>>),
 }
 
 /// Everything a worker thread needs.
@@ -154,14 +154,21 @@ fn pin(core: usize) -> nix::Result<()> {
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
 }
 
-fn flow_json(e: &crate::conntrack::Entry, now: u64) -> Value {
-    let ((src, sport), (dst, dport)) = e.endpoints();
-    json!({
-        "proto": e.key.proto, "src": src.to_string(), "src_port": sport, "dst": dst.to_string(), "dst_port": dport,
-        "state": e.state().as_str(), "epoch": e.epoch,
-        "packets": e.packets(), "bytes": e.bytes(),
-        "age_s": now.saturating_sub(e.created) as f64 / 1e9, "idle_s": now.saturating_sub(e.last_seen) as f64 / 1e9,
-    })
+fn flow_info(e: &crate::conntrack::Entry, now: u64) -> FlowInfo {
+    let ((src, src_port), (dst, dst_port)) = e.endpoints();
+    FlowInfo {
+        proto: e.key.proto,
+        src,
+        src_port,
+        dst,
+        dst_port,
+        state: e.state().as_str().to_owned(),
+        epoch: e.epoch,
+        packets: e.packets(),
+        bytes: e.bytes(),
+        age_s: now.saturating_sub(e.created) as f64 / 1e9,
+        idle_s: now.saturating_sub(e.last_seen) as f64 / 1e9,
+    }
 }
 
 fn matches(f: &FlowFilter, e: &crate::conntrack::Entry) -> bool {
@@ -187,14 +194,14 @@ impl Worker {
         match req {
             Request::Flows(filter, reply) => {
                 let now = now_ns();
-                let flows: Vec<Value> = self
+                let flows: Vec<FlowInfo> = self
                     .pipeline
                     .conntrack()
                     .iter()
                     .map(|(_, e)| e)
                     .filter(|e| matches(&filter, e))
                     .take(filter.limit)
-                    .map(|e| flow_json(e, now))
+                    .map(|e| flow_info(e, now))
                     .collect();
                 let _ = reply.send(flows);
             }

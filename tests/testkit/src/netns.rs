@@ -548,7 +548,7 @@ impl DaemonProcess {
     }
 
     /// One control request.
-    pub fn ctl(&self, req: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    pub fn ctl(&self, req: &impl serde::Serialize) -> anyhow::Result<serde_json::Value> {
         margay_dataplane::daemon::control::request(&self.socket, req)
     }
 

@@ -1,15 +1,7 @@
-//! The control socket: a Unix stream socket (mode 0600) speaking JSON lines. Each request is
-//! one JSON object on one line, `{"cmd": ...}`; each reply is one line, `{"ok": true, ...}` or
-//! `{"ok": false, "error": "..."}`. Peers are checked by their credentials (SO_PEERCRED): only
-//! root and the daemon's own user may talk to it.
-//!
-//! | cmd | fields | reply |
-//! |---|---|---|
-//! | `reload` | `path` (optional) | `epoch`, `build_ms`, `policy` counts; or the error, old policy kept |
-//! | `stats` | | counters (see `Shared::stats`) |
-//! | `flows` | `proto`, `addr`, `port`, `limit` (all optional) | `flows`: tracked flows |
-//! | `explain` | `flow` ("tcp A:P -> B:P"), `icmp` ("T/C") | `decision`, `epoch` |
-//! | `config` | | `path`, `text` of the running config, `policy` path |
+//! The control socket: a Unix stream socket (mode 0600) speaking JSON lines, the messages of
+//! [`protocol`]: each request one JSON object on one line, `{"cmd": ...}`; each reply one line,
+//! `{"ok": true, ...}` or `{"ok": false, "error": "..."}`. Peers are checked by their
+//! credentials (SO_PEERCRED): only root and the daemon's own user may talk to it.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -21,10 +13,15 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use margay_rulecompiler::policy::Flow;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use super::Shared;
-use super::worker::{FlowFilter, Request};
+use super::worker::{self, FlowFilter};
+
+pub mod protocol;
+
+pub use protocol::{Body, FlowInfo, Reply, Request};
 
 /// Longest request line accepted.
 pub const MAX_REQUEST: u64 = 64 * 1024;
@@ -100,8 +97,8 @@ fn peer_allowed(conn: &UnixStream) -> Result<(), String> {
     }
 }
 
-fn reply(conn: &mut UnixStream, v: &Value) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(v).unwrap_or_default();
+fn reply(conn: &mut UnixStream, r: &Reply) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(r).unwrap_or_default();
     line.push(b'\n');
     conn.write_all(&line)
 }
@@ -109,7 +106,7 @@ fn reply(conn: &mut UnixStream, v: &Value) -> std::io::Result<()> {
 fn client(mut conn: UnixStream, shared: &Shared) {
     if let Err(e) = peer_allowed(&conn) {
         tracing::warn!("control socket: {e}");
-        let _ = reply(&mut conn, &json!({"ok": false, "error": e}));
+        let _ = reply(&mut conn, &Reply::error(e));
         return;
     }
     let _ = conn.set_read_timeout(Some(Duration::from_secs(300)));
@@ -122,10 +119,7 @@ fn client(mut conn: UnixStream, shared: &Shared) {
         match reader.read_line(&mut line) {
             Ok(0) | Err(_) => return,
             Ok(n) if n as u64 > MAX_REQUEST => {
-                let _ = reply(
-                    &mut conn,
-                    &json!({"ok": false, "error": format!("request longer than {MAX_REQUEST} bytes")}),
-                );
+                let _ = reply(&mut conn, &Reply::error(format!("request longer than {MAX_REQUEST} bytes")));
                 return;
             }
             Ok(_) => {}
@@ -133,9 +127,11 @@ fn client(mut conn: UnixStream, shared: &Shared) {
         if line.trim().is_empty() {
             continue;
         }
-        let answer = match serde_json::from_str::<Value>(&line) {
-            Ok(req) => handle(&req, shared),
-            Err(e) => json!({"ok": false, "error": format!("bad request: not JSON: {e}")}),
+        let answer = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => handle(req, shared),
+            Err(e) => Reply::error(format!(
+                "bad request: {e} (a JSON object with \"cmd\": reload, stats, flows, explain or config)"
+            )),
         };
         if reply(&mut conn, &answer).is_err() {
             return;
@@ -143,112 +139,76 @@ fn client(mut conn: UnixStream, shared: &Shared) {
     }
 }
 
-fn err(msg: impl std::fmt::Display) -> Value {
-    json!({"ok": false, "error": msg.to_string()})
-}
-
 /// Answers one request.
-pub fn handle(req: &Value, shared: &Shared) -> Value {
-    let Some(obj) = req.as_object() else { return err("bad request: expected a JSON object with \"cmd\"") };
-    let Some(cmd) = obj.get("cmd").and_then(Value::as_str) else {
-        return err("bad request: missing \"cmd\" (reload, stats, flows, explain, config)");
-    };
-    let str_field = |k: &str| obj.get(k).and_then(Value::as_str);
-    match cmd {
-        "reload" => {
-            let path = match obj.get("path") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(p)) => Some(PathBuf::from(p)),
-                Some(_) => return err("bad request: \"path\" must be a string"),
+pub fn handle(req: Request, shared: &Shared) -> Reply {
+    match req {
+        Request::Reload { path } => match shared.reload(path) {
+            Ok(r) => Reply::ok(Body::Reloaded { epoch: r.epoch, build_ms: r.build_ms, policy: r.summary }),
+            Err(e) => Reply {
+                ok: false,
+                body: Body::Error {
+                    error: format!("{e:#}"),
+                    epoch: Some(shared.policy.load().epoch),
+                    kept: Some("the running policy is unchanged"),
+                },
+            },
+        },
+        Request::Stats => match shared.stats() {
+            Value::Object(m) => Reply::ok(Body::Stats(m)),
+            _ => Reply::error("no counters"),
+        },
+        Request::Flows { proto, addr, port, limit } => {
+            let proto = match proto.map(|p| p.number()).transpose() {
+                Ok(p) => p,
+                Err(e) => return Reply::error(format!("bad request: {e}")),
             };
-            match shared.reload(path) {
-                Ok(r) => json!({"ok": true, "epoch": r.epoch, "build_ms": r.build_ms, "policy": r.summary}),
-                Err(e) => {
-                    json!({"ok": false, "error": format!("{e:#}"), "epoch": shared.policy.load().epoch, "kept": "the running policy is unchanged"})
-                }
-            }
-        }
-        "stats" => {
-            let mut s = shared.stats();
-            s["ok"] = json!(true);
-            s
-        }
-        "flows" => flows(obj, shared),
-        "explain" => {
-            let Some(flow) = str_field("flow") else {
-                return err("bad request: explain needs \"flow\": \"PROTO SRC[:PORT] -> DST[:PORT]\"");
+            let limit = match limit {
+                None => protocol::DEFAULT_FLOWS,
+                Some(0) => return Reply::error("bad request: \"limit\" must be a positive integer"),
+                Some(n) => n.min(protocol::MAX_FLOWS),
             };
-            match Flow::parse(flow, str_field("icmp")) {
-                Ok(f) => {
-                    let policy = shared.policy.load();
-                    let d = policy.compiled.evaluate(&f);
-                    json!({"ok": true, "epoch": policy.epoch, "decision": crate::policy::decision_json(&d)})
-                }
-                Err(e) => err(format!("bad flow: {e}")),
-            }
+            flows(FlowFilter { proto, addr, port, limit: limit as usize }, shared)
         }
-        "config" => json!({
-            "ok": true,
-            "path": shared.config_path.display().to_string(),
-            "text": std::fs::read_to_string(&shared.config_path).unwrap_or_default(),
-            "policy": shared.policy_path.lock().unwrap_or_else(|e| e.into_inner()).display().to_string(),
-            "epoch": shared.policy.load().epoch,
+        Request::Explain { flow, icmp } => match Flow::parse(&flow, icmp.as_deref()) {
+            Ok(f) => {
+                let policy = shared.policy.load();
+                let d = policy.compiled.evaluate(&f);
+                Reply::ok(Body::Explained { epoch: policy.epoch, decision: crate::policy::decision_json(&d) })
+            }
+            Err(e) => Reply::error(format!("bad flow: {e}")),
+        },
+        Request::Config => Reply::ok(Body::Config {
+            path: shared.config_path.clone(),
+            text: shared.config.to_toml(),
+            policy: shared.policy_path.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            epoch: shared.policy.load().epoch,
         }),
-        other => err(format!("unknown cmd '{other}' (reload, stats, flows, explain, config)")),
     }
 }
 
-fn flows(obj: &serde_json::Map<String, Value>, shared: &Shared) -> Value {
-    let mut f = FlowFilter { limit: 1000, ..FlowFilter::default() };
-    if let Some(p) = obj.get("proto") {
-        let parsed = match p {
-            Value::Number(n) => n.as_u64().and_then(|n| u8::try_from(n).ok()),
-            Value::String(s) => s.parse::<margay_config::net::Protocol>().ok().map(|p| p.0),
-            _ => None,
-        };
-        match parsed {
-            Some(n) => f.proto = Some(n),
-            None => return err("bad request: \"proto\" must be a protocol name or number"),
-        }
-    }
-    if let Some(a) = obj.get("addr") {
-        match a.as_str().and_then(|s| s.parse().ok()) {
-            Some(ip) => f.addr = Some(ip),
-            None => return err("bad request: \"addr\" must be an IP address"),
-        }
-    }
-    if let Some(p) = obj.get("port") {
-        match p.as_u64().and_then(|n| u16::try_from(n).ok()) {
-            Some(n) => f.port = Some(n),
-            None => return err("bad request: \"port\" must be 0..65535"),
-        }
-    }
-    if let Some(l) = obj.get("limit") {
-        match l.as_u64() {
-            Some(n) if n > 0 => f.limit = n.min(1_000_000) as usize,
-            _ => return err("bad request: \"limit\" must be a positive integer"),
-        }
-    }
+/// Asks every worker for its tracked flows matching `f`.
+fn flows(f: FlowFilter, shared: &Shared) -> Reply {
     let mut out = Vec::new();
     let mut waiting = Vec::new();
     for w in &shared.workers {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        if w.requests.try_send(Request::Flows(f.clone(), tx)).is_ok() {
+        if w.requests.try_send(worker::Request::Flows(f.clone(), tx)).is_ok() {
             waiting.push(rx);
         }
     }
     for rx in waiting {
         match rx.recv_timeout(Duration::from_secs(2)) {
             Ok(mut v) => out.append(&mut v),
-            Err(_) => return err("a worker did not answer in 2 s"),
+            Err(_) => return Reply::error("a worker did not answer in 2 s"),
         }
     }
     out.truncate(f.limit);
-    json!({"ok": true, "count": out.len(), "flows": out})
+    Reply::ok(Body::Flows { count: out.len(), flows: out })
 }
 
 /// Sends one request to the daemon at `path` and returns its reply.
-pub fn request(path: &Path, req: &Value) -> anyhow::Result<Value> {
+/// `req` is a [`Request`], or any JSON value (to test what the daemon makes of one).
+pub fn request(path: &Path, req: &impl Serialize) -> anyhow::Result<Value> {
     let mut conn = UnixStream::connect(path).with_context(|| {
         format!("connecting to {} (is `margay run` running, and are you root?)", path.display())
     })?;
@@ -271,6 +231,8 @@ pub fn request(path: &Path, req: &Value) -> anyhow::Result<Value> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     /// A daemon that answers and closes without reading (as for a refused peer): the client
@@ -284,7 +246,7 @@ mod tests {
         let listener = UnixListener::bind(&path).unwrap();
         let server = std::thread::spawn(move || {
             let (mut conn, _) = listener.accept().unwrap();
-            reply(&mut conn, &json!({"ok": false, "error": "permission denied"})).unwrap();
+            reply(&mut conn, &Reply::error("permission denied")).unwrap();
         });
         // Larger than the socket's buffers, so the write is still going when the server closes.
         let req = json!({"cmd": "stats", "pad": "x".repeat(4 << 20)});

@@ -1,0 +1,302 @@
+//! The daemon's configuration file: interfaces, static routes and neighbours, connection
+//! tracking and flow logs. Raw serde structs (unknown keys rejected) validated into
+//! [`DaemonConfig`]; every error names `file:line:column`.
+//!
+//! ```toml
+//! policy = "policy.toml"             # optional; `margay replay --policy` overrides
+//!
+//! [[interface]]
+//! name = "eth0"
+//! mac = "02:00:00:00:00:01"          # optional for `margay run`: the interface's own by default
+//!
+//! [[route]]
+//! to = "198.18.2.0/24"
+//! interface = "eth1"                 # directly connected: the destination is the next hop
+//!
+//! [[route]]
+//! to = "0.0.0.0/0"
+//! via = "198.18.2.1"
+//! interface = "eth1"
+//!
+//! [[neighbour]]
+//! ip = "198.18.2.1"
+//! mac = "02:00:00:00:02:01"
+//! interface = "eth1"
+//!
+//! [conntrack]
+//! capacity = 1048576
+//! huge_pages = true                  # ask for transparent huge pages for the table (false: 4 KiB)
+//! tcp_pickup = false                 # track TCP connections first seen mid-stream (default false)
+//! [conntrack.timeouts]               # seconds
+//! syn = 20
+//! established = 3600
+//! fin = 30
+//! rst = 40
+//! udp = 60
+//! icmp = 5
+//! generic = 600
+//!
+//! [flow_logs]
+//! interval = 10                      # seconds between aggregate records of a flow
+//! path = "/var/log/margay/flows.jsonl"   # JSON lines; none: records are counted, not written
+//! max_bytes = 67108864               # rotate to flows.jsonl.1 .. .keep past this size
+//! keep = 4
+//! channel = 65536                    # records in flight to the writer; more are counted lost
+//!
+//! [daemon]                           # `margay run` only
+//! fail_mode = "open"                 # or "closed": traffic is dropped while no daemon runs
+//! cores = [1]                        # worker i is pinned to cores[i % len]; none: not pinned
+//! batch = 64                         # frames per rx burst
+//! frames = 4096                      # UMEM frames per worker
+//! ring_size = 1024                   # fill, completion, rx and tx ring sizes
+//! control_socket = "/run/margay/margay.sock"
+//! metrics = "127.0.0.1:9464"         # Prometheus text on http://ADDR/metrics; none: off
+//! forward_only = false               # true: route only, no conntrack, policy or flow records
+//!                                    # (a benchmark baseline; the policy is NOT enforced)
+//! ```
+//!
+//! `routes = "kernel"` (top level) mirrors the kernel's routes and neighbours over netlink
+//! instead of the `[[route]]` and `[[neighbour]]` tables (`margay run` only).
+//!
+//! An `[[interface]]` may set `queues = N` (default 1): the daemon serves its rx queues
+//! `0..N`, and worker `q` serves queue `q` of every interface.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::Deserialize;
+
+use crate::net::Cidr;
+
+/// A MAC address.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Mac(pub [u8; 6]);
+
+impl FromStr for Mac {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut out = [0u8; 6];
+        let parts: Vec<&str> = s.split(':').collect();
+        if parts.len() != 6 {
+            return Err(format!("'{s}' is not a MAC address (six hex pairs separated by ':')"));
+        }
+        for (o, p) in out.iter_mut().zip(parts) {
+            if p.len() != 2 {
+                return Err(format!("'{s}' is not a MAC address (six hex pairs separated by ':')"));
+            }
+            *o = u8::from_str_radix(p, 16)
+                .map_err(|_| format!("'{s}' is not a MAC address: bad hex '{p}'"))?;
+        }
+        Ok(Mac(out))
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+    }
+}
+
+impl fmt::Debug for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl<'de> Deserialize<'de> for Mac {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A served interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    /// Kernel name.
+    pub name: String,
+    /// Its MAC address: the source of frames Margay forwards out of it. All zeros until
+    /// filled in when the config leaves it out (see `mac_given`).
+    pub mac: Mac,
+    /// Whether the config gave the MAC; when not, `margay run` reads the interface's own
+    /// (and `margay replay`, which has no interface, refuses).
+    pub mac_given: bool,
+    /// Rx queues served (`0..queues`).
+    pub queues: u32,
+}
+
+/// A static route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Destination prefix.
+    pub to: Cidr,
+    /// Gateway; none for a directly connected prefix.
+    pub via: Option<IpAddr>,
+    /// Egress interface, an index into [`DaemonConfig::interfaces`].
+    pub interface: usize,
+}
+
+/// A static neighbour: the MAC of an address on an interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Neighbour {
+    /// The address.
+    pub ip: IpAddr,
+    /// Its MAC.
+    pub mac: Mac,
+    /// The interface, an index into [`DaemonConfig::interfaces`].
+    pub interface: usize,
+}
+
+/// Idle timeouts, seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// TCP handshake.
+    pub syn: u64,
+    /// TCP established.
+    pub established: u64,
+    /// TCP closing (FIN_WAIT to TIME_WAIT).
+    pub fin: u64,
+    /// TCP after a reset.
+    pub rst: u64,
+    /// UDP.
+    pub udp: u64,
+    /// ICMP echo.
+    pub icmp: u64,
+    /// Other protocols.
+    pub generic: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { syn: 20, established: 3600, fin: 30, rst: 40, udp: 60, icmp: 5, generic: 600 }
+    }
+}
+
+/// `[conntrack]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conntrack {
+    /// Most entries (default 1,048,576).
+    pub capacity: usize,
+    /// Idle timeouts.
+    pub timeouts: Timeouts,
+    /// Whether the table's index and slab ask the kernel for transparent huge pages
+    /// (`MADV_HUGEPAGE`; default true). False asks for 4 KiB pages (`MADV_NOHUGEPAGE`), also on
+    /// a host whose THP setting is `always`.
+    pub huge_pages: bool,
+    /// Whether a TCP segment of an unknown connection that carries an ACK (and no SYN, FIN or
+    /// RST) may open an entry, in state established, when the policy allows it: Linux's
+    /// `nf_conntrack_tcp_loose`. Default false: such a segment is invalid, and after a restart
+    /// of the dataplane existing TCP connections must reconnect.
+    pub tcp_pickup: bool,
+}
+
+/// `[flow_logs]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowLogs {
+    /// Seconds between a flow's aggregate records (default 10).
+    pub interval: u64,
+    /// The JSON-lines file; none: records are counted but not written.
+    pub path: Option<PathBuf>,
+    /// Rotate past this many bytes (default 64 MiB).
+    pub max_bytes: u64,
+    /// Rotated files kept (default 4).
+    pub keep: u32,
+    /// Records in flight between workers and the writer (default 65,536).
+    pub channel: usize,
+}
+
+/// What the XDP program does with dataplane traffic while no daemon runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// To the kernel, unfiltered.
+    #[default]
+    Open,
+    /// Dropped.
+    Closed,
+}
+
+/// `[daemon]`: settings of `margay run`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Daemon {
+    /// Fail mode of the XDP program.
+    pub fail_mode: FailMode,
+    /// Cores to pin workers to (worker i on `cores[i % len]`); empty: not pinned.
+    pub cores: Vec<usize>,
+    /// Frames per rx burst.
+    pub batch: usize,
+    /// UMEM frames per worker.
+    pub frames: u32,
+    /// Ring sizes (power of two).
+    pub ring_size: u32,
+    /// The control socket.
+    pub control_socket: PathBuf,
+    /// Where to serve Prometheus metrics; none: not served.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Route only: no connection tracking, no policy, no flow records. The throughput
+    /// harness's "Margay forward-only" baseline; the policy is loaded but **not enforced**.
+    pub forward_only: bool,
+}
+
+/// The default control socket path.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/margay/margay.sock";
+
+impl Default for Daemon {
+    fn default() -> Self {
+        Daemon {
+            fail_mode: FailMode::Open,
+            cores: Vec::new(),
+            batch: 64,
+            frames: 4096,
+            ring_size: 1024,
+            control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            metrics: None,
+            forward_only: false,
+        }
+    }
+}
+
+/// A validated daemon configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// The policy file, relative paths resolved against the config file's folder.
+    pub policy: Option<PathBuf>,
+    /// Served interfaces.
+    pub interfaces: Vec<Interface>,
+    /// Static routes.
+    pub routes: Vec<Route>,
+    /// `routes = "kernel"`: mirror the kernel's routes and neighbours instead (the daemon).
+    pub kernel_routes: bool,
+    /// Static neighbours.
+    pub neighbours: Vec<Neighbour>,
+    /// Connection tracking.
+    pub conntrack: Conntrack,
+    /// Flow logs.
+    pub flow_logs: FlowLogs,
+    /// Daemon settings.
+    pub daemon: Daemon,
+}
+
+impl DaemonConfig {
+    /// The number of workers `margay run` starts: the most queues any interface has.
+    pub fn workers(&self) -> u32 {
+        self.interfaces.iter().map(|i| i.queues).max().unwrap_or(0)
+    }
+}
+
+/// Most rx queues an interface may serve (the XDP program's XSKMAP size).
+pub const MAX_QUEUES: u32 = 256;
+
+/// Most conntrack entries a config may ask for.
+pub const MAX_CONNTRACK_CAPACITY: usize = 1 << 30;
+
+mod parse;
+mod print;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,113 @@
+use std::path::Path;
+
+use super::*;
+
+fn parse(text: &str) -> Result<DaemonConfig, String> {
+    DaemonConfig::parse(text, Path::new("d.toml")).map_err(|e| e.to_string())
+}
+
+const OK: &str = r#"
+[[interface]]
+name = "in0"
+mac = "02:00:00:00:00:01"
+[[interface]]
+name = "out0"
+mac = "02:00:00:00:00:02"
+[[route]]
+to = "198.18.2.0/24"
+interface = "out0"
+[[route]]
+to = "2001:2::/48"
+via = "2001:2::1"
+interface = "out0"
+[[neighbour]]
+ip = "198.18.2.2"
+mac = "02:00:00:00:02:02"
+interface = "out0"
+[conntrack]
+capacity = 1000
+[conntrack.timeouts]
+udp = 30
+"#;
+
+#[test]
+fn a_full_config() {
+    let c = parse(OK).unwrap();
+    assert_eq!(c.interfaces.len(), 2);
+    assert_eq!(c.interfaces[1].mac.to_string(), "02:00:00:00:00:02");
+    assert_eq!(c.routes[0].interface, 1);
+    assert_eq!(c.routes[1].via, Some("2001:2::1".parse().unwrap()));
+    assert_eq!(c.neighbours[0].interface, 1);
+    assert_eq!(c.conntrack.capacity, 1000);
+    assert_eq!(c.conntrack.timeouts, Timeouts { udp: 30, ..Timeouts::default() });
+    assert!(c.conntrack.huge_pages, "huge pages by default");
+    assert!(
+        !parse(&OK.replace("capacity = 1000", "capacity = 1000\nhuge_pages = false"))
+            .unwrap()
+            .conntrack
+            .huge_pages
+    );
+    assert!(!c.conntrack.tcp_pickup, "no mid-stream pickup by default");
+    assert!(
+        parse(&OK.replace("capacity = 1000", "capacity = 1000\ntcp_pickup = true"))
+            .unwrap()
+            .conntrack
+            .tcp_pickup
+    );
+    assert_eq!(c.flow_logs.interval, 10);
+}
+
+#[test]
+fn errors_name_the_place() {
+    let cases = [
+        (
+            OK.replace("interface = \"out0\"\n[[route]]", "interface = \"nope\"\n[[route]]"),
+            "d.toml:10:13: unknown interface 'nope'",
+        ),
+        (
+            OK.replace("02:00:00:00:00:02\"", "02:00:00:00:02\""),
+            "d.toml:7:7: '02:00:00:00:02' is not a MAC address",
+        ),
+        (
+            OK.replace("via = \"2001:2::1\"", "via = \"198.18.0.1\""),
+            "d.toml:13:7: gateway 198.18.0.1 is not in 2001:2::/48's family",
+        ),
+        (OK.replace("capacity = 1000", "capacity = 0"), "d.toml:20:12: conntrack capacity must be"),
+        (OK.replace("udp = 30", "udp = 0"), "d.toml:21:1: conntrack timeouts are seconds"),
+        (OK.replace("udp = 30", "udp = 30\nfoo = 1"), "d.toml:23:1: unknown field `foo`"),
+        (OK.replace("name = \"out0\"", "name = \"in0\""), "d.toml:6:8: duplicate interface 'in0'"),
+        (format!("routes = \"kernel\"\n{OK}"), "d.toml:10:6: routes = 'kernel' mirrors the kernel's routes"),
+        (format!("routes = \"bgp\"\n{OK}"), "d.toml:1:10: routes = 'bgp': expected 'static'"),
+        (format!("{OK}[daemon]\nring_size = 1000"), "d.toml:24:13: ring_size must be a power of two"),
+        (format!("{OK}[daemon]\nbatch = 0"), "d.toml:24:9: batch must be between 1 and 256"),
+        (
+            format!("{OK}[daemon]\nmetrics = \"localhost\""),
+            "d.toml:24:11: metrics 'localhost' is not an address:port",
+        ),
+        (format!("{OK}[daemon]\nfail_mode = \"ajar\""), "d.toml:24:13: unknown variant `ajar`"),
+        (format!("{OK}[flow_logs]\nkeep = 5000"), "d.toml:24:8: flow_logs keep must be between 0 and 1000"),
+        (
+            OK.replace("name = \"in0\"", "name = \"in0\"\nqueues = 0"),
+            "d.toml:4:10: queues must be between 1 and 256",
+        ),
+    ];
+    for (text, want) in cases {
+        let got = parse(&text).unwrap_err();
+        assert!(got.starts_with(want), "got: {got}\nwant: {want}");
+    }
+}
+
+/// `ctl config` prints the running config: its text parses back to the same config, for
+/// a config with every section and for the defaults.
+#[test]
+fn the_config_prints_back_to_itself() {
+    let full = format!(
+        "policy = \"/etc/margay/policy.toml\"\n{OK}[flow_logs]\npath = \"/var/log/m \\\"x\\\".jsonl\"\nkeep = 2\n[daemon]\nfail_mode = \"closed\"\ncores = [1, 3]\nmetrics = \"127.0.0.1:9464\"\nforward_only = true\n"
+    );
+    for text in [full.as_str(), OK, "routes = \"kernel\"\n[[interface]]\nname = \"eth0\"\nqueues = 2\n"] {
+        let config = parse(text).unwrap();
+        let printed = config.to_toml();
+        assert_eq!(parse(&printed).unwrap(), config, "printed:\n{printed}");
+    }
+    assert!(parse(&full).unwrap().to_toml().contains("fail_mode = \"closed\""));
+}
