@@ -134,21 +134,35 @@ fn help_lists_the_commands() {
     let out = margay(&["--help"]);
     assert!(out.status.success());
     let help = text(&out.stdout);
-    for cmd in [
-        "classbench",
-        "demo",
-        "classifier-demo",
-        "check",
-        "explain",
-        "run",
-        "ctl",
-        "detach",
-        "export",
-        "gen",
-        "sink",
-    ] {
-        assert!(help.contains(cmd), "{cmd} missing from {help}");
-    }
+    // The first word of each line of the "Commands:" section, exactly these, in this order.
+    let listed: Vec<&str> = help
+        .lines()
+        .skip_while(|l| *l != "Commands:")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "demo",
+            "classifier-demo",
+            "classbench",
+            "check",
+            "explain",
+            "compile",
+            "replay",
+            "run",
+            "ctl",
+            "detach",
+            "export",
+            "gen",
+            "sink",
+            "help"
+        ],
+        "{help}"
+    );
+    assert!(help.contains("Exit status: 0 success, 1 a check failed"), "{help}");
 }
 
 fn shop() -> String {

@@ -221,6 +221,9 @@ fn echo_once(s: &mut TcpStream, msg: &[u8]) -> bool {
 
 #[test]
 fn ping_tcp_and_denials_through_the_daemon() {
+    if !margay_testkit::require_root("ping_tcp_and_denials_through_the_daemon") {
+        return;
+    }
     let env = Env::start("basic", BASE, "");
     let stop = stop_flag();
     let web = netns::http_server(&env.t.ns(WEB.role), addr(WEB.ip, 80), Arc::clone(&stop)).unwrap();
@@ -300,6 +303,9 @@ fn ping_tcp_and_denials_through_the_daemon() {
 
 #[test]
 fn metrics_are_served_in_prometheus_text() {
+    if !margay_testkit::require_root("metrics_are_served_in_prometheus_text") {
+        return;
+    }
     let env = Env::start("metrics", BASE, "metrics = \"127.0.0.1:9464\"\n");
     assert_eq!(netns::ping(&env.t, CLIENT.role, WEB.ip, 2).unwrap(), 2);
     std::thread::sleep(Duration::from_millis(500));
@@ -368,6 +374,9 @@ fn metrics_are_served_in_prometheus_text() {
 
 #[test]
 fn a_reload_that_denies_an_established_flow_cuts_it() {
+    if !margay_testkit::require_root("a_reload_that_denies_an_established_flow_cuts_it") {
+        return;
+    }
     let env = Env::start("cut", BASE, "");
     let stop = stop_flag();
     tcp_echo(&env.t.ns(WEB.role), addr(WEB.ip, 7), Arc::clone(&stop));
@@ -409,6 +418,9 @@ fn a_reload_that_denies_an_established_flow_cuts_it() {
 
 #[test]
 fn twenty_reloads_during_ten_seconds_of_traffic() {
+    if !margay_testkit::require_root("twenty_reloads_during_ten_seconds_of_traffic") {
+        return;
+    }
     let env = Env::start("storm", BASE, "");
     let stop = stop_flag();
     tcp_echo(&env.t.ns(WEB.role), addr(WEB.ip, 7), Arc::clone(&stop));
@@ -469,6 +481,9 @@ fn twenty_reloads_during_ten_seconds_of_traffic() {
 
 #[test]
 fn a_broken_policy_is_rejected_and_the_old_one_stays() {
+    if !margay_testkit::require_root("a_broken_policy_is_rejected_and_the_old_one_stays") {
+        return;
+    }
     let env = Env::start("broken", BASE, "");
     let bad =
         env.write_policy("bad.toml", &BASE.replace("selector = \"app == 'db'\"", "selector = \"app == \""));
@@ -513,6 +528,9 @@ fn a_broken_policy_is_rejected_and_the_old_one_stays() {
 
 #[test]
 fn killing_a_fail_open_daemon_leaves_no_xdp_program() {
+    if !margay_testkit::require_root("killing_a_fail_open_daemon_leaves_no_xdp_program") {
+        return;
+    }
     let mut env = Env::start("failopen", BASE, "");
     assert!(env.t.xdp_attached("c0").unwrap());
     // Denied while Margay runs...
@@ -528,6 +546,9 @@ fn killing_a_fail_open_daemon_leaves_no_xdp_program() {
 
 #[test]
 fn killing_a_fail_closed_daemon_keeps_dropping_until_the_next_run() {
+    if !margay_testkit::require_root("killing_a_fail_closed_daemon_keeps_dropping_until_the_next_run") {
+        return;
+    }
     let mut env = Env::start("failclosed", BASE, "fail_mode = \"closed\"\n");
     assert_eq!(netns::ping(&env.t, CLIENT.role, WEB.ip, 2).unwrap(), 2);
     env.daemon.stop_with(nix::sys::signal::Signal::SIGKILL).unwrap();
@@ -556,6 +577,9 @@ fn killing_a_fail_closed_daemon_keeps_dropping_until_the_next_run() {
 /// segment opens the flow again as established and the connection goes on.
 #[test]
 fn tcp_pickup_keeps_a_connection_across_a_restart() {
+    if !margay_testkit::require_root("tcp_pickup_keeps_a_connection_across_a_restart") {
+        return;
+    }
     for pickup in [false, true] {
         let extra = format!("fail_mode = \"closed\"\n[conntrack]\ntcp_pickup = {pickup}\n");
         let mut env = Env::start(if pickup { "pickup" } else { "nopickup" }, BASE, &extra);
@@ -604,6 +628,9 @@ fn send_raw(t: &Topology, frame: &[u8]) {
 
 #[test]
 fn malformed_frames_are_counted_and_nothing_crashes() {
+    if !margay_testkit::require_root("malformed_frames_are_counted_and_nothing_crashes") {
+        return;
+    }
     let env = Env::start("malformed", BASE, "");
     let eth = |ethertype: [u8; 2]| {
         let mut f = Vec::new();
@@ -658,6 +685,9 @@ fn malformed_frames_are_counted_and_nothing_crashes() {
 
 #[test]
 fn the_control_socket_refuses_a_non_root_peer() {
+    if !margay_testkit::require_root("the_control_socket_refuses_a_non_root_peer") {
+        return;
+    }
     let env = Env::start("ctlperm", BASE, "");
     let socket = env.work.join("margay.sock");
     let meta = std::fs::metadata(&socket).unwrap();
@@ -691,6 +721,9 @@ fn the_control_socket_refuses_a_non_root_peer() {
 
 #[test]
 fn two_queues_two_workers_and_replies_on_the_other_queue() {
+    if !margay_testkit::require_root("two_queues_two_workers_and_replies_on_the_other_queue") {
+        return;
+    }
     let mut env = Env::start_with("mq", 2, BASE, |t, work, policy| {
         t.node_config(policy, &work.join("margay.sock"), &work.join("flows.jsonl"), "")
     });
@@ -721,6 +754,9 @@ fn two_queues_two_workers_and_replies_on_the_other_queue() {
 
 #[test]
 fn the_demo_passes_its_checks_and_leaves_nothing_behind() {
+    if !margay_testkit::require_root("the_demo_passes_its_checks_and_leaves_nothing_behind") {
+        return;
+    }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let out = Command::new(EXE).args(["demo", "--seconds", "2"]).stdin(Stdio::null()).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -733,6 +769,9 @@ fn the_demo_passes_its_checks_and_leaves_nothing_behind() {
 
 #[test]
 fn kernel_routes_are_mirrored_resolved_and_followed() {
+    if !margay_testkit::require_root("kernel_routes_are_mirrored_resolved_and_followed") {
+        return;
+    }
     let env = Env::start_with("kr", 1, BASE, |t, work, policy| {
         let text = t.kernel_node_config(policy, &work.join("margay.sock"), &work.join("flows.jsonl"), "");
         assert!(
@@ -775,6 +814,9 @@ fn kernel_routes_are_mirrored_resolved_and_followed() {
 
 #[test]
 fn a_stuck_flow_log_costs_records_not_packets() {
+    if !margay_testkit::require_root("a_stuck_flow_log_costs_records_not_packets") {
+        return;
+    }
     // The flow log is a FIFO nobody reads: the writer blocks once the pipe is full, the
     // channel (16 records) fills, and workers must count dropped records and keep forwarding.
     let mut reader = None;
@@ -830,6 +872,9 @@ fn a_stuck_flow_log_costs_records_not_packets() {
 
 #[test]
 fn host_addresses_added_and_removed_after_start_are_followed() {
+    if !margay_testkit::require_root("host_addresses_added_and_removed_after_start_are_followed") {
+        return;
+    }
     let env = Env::start("hostaddr", BASE, "");
     let ip = |args: &[&str]| {
         let out = env.t.cmd("node", "ip").args(args).output().unwrap();
@@ -850,6 +895,9 @@ fn host_addresses_added_and_removed_after_start_are_followed() {
 
 #[test]
 fn a_second_daemon_cannot_take_over_a_served_interface() {
+    if !margay_testkit::require_root("a_second_daemon_cannot_take_over_a_served_interface") {
+        return;
+    }
     // Fail closed: the mode in which an XDP attach alone would replace the running program.
     let env = Env::start("second", BASE, "fail_mode = \"closed\"\n");
     let policy = env.work.join("policy.toml");

@@ -249,6 +249,9 @@ fn reached(sender: &str, proto: u8, src: &str, sport: u16, dst: &str, dport: u16
 
 #[test]
 fn the_kernel_with_the_exported_ruleset_agrees_with_explain() {
+    if !margay_testkit::require_root("the_kernel_with_the_exported_ruleset_agrees_with_explain") {
+        return;
+    }
     let dir = std::env::temp_dir().join(format!("margay-nft-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let policy_path = dir.join("policy.toml");
@@ -327,6 +330,9 @@ fn the_kernel_with_the_exported_ruleset_agrees_with_explain() {
 
 #[test]
 fn the_example_policy_exports_to_a_ruleset_nft_accepts() {
+    if !margay_testkit::require_root("the_example_policy_exports_to_a_ruleset_nft_accepts") {
+        return;
+    }
     let shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/shop.toml");
     let out = Command::new(env!("CARGO_BIN_EXE_margay")).args(["export", "nft"]).arg(&shop).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -17,6 +17,9 @@ fn ip(args: &[&str]) {
 
 #[test]
 fn the_sink_counts_what_the_generator_sends() {
+    if !margay_testkit::require_root("the_sink_counts_what_the_generator_sends") {
+        return;
+    }
     let p = std::process::id() % 100_000;
     let (g, k) = (format!("mggen{p}"), format!("mgsink{p}"));
     let ns = Namespaces(vec![g.clone(), k.clone()]);
@@ -81,6 +84,9 @@ fn the_sink_counts_what_the_generator_sends() {
 /// did, back to back, before `afxdp::bind` retried).
 #[test]
 fn back_to_back_generators_bind_the_same_queue() {
+    if !margay_testkit::require_root("back_to_back_generators_bind_the_same_queue") {
+        return;
+    }
     let g = format!("mgb2b{}", std::process::id() % 100_000);
     let ns = Namespaces(vec![g.clone()]);
     let _ = Command::new("ip").args(["netns", "del", &g]).stderr(Stdio::null()).status();
