@@ -1,0 +1,220 @@
+//! State the daemon's threads share: the config, the policy in force and its reloads, the
+//! workers' published counters, and the `stats` they add up to.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use crossbeam_channel::Sender;
+use margay_config::PolicySet;
+use margay_config::daemon::DaemonConfig;
+use serde_json::{Value, json};
+
+use super::flowlog::FlowLogStats;
+use super::now_ns;
+use super::worker::{self, Request};
+use crate::io::afxdp::IoCounters;
+use crate::pipeline::Counters;
+use crate::policy::PolicyVersion;
+
+/// A worker's published counters (refreshed every 100 ms and at exit).
+#[derive(Debug, Clone, Default)]
+pub struct WorkerStats {
+    /// Pipeline counters.
+    pub counters: Counters,
+    /// I/O counters.
+    pub io: IoCounters,
+    /// The kernel's socket counters summed over ports: rx dropped, rx ring full, fill ring
+    /// empty, tx invalid.
+    pub kernel: [u64; 4],
+    /// Tracked flows.
+    pub conntrack_entries: usize,
+    /// Table capacity.
+    pub conntrack_capacity: usize,
+    /// Policy epoch the worker enforces.
+    pub epoch: u32,
+    /// Frames steered between workers.
+    pub handoff: worker::Handoff,
+}
+
+/// What the control thread knows of a worker.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    /// Latest counters.
+    pub stats: Mutex<WorkerStats>,
+    /// Its request channel.
+    pub requests: Sender<Request>,
+}
+
+/// The outcome of the last reload.
+#[derive(Debug, Clone)]
+pub struct ReloadInfo {
+    /// Wall-clock seconds.
+    pub at: f64,
+    /// Whether it took effect.
+    pub ok: bool,
+    /// Epoch after it.
+    pub epoch: u32,
+    /// The error, when rejected.
+    pub error: Option<String>,
+}
+
+/// State shared by the daemon's threads.
+#[derive(Debug)]
+pub struct Shared {
+    /// The running config.
+    pub config: DaemonConfig,
+    /// Where it was read from.
+    pub config_path: PathBuf,
+    /// The policy in force.
+    pub policy: ArcSwap<PolicyVersion>,
+    /// Every version published, for the flow-log writer, which resolves records' names.
+    pub flowlog_versions: Sender<Arc<PolicyVersion>>,
+    /// The policy file reloads read.
+    pub policy_path: Mutex<PathBuf>,
+    /// Serialises reloads; holds the last one's outcome.
+    pub last_reload: Mutex<Option<ReloadInfo>>,
+    /// Set to stop every thread.
+    pub stop: AtomicBool,
+    /// The workers.
+    pub workers: Vec<WorkerHandle>,
+    /// Flow-log counters.
+    pub flowlog: Arc<FlowLogStats>,
+    /// XDP counters per interface (refreshed by the main thread).
+    pub xdp: Mutex<Vec<margay_bpf::Counters>>,
+    /// When the daemon started.
+    pub started: Instant,
+    /// The routing table workers forward with (static, or mirrored from the kernel).
+    pub routes: ArcSwap<crate::forward::Forwarder>,
+    /// Next hops to have the kernel resolve (`routes = "kernel"` only).
+    pub resolve: Option<Sender<(u16, IpAddr)>>,
+}
+
+/// The reply to a successful reload.
+#[derive(Debug, Clone)]
+pub struct Reloaded {
+    /// The new epoch.
+    pub epoch: u32,
+    /// Parse + compile time, ms.
+    pub build_ms: f64,
+    /// Counts of what was loaded.
+    pub summary: Value,
+}
+
+pub(super) fn compile(
+    path: &Path,
+) -> anyhow::Result<(margay_rulecompiler::policy::compile::CompiledPolicy, f64, Value)> {
+    let started = Instant::now();
+    let set = PolicySet::load(path)?;
+    let (compiled, _) = crate::policy::compile_timed(&set).with_context(|| format!("{}", path.display()))?;
+    let rules: usize = set.policies.iter().map(|p| p.ingress.len() + p.egress.len()).sum();
+    let s = compiled.stats();
+    let summary = json!({
+        "path": path.display().to_string(), "endpoints": set.endpoints.len(), "tiers": set.tiers.len(),
+        "policies": set.policies.len(), "rules": rules, "classifier_rules": s.classifier_rules,
+        "memory_bytes": s.memory_bytes,
+    });
+    Ok((compiled, started.elapsed().as_secs_f64() * 1e3, summary))
+}
+
+impl Shared {
+    /// Reloads the policy (from `path`, which then becomes the reload path, or from the current
+    /// one): parse and compile here, off the packet path; on success publish it as the next
+    /// epoch with one pointer swap. On error nothing changes.
+    pub fn reload(&self, path: Option<PathBuf>) -> anyhow::Result<Reloaded> {
+        let mut last = self.last_reload.lock().unwrap_or_else(|e| e.into_inner());
+        let path = match path {
+            Some(p) => p,
+            None => self.policy_path.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        };
+        let at = now_ns() as f64 / 1e9;
+        match compile(&path) {
+            Ok((compiled, build_ms, summary)) => {
+                let epoch = self.policy.load().epoch.wrapping_add(1);
+                let version = Arc::new(PolicyVersion { epoch, compiled });
+                // Before the workers can adopt it, so the flow-log writer knows the version
+                // before any record names it. The writer gone (shutting down): nothing to tell.
+                let _ = self.flowlog_versions.send(Arc::clone(&version));
+                self.policy.store(version);
+                *self.policy_path.lock().unwrap_or_else(|e| e.into_inner()) = path;
+                *last = Some(ReloadInfo { at, ok: true, epoch, error: None });
+                tracing::info!(epoch, build_ms, "policy reloaded");
+                Ok(Reloaded { epoch, build_ms, summary })
+            }
+            Err(e) => {
+                let epoch = self.policy.load().epoch;
+                *last = Some(ReloadInfo { at, ok: false, epoch, error: Some(format!("{e:#}")) });
+                tracing::warn!("reload rejected, policy epoch {epoch} stays: {e:#}");
+                Err(e)
+            }
+        }
+    }
+
+    /// A snapshot of every worker's published counters.
+    pub fn worker_stats(&self) -> Vec<WorkerStats> {
+        self.workers.iter().map(|w| w.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()).collect()
+    }
+
+    /// Counters summed over workers, with per-worker detail, as JSON (the `stats` reply).
+    pub fn stats(&self) -> Value {
+        let workers = self.worker_stats();
+        let (total, entries) = totals(&workers);
+        let mut per_worker = Vec::new();
+        for (i, s) in workers.iter().enumerate() {
+            per_worker.push(json!({
+                "worker": i, "rx_packets": s.counters.rx_packets, "tx_packets": s.counters.tx_packets,
+                "dropped": s.counters.dropped(), "conntrack_entries": s.conntrack_entries,
+                "conntrack_capacity": s.conntrack_capacity, "epoch": s.epoch,
+                "tx_ring_full": s.io.tx_ring_full, "tx_no_frame": s.io.tx_no_frame,
+                "kernel_rx_dropped": s.kernel[0], "kernel_rx_ring_full": s.kernel[1],
+                "kernel_fill_ring_empty": s.kernel[2], "kernel_tx_invalid": s.kernel[3],
+                "handoff_out": s.handoff.out, "handoff_in": s.handoff.r#in, "handoff_full": s.handoff.full,
+            }));
+        }
+        let xdp: Vec<Value> = self
+            .xdp
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .zip(&self.config.interfaces)
+            .map(|(c, i)| {
+                let fields: serde_json::Map<String, Value> =
+                    c.named().iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
+                json!({"interface": i.name, "counters": fields})
+            })
+            .collect();
+        let last = self.last_reload.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let f = &self.flowlog;
+        let mut stats = total.to_json();
+        let daemon = json!({
+            "uptime_s": self.started.elapsed().as_secs_f64(),
+            "epoch": self.policy.load().epoch,
+            "conntrack_entries": entries,
+            "flow_records": {
+                "written": f.written.load(Ordering::Relaxed), "discarded": f.discarded.load(Ordering::Relaxed),
+                "dropped": f.dropped.load(Ordering::Relaxed), "write_errors": f.write_errors.load(Ordering::Relaxed),
+                "rotations": f.rotations.load(Ordering::Relaxed),
+            },
+            "last_reload": last.map(|r| json!({"at": r.at, "ok": r.ok, "epoch": r.epoch, "error": r.error})),
+            "workers": per_worker,
+            "xdp": xdp,
+        });
+        if let (Some(s), Value::Object(d)) = (stats.as_object_mut(), daemon) {
+            s.extend(d);
+        }
+        stats
+    }
+}
+
+/// Counters summed over `workers`, and their tracked flows.
+pub fn totals(workers: &[WorkerStats]) -> (Counters, usize) {
+    let mut total = Counters::default();
+    for w in workers {
+        total.add(&w.counters);
+    }
+    (total, workers.iter().map(|w| w.conntrack_entries).sum())
+}
