@@ -8,6 +8,7 @@
 
 pub mod compile;
 mod intervals;
+mod lower;
 pub mod nft;
 pub mod reference;
 
