@@ -149,68 +149,14 @@ impl DaemonConfig {
 
     /// Validates config text; `path` only names the source in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, PolicyError> {
-        let at = |span, message| error_at(text, path, span, message);
-        let raw: RawConfig = toml::from_str(text).map_err(|e| at(e.span(), e.message().trim().to_owned()))?;
-
-        let mut seen = BTreeSet::new();
-        for i in &raw.interface {
-            let n = i.name.get_ref();
-            if n.is_empty() || n.len() > 15 || n.contains(['/', ' ']) {
-                return Err(at(Some(i.name.span()), format!("'{n}' is not a valid interface name")));
-            }
-            if !seen.insert(n.clone()) {
-                return Err(at(Some(i.name.span()), format!("duplicate interface '{n}'")));
-            }
-        }
-        let mut interfaces = Vec::new();
-        for i in raw.interface {
-            let queues = match i.queues {
-                None => 1,
-                Some(q) if (1..=MAX_QUEUES).contains(q.get_ref()) => *q.get_ref(),
-                Some(q) => {
-                    return Err(at(Some(q.span()), format!("queues must be between 1 and {MAX_QUEUES}")));
-                }
-            };
-            interfaces.push(Interface {
-                name: i.name.into_inner(),
-                mac: i.mac.unwrap_or_default(),
-                mac_given: i.mac.is_some(),
-                queues,
-            });
-        }
-        let kernel_routes = match &raw.routes {
-            None => false,
-            Some(r) if r.get_ref() == "static" => false,
-            Some(r) if r.get_ref() == "kernel" => {
-                if let Some(first) = raw.route.first() {
-                    return Err(at(
-                        Some(first.to.span()),
-                        "routes = 'kernel' mirrors the kernel's routes and neighbours: remove [[route]]"
-                            .to_owned(),
-                    ));
-                }
-                if let Some(first) = raw.neighbour.first() {
-                    return Err(at(
-                        Some(first.interface.span()),
-                        "routes = 'kernel' mirrors the kernel's routes and neighbours: remove [[neighbour]]"
-                            .to_owned(),
-                    ));
-                }
-                true
-            }
-            Some(r) => {
-                return Err(at(
-                    Some(r.span()),
-                    format!(
-                        "routes = '{}': expected 'static' (the [[route]] and [[neighbour]] tables) or 'kernel'",
-                        r.get_ref()
-                    ),
-                ));
-            }
-        };
+        let v = Check { text, path };
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| v.at(e.span(), e.message().trim().to_owned()))?;
+        let interfaces = v.interfaces(raw.interface)?;
+        let kernel_routes = v.kernel_routes(raw.routes.as_ref(), &raw.route, &raw.neighbour)?;
         let iface = |n: &Spanned<String>| {
             interfaces.iter().position(|i| i.name == *n.get_ref()).ok_or_else(|| {
-                at(
+                v.at(
                     Some(n.span()),
                     format!("unknown interface '{}' (declare it with [[interface]])", n.get_ref()),
                 )
@@ -221,7 +167,7 @@ impl DaemonConfig {
             if let Some(via) = &r.via
                 && via.get_ref().is_ipv4() != r.to.get_ref().is_ipv4()
             {
-                return Err(at(
+                return Err(v.at(
                     Some(via.span()),
                     format!("gateway {} is not in {}'s family", via.get_ref(), r.to.get_ref()),
                 ));
@@ -236,86 +182,168 @@ impl DaemonConfig {
         for n in &raw.neighbour {
             neighbours.push(Neighbour { ip: n.ip, mac: n.mac, interface: iface(&n.interface)? });
         }
-        let capacity = *raw.conntrack.capacity.get_ref();
-        if !(1..=MAX_CONNTRACK_CAPACITY).contains(&capacity) {
-            return Err(at(
-                Some(raw.conntrack.capacity.span()),
-                format!("conntrack capacity must be between 1 and {MAX_CONNTRACK_CAPACITY}"),
-            ));
-        }
-        let t = *raw.conntrack.timeouts.get_ref();
-        if [t.syn, t.established, t.fin, t.rst, t.udp, t.icmp, t.generic]
-            .iter()
-            .any(|&s| s == 0 || s > 86_400 * 365)
-        {
-            return Err(at(
-                Some(raw.conntrack.timeouts.span()),
-                "conntrack timeouts are seconds between 1 and 31536000".to_owned(),
-            ));
-        }
-        let interval = *raw.flow_logs.interval.get_ref();
-        if !(1..=86_400).contains(&interval) {
-            return Err(at(
-                Some(raw.flow_logs.interval.span()),
-                "flow_logs interval is seconds between 1 and 86400".to_owned(),
-            ));
-        }
-        let in_range = |v: Option<Spanned<u64>>, default: u64, lo: u64, hi: u64, what: &str| match v {
-            None => Ok(default),
-            Some(v) if (lo..=hi).contains(v.get_ref()) => Ok(*v.get_ref()),
-            Some(v) => Err(at(Some(v.span()), format!("{what} must be between {lo} and {hi}"))),
-        };
-        let widen = |v: Option<Spanned<u32>>| v.map(|v| Spanned::new(v.span(), u64::from(*v.get_ref())));
-        let widen_usize = |v: Option<Spanned<usize>>| v.map(|v| Spanned::new(v.span(), *v.get_ref() as u64));
-        let f = raw.flow_logs;
-        let flow_logs = FlowLogs {
-            interval,
-            path: f.path,
-            max_bytes: in_range(f.max_bytes, 64 << 20, 4096, 1 << 40, "flow_logs max_bytes")?,
-            keep: in_range(widen(f.keep), 4, 0, 1000, "flow_logs keep")? as u32,
-            channel: in_range(widen_usize(f.channel), 65_536, 16, 1 << 24, "flow_logs channel")? as usize,
-        };
-        let d = raw.daemon;
-        if let Some(r) = &d.ring_size
-            && !r.get_ref().is_power_of_two()
-        {
-            return Err(at(Some(r.span()), "ring_size must be a power of two".to_owned()));
-        }
-        let ring_size = in_range(widen(d.ring_size), 1024, 64, 16_384, "ring_size")? as u32;
-        let frames = in_range(widen(d.frames), 4096, 256, 1 << 20, "frames")? as u32;
-        let metrics = match d.metrics {
-            None => None,
-            Some(m) => Some(m.get_ref().parse().map_err(|_| {
-                at(
-                    Some(m.span()),
-                    format!("metrics '{}' is not an address:port (e.g. \"127.0.0.1:9464\")", m.get_ref()),
-                )
-            })?),
-        };
-        let daemon = Daemon {
-            fail_mode: d.fail_mode,
-            cores: d.cores.into_iter().map(Spanned::into_inner).collect(),
-            batch: in_range(widen_usize(d.batch), 64, 1, 256, "batch")? as usize,
-            frames,
-            ring_size,
-            control_socket: d.control_socket.unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)),
-            metrics,
-            forward_only: d.forward_only,
-        };
         Ok(DaemonConfig {
             policy: raw.policy,
             interfaces,
             routes,
             kernel_routes,
             neighbours,
-            conntrack: Conntrack {
-                capacity,
-                timeouts: t,
-                huge_pages: raw.conntrack.huge_pages,
-                tcp_pickup: raw.conntrack.tcp_pickup,
-            },
-            flow_logs,
-            daemon,
+            conntrack: v.conntrack(raw.conntrack)?,
+            flow_logs: v.flow_logs(raw.flow_logs)?,
+            daemon: v.daemon(raw.daemon)?,
+        })
+    }
+}
+
+/// Validation of one config text: errors positioned in it.
+struct Check<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Check<'_> {
+    fn at(&self, span: Option<std::ops::Range<usize>>, message: String) -> PolicyError {
+        error_at(self.text, self.path, span, message)
+    }
+
+    /// `v`, or `default` when absent; an error naming `what` when out of `lo..=hi`.
+    fn in_range<T: Copy + PartialOrd + fmt::Display>(
+        &self,
+        v: Option<Spanned<T>>,
+        default: T,
+        lo: T,
+        hi: T,
+        what: &str,
+    ) -> Result<T, PolicyError> {
+        match v {
+            None => Ok(default),
+            Some(v) if (lo..=hi).contains(v.get_ref()) => Ok(*v.get_ref()),
+            Some(v) => Err(self.at(Some(v.span()), format!("{what} must be between {lo} and {hi}"))),
+        }
+    }
+
+    /// Interfaces: valid, distinct names, and their queues.
+    fn interfaces(&self, raw: Vec<RawInterface>) -> Result<Vec<Interface>, PolicyError> {
+        let mut seen = BTreeSet::new();
+        let mut interfaces = Vec::new();
+        for i in raw {
+            let n = i.name.get_ref();
+            if n.is_empty() || n.len() > 15 || n.contains(['/', ' ']) {
+                return Err(self.at(Some(i.name.span()), format!("'{n}' is not a valid interface name")));
+            }
+            if !seen.insert(n.clone()) {
+                return Err(self.at(Some(i.name.span()), format!("duplicate interface '{n}'")));
+            }
+            let queues = self.in_range(i.queues, 1, 1, MAX_QUEUES, "queues")?;
+            interfaces.push(Interface {
+                name: i.name.into_inner(),
+                mac: i.mac.unwrap_or_default(),
+                mac_given: i.mac.is_some(),
+                queues,
+            });
+        }
+        Ok(interfaces)
+    }
+
+    /// `routes = "static"` (the default) or `"kernel"`, which takes no route or neighbour tables.
+    fn kernel_routes(
+        &self,
+        routes: Option<&Spanned<String>>,
+        route: &[RawRoute],
+        neighbour: &[RawNeighbour],
+    ) -> Result<bool, PolicyError> {
+        match routes {
+            None => Ok(false),
+            Some(r) if r.get_ref() == "static" => Ok(false),
+            Some(r) if r.get_ref() == "kernel" => {
+                if let Some(first) = route.first() {
+                    return Err(self.at(
+                        Some(first.to.span()),
+                        "routes = 'kernel' mirrors the kernel's routes and neighbours: remove [[route]]"
+                            .to_owned(),
+                    ));
+                }
+                if let Some(first) = neighbour.first() {
+                    return Err(self.at(
+                        Some(first.interface.span()),
+                        "routes = 'kernel' mirrors the kernel's routes and neighbours: remove [[neighbour]]"
+                            .to_owned(),
+                    ));
+                }
+                Ok(true)
+            }
+            Some(r) => Err(self.at(
+                Some(r.span()),
+                format!(
+                    "routes = '{}': expected 'static' (the [[route]] and [[neighbour]] tables) or 'kernel'",
+                    r.get_ref()
+                ),
+            )),
+        }
+    }
+
+    fn conntrack(&self, c: RawConntrack) -> Result<Conntrack, PolicyError> {
+        let capacity = *c.capacity.get_ref();
+        if !(1..=MAX_CONNTRACK_CAPACITY).contains(&capacity) {
+            return Err(self.at(
+                Some(c.capacity.span()),
+                format!("conntrack capacity must be between 1 and {MAX_CONNTRACK_CAPACITY}"),
+            ));
+        }
+        let t = *c.timeouts.get_ref();
+        if [t.syn, t.established, t.fin, t.rst, t.udp, t.icmp, t.generic]
+            .iter()
+            .any(|&s| s == 0 || s > 86_400 * 365)
+        {
+            return Err(self.at(
+                Some(c.timeouts.span()),
+                "conntrack timeouts are seconds between 1 and 31536000".to_owned(),
+            ));
+        }
+        Ok(Conntrack { capacity, timeouts: t, huge_pages: c.huge_pages, tcp_pickup: c.tcp_pickup })
+    }
+
+    fn flow_logs(&self, f: RawFlowLogs) -> Result<FlowLogs, PolicyError> {
+        let interval = *f.interval.get_ref();
+        if !(1..=86_400).contains(&interval) {
+            return Err(self.at(
+                Some(f.interval.span()),
+                "flow_logs interval is seconds between 1 and 86400".to_owned(),
+            ));
+        }
+        Ok(FlowLogs {
+            interval,
+            path: f.path,
+            max_bytes: self.in_range(f.max_bytes, 64 << 20, 4096, 1 << 40, "flow_logs max_bytes")?,
+            keep: self.in_range(f.keep, 4, 0, 1000, "flow_logs keep")?,
+            channel: self.in_range(f.channel, 65_536, 16, 1 << 24, "flow_logs channel")?,
+        })
+    }
+
+    fn daemon(&self, d: RawDaemon) -> Result<Daemon, PolicyError> {
+        if let Some(r) = &d.ring_size
+            && !r.get_ref().is_power_of_two()
+        {
+            return Err(self.at(Some(r.span()), "ring_size must be a power of two".to_owned()));
+        }
+        let metrics = match d.metrics {
+            None => None,
+            Some(m) => Some(m.get_ref().parse().map_err(|_| {
+                self.at(
+                    Some(m.span()),
+                    format!("metrics '{}' is not an address:port (e.g. \"127.0.0.1:9464\")", m.get_ref()),
+                )
+            })?),
+        };
+        Ok(Daemon {
+            fail_mode: d.fail_mode,
+            cores: d.cores.into_iter().map(Spanned::into_inner).collect(),
+            batch: self.in_range(d.batch, 64, 1, 256, "batch")?,
+            frames: self.in_range(d.frames, 4096, 256, 1 << 20, "frames")?,
+            ring_size: self.in_range(d.ring_size, 1024, 64, 16_384, "ring_size")?,
+            control_socket: d.control_socket.unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)),
+            metrics,
+            forward_only: d.forward_only,
         })
     }
 }
