@@ -35,6 +35,32 @@ struct Check {
     got: bool,
 }
 
+/// The checks made so far, each printed as it is made.
+#[derive(Default)]
+struct Checks(Vec<Check>);
+
+impl Checks {
+    fn check(&mut self, what: &str, want: bool, got: bool) {
+        println!("  {:<58} {}", what, if got == want { "ok" } else { "UNEXPECTED" });
+        self.0.push(Check { what: what.to_owned(), want, got });
+    }
+}
+
+/// The demo's servers' addresses.
+struct Addrs {
+    web: SocketAddr,
+    db_tcp: SocketAddr,
+    db_udp: SocketAddr,
+}
+
+/// What the iperf3 stream across the reload measured.
+struct Stream {
+    gbps: f64,
+    packets: u64,
+    secs: f64,
+    build_ms: f64,
+}
+
 fn stats(d: &DaemonProcess) -> anyhow::Result<Value> {
     let v = d.ctl(&json!({"cmd": "stats"}))?;
     if v["ok"] != json!(true) {
@@ -91,13 +117,15 @@ fn demo(args: &DemoArgs, work: &Path, stop: &Arc<AtomicBool>) -> anyhow::Result<
     );
 
     let servers_stop = Arc::new(AtomicBool::new(false));
-    let web_addr: SocketAddr = format!("{}:80", WEB.ip).parse()?;
-    let db_tcp: SocketAddr = format!("{}:5432", DB.ip).parse()?;
-    let db_udp: SocketAddr = format!("{}:5353", DB.ip).parse()?;
+    let addrs = Addrs {
+        web: format!("{}:80", WEB.ip).parse()?,
+        db_tcp: format!("{}:5432", DB.ip).parse()?,
+        db_udp: format!("{}:5353", DB.ip).parse()?,
+    };
     let servers = vec![
-        netns::http_server(&t.ns(WEB.role), web_addr, Arc::clone(&servers_stop))?,
-        netns::http_server(&t.ns(DB.role), db_tcp, Arc::clone(&servers_stop))?,
-        netns::udp_echo(&t.ns(DB.role), db_udp, Arc::clone(&servers_stop))?,
+        netns::http_server(&t.ns(WEB.role), addrs.web, Arc::clone(&servers_stop))?,
+        netns::http_server(&t.ns(DB.role), addrs.db_tcp, Arc::clone(&servers_stop))?,
+        netns::udp_echo(&t.ns(DB.role), addrs.db_udp, Arc::clone(&servers_stop))?,
     ];
     let mut iperf_server = t
         .cmd(WEB.role, "iperf3")
@@ -108,35 +136,74 @@ fn demo(args: &DemoArgs, work: &Path, stop: &Arc<AtomicBool>) -> anyhow::Result<
         .spawn()
         .context("iperf3 (scripts/deps.sh installs it)")?;
 
-    let mut checks = Vec::new();
-    let mut check = |what: &str, want: bool, got: bool| {
-        println!("  {:<58} {}", what, if got == want { "ok" } else { "UNEXPECTED" });
-        checks.push(Check { what: what.to_owned(), want, got });
-    };
+    let mut checks = Checks::default();
+    policy_v1(&t, &addrs, &mut checks, stop)?;
+    let stream = stream_across_a_reload(args, &t, &daemon, &v2, &mut checks, stop)?;
+    policy_v2(&t, &addrs, &mut checks, stop)?;
 
+    let explain = daemon
+        .ctl(&json!({"cmd": "explain", "flow": format!("tcp {}:40000 -> {}", CLIENT.ip, addrs.db_tcp)}))?;
+    let final_stats = stats(&daemon)?;
+    let status = daemon.stop()?;
+    if !status.success() {
+        bail!("margay run exited with {status}:\n{}", daemon.log_text());
+    }
+    servers_stop.store(true, Ordering::Relaxed);
+    let _ = iperf_server.kill();
+    let _ = iperf_server.wait();
+    for s in servers {
+        let _ = s.join();
+    }
+    let xdp_left = ["c0", "s1", "s2"].iter().any(|i| t.xdp_attached(i).unwrap_or(true));
+    checks.check("XDP detached after a clean stop (fail open)", false, xdp_left);
+    drop(t);
+    summary(&flows, &final_stats, &stream, &explain);
+    let failed: Vec<&Check> = checks.0.iter().filter(|c| c.got != c.want).collect();
+    if failed.is_empty() {
+        println!("\nAll {} checks passed.", checks.0.len());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for c in &failed {
+            eprintln!("check failed: {}", c.what);
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn policy_v1(t: &Topology, a: &Addrs, checks: &mut Checks, stop: &AtomicBool) -> anyhow::Result<()> {
     println!("\nPolicy v1: web takes TCP 80/5201 and ping from the client; db takes ping only");
     interrupted(stop)?;
-    check("ping client -> web (allowed)", true, netns::ping(&t, CLIENT.role, WEB.ip, 3)? == 3);
-    check("ping client -> db (allowed)", true, netns::ping(&t, CLIENT.role, DB.ip, 3)? == 3);
-    check(
+    checks.check("ping client -> web (allowed)", true, netns::ping(t, CLIENT.role, WEB.ip, 3)? == 3);
+    checks.check("ping client -> db (allowed)", true, netns::ping(t, CLIENT.role, DB.ip, 3)? == 3);
+    checks.check(
         "curl client -> web:80 (allowed)",
         true,
-        netns::curl(&t, CLIENT.role, &format!("http://{web_addr}/"), 3)? == Some(200),
+        netns::curl(t, CLIENT.role, &format!("http://{}/", a.web), 3)? == Some(200),
     );
-    check(
+    checks.check(
         "curl client -> db:5432 (denied)",
         false,
-        netns::curl(&t, CLIENT.role, &format!("http://{db_tcp}/"), 1)?.is_some(),
+        netns::curl(t, CLIENT.role, &format!("http://{}/", a.db_tcp), 1)?.is_some(),
     );
-    check(
+    checks.check(
         "udp client -> db:5353 (denied)",
         false,
-        netns::udp_probe(&t.ns(CLIENT.role), db_udp, 2, Duration::from_millis(300))? > 0,
+        netns::udp_probe(&t.ns(CLIENT.role), a.db_udp, 2, Duration::from_millis(300))? > 0,
     );
-    interrupted(stop)?;
+    interrupted(stop)
+}
 
+/// An iperf3 TCP stream to web, with policy v2 swapped in halfway.
+fn stream_across_a_reload(
+    args: &DemoArgs,
+    t: &Topology,
+    daemon: &DaemonProcess,
+    v2: &Path,
+    checks: &mut Checks,
+    stop: &AtomicBool,
+) -> anyhow::Result<Stream> {
     println!("\nAn iperf3 TCP stream to web:5201 for {} s; policy v2 is swapped in halfway", args.seconds);
-    let before = stats(&daemon)?;
+    let before = stats(daemon)?;
     let t0 = Instant::now();
     let iperf = t
         .cmd(CLIENT.role, "iperf3")
@@ -158,48 +225,39 @@ fn demo(args: &DemoArgs, work: &Path, stop: &Arc<AtomicBool>) -> anyhow::Result<
     );
     let out = iperf.wait_with_output()?;
     let secs = t0.elapsed().as_secs_f64();
-    let after = stats(&daemon)?;
+    let after = stats(daemon)?;
     let iperf_json: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     let gbps = iperf_json["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9;
     let iperf_ok = out.status.success() && iperf_json["error"].is_null();
     let packets =
         after["rx_packets"].as_u64().unwrap_or(0).saturating_sub(before["rx_packets"].as_u64().unwrap_or(0));
-    check("iperf3 stream survives the reload", true, iperf_ok);
+    checks.check("iperf3 stream survives the reload", true, iperf_ok);
     println!(
         "  iperf3: {gbps:.2} Gbit/s; Margay forwarded {packets} packets in {secs:.1} s ({:.0} packets/s)",
         packets as f64 / secs
     );
+    Ok(Stream { gbps, packets, secs, build_ms })
+}
 
+fn policy_v2(t: &Topology, a: &Addrs, checks: &mut Checks, stop: &AtomicBool) -> anyhow::Result<()> {
     println!("\nPolicy v2: web no longer answers pings; db takes UDP 5353 from the client");
     interrupted(stop)?;
-    check("ping client -> web (now denied)", false, netns::ping(&t, CLIENT.role, WEB.ip, 2)? > 0);
-    check(
+    checks.check("ping client -> web (now denied)", false, netns::ping(t, CLIENT.role, WEB.ip, 2)? > 0);
+    checks.check(
         "udp client -> db:5353 (now allowed)",
         true,
-        netns::udp_probe(&t.ns(CLIENT.role), db_udp, 3, Duration::from_millis(500))? == 3,
+        netns::udp_probe(&t.ns(CLIENT.role), a.db_udp, 3, Duration::from_millis(500))? == 3,
     );
-    check(
+    checks.check(
         "curl client -> web:80 (still allowed)",
         true,
-        netns::curl(&t, CLIENT.role, &format!("http://{web_addr}/"), 3)? == Some(200),
+        netns::curl(t, CLIENT.role, &format!("http://{}/", a.web), 3)? == Some(200),
     );
+    Ok(())
+}
 
-    let explain =
-        daemon.ctl(&json!({"cmd": "explain", "flow": format!("tcp {}:40000 -> {db_tcp}", CLIENT.ip)}))?;
-    let final_stats = stats(&daemon)?;
-    let status = daemon.stop()?;
-    if !status.success() {
-        bail!("margay run exited with {status}:\n{}", daemon.log_text());
-    }
-    servers_stop.store(true, Ordering::Relaxed);
-    let _ = iperf_server.kill();
-    let _ = iperf_server.wait();
-    for s in servers {
-        let _ = s.join();
-    }
-    let xdp_left = ["c0", "s1", "s2"].iter().any(|i| t.xdp_attached(i).unwrap_or(true));
-    check("XDP detached after a clean stop (fail open)", false, xdp_left);
-    let records: Vec<Value> = std::fs::read_to_string(&flows)
+fn summary(flows: &Path, final_stats: &Value, s: &Stream, explain: &Value) {
+    let records: Vec<Value> = std::fs::read_to_string(flows)
         .unwrap_or_default()
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
@@ -210,8 +268,6 @@ fn demo(args: &DemoArgs, work: &Path, stop: &Arc<AtomicBool>) -> anyhow::Result<
         .filter(|r| r["action"] == "deny" && r["reason"] == "policy")
         .map(|r| r["flows_started"].as_u64().unwrap_or(0))
         .sum();
-    drop(t);
-
     println!("\nSummary");
     println!("  flows allowed (start records)      {allowed}");
     println!("  flows denied by policy             {denied}");
@@ -221,10 +277,11 @@ fn demo(args: &DemoArgs, work: &Path, stop: &Arc<AtomicBool>) -> anyhow::Result<
     );
     println!("  drops by reason                    {}", final_stats["drops"]);
     println!(
-        "  throughput under iperf3            {:.0} packets/s ({gbps:.2} Gbit/s, veth copy mode)",
-        packets as f64 / secs
+        "  throughput under iperf3            {:.0} packets/s ({:.2} Gbit/s, veth copy mode)",
+        s.packets as f64 / s.secs,
+        s.gbps
     );
-    println!("  policy reload                      {build_ms:.2} ms, no connection lost");
+    println!("  policy reload                      {:.2} ms, no connection lost", s.build_ms);
     println!("  flow records written               {}", records.len());
     println!(
         "  explain tcp client -> db:5432      {} (ingress: tier '{}', policy '{}')",
@@ -233,14 +290,4 @@ fn demo(args: &DemoArgs, work: &Path, stop: &Arc<AtomicBool>) -> anyhow::Result<
         explain["decision"]["ingress"]["policy"].as_str().unwrap_or("?")
     );
     println!("  namespaces removed                 yes");
-    let failed: Vec<&Check> = checks.iter().filter(|c| c.got != c.want).collect();
-    if failed.is_empty() {
-        println!("\nAll {} checks passed.", checks.len());
-        Ok(ExitCode::SUCCESS)
-    } else {
-        for c in &failed {
-            eprintln!("check failed: {}", c.what);
-        }
-        Ok(ExitCode::FAILURE)
-    }
 }
