@@ -51,6 +51,11 @@ impl DaemonConfig {
                 quoted(&name(n.interface))
             )?;
         }
+        self.write_sections(o)
+    }
+
+    /// `[conntrack]`, `[flow_logs]` and `[daemon]`.
+    fn write_sections(&self, o: &mut String) -> std::fmt::Result {
         let c = &self.conntrack;
         writeln!(
             o,

@@ -130,8 +130,47 @@ pub(super) fn run(args: &ClassbenchArgs) -> anyhow::Result<ExitCode> {
     let classifier =
         Classifier::build_with(&rules, &args.tuning.params()).context("building the classifier")?;
     let build_ms = started.elapsed().as_secs_f64() * 1e3;
-
     let keys: Vec<Key> = trace.iter().map(|t| t.key).collect();
+    let (out, mlookups_per_s) = classify_all(args, &classifier, &keys);
+    let (mismatches, unchecked, first_mismatches) = compare(&trace, &out);
+    let cost = args.cost.then(|| average_cost(&classifier, &trace));
+    let stats = classifier.stats();
+    let report = Report {
+        rules: rules.len(),
+        tuples: trace.len(),
+        mismatches,
+        unchecked,
+        build_ms,
+        memory_bytes: classifier.memory_bytes(),
+        mlookups_per_s,
+        trees: stats.trees,
+        rules_per_tree: stats.rules_per_tree.clone(),
+        best_rule_per_tree: stats.best_rule_per_tree.clone(),
+        worst_rule_per_tree: stats.worst_rule_per_tree.clone(),
+        max_depth: stats.max_depth,
+        max_leaf: stats.max_leaf,
+        batch: args.batch,
+        passes: args.passes,
+        cost,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_report(&report);
+    }
+    for m in &first_mismatches {
+        eprintln!("mismatch: {m}");
+    }
+    Ok(if mismatches == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Classifies every key `args.passes` times, as asked (batches or one at a time); the answers
+/// and the rate in M lookups/s.
+fn classify_all(
+    args: &ClassbenchArgs,
+    classifier: &Classifier<5>,
+    keys: &[Key],
+) -> (Vec<Option<RuleId>>, f64) {
     let mut out = vec![None::<RuleId>; keys.len()];
     let batch = args.batch as usize;
     let started = Instant::now();
@@ -148,86 +187,62 @@ pub(super) fn run(args: &ClassbenchArgs) -> anyhow::Result<ExitCode> {
     }
     let secs = started.elapsed().as_secs_f64();
     let lookups = keys.len() as f64 * f64::from(args.passes);
+    (out, if secs > 0.0 { lookups / secs / 1e6 } else { 0.0 })
+}
 
-    let mut mismatches = 0;
-    let mut unchecked = 0;
-    let mut first_mismatches = Vec::new();
-    for (i, (t, got)) in trace.iter().zip(&out).enumerate() {
+/// Mismatches against the trace's expected answers, tuples without one, and the first five
+/// mismatches described.
+fn compare(trace: &[classbench::TraceEntry], out: &[Option<RuleId>]) -> (usize, usize, Vec<String>) {
+    let (mut mismatches, mut unchecked, mut first) = (0, 0, Vec::new());
+    for (i, (t, got)) in trace.iter().zip(out).enumerate() {
         match t.expected {
             None => unchecked += 1,
             Some(e) if Some(e) != *got => {
                 mismatches += 1;
-                if first_mismatches.len() < 5 {
-                    first_mismatches.push(format!(
-                        "tuple {} {:?}: expected rule {e}, got {got:?}",
-                        i + 1,
-                        t.key
-                    ));
+                if first.len() < 5 {
+                    first.push(format!("tuple {} {:?}: expected rule {e}, got {got:?}", i + 1, t.key));
                 }
             }
             Some(_) => {}
         }
     }
+    (mismatches, unchecked, first)
+}
 
-    let cost = args.cost.then(|| {
-        let (mut trees, mut steps, mut rules) = (0u64, 0u64, 0u64);
-        for t in &trace {
-            let (_, c) = classifier.classify_with_cost(&t.key);
-            trees += u64::from(c.trees);
-            steps += u64::from(c.steps);
-            rules += u64::from(c.rules);
-        }
-        let n = trace.len().max(1) as f64;
-        CostReport { trees: trees as f64 / n, steps: steps as f64 / n, rules: rules as f64 / n }
-    });
-    let stats = classifier.stats();
-    let report = Report {
-        rules: rules.len(),
-        tuples: trace.len(),
-        mismatches,
-        unchecked,
-        build_ms,
-        memory_bytes: classifier.memory_bytes(),
-        mlookups_per_s: if secs > 0.0 { lookups / secs / 1e6 } else { 0.0 },
-        trees: stats.trees,
-        rules_per_tree: stats.rules_per_tree.clone(),
-        best_rule_per_tree: stats.best_rule_per_tree.clone(),
-        worst_rule_per_tree: stats.worst_rule_per_tree.clone(),
-        max_depth: stats.max_depth,
-        max_leaf: stats.max_leaf,
-        batch: args.batch,
-        passes: args.passes,
-        cost,
-    };
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        println!("rules         {}", report.rules);
-        println!("tuples        {} ({} unchecked: no expected column)", report.tuples, report.unchecked);
-        println!("mismatches    {}", report.mismatches);
-        println!("build         {:.1} ms", report.build_ms);
-        println!(
-            "memory        {} bytes ({:.2} MiB)",
-            report.memory_bytes,
-            report.memory_bytes as f64 / 1048576.0
-        );
-        println!(
-            "structure     {} trees {:?}, depth <= {}, leaf <= {}",
-            report.trees, report.rules_per_tree, report.max_depth, report.max_leaf
-        );
-        println!(
-            "lookup        {:.2} M lookups/s (1 core, batch {}, {} passes)",
-            report.mlookups_per_s, report.batch, report.passes
-        );
-        if let Some(c) = &report.cost {
-            println!(
-                "per lookup    {:.2} trees walked, {:.2} cut steps, {:.2} leaf rules compared",
-                c.trees, c.steps, c.rules
-            );
-        }
+fn average_cost(classifier: &Classifier<5>, trace: &[classbench::TraceEntry]) -> CostReport {
+    let (mut trees, mut steps, mut rules) = (0u64, 0u64, 0u64);
+    for t in trace {
+        let (_, c) = classifier.classify_with_cost(&t.key);
+        trees += u64::from(c.trees);
+        steps += u64::from(c.steps);
+        rules += u64::from(c.rules);
     }
-    for m in &first_mismatches {
-        eprintln!("mismatch: {m}");
+    let n = trace.len().max(1) as f64;
+    CostReport { trees: trees as f64 / n, steps: steps as f64 / n, rules: rules as f64 / n }
+}
+
+fn print_report(report: &Report) {
+    println!("rules         {}", report.rules);
+    println!("tuples        {} ({} unchecked: no expected column)", report.tuples, report.unchecked);
+    println!("mismatches    {}", report.mismatches);
+    println!("build         {:.1} ms", report.build_ms);
+    println!(
+        "memory        {} bytes ({:.2} MiB)",
+        report.memory_bytes,
+        report.memory_bytes as f64 / 1048576.0
+    );
+    println!(
+        "structure     {} trees {:?}, depth <= {}, leaf <= {}",
+        report.trees, report.rules_per_tree, report.max_depth, report.max_leaf
+    );
+    println!(
+        "lookup        {:.2} M lookups/s (1 core, batch {}, {} passes)",
+        report.mlookups_per_s, report.batch, report.passes
+    );
+    if let Some(c) = &report.cost {
+        println!(
+            "per lookup    {:.2} trees walked, {:.2} cut steps, {:.2} leaf rules compared",
+            c.trees, c.steps, c.rules
+        );
     }
-    Ok(if mismatches == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
