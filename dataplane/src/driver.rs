@@ -11,7 +11,7 @@
 use std::io;
 
 use crate::io::{Disposition, MAX_BURST, PacketIo};
-use crate::pipeline::{Outcome, Pipeline};
+use crate::pipeline::Pipeline;
 
 /// Which frames of a burst this pipeline takes.
 pub trait Steer {
@@ -36,11 +36,10 @@ impl Steer for All {
     }
 }
 
-/// The loop's state: the burst size and the outcome slots, made once.
+/// The loop's state: the burst size, and where a steered burst's frames came from (made once).
 #[derive(Debug)]
 pub struct Driver {
     batch: usize,
-    outcomes: Box<[Outcome; MAX_BURST]>,
     /// Where each owned frame came from, while the owned frames stand at the front.
     moved: Box<[u16; MAX_BURST]>,
 }
@@ -48,11 +47,7 @@ pub struct Driver {
 impl Driver {
     /// A driver asking for bursts of `batch` frames (at most [`MAX_BURST`]).
     pub fn new(batch: usize) -> Driver {
-        Driver {
-            batch: batch.clamp(1, MAX_BURST),
-            outcomes: Box::new([Outcome::Drop(crate::counters::Drop::Invalid); MAX_BURST]),
-            moved: Box::new([0; MAX_BURST]),
-        }
+        Driver { batch: batch.clamp(1, MAX_BURST), moved: Box::new([0; MAX_BURST]) }
     }
 
     /// Frames asked for per burst.
@@ -70,14 +65,12 @@ impl Driver {
         pipeline: &mut Pipeline,
         steer: &mut S,
     ) -> io::Result<Option<usize>> {
-        let (outcomes, moved) = (&mut *self.outcomes, &mut *self.moved);
+        let moved = &mut *self.moved;
         io.burst(self.batch, |now, frames, disp| {
-            let n = frames.len().min(MAX_BURST);
+            let n = frames.len().min(disp.len()).min(MAX_BURST);
             if S::TAKES_ALL {
-                pipeline.process(now, &mut frames[..n], &mut outcomes[..n]);
-                for (d, o) in disp.iter_mut().zip(outcomes[..n].iter()) {
-                    *d = o.disposition();
-                }
+                // The pipeline writes each frame's disposition itself.
+                pipeline.process(now, &mut frames[..n], &mut disp[..n]);
                 return;
             }
             // The owned frames to the front, in order, remembering where each came from.
@@ -89,10 +82,8 @@ impl Driver {
                     k += 1;
                 }
             }
-            pipeline.process(now, &mut frames[..k], &mut outcomes[..k]);
-            for (j, d) in disp.iter_mut().enumerate().take(n) {
-                *d = if j < k { outcomes[j].disposition() } else { Disposition::Recycle };
-            }
+            pipeline.process(now, &mut frames[..k], &mut disp[..k]);
+            disp[k..n].fill(Disposition::Recycle);
             // Undo the moves, last first, so every frame and its disposition are back in place.
             for j in (0..k).rev() {
                 let i = usize::from(moved[j]);

@@ -21,26 +21,38 @@ pub enum Advance {
 /// one: a TCP segment that is neither a SYN nor, with `tcp_pickup`, a plain ACK; an ICMP
 /// message other than an echo request.
 #[inline]
-pub fn opening(proto: u8, tcp_flags: u8, icmp: Option<IcmpKind>, tcp_pickup: bool) -> Option<State> {
+pub fn opening(
+    proto: u8,
+    tcp_flags: u8,
+    icmp: impl FnOnce() -> Option<IcmpKind>,
+    tcp_pickup: bool,
+) -> Option<State> {
     match proto {
         PROTO_TCP if tcp::opens(tcp_flags) => Some(State::TcpSynSent),
         PROTO_TCP if tcp_pickup && tcp::picks_up(tcp_flags) => Some(State::TcpEstablished),
         PROTO_TCP => None,
         PROTO_UDP => Some(State::Udp),
-        PROTO_ICMP | PROTO_ICMPV6 if icmp == Some(IcmpKind::EchoRequest) => Some(State::Icmp),
-        PROTO_ICMP | PROTO_ICMPV6 => None,
+        PROTO_ICMP | PROTO_ICMPV6 => (icmp() == Some(IcmpKind::EchoRequest)).then_some(State::Icmp),
         _ => Some(State::Generic),
     }
 }
 
 impl Entry {
     /// Moves the entry's state for a packet of its flow going the original direction or not
-    /// (`from_orig`), with these TCP flags and acknowledgement number (TCP) or ICMP kind.
+    /// (`from_orig`), with these TCP flags and acknowledgement number (TCP) or ICMP kind (asked
+    /// only of an ICMP flow's packet: most packets never need it).
     #[inline(always)]
-    pub fn advance(&mut self, from_orig: bool, tcp_flags: u8, ack: u32, icmp: Option<IcmpKind>) -> Advance {
+    pub fn advance(
+        &mut self,
+        from_orig: bool,
+        tcp_flags: u8,
+        ack: u32,
+        icmp: impl FnOnce() -> Option<IcmpKind>,
+    ) -> Advance {
         let valid = match self.state() {
             State::Udp | State::Generic => true,
             State::Icmp => {
+                let icmp = icmp();
                 (from_orig && icmp == Some(IcmpKind::EchoRequest))
                     || (!from_orig && icmp == Some(IcmpKind::EchoReply))
             }

@@ -72,22 +72,29 @@ pub enum Clock {
 
 /// Frame buffers of the in-memory and pcap backends: made once, each with room for a 2 KiB
 /// frame, and reused by every burst.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Buffers {
     bufs: Vec<Vec<u8>>,
-    disp: Vec<Disposition>,
+    disp: [Disposition; MAX_BURST],
+}
+
+impl Default for Buffers {
+    fn default() -> Self {
+        Buffers { bufs: Vec::new(), disp: [Disposition::Drop; MAX_BURST] }
+    }
 }
 
 impl Buffers {
     /// `n` buffers (their old contents, to be overwritten) and `n` dispositions preset to
-    /// `Drop`.
+    /// `Drop` (`n` at most [`MAX_BURST`]).
     fn take(&mut self, n: usize) -> (&mut [Vec<u8>], &mut [Disposition]) {
+        let n = n.min(MAX_BURST);
         while self.bufs.len() < n {
             self.bufs.push(Vec::with_capacity(2048));
         }
-        self.disp.clear();
-        self.disp.resize(n, Disposition::Drop);
-        (&mut self.bufs[..n], &mut self.disp)
+        let disp = &mut self.disp[..n];
+        disp.fill(Disposition::Drop);
+        (&mut self.bufs[..n], disp)
     }
 }
 
@@ -183,15 +190,21 @@ impl PacketIo for MemIo {
         }
         self.remaining -= n as u64;
         process(now, bufs, disp);
-        for (f, d) in bufs.iter().zip(disp.iter()) {
+        for d in disp.iter() {
             if let Disposition::Forward(i) = *d {
-                let i = usize::from(i);
-                if self.sent.len() <= i {
-                    self.sent.resize(i + 1, 0);
+                match self.sent.get_mut(usize::from(i)) {
+                    Some(c) => *c += 1,
+                    None => {
+                        self.sent.resize(usize::from(i) + 1, 0);
+                        self.sent[usize::from(i)] = 1;
+                    }
                 }
-                self.sent[i] += 1;
-                if let Some(k) = &mut self.kept {
-                    k.push((i as u16, f.clone()));
+            }
+        }
+        if let Some(k) = &mut self.kept {
+            for (f, d) in bufs.iter().zip(disp.iter()) {
+                if let Disposition::Forward(i) = *d {
+                    k.push((i, f.clone()));
                 }
             }
         }

@@ -52,11 +52,11 @@ pub enum Outcome {
     Drop(Drop),
 }
 
-impl Outcome {
+impl From<Outcome> for Disposition {
     /// What the I/O layer does with the frame.
     #[inline(always)]
-    pub fn disposition(self) -> Disposition {
-        match self {
+    fn from(o: Outcome) -> Disposition {
+        match o {
             Outcome::Forward(port) => Disposition::Forward(port),
             Outcome::Drop(_) => Disposition::Drop,
         }
@@ -206,8 +206,12 @@ impl Pipeline {
 
     /// Decides every frame of `frames` (rewriting forwarded ones in place) into the same
     /// position of `out`, at time `now` (ns). Only the first `out.len()` frames are processed
-    /// when `out` is shorter.
-    pub fn process<F: AsMut<[u8]>>(&mut self, now: u64, frames: &mut [F], out: &mut [Outcome]) {
+    /// when `out` is shorter. `out` holds [`Outcome`]s, or anything made from one: the
+    /// driver has the I/O layer's [`Disposition`]s written straight, with no pass of its own.
+    /// Not inlined into its caller (the driver's closure inside a backend): inlined there,
+    /// established/1k read 11% slower for 1.7% more instructions.
+    #[inline(never)]
+    pub fn process<F: AsMut<[u8]>, O: From<Outcome>>(&mut self, now: u64, frames: &mut [F], out: &mut [O]) {
         // Frames without an outcome slot are left untouched (and not counted as received).
         let n = frames.len().min(out.len());
         let (frames, out) = (&mut frames[..n], &mut out[..n]);
@@ -217,7 +221,7 @@ impl Pipeline {
         }
     }
 
-    fn burst<F: AsMut<[u8]>>(&mut self, now: u64, frames: &mut [F], out: &mut [Outcome]) {
+    fn burst<F: AsMut<[u8]>, O: From<Outcome>>(&mut self, now: u64, frames: &mut [F], out: &mut [O]) {
         self.passes.start();
         // Taken out of `self` for the burst, so the parsed packets are borrowed, not copied:
         // each frame is parsed straight into its slot.
@@ -230,7 +234,7 @@ impl Pipeline {
             self.acct.counters.rx_bytes += frame.len() as u64;
             let lookup = match wire::parse_into(frame, p) {
                 Ok(()) if self.forward_only => {
-                    *o = self.route(now, frame, p);
+                    *o = self.route(now, frame, p).into();
                     None
                 }
                 Ok(()) => {
@@ -240,7 +244,7 @@ impl Pipeline {
                     Some(Lookup { key, a_to_b, hash, hint: Hint::NONE })
                 }
                 Err(m) => {
-                    *o = self.acct.drop(Drop::Malformed(m));
+                    *o = self.acct.drop(Drop::Malformed(m)).into();
                     None
                 }
             };
@@ -254,7 +258,7 @@ impl Pipeline {
         self.passes.lap(1);
         for (i, l) in lookups.iter().enumerate() {
             if let Some(l) = l {
-                out[i] = self.packet(now, frames[i].as_mut(), &parsed[i], l);
+                out[i] = self.packet(now, frames[i].as_mut(), &parsed[i], l).into();
             }
         }
         self.passes.lap(2);

@@ -66,7 +66,7 @@ impl Pipeline {
             e = self.table.get_mut(i);
         }
         let from_orig = e.from_orig(l.a_to_b);
-        match e.advance(from_orig, p.l4.flags, p.l4.ack, p.icmp_kind()) {
+        match e.advance(from_orig, p.l4.flags, p.l4.ack, || p.icmp_kind()) {
             Advance::Valid => {}
             Advance::Reopen => {
                 let acct = &mut self.acct;
@@ -97,7 +97,8 @@ impl Pipeline {
 
     /// A packet of an untracked flow: if it may open one and the policy allows it, track it.
     fn open(&mut self, now: u64, p: &Packet, l: &Lookup, len: usize) -> Result<(), Drop> {
-        let Some(state) = crate::conntrack::opening(p.l4.proto, p.l4.flags, p.icmp_kind(), self.tcp_pickup)
+        let Some(state) =
+            crate::conntrack::opening(p.l4.proto, p.l4.flags, || p.icmp_kind(), self.tcp_pickup)
         else {
             return Err(self.drop_logged(now, p, Drop::Invalid, None, len));
         };

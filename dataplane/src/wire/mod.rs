@@ -286,7 +286,7 @@ pub fn parse(frame: &[u8]) -> Result<Packet, Malformed> {
 /// whatever was parsed before it). The packet path parses each frame straight into its burst
 /// slot this way, so a parse result (about 150 bytes) is never moved. The outer headers are
 /// parsed inline; only an ICMP error's quoted header takes a call.
-#[inline]
+#[inline(always)]
 pub fn parse_into(frame: &[u8], p: &mut Packet) -> Result<(), Malformed> {
     let b = Bytes(frame);
     let mut ethertype = b.u16(12, Layer::Ethernet)?;
@@ -481,7 +481,7 @@ pub fn set_ipv4_checksum(ip: &mut [u8]) {
 }
 
 /// [`checksum`] of an option-less IPv4 header, unrolled.
-#[inline]
+#[inline(always)]
 fn checksum20(h: &[u8; 20]) -> u16 {
     let w = |i: usize| u64::from(u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
     let mut sum = w(0) + w(4) + w(8) + w(12) + w(16);
