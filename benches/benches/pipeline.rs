@@ -494,7 +494,7 @@ fn main() {
             let policy = compile();
             let mut live = flows(&triples, case.live, 0);
             let warm = MemIo::cycle(live.clone(), live.len() as u64, 1);
-            // The table commits its memory when it is made (docs/conntrack.md): resident
+            // The table commits its memory when it is made (docs/design/conntrack.md): resident
             // memory is measured from before that to after the live flows are in.
             let rss0 = rss_bytes();
             let mut p = Pipeline::new(&config(capacity, case.huge_pages), policy, 99 + rep as u64);

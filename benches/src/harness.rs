@@ -13,7 +13,7 @@
 //!
 //! Cores: the generator and the sink's receive work on `--gen-core`; everything the DUT does
 //! (threaded NAPI of its veths, Margay's worker, testpmd's forwarding lcore) on `--dut-core`.
-//! The figure is what the sink counted per second while packets arrived. docs/harness.md
+//! The figure is what the sink counted per second while packets arrived. docs/design/harness.md
 //! describes the method and its limits.
 
 use std::fmt::Write as _;

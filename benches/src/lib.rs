@@ -10,7 +10,7 @@
 //!
 //! - `benches/throughput.rs` ([`harness`]): Margay side by side with Linux forwarding, nftables
 //!   and DPDK testpmd over veth, with a table, a plot and JSON. `benches/topology.sh` builds
-//!   its namespaces. Needs root. docs/harness.md.
+//!   its namespaces. Needs root. docs/design/harness.md.
 //!
 //! This library holds what the benchmarks share: finding the ClassBench data, and generators.
 

@@ -1,6 +1,6 @@
 //! Margay's configuration schemas.
 //!
-//! Two-stage configuration (see `docs/architecture.md`): raw serde structs with
+//! Two-stage configuration (see `docs/design/architecture.md`): raw serde structs with
 //! `deny_unknown_fields`, then validated types; nothing past this crate sees raw TOML.
 //!
 //! - [`selector`]: the label-selector language.

@@ -1,4 +1,4 @@
-//! Label selectors: the Calico subset of `../shared/design/POLICY.md`.
+//! Label selectors: the Calico subset of `docs/design/policy-contract.md`.
 //!
 //! Grammar, loosest binding first:
 //!

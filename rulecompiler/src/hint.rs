@@ -4,7 +4,7 @@
 //! Why it is here: the batch lookup's speed on traffic without locality is memory-level
 //! parallelism. Without an explicit hint, a mispredicted branch in one key's leaf scan flushes
 //! the loads already issued for the next keys; a prefetch issued before it still completes.
-//! Measured in `docs/classifier.md` ("Prefetching"). Stable Rust has no safe prefetch
+//! Measured in `docs/design/classifier.md` ("Prefetching"). Stable Rust has no safe prefetch
 //! (`core::intrinsics::prefetch_read_data` is unstable), hence this wrapper.
 
 /// Hints the CPU to bring the cache line holding `value` into L1. Never faults, never changes

@@ -38,7 +38,7 @@ pub struct ClassbenchArgs {
     tuning: TuningArgs,
 }
 
-/// Classifier builder knobs (defaults are the measured best; see docs/classifier.md).
+/// Classifier builder knobs (defaults are the measured best; see docs/design/classifier.md).
 #[derive(Debug, clap::Args)]
 #[command(next_help_heading = "Classifier tuning")]
 pub struct TuningArgs {

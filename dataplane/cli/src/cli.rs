@@ -51,7 +51,7 @@ enum Command {
     /// Run the node daemon: XDP on every configured interface, AF_XDP workers, the control
     /// socket, flow logs and metrics, until SIGINT or SIGTERM (SIGHUP reloads the policy).
     #[command(
-        after_help = "Example:\n  margay run --config /etc/margay/node.toml\nSee docs/daemon.md for the config file and operations."
+        after_help = "Example:\n  margay run --config /etc/margay/node.toml\nSee docs/guide/node-config.md (the config file) and docs/guide/operations.md."
     )]
     Run(run::RunArgs),
     /// Talk to a running daemon over its control socket (reload, stats, flows, explain, config).

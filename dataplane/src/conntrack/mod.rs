@@ -1,6 +1,6 @@
 //! Connection tracking: one normalised entry per connection, serving both directions.
 //!
-//! The table is hand-written (docs/conntrack.md says why): a slab of fixed-size [`Entry`]s and
+//! The table is hand-written (docs/design/conntrack.md says why): a slab of fixed-size [`Entry`]s and
 //! an open-addressing index of 8-byte slots (a 32-bit hash tag and the entry's slab index),
 //! linear probing at a load of at most one half, backward-shift deletion (no tombstones), a
 //! keyed hash (a random seed per table, against collision floods) and a prefetch by hash so a

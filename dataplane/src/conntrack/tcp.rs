@@ -3,7 +3,7 @@
 //! Modelled on Linux's `nf_conntrack_proto_tcp` without its window tracking: the handshake is
 //! checked (a SYN-ACK must acknowledge the SYN's sequence number + 1), the close is followed
 //! from either side, and a segment that fits no state is invalid (the caller drops and counts
-//! it). docs/conntrack.md has the table.
+//! it). docs/design/conntrack.md has the table.
 
 use super::State;
 use crate::wire::tcp_flags::{ACK, FIN, RST, SYN};

@@ -173,7 +173,7 @@ fn insert_find_remove() {
 /// The entry pass finds a key's entry in the one index line it prefetched for all but a few
 /// keys of a full table (the index at a load of one half): 99.3% expected with probes from
 /// the line's start, 94.5% from a home slot anywhere in it. A key it misses costs two
-/// dependent misses at 1M flows (docs/conntrack.md).
+/// dependent misses at 1M flows (docs/design/conntrack.md).
 #[test]
 fn a_full_tables_entries_are_found_in_their_home_line() {
     const N: u32 = 1 << 16;

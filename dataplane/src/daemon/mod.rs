@@ -5,7 +5,7 @@
 //! writer, the control socket's acceptor (and one short thread per client), the metrics HTTP
 //! server. The policy is compiled off the packet path and published to the workers through one
 //! atomic pointer swap ([`arc_swap::ArcSwap`]); each worker adopts the new version between two
-//! bursts. See docs/daemon.md.
+//! bursts. See docs/design/daemon.md.
 
 pub mod control;
 pub mod flowlog;
@@ -47,7 +47,7 @@ pub fn now_ns() -> u64 {
 /// Logs worker `q`'s conntrack table: its size, and how much of it the kernel put on
 /// transparent huge pages (a warning when huge pages were asked for and fewer than nine
 /// tenths of it got them: lookups at a million flows are slower on 4 KiB pages,
-/// docs/conntrack.md).
+/// docs/design/conntrack.md).
 fn log_table(q: u32, t: &crate::conntrack::Table, asked: bool) {
     let mb = |b: usize| (b as f64 / 1e6 * 10.0).round() / 10.0;
     let total = t.memory_bytes();

@@ -6,7 +6,7 @@
 //! the flow's previous record, so each packet is in exactly one record: a flow's totals are
 //! the sums over its records. Dropped traffic (denied by policy, invalid, table full, no
 //! route, TTL) is aggregated per 5-tuple and reason and written as `aggregate` records with
-//! action `deny` at each interval. docs/pipeline.md has the field reference.
+//! action `deny` at each interval. docs/guide/operations.md has the field reference.
 //!
 //! Records carry the epoch of the policy they were decided under and indexes into it, so
 //! making one neither allocates names nor touches a shared reference count; the writer
@@ -111,7 +111,7 @@ pub struct FlowRecord {
     /// made under), when the pipeline still held that version; [`PolicyVersions`] resolves it.
     /// An epoch rather than a reference: a counted reference per record cost every new flow a
     /// locked increment behind its table stores, and workers and the flow-log thread
-    /// contending for one counter (docs/daemon.md "Flow logs").
+    /// contending for one counter (docs/guide/operations.md, "The flow-log writer").
     pub policy_epoch: Option<u32>,
     /// The policy decision, when the policy was consulted.
     pub decision: Option<RecordDecision>,

@@ -7,7 +7,7 @@
 //! bounds-checked through `Bytes`; a short or inconsistent packet is a [`Malformed`] value,
 //! never a panic.
 //!
-//! Decisions (docs/pipeline.md): IPv4 non-first fragments are dropped (they carry no ports, so
+//! Decisions (docs/design/pipeline.md): IPv4 non-first fragments are dropped (they carry no ports, so
 //! neither conntrack nor policy can place them); a first fragment is parsed like any packet.
 //! IPv6 extension headers are walked up to [`MAX_EXT_HEADERS`]; an IPv6 fragment header with a
 //! nonzero offset is a non-first fragment. The IPv4 header checksum is verified; L4 checksums

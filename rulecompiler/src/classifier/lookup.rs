@@ -62,7 +62,7 @@ impl<const D: usize, T> Classifier<D, T> {
     /// prefetch it, then load the children. Then every key's leaf is prefetched and scanned.
     /// The later trees are small and most keys skip them (their best rule cannot beat the
     /// match found), so each key finishes them on its own, as [`Classifier::classify`] does:
-    /// lockstep bookkeeping there cost more than it saved (measured in `docs/classifier.md`).
+    /// lockstep bookkeeping there cost more than it saved (measured in `docs/design/classifier.md`).
     fn classify_group(&self, keys: &[[u32; D]], out: &mut [Option<RuleId>]) {
         let n = keys.len();
         let Some((first, rest)) = self.trees.split_first() else {

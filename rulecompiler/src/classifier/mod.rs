@@ -12,7 +12,7 @@
 //! A rule sits in a tree only where every cut on its path leaves it whole; a rule that a cut
 //! would split is deferred to the next tree. Lookup walks the trees in order of their best rule
 //! and stops once no later tree can hold a better match. The design and its measurements are
-//! in `docs/classifier.md`.
+//! in `docs/design/classifier.md`.
 //!
 //! The structure is immutable once built (`Send + Sync`, no interior mutability), so the
 //! dataplane can publish it behind an atomic pointer and swap it whole.
@@ -30,7 +30,7 @@ pub const MAX_CUT_BITS: u32 = 16;
 /// Keys classified together by [`Classifier::classify_batch`] before moving to the next tree.
 pub const BATCH_WIDTH: usize = 16;
 
-/// Tuning knobs of the builder. The defaults are what `docs/classifier.md` measured best on
+/// Tuning knobs of the builder. The defaults are what `docs/design/classifier.md` measured best on
 /// the ClassBench sets; they are not part of the lookup contract.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BuildParams {

@@ -51,7 +51,7 @@ pub const MAX_CLASSIFIER_RULES: usize = 1 << 23;
 /// The builder's knobs for a policy's classifiers: leaves of at most 8 rules, and nodes of
 /// more than 8 rules may defer the rules a cut would split to a later tree.
 ///
-/// The defaults (32 and 32) were measured best on the ClassBench sets (`docs/classifier.md`).
+/// The defaults (32 and 32) were measured best on the ClassBench sets (`docs/design/classifier.md`).
 /// A lowered policy is shaped differently: besides rules an address cut separates well, it
 /// holds rules that are wide in every field but one (a port rule for every endpoint, the
 /// tier sentinels) and feed prefixes that the endpoints' cuts split. With the defaults these

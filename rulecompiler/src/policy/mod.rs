@@ -1,6 +1,6 @@
 //! Policies (`margay_config::policy`) evaluated on flows.
 //!
-//! - [`reference`]: the plain evaluator of `../shared/design/POLICY.md`, the oracle for the
+//! - [`reference`]: the plain evaluator of `docs/design/policy-contract.md`, the oracle for the
 //!   compiled policy (the compiler, which lowers policies to classifier rules, comes next).
 //!
 //! A [`Flow`] is what the first packet of a connection says: protocol, addresses, ports (TCP,

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 
 use margay_rulecompiler::classifier::{FieldRange, Rule, RuleId};
 
-/// The ClassBench folder: `$MARGAY_CLASSBENCH_DIR`, or `shared/classbench` beside the
-/// repository (where CI puts it), whether or not it is there.
+/// The ClassBench folder: `$MARGAY_CLASSBENCH_DIR`, or the data folder CI lays beside the
+/// repository, whether or not it is there.
 pub fn data_dir() -> PathBuf {
     std::env::var_os("MARGAY_CLASSBENCH_DIR")
         .map(PathBuf::from)
