@@ -52,31 +52,7 @@ pub struct ReplayArgs {
 
 /// Runs `margay replay`.
 pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
-    let config = DaemonConfig::load(&args.config)?;
-    if let Some(i) = config.interfaces.iter().find(|i| !i.mac_given) {
-        anyhow::bail!(
-            "{}: interface '{}' has no mac: a replay has no real interface to read it from, so give it in the config",
-            args.config.display(),
-            i.name
-        );
-    }
-    if !config.interfaces.iter().any(|i| i.name == args.in_interface) {
-        let names: Vec<&str> = config.interfaces.iter().map(|i| i.name.as_str()).collect();
-        anyhow::bail!(
-            "--in-interface {}: not an interface of {} (it has: {})",
-            args.in_interface,
-            args.config.display(),
-            if names.is_empty() { "none".to_owned() } else { names.join(", ") }
-        );
-    }
-    let policy_path = args
-        .policy
-        .clone()
-        .or_else(|| config.policy.clone())
-        .context("no policy: give --policy FILE or set `policy` in the config")?;
-    let set = PolicySet::load(&policy_path)?;
-    let compiled = CompiledPolicy::compile(&set).with_context(|| format!("{}", policy_path.display()))?;
-
+    let (config, compiled) = load(args)?;
     let mut flows = match &args.flows {
         Some(p) => Some(JsonLines::new(BufWriter::new(
             File::create(p).with_context(|| format!("{}: cannot create", p.display()))?,
@@ -102,6 +78,40 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     if let Some(f) = flows {
         f.into_inner()?;
     }
+    report(args, &pipeline, written, frames_out)
+}
+
+/// The node config, checked for a replay, and the policy compiled.
+fn load(args: &ReplayArgs) -> anyhow::Result<(DaemonConfig, CompiledPolicy)> {
+    let config = DaemonConfig::load(&args.config)?;
+    if let Some(i) = config.interfaces.iter().find(|i| !i.mac_given) {
+        anyhow::bail!(
+            "{}: interface '{}' has no mac: a replay has no real interface to read it from, so give it in the config",
+            args.config.display(),
+            i.name
+        );
+    }
+    if !config.interfaces.iter().any(|i| i.name == args.in_interface) {
+        let names: Vec<&str> = config.interfaces.iter().map(|i| i.name.as_str()).collect();
+        anyhow::bail!(
+            "--in-interface {}: not an interface of {} (it has: {})",
+            args.in_interface,
+            args.config.display(),
+            if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+        );
+    }
+    let policy_path = args
+        .policy
+        .clone()
+        .or_else(|| config.policy.clone())
+        .context("no policy: give --policy FILE or set `policy` in the config")?;
+    let set = PolicySet::load(&policy_path)?;
+    let compiled = CompiledPolicy::compile(&set).with_context(|| format!("{}", policy_path.display()))?;
+    Ok((config, compiled))
+}
+
+/// Prints the counters as asked: a line, every counter, or JSON.
+fn report(args: &ReplayArgs, pipeline: &Pipeline, written: u64, frames_out: u64) -> anyhow::Result<ExitCode> {
     let c = pipeline.counters();
     let live = pipeline.conntrack().len();
     let mut out = std::io::stdout().lock();
