@@ -7,6 +7,9 @@
 //!   atomics, summed when read), declared by [`Counters::SPECS`].
 //! - [`Drop`]: why a packet was dropped, the one drop-reason enum: one counter per reason
 //!   ([`Drop::ALL`]), and the reason flow records give ([`Drop::record_reason`]).
+//! - `counter_set!` declares the daemon's other counter sets the same way (the AF_XDP
+//!   sockets' `IoCounters` and `KernelCounters`, the workers' `Handoff`), from which the
+//!   per-worker `ctl stats` and the `margay_worker_*` metrics are derived.
 
 use serde_json::{Value, json};
 
@@ -149,6 +152,41 @@ impl Drop {
     }
 }
 
+/// Declares a plain set of counters (`u64` fields, each with its doc line as help text and
+/// its kind) with its `SPECS`, `values` and `add`: the daemon's I/O, kernel-socket and
+/// handoff counters, beside [`Counters`].
+macro_rules! counter_set {
+    ($(#[$meta:meta])* pub struct $name:ident { $( #[doc = $help:literal] $kind:ident $field:ident, )* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct $name {
+            $( #[doc = $help] pub $field: u64, )*
+        }
+
+        impl $name {
+            /// The declaration of every field, in field order.
+            pub const SPECS: &'static [$crate::counters::Spec] = &[
+                $( $crate::counters::Spec {
+                    name: stringify!($field),
+                    help: $help.trim_ascii(),
+                    kind: $crate::counters::Kind::$kind,
+                }, )*
+            ];
+
+            /// The values of `SPECS`, in the same order.
+            pub fn values(&self) -> impl Iterator<Item = (&'static $crate::counters::Spec, u64)> + '_ {
+                Self::SPECS.iter().zip([$(self.$field, )*])
+            }
+
+            /// Adds `other`'s counts into these.
+            pub fn add(&mut self, other: &$name) {
+                $( self.$field += other.$field; )*
+            }
+        }
+    };
+}
+pub(crate) use counter_set;
+
 /// Declares [`Counters`]: each field with its doc line (the help text) and kind, and
 /// [`Counters::SPECS`] from the same lines.
 macro_rules! counters {
@@ -253,6 +291,31 @@ mod tests {
         assert_eq!(Drop::Malformed(Malformed::NotIp).record_reason(), "invalid");
         assert_eq!(Drop::Denied.record_reason(), "policy");
         assert_eq!(Drop::NoRoute.record_reason(), "no-route");
+    }
+
+    counter_set! {
+        /// A set for the test.
+        pub struct Two {
+            /// First.
+            Counter one,
+            /// Second, a level.
+            Gauge two,
+        }
+    }
+
+    #[test]
+    fn a_counter_set_declares_its_fields_once() {
+        let mut t = Two { one: 1, two: 5 };
+        t.add(&Two { one: 2, two: 0 });
+        let got: Vec<(&str, &str, Kind, u64)> =
+            t.values().map(|(s, v)| (s.name, s.help, s.kind, v)).collect();
+        assert_eq!(got, [("one", "First.", Kind::Counter, 3), ("two", "Second, a level.", Kind::Gauge, 5)]);
+        assert_eq!(Two::SPECS[1].metric(), "margay_two");
+        let names: Vec<&str> = crate::io::afxdp::KernelCounters::SPECS.iter().map(|s| s.name).collect();
+        assert_eq!(
+            names,
+            ["kernel_rx_dropped", "kernel_rx_ring_full", "kernel_fill_ring_empty", "kernel_tx_invalid"]
+        );
     }
 
     #[test]

@@ -360,6 +360,8 @@ fn metrics_are_served_in_prometheus_text() {
         // From the counters' declarations, with their help text.
         "margay_rx_packets_total",
         "# HELP margay_tcp_picked_up_total",
+        "margay_worker_kernel_fill_ring_empty_total{worker=\"0\"}",
+        "# HELP margay_worker_handoff_full_total",
     ] {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }

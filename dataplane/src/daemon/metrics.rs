@@ -18,7 +18,9 @@ use metrics::{counter, describe_counter, gauge};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
 use super::Shared;
+use super::worker::Handoff;
 use crate::counters::{Counters, Drop, Kind};
+use crate::io::afxdp::{IoCounters, KernelCounters};
 
 /// Whether a recorder was installed (once per process).
 static INSTALLED: OnceLock<()> = OnceLock::new();
@@ -37,6 +39,9 @@ pub fn serve(addr: SocketAddr) -> anyhow::Result<()> {
         if spec.kind == Kind::Counter {
             describe_counter!(spec.metric(), spec.help);
         }
+    }
+    for spec in IoCounters::SPECS.iter().chain(KernelCounters::SPECS).chain(Handoff::SPECS) {
+        describe_counter!(format!("margay_worker_{}_total", spec.name), spec.help);
     }
     describe_counter!("margay_drops_total", "Packets dropped, by reason (see the reason's help in docs)");
     Ok(())
@@ -61,8 +66,9 @@ pub fn update(shared: &Shared) {
             .absolute(s.counters.rx_packets);
         counter!("margay_worker_tx_packets_total", "worker" => worker.clone())
             .absolute(s.counters.tx_packets);
-        counter!("margay_worker_tx_ring_full_total", "worker" => worker.clone()).absolute(s.io.tx_ring_full);
-        counter!("margay_worker_kernel_rx_dropped_total", "worker" => worker).absolute(s.kernel[0]);
+        for (spec, v) in s.io.values().chain(s.kernel.values()).chain(s.handoff.values()) {
+            counter!(format!("margay_worker_{}_total", spec.name), "worker" => worker.clone()).absolute(v);
+        }
     }
     counter!("margay_packets_total", "verdict" => "forwarded").absolute(total.tx_packets);
     counter!("margay_packets_total", "verdict" => "dropped").absolute(total.dropped());

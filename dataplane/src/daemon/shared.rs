@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use super::flowlog::FlowLogStats;
 use super::now_ns;
 use super::worker::{self, Request};
-use crate::io::afxdp::IoCounters;
+use crate::io::afxdp::{IoCounters, KernelCounters};
 use crate::pipeline::Counters;
 use crate::policy::PolicyVersion;
 
@@ -28,9 +28,8 @@ pub struct WorkerStats {
     pub counters: Counters,
     /// I/O counters.
     pub io: IoCounters,
-    /// The kernel's socket counters summed over ports: rx dropped, rx ring full, fill ring
-    /// empty, tx invalid.
-    pub kernel: [u64; 4],
+    /// The kernel's socket counters, summed over ports.
+    pub kernel: KernelCounters,
     /// Tracked flows.
     pub conntrack_entries: usize,
     /// Table capacity.
@@ -165,15 +164,17 @@ impl Shared {
         let (total, entries) = totals(&workers);
         let mut per_worker = Vec::new();
         for (i, s) in workers.iter().enumerate() {
-            per_worker.push(json!({
+            let mut w = json!({
                 "worker": i, "rx_packets": s.counters.rx_packets, "tx_packets": s.counters.tx_packets,
                 "dropped": s.counters.dropped(), "conntrack_entries": s.conntrack_entries,
                 "conntrack_capacity": s.conntrack_capacity, "epoch": s.epoch,
-                "tx_ring_full": s.io.tx_ring_full, "tx_no_frame": s.io.tx_no_frame,
-                "kernel_rx_dropped": s.kernel[0], "kernel_rx_ring_full": s.kernel[1],
-                "kernel_fill_ring_empty": s.kernel[2], "kernel_tx_invalid": s.kernel[3],
-                "handoff_out": s.handoff.out, "handoff_in": s.handoff.r#in, "handoff_full": s.handoff.full,
-            }));
+            });
+            if let Some(m) = w.as_object_mut() {
+                for (spec, v) in s.io.values().chain(s.kernel.values()).chain(s.handoff.values()) {
+                    m.insert(spec.name.to_owned(), json!(v));
+                }
+            }
+            per_worker.push(w);
         }
         let xdp: Vec<Value> = self
             .xdp

@@ -13,7 +13,7 @@ use super::control::FlowInfo;
 use super::{Shared, WorkerStats, now_ns};
 use crate::driver::{All, Driver, Steer};
 use crate::flowlog::FlowRecord;
-use crate::io::afxdp::XskIo;
+use crate::io::afxdp::{KernelCounters, XskIo};
 use crate::io::{Disposition, MAX_BURST, PacketIo};
 use crate::pipeline::{IDLE_AGE_BUDGET, Pipeline, flow_owner};
 
@@ -66,15 +66,16 @@ pub struct Worker {
     pub handoff: Handoff,
 }
 
-/// Frames steered between workers (see [`Worker::run`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Handoff {
-    /// Frames this worker received for flows another worker owns, and passed on.
-    pub out: u64,
-    /// Frames other workers passed to this one.
-    pub r#in: u64,
-    /// Frames dropped because the owner's queue was full.
-    pub full: u64,
+crate::counters::counter_set! {
+    /// Frames steered between workers (see [`Worker::run`]).
+    pub struct Handoff {
+        /// Frames this worker received for flows another worker owns, and passed on.
+        Counter handoff_out,
+        /// Frames other workers passed to this one.
+        Counter handoff_in,
+        /// Frames dropped because the owner's queue was full.
+        Counter handoff_full,
+    }
 }
 
 /// Depth of each worker's inbound handoff queue, and of the shared buffer pool per worker.
@@ -102,8 +103,8 @@ impl Steer for ToOwners<'_> {
         copy.clear();
         copy.extend_from_slice(frame);
         match self.queues.get(owner).map(|q| q.try_send(copy)) {
-            Some(Ok(())) => self.counts.out += 1,
-            _ => self.counts.full += 1,
+            Some(Ok(())) => self.counts.handoff_out += 1,
+            _ => self.counts.handoff_full += 1,
         }
         false
     }
@@ -133,7 +134,7 @@ impl PacketIo for Inbound<'_> {
         if n == 0 {
             return Ok(Some(0));
         }
-        self.counts.r#in += n as u64;
+        self.counts.handoff_in += n as u64;
         let mut disp = [Disposition::Drop; MAX_BURST];
         process(now_ns(), self.bufs, &mut disp[..n]);
         for (f, d) in self.bufs.drain(..).zip(disp.iter()) {
@@ -209,16 +210,12 @@ impl Worker {
     }
 
     fn publish(&self, shared: &Shared) {
-        let kernel = (0..self.io.ports()).filter_map(|p| self.io.kernel_counters(p).ok()).fold(
-            [0u64; 4],
-            |mut acc, (a, b, c, d)| {
-                acc[0] += a;
-                acc[1] += b;
-                acc[2] += c;
-                acc[3] += d;
-                acc
-            },
-        );
+        let mut kernel = KernelCounters::default();
+        for p in 0..self.io.ports() {
+            if let Ok(k) = self.io.kernel_counters(p) {
+                kernel.add(&k);
+            }
+        }
         let stats = WorkerStats {
             counters: self.pipeline.counters().clone(),
             io: self.io.counters(),

@@ -68,15 +68,30 @@ struct Port {
     pending_tx: Vec<FrameDesc>,
 }
 
-/// Counters of the I/O layer (not the pipeline's).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct IoCounters {
-    /// Frames forwarded but dropped because the egress tx ring was full.
-    pub tx_ring_full: u64,
-    /// Frames handed to `send_copy` that did not fit a UMEM frame or found none free.
-    pub tx_no_frame: u64,
-    /// Wakeups (sendto) issued for tx.
-    pub tx_wakeups: u64,
+crate::counters::counter_set! {
+    /// Counters of the I/O layer (not the pipeline's).
+    pub struct IoCounters {
+        /// Frames forwarded but dropped because the egress tx ring was full.
+        Counter tx_ring_full,
+        /// Frames handed to `send_copy` that did not fit a UMEM frame or found none free.
+        Counter tx_no_frame,
+        /// Wakeups (sendto) issued for tx.
+        Counter tx_wakeups,
+    }
+}
+
+crate::counters::counter_set! {
+    /// The kernel's counters of a worker's AF_XDP sockets (`XDP_STATISTICS`), summed over ports.
+    pub struct KernelCounters {
+        /// Frames the kernel dropped on receive (no room in the UMEM, or an invalid descriptor).
+        Counter kernel_rx_dropped,
+        /// Frames dropped because the rx ring was full: the worker did not keep up.
+        Counter kernel_rx_ring_full,
+        /// Times the fill ring was found empty: no free frame to receive into.
+        Counter kernel_fill_ring_empty,
+        /// Invalid descriptors on the tx ring.
+        Counter kernel_tx_invalid,
+    }
 }
 
 /// A frame of the burst being processed: its bytes, writable in place.
@@ -214,11 +229,15 @@ impl XskIo {
         self.counters
     }
 
-    /// The kernel's counters of port `port`'s socket: (rx dropped, rx ring full, rx fill ring
-    /// empty, tx invalid).
-    pub fn kernel_counters(&self, port: usize) -> io::Result<(u64, u64, u64, u64)> {
+    /// The kernel's counters of port `port`'s socket.
+    pub fn kernel_counters(&self, port: usize) -> io::Result<KernelCounters> {
         let s = self.ports[port].rx.fd().xdp_statistics()?;
-        Ok((s.rx_dropped(), s.rx_ring_full(), s.rx_fill_ring_empty_descs(), s.tx_invalid_descs()))
+        Ok(KernelCounters {
+            kernel_rx_dropped: s.rx_dropped(),
+            kernel_rx_ring_full: s.rx_ring_full(),
+            kernel_fill_ring_empty: s.rx_fill_ring_empty_descs(),
+            kernel_tx_invalid: s.tx_invalid_descs(),
+        })
     }
 
     fn refill(&mut self, p: usize) {
