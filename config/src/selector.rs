@@ -41,10 +41,11 @@ pub enum Selector {
     NotIn(String, BTreeSet<String>),
     /// `!selector`.
     Not(Box<Selector>),
-    /// `a && b`.
-    And(Box<Selector>, Box<Selector>),
-    /// `a || b`.
-    Or(Box<Selector>, Box<Selector>),
+    /// `a && b && ...`: a whole chain is one node (at least two terms), so a long chain is
+    /// as deep as one term, and evaluating, printing or dropping it recurses no deeper.
+    And(Vec<Selector>),
+    /// `a || b || ...`, the same way.
+    Or(Vec<Selector>),
 }
 
 /// A selector that does not parse: where (1-based column, in characters) and what.
@@ -60,6 +61,13 @@ pub struct SelectorError {
 impl Selector {
     /// Parses `text`.
     pub fn parse(text: &str) -> Result<Self, SelectorError> {
+        let len = text.chars().count();
+        if len > MAX_SELECTOR_LEN {
+            return Err(SelectorError {
+                column: MAX_SELECTOR_LEN + 1,
+                message: format!("selector of {len} characters: longer than {MAX_SELECTOR_LEN}"),
+            });
+        }
         let mut p = Parser { chars: text.chars().collect(), pos: 0, depth: 0 };
         p.skip_space();
         if p.at_end() {
@@ -83,8 +91,8 @@ impl Selector {
             Selector::In(k, set) => labels.get(k).is_some_and(|v| set.contains(v)),
             Selector::NotIn(k, set) => labels.get(k).is_none_or(|v| !set.contains(v)),
             Selector::Not(s) => !s.matches(labels),
-            Selector::And(a, b) => a.matches(labels) && b.matches(labels),
-            Selector::Or(a, b) => a.matches(labels) || b.matches(labels),
+            Selector::And(terms) => terms.iter().all(|t| t.matches(labels)),
+            Selector::Or(terms) => terms.iter().any(|t| t.matches(labels)),
         }
     }
 }
@@ -103,15 +111,33 @@ impl fmt::Display for Selector {
             Selector::In(k, s) => write!(f, "{k} in {{{}}}", set(s)),
             Selector::NotIn(k, s) => write!(f, "{k} not in {{{}}}", set(s)),
             Selector::Not(s) => write!(f, "!({s})"),
-            Selector::And(a, b) => write!(f, "({a} && {b})"),
-            Selector::Or(a, b) => write!(f, "({a} || {b})"),
+            Selector::And(terms) => chain(f, terms, " && "),
+            Selector::Or(terms) => chain(f, terms, " || "),
         }
     }
 }
 
+/// `(t1 OP t2 OP ...)`.
+fn chain(f: &mut fmt::Formatter<'_>, terms: &[Selector], op: &str) -> fmt::Result {
+    f.write_str("(")?;
+    for (i, t) in terms.iter().enumerate() {
+        if i > 0 {
+            f.write_str(op)?;
+        }
+        write!(f, "{t}")?;
+    }
+    f.write_str(")")
+}
+
 /// Deepest nesting of parentheses and `!` accepted: a bound on the parser's recursion, so a
-/// hostile selector gets an error instead of exhausting the stack.
+/// hostile selector gets an error instead of exhausting the stack. Chains of `&&` and `||`
+/// are flat ([`Selector::And`], [`Selector::Or`]), so they add no depth.
 pub const MAX_NESTING: usize = 256;
+
+/// Longest selector accepted, in characters: a bound on the work and memory one selector can
+/// ask for (real selectors are a few hundred characters; this allows chains of about 15,000
+/// terms).
+pub const MAX_SELECTOR_LEN: usize = 262_144;
 
 struct Parser {
     chars: Vec<char>,
@@ -170,19 +196,27 @@ impl Parser {
     }
 
     fn or(&mut self) -> Result<Selector, SelectorError> {
-        let mut left = self.and()?;
-        while self.eat("||") {
-            left = Selector::Or(Box::new(left), Box::new(self.and()?));
+        let first = self.and()?;
+        if !self.eat("||") {
+            return Ok(first);
         }
-        Ok(left)
+        let mut terms = vec![first, self.and()?];
+        while self.eat("||") {
+            terms.push(self.and()?);
+        }
+        Ok(Selector::Or(terms))
     }
 
     fn and(&mut self) -> Result<Selector, SelectorError> {
-        let mut left = self.unary()?;
-        while self.eat("&&") {
-            left = Selector::And(Box::new(left), Box::new(self.unary()?));
+        let first = self.unary()?;
+        if !self.eat("&&") {
+            return Ok(first);
         }
-        Ok(left)
+        let mut terms = vec![first, self.unary()?];
+        while self.eat("&&") {
+            terms.push(self.unary()?);
+        }
+        Ok(Selector::And(terms))
     }
 
     fn unary(&mut self) -> Result<Selector, SelectorError> {
@@ -315,7 +349,20 @@ impl Parser {
 impl<'de> serde::Deserialize<'de> for Selector {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        Selector::parse(&text).map_err(|e| serde::de::Error::custom(format!("bad selector \"{text}\": {e}")))
+        Selector::parse(&text)
+            .map_err(|e| serde::de::Error::custom(format!("bad selector \"{}\": {e}", excerpt(&text))))
+    }
+}
+
+/// Most characters of a rejected selector an error message repeats.
+const EXCERPT: usize = 80;
+
+/// `text`, or its first [`EXCERPT`] characters and `...`: an error names the selector without
+/// echoing megabytes of it.
+fn excerpt(text: &str) -> String {
+    match text.char_indices().nth(EXCERPT) {
+        Some((at, _)) => format!("{}...", &text[..at]),
+        None => text.to_owned(),
     }
 }
 
@@ -400,11 +447,39 @@ mod tests {
     }
 
     #[test]
+    fn long_chains_are_flat_and_overlong_selectors_are_refused() {
+        // 15,000 terms overflowed the daemon's control thread when a chain was a tree as deep
+        // as it was long; flat, it parses, evaluates, prints and drops without recursing, on a
+        // stack of 256 KiB (a spawned thread gets 2 MiB).
+        let small_stack = std::thread::Builder::new().stack_size(256 * 1024).spawn(|| {
+            let chain = vec!["a == 'x' || b == 'y'"; 7_500].join(" && ");
+            let s = Selector::parse(&chain).unwrap();
+            (s.matches(&labels(&[("a", "x")])), s.to_string().len())
+        });
+        let (matched, printed) = small_stack.unwrap().join().unwrap();
+        assert!(matched);
+        assert!(printed > 150_000);
+        let chain = vec!["a == 'x'"; 15_000].join(" && ");
+        let s = Selector::parse(&chain).unwrap();
+        let Selector::And(terms) = &s else { panic!("a chain is one And") };
+        assert_eq!(terms.len(), 15_000);
+        assert!(s.matches(&labels(&[("a", "x")])));
+        assert!(!s.matches(&labels(&[("a", "y")])));
+        assert_eq!(Selector::parse(&s.to_string()).unwrap(), s);
+        let either = vec!["has(k)"; 10_000].join(" || ");
+        assert!(Selector::parse(&either).unwrap().matches(&labels(&[("k", "")])));
+        // 100,000 terms (1.8 MB): refused by length, with the limit in the message.
+        let e = Selector::parse(&vec!["a == 'x'"; 100_000].join(" && ")).unwrap_err();
+        assert!(e.message.contains("longer than 262144"), "{e}");
+        assert!(Selector::parse(&"a".repeat(MAX_SELECTOR_LEN + 1)).is_err());
+    }
+
+    #[test]
     fn deep_nesting_is_bounded() {
         let s = format!("{}app == 'x'{}", "(".repeat(200), ")".repeat(200));
         assert_eq!(sel(&s), Selector::Eq("app".into(), "x".into()));
         assert!(Selector::parse(&"(".repeat(50)).is_err());
-        for hostile in ["(".repeat(100_000), "!".repeat(100_000)] {
+        for hostile in ["(".repeat(200_000), "!".repeat(200_000)] {
             let e = Selector::parse(&hostile).unwrap_err();
             assert!(e.message.contains("nested more than"), "{e}");
         }

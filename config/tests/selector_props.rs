@@ -28,8 +28,8 @@ fn selector() -> impl Strategy<Value = Selector> {
     leaf.prop_recursive(5, 32, 2, |inner| {
         prop_oneof![
             inner.clone().prop_map(|s| Selector::Not(Box::new(s))),
-            (inner.clone(), inner.clone()).prop_map(|(a, b)| Selector::And(Box::new(a), Box::new(b))),
-            (inner.clone(), inner).prop_map(|(a, b)| Selector::Or(Box::new(a), Box::new(b))),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| Selector::And(vec![a, b])),
+            (inner.clone(), inner).prop_map(|(a, b)| Selector::Or(vec![a, b])),
         ]
     })
 }

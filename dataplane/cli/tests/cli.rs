@@ -300,3 +300,42 @@ fn ctl_without_a_daemon_says_so() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("is `margay run` running"), "{}", text(&out.stderr));
 }
+
+/// A selector chaining 15,000 `&&` terms once overflowed the stack of whatever parsed or
+/// evaluated it (the daemon's control thread on reload; `check` and `explain` at 100,000
+/// terms). Chains are flat now, and a selector past the length limit is a positioned error.
+#[test]
+fn long_selector_chains_are_decided_or_refused_never_a_crash() {
+    let s = Scratch::new("chains");
+    let policy = |terms: usize| {
+        let chain = vec!["app == 'web'"; terms].join(" && ");
+        format!(
+            "[[endpoint]]\nname = \"web\"\nips = [\"198.18.2.20\"]\nlabels = {{ app = \"web\" }}\n\n\
+             [[policy]]\nname = \"long\"\nselector = \"{chain}\"\ntypes = [\"ingress\"]\n  [[policy.ingress]]\n  action = \"deny\"\n"
+        )
+    };
+    let ok = s.file("ok.toml", &policy(15_000));
+    let out = margay(&["check", ok.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = margay(&[
+        "explain",
+        "--policy",
+        ok.to_str().unwrap(),
+        "--flow",
+        "tcp 198.18.1.1:1 -> 198.18.2.20:80",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("\"verdict\":\"deny\""), "{}", text(&out.stdout));
+    let long = s.file("long.toml", &policy(100_000));
+    for args in [
+        vec!["check", long.to_str().unwrap()],
+        vec!["explain", "--policy", long.to_str().unwrap(), "--flow", "tcp 1.1.1.1:1 -> 2.2.2.2:2"],
+    ] {
+        let out = margay(&args);
+        let err = text(&out.stderr);
+        assert!(matches!(out.status.code(), Some(1 | 2)), "{args:?}: {:?} {err}", out.status);
+        assert!(err.contains("long.toml:8:") && err.contains("longer than 262144"), "{err}");
+        assert!(err.len() < 2_000, "the error does not echo the selector: {} bytes", err.len());
+    }
+}
