@@ -26,7 +26,7 @@
 //! [conntrack]
 //! capacity = 1048576
 //! huge_pages = true                  # ask for transparent huge pages for the table (false: 4 KiB)
-//! tcp_pickup = false                 # track TCP connections first seen mid-stream (default false)
+//! tcp_pickup = true                  # track TCP connections first seen mid-stream (default true)
 //! [conntrack.timeouts]               # seconds
 //! syn = 20
 //! established = 3600
@@ -190,8 +190,9 @@ pub struct Conntrack {
     pub huge_pages: bool,
     /// Whether a TCP segment of an unknown connection that carries an ACK (and no SYN, FIN or
     /// RST) may open an entry, in state established, when the policy allows it: Linux's
-    /// `nf_conntrack_tcp_loose`. Default false: such a segment is invalid, and after a restart
-    /// of the dataplane existing TCP connections must reconnect.
+    /// `nf_conntrack_tcp_loose`, and like it on by default, so established connections survive
+    /// a restart or upgrade of the dataplane. False: such a segment is invalid, and after a
+    /// restart existing TCP connections must reconnect.
     pub tcp_pickup: bool,
 }
 

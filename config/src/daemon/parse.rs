@@ -80,11 +80,16 @@ struct RawConntrack {
     timeouts: Spanned<Timeouts>,
     #[serde(default = "default_huge_pages")]
     huge_pages: bool,
-    #[serde(default)]
+    #[serde(default = "default_tcp_pickup")]
     tcp_pickup: bool,
 }
 
 fn default_huge_pages() -> bool {
+    true
+}
+
+/// On, as Linux's `nf_conntrack_tcp_loose` is: connections survive a restart of the dataplane.
+fn default_tcp_pickup() -> bool {
     true
 }
 
@@ -98,7 +103,7 @@ impl Default for RawConntrack {
             capacity: default_capacity(),
             timeouts: default_timeouts(),
             huge_pages: default_huge_pages(),
-            tcp_pickup: false,
+            tcp_pickup: default_tcp_pickup(),
         }
     }
 }

@@ -47,9 +47,9 @@ fn a_full_config() {
             .conntrack
             .huge_pages
     );
-    assert!(!c.conntrack.tcp_pickup, "no mid-stream pickup by default");
+    assert!(c.conntrack.tcp_pickup, "mid-stream pickup by default, as Linux's tcp_loose");
     assert!(
-        parse(&OK.replace("capacity = 1000", "capacity = 1000\ntcp_pickup = true"))
+        !parse(&OK.replace("capacity = 1000", "capacity = 1000\ntcp_pickup = false"))
             .unwrap()
             .conntrack
             .tcp_pickup

@@ -582,8 +582,10 @@ fn tcp_pickup_keeps_a_connection_across_a_restart() {
     if !margay_testkit::require_root("tcp_pickup_keeps_a_connection_across_a_restart") {
         return;
     }
+    // Under the default config (pickup on), and with pickup turned off.
     for pickup in [false, true] {
-        let extra = format!("fail_mode = \"closed\"\n[conntrack]\ntcp_pickup = {pickup}\n");
+        let conntrack = if pickup { String::new() } else { "[conntrack]\ntcp_pickup = false\n".to_owned() };
+        let extra = format!("fail_mode = \"closed\"\n{conntrack}");
         let mut env = Env::start(if pickup { "pickup" } else { "nopickup" }, BASE, &extra);
         let stop = stop_flag();
         tcp_echo(&env.t.ns(WEB.role), addr(WEB.ip, 7), Arc::clone(&stop));

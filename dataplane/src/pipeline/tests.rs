@@ -267,7 +267,7 @@ fn tcp_without_a_syn_is_invalid() {
 /// the dataplane; segments that cannot be mid-stream stay invalid, and the policy still decides.
 #[test]
 fn tcp_pickup_tracks_a_connection_first_seen_mid_stream() {
-    let text = CONFIG.replace("capacity = 1000", "capacity = 1000\ntcp_pickup = true");
+    let text = CONFIG.replace("tcp_pickup = false", "tcp_pickup = true");
     let config = DaemonConfig::parse(&text, Path::new("d.toml")).unwrap();
     let mut p = Pipeline::new(&config, compile(POLICY), 42);
     let (c, s) = client_server(40002);
