@@ -46,6 +46,12 @@ pub(super) fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         let set = margay_config::PolicySet::load(&policy)?;
         let (compiled, ms) = margay_dataplane::policy::compile_timed(&set)?;
         let table = margay_dataplane::conntrack::reserved_bytes(config.conntrack.capacity);
+        margay_dataplane::daemon::check_conntrack_memory(
+            config.conntrack.capacity,
+            config.workers(),
+            margay_dataplane::daemon::host_memory()?,
+        )
+        .with_context(|| args.config.display().to_string())?;
         println!(
             "{}: ok: {} interfaces, {} routes, {} neighbours, {} worker(s), each with a conntrack table of {} entries ({:.1} MB resident from the start, {}); policy {} compiled to {} classifier rules in {ms:.1} ms",
             args.config.display(),

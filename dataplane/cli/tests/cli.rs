@@ -339,3 +339,25 @@ fn long_selector_chains_are_decided_or_refused_never_a_crash() {
         assert!(err.len() < 2_000, "the error does not echo the selector: {} bytes", err.len());
     }
 }
+
+/// A conntrack capacity whose tables would take more than half the host's memory is refused by
+/// `run --check` (and `run`), which once printed "154,618 MB resident" and went on.
+#[test]
+fn a_conntrack_table_larger_than_the_host_is_refused() {
+    let s = Scratch::new("capacity");
+    s.file("policy.toml", "");
+    let config = s.file(
+        "node.toml",
+        "policy = \"policy.toml\"\n[[interface]]\nname = \"eth0\"\nmac = \"02:00:00:00:00:01\"\n[conntrack]\ncapacity = 1073741824\n",
+    );
+    let out = margay(&["run", "--config", config.to_str().unwrap(), "--check"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("would reserve") && err.contains("of this host's"), "{err}");
+    let ok = s.file(
+        "ok.toml",
+        "policy = \"policy.toml\"\n[[interface]]\nname = \"eth0\"\n[conntrack]\ncapacity = 65536\n",
+    );
+    let out = margay(&["run", "--config", ok.to_str().unwrap(), "--check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}

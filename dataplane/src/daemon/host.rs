@@ -77,3 +77,54 @@ pub(super) fn host_addresses() -> anyhow::Result<Vec<IpAddr>> {
     }
     Ok(out)
 }
+
+/// The share of the host's memory the conntrack tables of all workers may reserve, together:
+/// one half. The tables are committed when the daemon starts (resident from the first packet),
+/// so a capacity past what the host has would have the kernel's OOM killer end the daemon.
+pub const CONNTRACK_MEMORY_SHARE: (u64, u64) = (1, 2);
+
+/// The host's memory, bytes (`MemTotal` of `/proc/meminfo`).
+pub fn host_memory() -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
+    let kb = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .context("/proc/meminfo has no MemTotal")?;
+    Ok(kb * 1024)
+}
+
+/// Refuses conntrack tables (`workers` of `capacity` entries) that would reserve more than
+/// [`CONNTRACK_MEMORY_SHARE`] of `host` bytes, naming what they need and what the host has.
+pub fn check_conntrack_memory(capacity: usize, workers: u32, host: u64) -> anyhow::Result<u64> {
+    let need = crate::conntrack::reserved_bytes(capacity) as u64 * u64::from(workers.max(1));
+    let (num, den) = CONNTRACK_MEMORY_SHARE;
+    if need.saturating_mul(den) > host.saturating_mul(num) {
+        bail!(
+            "[conntrack] capacity = {capacity}: {workers} worker table(s) would reserve {:.0} MB, more than \
+             {num}/{den} of this host's {:.0} MB; lower the capacity (each entry takes about 151 bytes)",
+            need as f64 / 1e6,
+            host as f64 / 1e6
+        );
+    }
+    Ok(need)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conntrack_tables_past_half_the_host_are_refused() {
+        let gb = 1_000_000_000u64;
+        // The default capacity, 151 MB a worker, fits a 24 GB host with room.
+        assert!(check_conntrack_memory(1 << 20, 1, 24 * gb).is_ok());
+        assert!(check_conntrack_memory(1 << 20, 8, 24 * gb).is_ok());
+        // 2^30 entries (about 155 GB) passed --check once, and then the OOM killer ended it.
+        let e = check_conntrack_memory(1 << 30, 1, 24 * gb).unwrap_err().to_string();
+        assert!(e.contains("would reserve") && e.contains("24000 MB"), "{e}");
+        // Per worker: two default tables do not fit half of 256 MB.
+        assert!(check_conntrack_memory(1 << 20, 2, 256_000_000).is_err());
+        assert!(host_memory().unwrap() > 0);
+    }
+}

@@ -15,7 +15,9 @@ pub mod metrics;
 mod shared;
 pub mod worker;
 
-pub use host::{LOCK_DIR, ifindex, interface_mac};
+pub use host::{
+    CONNTRACK_MEMORY_SHARE, LOCK_DIR, check_conntrack_memory, host_memory, ifindex, interface_mac,
+};
 pub use shared::{ReloadInfo, Reloaded, Shared, WorkerHandle, WorkerStats, totals};
 
 use std::net::IpAddr;
@@ -186,6 +188,8 @@ impl Daemon {
             format!("{}: no policy file (set `policy = \"FILE\"`)", config_path.display())
         })?;
         let indexes = check_interfaces(&mut config, config_path)?;
+        check_conntrack_memory(config.conntrack.capacity, config.workers(), host_memory()?)
+            .with_context(|| config_path.display().to_string())?;
         let names: Vec<String> = config.interfaces.iter().map(|i| i.name.clone()).collect();
         let locks = host::lock_interfaces(&indexes, &names)?;
         let (compiled, build_ms, summary) = shared::compile(&policy_path)?;
