@@ -201,3 +201,28 @@ fn a_missing_file_is_an_io_error_naming_it() {
     let e = PolicySet::load(Path::new("/nonexistent/policy.toml")).unwrap_err().to_string();
     assert!(e.starts_with("/nonexistent/policy.toml: "), "{e}");
 }
+
+/// A reload of a FIFO blocked the daemon's reload (and everything waiting on its lock) until
+/// someone wrote to it; a huge file took seconds and a gigabyte. Only regular files of at most
+/// the limit are read, and the refusal is immediate.
+#[test]
+fn only_regular_files_within_the_limit_are_read() {
+    let dir = std::env::temp_dir().join(format!("margay-policy-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo.toml");
+    let _ = std::fs::remove_file(&fifo);
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let started = std::time::Instant::now();
+    let e = PolicySet::load(&fifo).unwrap_err().to_string();
+    assert!(e.contains("not a regular file"), "{e}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(1), "refused at once, not blocked");
+    let e = PolicySet::load(&dir).unwrap_err().to_string();
+    assert!(e.contains("not a regular file"), "{e}");
+    let big = dir.join("big.toml");
+    std::fs::write(&big, format!("# {}\n", "x".repeat(5000))).unwrap();
+    let e = PolicySet::load_limited(&big, 4096).unwrap_err().to_string();
+    assert!(e.contains("larger than 4096 bytes"), "{e}");
+    assert!(PolicySet::load_limited(&big, 8192).is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -51,6 +51,7 @@
 //! ring_size = 1024                   # fill, completion, rx and tx ring sizes
 //! control_socket = "/run/margay/margay.sock"
 //! metrics = "127.0.0.1:9464"         # Prometheus text on http://ADDR/metrics; none: off
+//! max_policy_bytes = 67108864        # the largest policy file read (start and reloads)
 //! forward_only = false               # true: route only, no conntrack, policy or flow records
 //!                                    # (a benchmark baseline; the policy is NOT enforced)
 //! ```
@@ -242,6 +243,8 @@ pub struct Daemon {
     /// Route only: no connection tracking, no policy, no flow records. The throughput
     /// harness's "Margay forward-only" baseline; the policy is loaded but **not enforced**.
     pub forward_only: bool,
+    /// The largest policy file the daemon reads, at start and on reload, bytes.
+    pub max_policy_bytes: u64,
 }
 
 /// The default control socket path.
@@ -258,6 +261,7 @@ impl Default for Daemon {
             control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
             metrics: None,
             forward_only: false,
+            max_policy_bytes: crate::policy::MAX_POLICY_BYTES,
         }
     }
 }

@@ -45,6 +45,7 @@ struct RawDaemon {
     metrics: Option<Spanned<String>>,
     #[serde(default)]
     forward_only: bool,
+    max_policy_bytes: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -349,6 +350,13 @@ impl Check<'_> {
             control_socket: d.control_socket.unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)),
             metrics,
             forward_only: d.forward_only,
+            max_policy_bytes: self.in_range(
+                d.max_policy_bytes,
+                crate::policy::MAX_POLICY_BYTES,
+                1024,
+                1 << 34,
+                "max_policy_bytes",
+            )?,
         })
     }
 }

@@ -93,6 +93,6 @@ impl DaemonConfig {
         if let Some(m) = d.metrics {
             writeln!(o, "metrics = {}", quoted(&m.to_string()))?;
         }
-        writeln!(o, "forward_only = {}", d.forward_only)
+        writeln!(o, "max_policy_bytes = {}\nforward_only = {}", d.max_policy_bytes, d.forward_only)
     }
 }

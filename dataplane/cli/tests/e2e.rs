@@ -495,6 +495,16 @@ fn a_broken_policy_is_rejected_and_the_old_one_stays() {
     assert_eq!(r["epoch"], json!(1));
     let missing = env.reload(&env.work.join("nope.toml"));
     assert_eq!(missing["ok"], json!(false));
+    // A FIFO is refused at once (reading it blocked the reload, and stats with it, until
+    // someone wrote), and stats answer meanwhile.
+    let fifo = env.work.join("fifo.toml");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let started = Instant::now();
+    let r = env.reload(&fifo);
+    assert_eq!(r["ok"], json!(false), "{r}");
+    assert!(r["error"].as_str().unwrap().contains("not a regular file"), "{r}");
+    assert!(started.elapsed() < Duration::from_secs(2), "the FIFO reload was refused at once");
+    assert_eq!(env.stats()["epoch"], json!(1));
     // Bad requests get errors, and the daemon still answers.
     for bad_req in [
         json!({"cmd": "frobnicate"}),

@@ -192,7 +192,7 @@ impl Daemon {
             .with_context(|| config_path.display().to_string())?;
         let names: Vec<String> = config.interfaces.iter().map(|i| i.name.clone()).collect();
         let locks = host::lock_interfaces(&indexes, &names)?;
-        let (compiled, build_ms, summary) = shared::compile(&policy_path)?;
+        let (compiled, build_ms, summary) = shared::compile(&policy_path, config.daemon.max_policy_bytes)?;
         tracing::info!(build_ms, %summary, "policy compiled");
         if config.daemon.forward_only {
             tracing::warn!("[daemon] forward_only: routing only; the policy is NOT enforced");
@@ -225,6 +225,7 @@ impl Daemon {
             flowlog_versions: versions_tx,
             policy_path: Mutex::new(policy_path),
             last_reload: Mutex::new(None),
+            reloading: Mutex::new(()),
             stop: AtomicBool::new(false),
             workers: handles,
             flowlog: Arc::clone(&flowlog_stats),
@@ -312,7 +313,12 @@ impl Daemon {
             for sig in signals.pending() {
                 match sig {
                     SIGHUP => {
-                        let _ = self.shared.reload(None);
+                        // On a thread of its own, so SIGTERM and the counters' refresh do not
+                        // wait for a slow reload.
+                        let shared = Arc::clone(&self.shared);
+                        let _ = std::thread::Builder::new()
+                            .name("margay-sighup".into())
+                            .spawn(move || shared.reload(None));
                     }
                     _ => {
                         tracing::info!(signal = sig, "shutting down");

@@ -75,8 +75,10 @@ pub struct Shared {
     pub flowlog_versions: Sender<Arc<PolicyVersion>>,
     /// The policy file reloads read.
     pub policy_path: Mutex<PathBuf>,
-    /// Serialises reloads; holds the last one's outcome.
+    /// The last reload's outcome.
     pub last_reload: Mutex<Option<ReloadInfo>>,
+    /// Held for the whole of a reload: one at a time.
+    pub reloading: Mutex<()>,
     /// Set to stop every thread.
     pub stop: AtomicBool,
     /// The workers.
@@ -106,9 +108,10 @@ pub struct Reloaded {
 
 pub(super) fn compile(
     path: &Path,
+    max_bytes: u64,
 ) -> anyhow::Result<(margay_rulecompiler::policy::compile::CompiledPolicy, f64, Value)> {
     let started = Instant::now();
-    let set = PolicySet::load(path)?;
+    let set = PolicySet::load_limited(path, max_bytes)?;
     let (compiled, _) = crate::policy::compile_timed(&set).with_context(|| format!("{}", path.display()))?;
     let rules: usize = set.policies.iter().map(|p| p.ingress.len() + p.egress.len()).sum();
     let s = compiled.stats();
@@ -124,14 +127,18 @@ impl Shared {
     /// Reloads the policy (from `path`, which then becomes the reload path, or from the current
     /// one): parse and compile here, off the packet path; on success publish it as the next
     /// epoch with one pointer swap. On error nothing changes.
+    ///
+    /// Reloads are serialised by their own lock; the locks `stats`, the metrics and the main
+    /// thread take (`last_reload`, `policy_path`) are held only to write the outcome, never
+    /// while a file is read or compiled, so a slow reload freezes none of them.
     pub fn reload(&self, path: Option<PathBuf>) -> anyhow::Result<Reloaded> {
-        let mut last = self.last_reload.lock().unwrap_or_else(|e| e.into_inner());
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let path = match path {
             Some(p) => p,
             None => self.policy_path.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         };
         let at = now_ns() as f64 / 1e9;
-        match compile(&path) {
+        match compile(&path, self.config.daemon.max_policy_bytes) {
             Ok((compiled, build_ms, summary)) => {
                 let epoch = self.policy.load().epoch.wrapping_add(1);
                 let version = Arc::new(PolicyVersion { epoch, compiled });
@@ -140,13 +147,15 @@ impl Shared {
                 let _ = self.flowlog_versions.send(Arc::clone(&version));
                 self.policy.store(version);
                 *self.policy_path.lock().unwrap_or_else(|e| e.into_inner()) = path;
-                *last = Some(ReloadInfo { at, ok: true, epoch, error: None });
+                *self.last_reload.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(ReloadInfo { at, ok: true, epoch, error: None });
                 tracing::info!(epoch, build_ms, "policy reloaded");
                 Ok(Reloaded { epoch, build_ms, summary })
             }
             Err(e) => {
                 let epoch = self.policy.load().epoch;
-                *last = Some(ReloadInfo { at, ok: false, epoch, error: Some(format!("{e:#}")) });
+                *self.last_reload.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(ReloadInfo { at, ok: false, epoch, error: Some(format!("{e:#}")) });
                 tracing::warn!("reload rejected, policy epoch {epoch} stays: {e:#}");
                 Err(e)
             }
