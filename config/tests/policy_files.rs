@@ -226,3 +226,20 @@ fn only_regular_files_within_the_limit_are_read() {
     assert!(PolicySet::load_limited(&big, 8192).is_ok());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An empty, truncated or comment-only file written over a real policy meant allow-all, and a
+/// reload took it. Such a set now refuses to replace one with policies, unless it says so.
+#[test]
+fn an_empty_policy_does_not_replace_a_real_one_unless_it_says_so() {
+    for text in ["", "# nothing here\n", "[defaults]\nno_policy_action = \"allow\"\n"] {
+        let set = PolicySet::parse(text, Path::new("empty.toml")).unwrap();
+        assert!(set.is_empty());
+        let why = set.refuses_to_replace(3).unwrap();
+        assert!(why.contains("no [[policy]]") && why.contains("intentionally_empty"), "{why}");
+        assert!(set.refuses_to_replace(0).is_none(), "nothing to replace");
+    }
+    let meant = PolicySet::parse("intentionally_empty = true\n", Path::new("e.toml")).unwrap();
+    assert!(meant.refuses_to_replace(3).is_none());
+    let real = PolicySet::load(&example("shop.toml")).unwrap();
+    assert!(!real.is_empty() && real.refuses_to_replace(3).is_none());
+}

@@ -263,9 +263,32 @@ pub struct PolicySet {
     pub policies: Vec<Policy>,
     /// `[defaults]`.
     pub defaults: Defaults,
+    /// `intentionally_empty = true`: the file means to have no `[[policy]]` (see
+    /// [`PolicySet::is_empty`]).
+    pub intentionally_empty: bool,
 }
 
 impl PolicySet {
+    /// Whether the file holds no `[[policy]]`: it then enforces only `[defaults]` (allow, unless
+    /// they say otherwise). An empty, truncated or comment-only file written in place of a
+    /// real policy opens the node, so a daemon refuses to reload such a file over a policy
+    /// that has policies, unless it sets `intentionally_empty = true`; `margay check` warns.
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    /// Why this set may not replace one of `current_policies` policies, if it may not: it is
+    /// empty, the current one is not, and it does not say it means to be.
+    pub fn refuses_to_replace(&self, current_policies: usize) -> Option<String> {
+        (self.is_empty() && current_policies > 0 && !self.intentionally_empty).then(|| {
+            format!(
+                "the new policy has no [[policy]] (it would enforce only [defaults]) and would replace \
+                 one with {current_policies}: refused; an empty or truncated file is the likely cause. \
+                 If the node is meant to run without policies, set intentionally_empty = true in the file"
+            )
+        })
+    }
+
     /// Reads and validates a policy file.
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
         Self::load_limited(path, MAX_POLICY_BYTES)

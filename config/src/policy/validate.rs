@@ -27,6 +27,8 @@ pub(super) struct RawFile {
     policy: Vec<RawPolicy>,
     #[serde(default)]
     defaults: RawDefaults,
+    #[serde(default)]
+    intentionally_empty: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,6 +178,7 @@ impl Validator<'_> {
                 no_policy_action: raw.defaults.no_policy_action.unwrap_or(Verdict::Allow),
                 unmanaged_action: raw.defaults.unmanaged_action.unwrap_or(Verdict::Allow),
             },
+            intentionally_empty: raw.intentionally_empty,
         })
     }
 

@@ -92,6 +92,12 @@ pub(super) fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     for file in &args.files {
         match PolicySet::load(file) {
             Ok(set) => {
+                if set.is_empty() && !set.intentionally_empty {
+                    eprintln!(
+                        "{}: warning: no [[policy]]: only [defaults] are enforced, and a daemon will not reload this over a policy that has policies (set intentionally_empty = true if that is meant)",
+                        file.display()
+                    );
+                }
                 let (compiled, build_ms) = match compile_timed(&set) {
                     Ok(c) => c,
                     Err(e) => {

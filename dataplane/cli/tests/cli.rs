@@ -361,3 +361,16 @@ fn a_conntrack_table_larger_than_the_host_is_refused() {
     let out = margay(&["run", "--config", ok.to_str().unwrap(), "--check"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
+
+#[test]
+fn check_warns_about_a_policy_file_without_policies() {
+    let s = Scratch::new("empty");
+    let empty = s.file("empty.toml", "# truncated\n");
+    let out = margay(&["check", empty.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "valid, but warned about");
+    assert!(text(&out.stderr).contains("warning: no [[policy]]"), "{}", text(&out.stderr));
+    let meant = s.file("meant.toml", "intentionally_empty = true\n");
+    let out = margay(&["check", meant.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!text(&out.stderr).contains("warning"), "{}", text(&out.stderr));
+}

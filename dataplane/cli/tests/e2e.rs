@@ -505,6 +505,12 @@ fn a_broken_policy_is_rejected_and_the_old_one_stays() {
     assert!(r["error"].as_str().unwrap().contains("not a regular file"), "{r}");
     assert!(started.elapsed() < Duration::from_secs(2), "the FIFO reload was refused at once");
     assert_eq!(env.stats()["epoch"], json!(1));
+    // An empty file over a real policy would open the node: refused, unless it says it means it.
+    let empty = env.write_policy("empty.toml", "# truncated by a careless copy\n");
+    let r = env.reload(&empty);
+    assert_eq!(r["ok"], json!(false), "{r}");
+    assert!(r["error"].as_str().unwrap().contains("intentionally_empty"), "{r}");
+    assert_eq!(env.stats()["epoch"], json!(1));
     // Bad requests get errors, and the daemon still answers.
     for bad_req in [
         json!({"cmd": "frobnicate"}),

@@ -192,7 +192,8 @@ impl Daemon {
             .with_context(|| config_path.display().to_string())?;
         let names: Vec<String> = config.interfaces.iter().map(|i| i.name.clone()).collect();
         let locks = host::lock_interfaces(&indexes, &names)?;
-        let (compiled, build_ms, summary) = shared::compile(&policy_path, config.daemon.max_policy_bytes)?;
+        let (compiled, build_ms, summary) = shared::compile(&policy_path, config.daemon.max_policy_bytes, 0)?;
+        let policies = shared::policy_count(&summary);
         tracing::info!(build_ms, %summary, "policy compiled");
         if config.daemon.forward_only {
             tracing::warn!("[daemon] forward_only: routing only; the policy is NOT enforced");
@@ -226,6 +227,7 @@ impl Daemon {
             policy_path: Mutex::new(policy_path),
             last_reload: Mutex::new(None),
             reloading: Mutex::new(()),
+            policies: std::sync::atomic::AtomicUsize::new(policies),
             stop: AtomicBool::new(false),
             workers: handles,
             flowlog: Arc::clone(&flowlog_stats),

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -79,6 +79,8 @@ pub struct Shared {
     pub last_reload: Mutex<Option<ReloadInfo>>,
     /// Held for the whole of a reload: one at a time.
     pub reloading: Mutex<()>,
+    /// How many `[[policy]]` the policy in force has (a reload to none is refused).
+    pub policies: AtomicUsize,
     /// Set to stop every thread.
     pub stop: AtomicBool,
     /// The workers.
@@ -109,9 +111,16 @@ pub struct Reloaded {
 pub(super) fn compile(
     path: &Path,
     max_bytes: u64,
+    current_policies: usize,
 ) -> anyhow::Result<(margay_rulecompiler::policy::compile::CompiledPolicy, f64, Value)> {
     let started = Instant::now();
     let set = PolicySet::load_limited(path, max_bytes)?;
+    if let Some(why) = set.refuses_to_replace(current_policies) {
+        anyhow::bail!("{}: {why}", path.display());
+    }
+    if set.is_empty() {
+        tracing::warn!(path = %path.display(), "the policy has no [[policy]]: only [defaults] are enforced");
+    }
     let (compiled, _) = crate::policy::compile_timed(&set).with_context(|| format!("{}", path.display()))?;
     let rules: usize = set.policies.iter().map(|p| p.ingress.len() + p.egress.len()).sum();
     let s = compiled.stats();
@@ -138,7 +147,8 @@ impl Shared {
             None => self.policy_path.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         };
         let at = now_ns() as f64 / 1e9;
-        match compile(&path, self.config.daemon.max_policy_bytes) {
+        let current = self.policies.load(Ordering::Relaxed);
+        match compile(&path, self.config.daemon.max_policy_bytes, current) {
             Ok((compiled, build_ms, summary)) => {
                 let epoch = self.policy.load().epoch.wrapping_add(1);
                 let version = Arc::new(PolicyVersion { epoch, compiled });
@@ -147,6 +157,7 @@ impl Shared {
                 let _ = self.flowlog_versions.send(Arc::clone(&version));
                 self.policy.store(version);
                 *self.policy_path.lock().unwrap_or_else(|e| e.into_inner()) = path;
+                self.policies.store(policy_count(&summary), Ordering::Relaxed);
                 *self.last_reload.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some(ReloadInfo { at, ok: true, epoch, error: None });
                 tracing::info!(epoch, build_ms, "policy reloaded");
@@ -227,4 +238,9 @@ pub fn totals(workers: &[WorkerStats]) -> (Counters, usize) {
         total.add(&w.counters);
     }
     (total, workers.iter().map(|w| w.conntrack_entries).sum())
+}
+
+/// The number of policies a compile summary counts.
+pub(super) fn policy_count(summary: &Value) -> usize {
+    summary["policies"].as_u64().unwrap_or(0) as usize
 }
