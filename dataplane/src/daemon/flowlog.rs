@@ -48,6 +48,30 @@ struct Writer {
     keep: u32,
 }
 
+/// Mode of a flow log the daemon creates: the records name hosts and flows, so not for
+/// everyone (the umask may take more away).
+pub const LOG_MODE: u32 = 0o640;
+
+/// Opens (creating with [`LOG_MODE`]) a flow log for appending, without following a symbolic
+/// link at its path: a link planted in a world-writable folder would have root append to a
+/// file it names.
+fn open_log(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(LOG_MODE)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(nix::libc::ELOOP) => io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "is a symbolic link: refusing to follow it (give the log's own path)",
+            ),
+            _ => e,
+        })
+}
+
 impl Writer {
     fn open(path: &Path, max_bytes: u64, keep: u32) -> io::Result<Writer> {
         if let Some(dir) = path.parent()
@@ -55,7 +79,7 @@ impl Writer {
         {
             fs::create_dir_all(dir)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = open_log(path)?;
         let size = file.metadata()?.len();
         Ok(Writer { path: path.to_owned(), out: BufWriter::new(file), size, max_bytes, keep })
     }
@@ -79,7 +103,7 @@ impl Writer {
             }
             fs::rename(&self.path, self.rotated(1))?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        let file = open_log(&self.path)?;
         self.out = BufWriter::new(file);
         self.size = 0;
         Ok(())
@@ -171,6 +195,28 @@ pub fn check_sink(sink: &Sink) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flow_log_is_created_0640_and_a_planted_link_is_not_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("margay-flowlog-perm-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("flows.jsonl");
+        let sink = Sink { path: Some(path.clone()), max_bytes: 1 << 20, keep: 1 };
+        check_sink(&sink).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & !0o640, 0, "created {mode:o}");
+        // A link at the log's path, to a file the daemon must not touch.
+        let victim = dir.join("victim");
+        fs::write(&victim, "untouched").unwrap();
+        fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let e = check_sink(&sink).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "untouched");
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn rotation_keeps_the_newest_files() {

@@ -42,7 +42,14 @@ impl Server {
         {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        if path.exists() {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.file_type().is_socket() {
+                bail!(
+                    "control socket {}: the path exists and is not a socket: refusing to replace it",
+                    path.display()
+                );
+            }
             if UnixStream::connect(path).is_ok() {
                 bail!("control socket {}: another margay daemon is listening there", path.display());
             }
@@ -234,6 +241,25 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// A control socket path naming something that is not a socket (a regular file, say) is an
+    /// error, and the file stays: it was deleted and replaced once.
+    #[test]
+    fn a_path_that_is_not_a_socket_is_not_replaced() {
+        let dir = std::env::temp_dir().join(format!("margay-ctl-path-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("not-a-socket");
+        std::fs::write(&path, "keep me").unwrap();
+        let e = Server::bind(&path).unwrap_err().to_string();
+        assert!(e.contains("is not a socket"), "{e}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me");
+        // A stale socket (no daemon behind it) is replaced, as before.
+        let sock = dir.join("stale.sock");
+        drop(UnixListener::bind(&sock).unwrap());
+        let server = Server::bind(&sock).unwrap();
+        server.remove();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// A daemon that answers and closes without reading (as for a refused peer): the client
     /// still gets the answer, even when its own write fails because the socket closed first.
