@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -65,18 +65,11 @@ impl Server {
     /// Accepts clients on a thread until `shared.stop`; each client gets its own thread.
     pub fn serve(&self, shared: Arc<Shared>) -> anyhow::Result<std::thread::JoinHandle<()>> {
         let listener = self.listener.try_clone()?;
-        Ok(std::thread::Builder::new().name("margay-control".into()).spawn(move || {
-            for conn in listener.incoming() {
-                if shared.stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let s = Arc::clone(&shared);
-                let _ = std::thread::Builder::new()
-                    .name("margay-ctl-client".into())
-                    .spawn(move || client(conn, &s));
-            }
-        })?)
+        let stop = Arc::clone(&shared);
+        let handle = move |conn: UnixStream| client(conn, &shared);
+        Ok(std::thread::Builder::new()
+            .name("margay-control".into())
+            .spawn(move || accept(&listener, &|| stop.stop.load(Ordering::Relaxed), Arc::new(handle)))?)
     }
 
     /// Unblocks the acceptor (after `stop` is set).
@@ -87,6 +80,49 @@ impl Server {
     /// Removes the socket file.
     pub fn remove(&self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Most control connections served at once. Each has a thread; past this, a connection gets
+/// an error reply and is closed (2,000 idle connections once made 2,000 threads).
+pub const MAX_CLIENTS: usize = 32;
+
+/// Gives back a connection's place when its thread ends (or could not start).
+struct Place(Arc<AtomicUsize>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Accepts connections until `stopped()`, each served by `handle` on a thread of its own, at
+/// most [`MAX_CLIENTS`] at once.
+fn accept(
+    listener: &UnixListener,
+    stopped: &dyn Fn() -> bool,
+    handle: Arc<dyn Fn(UnixStream) + Send + Sync>,
+) {
+    let active = Arc::new(AtomicUsize::new(0));
+    for conn in listener.incoming() {
+        if stopped() {
+            break;
+        }
+        let Ok(mut conn) = conn else { continue };
+        if active.fetch_add(1, Ordering::Relaxed) >= MAX_CLIENTS {
+            active.fetch_sub(1, Ordering::Relaxed);
+            let _ = reply(
+                &mut conn,
+                &Reply::error(format!("too many control connections ({MAX_CLIENTS} open): try again")),
+            );
+            continue;
+        }
+        let place = Place(Arc::clone(&active));
+        let handle = Arc::clone(&handle);
+        let _ = std::thread::Builder::new().name("margay-ctl-client".into()).spawn(move || {
+            let _place = place;
+            handle(conn);
+        });
     }
 }
 
@@ -241,6 +277,61 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// Past [`MAX_CLIENTS`] open connections, a new one gets an error reply at once; a place
+    /// freed is taken again.
+    #[test]
+    fn concurrent_connections_are_capped() {
+        let dir = std::env::temp_dir().join(format!("margay-ctl-cap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cap.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        // Each client is held until it closes: it says "hi", then reads to the end.
+        let handle = |mut c: UnixStream| {
+            let _ = c.write_all(b"hi\n");
+            let _ = std::io::copy(&mut c, &mut std::io::sink());
+        };
+        let acceptor = std::thread::spawn(move || {
+            accept(&listener, &|| stopped.load(Ordering::Relaxed), Arc::new(handle))
+        });
+        let first_line = |c: &UnixStream| {
+            let mut line = String::new();
+            BufReader::new(c).read_line(&mut line).unwrap();
+            line
+        };
+        let mut open: Vec<UnixStream> = (0..MAX_CLIENTS)
+            .map(|_| {
+                let c = UnixStream::connect(&path).unwrap();
+                assert_eq!(first_line(&c), "hi\n");
+                c
+            })
+            .collect();
+        let refused = UnixStream::connect(&path).unwrap();
+        assert!(first_line(&refused).contains("too many control connections"));
+        drop(open.pop());
+        // The freed place is taken again (the acceptor may take a moment to see it free).
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        let served = loop {
+            let c = UnixStream::connect(&path).unwrap();
+            if first_line(&c) == "hi\n" {
+                open.push(c);
+                break true;
+            }
+            if std::time::Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(served, "a freed place was not taken again");
+        stop.store(true, Ordering::Relaxed);
+        drop(open);
+        let _ = UnixStream::connect(&path);
+        acceptor.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// A control socket path naming something that is not a socket (a regular file, say) is an
     /// error, and the file stays: it was deleted and replaced once.
