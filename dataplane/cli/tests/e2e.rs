@@ -521,6 +521,15 @@ fn a_broken_policy_is_rejected_and_the_old_one_stays() {
         let v = env.ctl(bad_req.clone());
         assert_eq!(v["ok"], json!(false), "{bad_req} -> {v}");
     }
+    // A request that is not UTF-8 gets an answer (it was closed without one).
+    {
+        use std::io::BufRead as _;
+        let mut c = std::os::unix::net::UnixStream::connect(env.work.join("margay.sock")).unwrap();
+        c.write_all(b"\xff\xfe\n").unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(&c).read_line(&mut line).unwrap();
+        assert!(line.contains("not UTF-8"), "{line}");
+    }
     // The old policy is still enforced: allowed still allowed, denied still denied.
     assert_eq!(netns::ping(&env.t, CLIENT.role, WEB.ip, 2).unwrap(), 2);
     assert_eq!(netns::ping(&env.t, WEB.role, CLIENT.ip, 2).unwrap(), 0);

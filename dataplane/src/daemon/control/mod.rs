@@ -155,11 +155,11 @@ fn client(mut conn: UnixStream, shared: &Shared) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(300)));
     let Ok(read_half) = conn.try_clone() else { return };
     let mut reader = BufReader::new(read_half.take(u64::MAX));
-    let mut line = String::new();
+    let mut line = Vec::new();
     loop {
         line.clear();
         reader.get_mut().set_limit(MAX_REQUEST + 1);
-        match reader.read_line(&mut line) {
+        match reader.read_until(b'\n', &mut line) {
             Ok(0) | Err(_) => return,
             Ok(n) if n as u64 > MAX_REQUEST => {
                 let _ = reply(&mut conn, &Reply::error(format!("request longer than {MAX_REQUEST} bytes")));
@@ -167,19 +167,30 @@ fn client(mut conn: UnixStream, shared: &Shared) {
             }
             Ok(_) => {}
         }
-        if line.trim().is_empty() {
+        if line.trim_ascii().is_empty() {
             continue;
         }
-        let answer = match serde_json::from_str::<Request>(&line) {
+        let answer = match parse_request(&line) {
             Ok(req) => handle(req, shared),
-            Err(e) => Reply::error(format!(
-                "bad request: {e} (a JSON object with \"cmd\": reload, stats, flows, explain or config)"
-            )),
+            Err(bad) => bad,
         };
         if reply(&mut conn, &answer).is_err() {
             return;
         }
     }
+}
+
+/// A request line as a [`Request`], or the reply that says what is wrong with it (not UTF-8:
+/// once closed without a word; not JSON; not a request).
+fn parse_request(line: &[u8]) -> Result<Request, Reply> {
+    let text = std::str::from_utf8(line).map_err(|e| {
+        Reply::error(format!("bad request: not UTF-8 (invalid byte at offset {})", e.valid_up_to()))
+    })?;
+    serde_json::from_str::<Request>(text).map_err(|e| {
+        Reply::error(format!(
+            "bad request: {e} (a JSON object with \"cmd\": reload, stats, flows, explain or config)"
+        ))
+    })
 }
 
 /// Answers one request.
@@ -331,6 +342,18 @@ mod tests {
         let _ = UnixStream::connect(&path);
         acceptor.join().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_request_that_is_not_utf8_or_not_json_gets_an_answer() {
+        let err = |line: &[u8]| match parse_request(line) {
+            Err(r) => serde_json::to_value(&r).unwrap()["error"].as_str().unwrap().to_owned(),
+            Ok(req) => panic!("{req:?}"),
+        };
+        assert!(err(b"\xff\xfe{\"cmd\": \"stats\"}\n").contains("not UTF-8 (invalid byte at offset 0)"));
+        assert!(err(b"{\"cmd\": \"st\xc3\"}\n").contains("not UTF-8"));
+        assert!(err(b"stats\n").contains("bad request"));
+        assert_eq!(parse_request(b"{\"cmd\": \"stats\"}\n").unwrap(), Request::Stats);
     }
 
     /// A control socket path naming something that is not a socket (a regular file, say) is an
