@@ -163,8 +163,24 @@ macro_rules! counter_set {
             $( #[doc = $help] pub $field: u64, )*
         }
 
+        $crate::counters::counter_specs!($name { $( #[doc = $help] $kind $field, )* });
+
         impl $name {
-            /// The declaration of every field, in field order.
+            /// Adds `other`'s counts into these.
+            pub fn add(&mut self, other: &$name) {
+                $( self.$field += other.$field; )*
+            }
+        }
+    };
+}
+pub(crate) use counter_set;
+
+/// The declarations of a counter struct's `u64` fields (`SPECS`, from each field's doc line
+/// and kind) and their `values`: what [`counter_set!`] and [`counters!`] share.
+macro_rules! counter_specs {
+    ($name:ident { $( #[doc = $help:literal] $kind:ident $field:ident, )* }) => {
+        impl $name {
+            /// The declaration of every `u64` field, in field order.
             pub const SPECS: &'static [$crate::counters::Spec] = &[
                 $( $crate::counters::Spec {
                     name: stringify!($field),
@@ -177,15 +193,10 @@ macro_rules! counter_set {
             pub fn values(&self) -> impl Iterator<Item = (&'static $crate::counters::Spec, u64)> + '_ {
                 Self::SPECS.iter().zip([$(self.$field, )*])
             }
-
-            /// Adds `other`'s counts into these.
-            pub fn add(&mut self, other: &$name) {
-                $( self.$field += other.$field; )*
-            }
         }
     };
 }
-pub(crate) use counter_set;
+pub(crate) use counter_specs;
 
 /// Declares [`Counters`]: each field with its doc line (the help text) and kind, and
 /// [`Counters::SPECS`] from the same lines.
@@ -199,17 +210,9 @@ macro_rules! counters {
             pub drops: [u64; DROP_REASONS],
         }
 
+        counter_specs!(Counters { $( #[doc = $help] $kind $field, )* });
+
         impl Counters {
-            /// The declaration of every field but `drops`, in field order.
-            pub const SPECS: &'static [Spec] = &[
-                $( Spec { name: stringify!($field), help: $help.trim_ascii(), kind: Kind::$kind }, )*
-            ];
-
-            /// The values of [`Counters::SPECS`], in the same order.
-            pub fn values(&self) -> impl Iterator<Item = (&'static Spec, u64)> + '_ {
-                Self::SPECS.iter().zip([$( self.$field, )*])
-            }
-
             /// Adds `other`'s counts into these (summing workers).
             pub fn add(&mut self, other: &Counters) {
                 $( self.$field += other.$field; )*
