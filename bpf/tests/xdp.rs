@@ -75,21 +75,12 @@ fn run(prog: &XdpProgram, frame: &[u8]) -> u32 {
 /// where these tests must run. (The testkit's `require_root`, which this crate cannot use: the
 /// testkit depends on it.)
 fn require_root(name: &str) -> bool {
-    if nix_is_root() {
+    if nix::unistd::Uid::effective().is_root() {
         return true;
     }
     assert!(std::env::var_os("CI").is_none(), "{name} needs root, and CI must run it: run the suite as root");
     eprintln!("SKIPPED: {name} needs root (loading XDP programs); run the suite as root to test it");
     false
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
 }
 
 #[test]
