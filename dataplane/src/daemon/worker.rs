@@ -90,6 +90,7 @@ struct ToOwners<'a> {
     me: usize,
     queues: &'a [Sender<Vec<u8>>],
     pool: &'a Receiver<Vec<u8>>,
+    pool_back: &'a Sender<Vec<u8>>,
     counts: &'a mut Handoff,
 }
 
@@ -104,7 +105,12 @@ impl Steer for ToOwners<'_> {
         copy.extend_from_slice(frame);
         match self.queues.get(owner).map(|q| q.try_send(copy)) {
             Some(Ok(())) => self.counts.handoff_out += 1,
-            _ => self.counts.handoff_full += 1,
+            Some(Err(e)) => {
+                self.counts.handoff_full += 1;
+                // The buffer goes back to the pool, so a full queue costs no allocation later.
+                let _ = self.pool_back.try_send(e.into_inner());
+            }
+            None => self.counts.handoff_full += 1,
         }
         false
     }
@@ -267,6 +273,7 @@ impl Worker {
                 me: self.id,
                 queues: &self.handoff_tx,
                 pool: &self.pool.1,
+                pool_back: &self.pool.0,
                 counts: &mut self.handoff,
             };
             got += s.driver.step(&mut self.io, &mut self.pipeline, &mut steer).ok().flatten().unwrap_or(0);
