@@ -511,6 +511,19 @@ fn a_broken_policy_is_rejected_and_the_old_one_stays() {
     assert_eq!(r["ok"], json!(false), "{r}");
     assert!(r["error"].as_str().unwrap().contains("intentionally_empty"), "{r}");
     assert_eq!(env.stats()["epoch"], json!(1));
+    // A selector of 100,000 `&&` terms (1.7 MB) overflowed the control thread's stack and
+    // killed the daemon: now a positioned error, and the daemon carries on with its policy.
+    let chain = vec!["app == 'db'"; 100_000].join(" && ");
+    let long = env.write_policy(
+        "long.toml",
+        &BASE.replace("selector = \"app == 'db'\"", &format!("selector = \"{chain}\"")),
+    );
+    let r = env.reload(&long);
+    assert_eq!(r["ok"], json!(false), "{}", &r.to_string()[..300.min(r.to_string().len())]);
+    let e = r["error"].as_str().unwrap();
+    assert!(e.contains("long.toml:") && e.contains("longer than"), "{}", &e[..e.len().min(300)]);
+    assert!(e.len() < 2_000, "the error does not echo the selector: {} bytes", e.len());
+    assert_eq!(env.stats()["epoch"], json!(1));
     // Bad requests get errors, and the daemon still answers.
     for bad_req in [
         json!({"cmd": "frobnicate"}),

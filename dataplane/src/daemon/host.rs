@@ -2,6 +2,8 @@
 //! locks that keep a second daemon off served interfaces.
 
 use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 
 use anyhow::{Context, bail};
 
@@ -16,45 +18,116 @@ pub fn ifindex(name: &str) -> anyhow::Result<i32> {
 /// Where interface locks live.
 pub const LOCK_DIR: &str = "/run/margay/locks";
 
+/// An interface lock held by this daemon: the file is removed when the lock is released
+/// (clean exit); after a crash the next daemon sweeps it ([`sweep_stale_locks`]).
+#[derive(Debug)]
+pub struct InterfaceLock {
+    path: std::path::PathBuf,
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl Drop for InterfaceLock {
+    fn drop(&mut self) {
+        // Removed while still locked: another daemon that opened the old file finds, once it
+        // holds the lock, that the path no longer names it, and starts over ([`lock_file`]).
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Takes an exclusive lock per served interface (keyed by network namespace and interface
 /// index), so a second daemon cannot take over interfaces a live one serves. The kernel
-/// releases the locks when the process ends, however it ends.
-pub(super) fn lock_interfaces(
-    indexes: &[i32],
-    names: &[String],
-) -> anyhow::Result<Vec<nix::fcntl::Flock<std::fs::File>>> {
+/// releases the locks when the process ends, however it ends; the files are removed on a clean
+/// exit and swept at the next start after a crash.
+pub(super) fn lock_interfaces(indexes: &[i32], names: &[String]) -> anyhow::Result<Vec<InterfaceLock>> {
+    lock_interfaces_in(Path::new(LOCK_DIR), indexes, names)
+}
+
+fn lock_interfaces_in(dir: &Path, indexes: &[i32], names: &[String]) -> anyhow::Result<Vec<InterfaceLock>> {
     use std::os::unix::fs::MetadataExt;
     let netns = std::fs::metadata("/proc/self/ns/net").map(|m| m.ino()).unwrap_or(0);
-    std::fs::create_dir_all(LOCK_DIR).with_context(|| format!("creating {LOCK_DIR}"))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let swept = sweep_stale_locks(dir);
+    if swept > 0 {
+        tracing::info!(swept, dir = %dir.display(), "removed lock files no daemon holds");
+    }
     let mut locks = Vec::new();
     for (index, name) in indexes.iter().zip(names) {
-        let path = format!("{LOCK_DIR}/netns{netns}-if{index}.lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {path}"))?;
-        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-            Ok(mut lock) => {
+        let path = dir.join(format!("netns{netns}-if{index}.lock"));
+        match lock_file(&path, true)? {
+            Some(mut lock) => {
                 use std::io::{Seek, Write};
                 let _ = lock.set_len(0);
                 let _ = lock.seek(std::io::SeekFrom::Start(0));
                 let _ = writeln!(lock, "{}", std::process::id());
-                locks.push(lock);
+                locks.push(InterfaceLock { path, _lock: lock });
             }
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            None => {
                 let pid = std::fs::read_to_string(&path).unwrap_or_default();
                 bail!(
-                    "interface {name} is served by another margay daemon (pid {}; lock {path})",
-                    pid.trim()
+                    "interface {name} is served by another margay daemon (pid {}; lock {})",
+                    pid.trim(),
+                    path.display()
                 );
             }
-            Err((_, e)) => bail!("locking {path}: {e}"),
         }
     }
     Ok(locks)
+}
+
+/// Locks `path` without waiting: `Some` when this process now holds it, `None` when another
+/// does (or, with `create` false, when the file is gone). A lock taken on a file that was
+/// removed meanwhile (its holder exited, or a sweep) is dropped and the path tried again.
+fn lock_file(path: &Path, create: bool) -> anyhow::Result<Option<nix::fcntl::Flock<std::fs::File>>> {
+    use std::os::unix::fs::MetadataExt;
+    loop {
+        let file = match std::fs::OpenOptions::new()
+            .create(create)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .mode(0o644)
+            .open(path)
+        {
+            Ok(f) => f,
+            Err(e) if !create && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+        };
+        let lock = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
+            Err((_, e)) => bail!("locking {}: {e}", path.display()),
+        };
+        let held = lock.metadata().map(|m| (m.dev(), m.ino())).ok();
+        let named = std::fs::symlink_metadata(path).map(|m| (m.dev(), m.ino())).ok();
+        if held.is_some() && held == named {
+            return Ok(Some(lock));
+        }
+        if !create {
+            return Ok(None);
+        }
+    }
+}
+
+/// Removes the lock files in `dir` that no process holds (left by a daemon that was killed).
+/// Returns how many were removed.
+pub(super) fn sweep_stale_locks(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut swept = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "lock") {
+            continue;
+        }
+        if let Ok(Some(lock)) = lock_file(&path, false) {
+            // Removed while held, so no one can take the lock on it in between.
+            if std::fs::remove_file(&path).is_ok() {
+                swept += 1;
+            }
+            drop(lock);
+        }
+    }
+    swept
 }
 
 /// An interface's MAC, from sysfs.
@@ -126,5 +199,40 @@ mod tests {
         // Per worker: two default tables do not fit half of 256 MB.
         assert!(check_conntrack_memory(1 << 20, 2, 256_000_000).is_err());
         assert!(host_memory().unwrap() > 0);
+    }
+
+    /// Lock files were never removed (115 piled up in /run/margay/locks on a test machine): a
+    /// released lock removes its file, a killed daemon's file is swept by the next start, and
+    /// a lock held by a live process is neither swept nor taken.
+    #[test]
+    fn lock_files_are_removed_on_release_and_stale_ones_swept() {
+        let dir = std::env::temp_dir().join(format!("margay-locks-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let names = vec!["a".to_string(), "b".to_string()];
+        let locks = lock_interfaces_in(&dir, &[2, 3], &names).unwrap();
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
+        // Held: a second taker is refused, naming this process, and the sweep leaves them.
+        let e = lock_interfaces_in(&dir, &[3], &names[1..]).unwrap_err().to_string();
+        assert!(
+            e.contains("served by another margay daemon") && e.contains(&std::process::id().to_string()),
+            "{e}"
+        );
+        assert_eq!(sweep_stale_locks(&dir), 0);
+        drop(locks);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "released locks removed their files");
+        // What a killed daemon leaves: files nobody holds. Swept at the next start.
+        std::fs::write(dir.join("netns1-if7.lock"), "12345\n").unwrap();
+        std::fs::write(dir.join("netns1-if8.lock"), "12346\n").unwrap();
+        std::fs::write(dir.join("README"), "not a lock\n").unwrap();
+        let locks = lock_interfaces_in(&dir, &[2], &names[..1]).unwrap();
+        let mut left: Vec<_> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert_eq!(left[0], "README");
+        assert!(left[1].ends_with("-if2.lock"), "{left:?}");
+        drop(locks);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

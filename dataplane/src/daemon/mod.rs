@@ -178,7 +178,7 @@ pub struct Daemon {
     /// The host addresses the XDP programs pass to the kernel, and when they were last synced.
     host: Mutex<(std::collections::BTreeSet<IpAddr>, Instant)>,
     /// One lock per served interface, held for the daemon's life.
-    _locks: Vec<nix::fcntl::Flock<std::fs::File>>,
+    _locks: Vec<host::InterfaceLock>,
 }
 
 impl Daemon {
