@@ -138,7 +138,7 @@ impl DaemonConfig {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| PolicyError::Io { path: path.to_owned(), source })?;
+            .map_err(|error| PolicyError::Io { path: path.to_owned(), error })?;
         let mut c = Self::parse(&text, path)?;
         if let Some(dir) = path.parent() {
             for p in [c.policy.as_mut(), c.flow_logs.path.as_mut(), Some(&mut c.daemon.control_socket)]

@@ -34,12 +34,13 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why. Not the error's `source`: the message already says it, and error chains
+        /// printed whole (`{:#}`) said it twice.
+        error: std::io::Error,
     },
     /// The file does not parse or validate.
     #[error("{path}:{line}:{column}: {message}")]
@@ -299,7 +300,7 @@ impl PolicySet {
     /// as opening a FIFO blocks, and again on the open file).
     pub fn load_limited(path: &Path, max_bytes: u64) -> Result<Self, PolicyError> {
         use std::io::Read as _;
-        let io = |source| PolicyError::Io { path: path.to_owned(), source };
+        let io = |error| PolicyError::Io { path: path.to_owned(), error };
         let refuse = |what: String| io(std::io::Error::new(std::io::ErrorKind::InvalidInput, what));
         let not_regular = "not a regular file (a FIFO, device or directory): refusing to read it";
         if !std::fs::metadata(path).map_err(io)?.is_file() {

@@ -43,7 +43,7 @@ pub(super) fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let config = DaemonConfig::load(&args.config)?;
     if args.check {
         let policy = config.policy.clone().context("no policy file (set `policy = \"FILE\"`)")?;
-        let set = margay_config::PolicySet::load(&policy)?;
+        let set = margay_config::PolicySet::load_limited(&policy, config.daemon.max_policy_bytes)?;
         let (compiled, ms) = margay_dataplane::policy::compile_timed(&set)?;
         let table = margay_dataplane::conntrack::reserved_bytes(config.conntrack.capacity);
         margay_dataplane::daemon::check_conntrack_memory(
@@ -52,6 +52,8 @@ pub(super) fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             margay_dataplane::daemon::host_memory()?,
         )
         .with_context(|| args.config.display().to_string())?;
+        margay_dataplane::daemon::check_cores(&config.daemon.cores)
+            .with_context(|| args.config.display().to_string())?;
         println!(
             "{}: ok: {} interfaces, {} routes, {} neighbours, {} worker(s), each with a conntrack table of {} entries ({:.1} MB resident from the start, {}); policy {} compiled to {} classifier rules in {ms:.1} ms",
             args.config.display(),
@@ -96,8 +98,9 @@ enum CtlCommand {
     /// Reload the policy (compiled off the packet path, swapped atomically). A rejected policy
     /// leaves the running one in force; the exit status is then 1.
     Reload {
-        /// A new policy file (absolute, or relative to the daemon's working folder); default:
-        /// the current one.
+        /// A new policy file (relative paths are taken from this command's folder); default:
+        /// the current one. It becomes the file SIGHUP and later reloads read, until a restart
+        /// loads the config file's `policy` again (the reply warns when the two differ).
         #[arg(long, value_name = "FILE")]
         path: Option<PathBuf>,
     },
@@ -154,6 +157,9 @@ pub(super) fn ctl(args: &CtlArgs) -> anyhow::Result<ExitCode> {
         print!("{text}");
     } else {
         println!("{}", serde_json::to_string_pretty(&answer)?);
+    }
+    if let Some(w) = answer.get("warning").and_then(Value::as_str) {
+        eprintln!("margay: warning: {w}");
     }
     Ok(if answer["ok"] == Value::Bool(true) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -274,6 +274,12 @@ fn run_explains_what_is_wrong_before_touching_anything() {
         text(&out.stderr)
     );
 
+    // A missing file is said once ("(os error 2): No such file..." repeated its cause).
+    let out = margay(&["run", "--config", s.0.join("absent.toml").to_str().unwrap(), "--check"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
+
     let no_policy = s.file("nopolicy.toml", "[[interface]]\nname = \"lo\"\nmac = \"02:00:00:00:00:01\"\n");
     let out = margay(&["run", "--config", no_policy.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
@@ -360,6 +366,15 @@ fn a_conntrack_table_larger_than_the_host_is_refused() {
     );
     let out = margay(&["run", "--config", ok.to_str().unwrap(), "--check"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // A core the process may not run on was a warning when the worker failed to pin.
+    let cores = s.file(
+        "cores.toml",
+        "policy = \"policy.toml\"\n[daemon]\ncores = [4095]\n[[interface]]\nname = \"eth0\"\n",
+    );
+    let out = margay(&["run", "--config", cores.to_str().unwrap(), "--check"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("core 4095 is not one this process may run on"), "{err}");
 }
 
 #[test]

@@ -388,6 +388,10 @@ fn a_reload_that_denies_an_established_flow_cuts_it() {
     let r = env.reload(&cut);
     assert_eq!(r["ok"], json!(true), "{r}");
     assert_eq!(r["epoch"], json!(2));
+    // The new file is now the one SIGHUP re-reads, and the reply says so (it once did silently).
+    assert_eq!(r["path"], json!(cut), "{r}");
+    let warning = r["warning"].as_str().unwrap_or_default();
+    assert!(warning.contains("SIGHUP") && warning.contains("policy.toml"), "{r}");
     assert!(!echo_once(&mut s, b"after"), "the established flow must be cut by the new policy");
     // A new connection is refused too, and port 80 still works.
     assert!(netns::curl(&env.t, CLIENT.role, &format!("http://{}:7/", WEB.ip), 1).unwrap().is_none());
@@ -416,6 +420,9 @@ fn a_reload_that_denies_an_established_flow_cuts_it() {
         panic!("no drop record for the refused connection under epoch 2: {records:#?}")
     };
     assert_eq!((&denied["src_name"], &denied["dst_name"]), (&json!("client"), &json!("web")), "{denied:#}");
+    // Back to the config file's policy: no warning.
+    let same = env.reload(&env.work.join("policy.toml"));
+    assert!(same["ok"] == json!(true) && same.get("warning").is_none(), "{same}");
 }
 
 #[test]

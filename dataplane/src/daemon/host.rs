@@ -130,6 +130,22 @@ pub(super) fn sweep_stale_locks(dir: &Path) -> usize {
     swept
 }
 
+/// Checks that every core in `[daemon] cores` is one this process may run on (a core that is
+/// not, `cores = [99]` on a 2-core host, was only a warning when the worker tried to pin).
+pub fn check_cores(cores: &[usize]) -> anyhow::Result<()> {
+    let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .context("reading this process's CPU affinity")?;
+    let usable: Vec<usize> =
+        (0..nix::sched::CpuSet::count()).filter(|&c| allowed.is_set(c).unwrap_or(false)).collect();
+    if let Some(bad) = cores.iter().find(|c| !usable.contains(c)) {
+        bail!(
+            "[daemon] cores: core {bad} is not one this process may run on (allowed: {})",
+            usable.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// An interface's MAC, from sysfs.
 pub fn interface_mac(name: &str) -> anyhow::Result<margay_config::daemon::Mac> {
     let path = format!("/sys/class/net/{name}/address");
@@ -199,6 +215,14 @@ mod tests {
         // Per worker: two default tables do not fit half of 256 MB.
         assert!(check_conntrack_memory(1 << 20, 2, 256_000_000).is_err());
         assert!(host_memory().unwrap() > 0);
+    }
+
+    #[test]
+    fn cores_outside_the_affinity_mask_are_refused() {
+        assert!(check_cores(&[]).is_ok());
+        assert!(check_cores(&[0]).is_ok());
+        let e = check_cores(&[0, 4095]).unwrap_err().to_string();
+        assert!(e.contains("core 4095 is not one") && e.contains("allowed: 0"), "{e}");
     }
 
     /// Lock files were never removed (115 piled up in /run/margay/locks on a test machine): a

@@ -16,7 +16,8 @@ mod shared;
 pub mod worker;
 
 pub use host::{
-    CONNTRACK_MEMORY_SHARE, LOCK_DIR, check_conntrack_memory, host_memory, ifindex, interface_mac,
+    CONNTRACK_MEMORY_SHARE, LOCK_DIR, check_conntrack_memory, check_cores, host_memory, ifindex,
+    interface_mac,
 };
 pub use shared::{ReloadInfo, Reloaded, Shared, WorkerHandle, WorkerStats, totals};
 
@@ -190,6 +191,7 @@ impl Daemon {
         let indexes = check_interfaces(&mut config, config_path)?;
         check_conntrack_memory(config.conntrack.capacity, config.workers(), host_memory()?)
             .with_context(|| config_path.display().to_string())?;
+        check_cores(&config.daemon.cores).with_context(|| config_path.display().to_string())?;
         let names: Vec<String> = config.interfaces.iter().map(|i| i.name.clone()).collect();
         let locks = host::lock_interfaces(&indexes, &names)?;
         let (compiled, build_ms, summary) = shared::compile(&policy_path, config.daemon.max_policy_bytes, 0)?;

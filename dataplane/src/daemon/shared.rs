@@ -106,6 +106,18 @@ pub struct Reloaded {
     pub build_ms: f64,
     /// Counts of what was loaded.
     pub summary: Value,
+    /// The file loaded, now the one SIGHUP re-reads.
+    pub path: PathBuf,
+    /// Set when `path` is not the config file's `policy`, which a restart would load instead.
+    pub warning: Option<String>,
+}
+
+/// Whether two paths name one file (compared as given when either cannot be resolved).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
 }
 
 pub(super) fn compile(
@@ -156,12 +168,22 @@ impl Shared {
                 // before any record names it. The writer gone (shutting down): nothing to tell.
                 let _ = self.flowlog_versions.send(Arc::clone(&version));
                 self.policy.store(version);
-                *self.policy_path.lock().unwrap_or_else(|e| e.into_inner()) = path;
+                *self.policy_path.lock().unwrap_or_else(|e| e.into_inner()) = path.clone();
                 self.policies.store(policy_count(&summary), Ordering::Relaxed);
                 *self.last_reload.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some(ReloadInfo { at, ok: true, epoch, error: None });
-                tracing::info!(epoch, build_ms, "policy reloaded");
-                Ok(Reloaded { epoch, build_ms, summary })
+                tracing::info!(epoch, build_ms, path = %path.display(), "policy reloaded");
+                let warning = self.config.policy.as_ref().filter(|configured| !same_file(configured, &path)).map(|configured| {
+                    format!(
+                        "SIGHUP and path-less reloads now read {}; the config file names {}, which a restart loads",
+                        path.display(),
+                        configured.display()
+                    )
+                });
+                if let Some(w) = &warning {
+                    tracing::warn!("{w}");
+                }
+                Ok(Reloaded { epoch, build_ms, summary, path, warning })
             }
             Err(e) => {
                 let epoch = self.policy.load().epoch;

@@ -197,7 +197,13 @@ fn parse_request(line: &[u8]) -> Result<Request, Reply> {
 pub fn handle(req: Request, shared: &Shared) -> Reply {
     match req {
         Request::Reload { path } => match shared.reload(path) {
-            Ok(r) => Reply::ok(Body::Reloaded { epoch: r.epoch, build_ms: r.build_ms, policy: r.summary }),
+            Ok(r) => Reply::ok(Body::Reloaded {
+                epoch: r.epoch,
+                build_ms: r.build_ms,
+                policy: r.summary,
+                path: r.path,
+                warning: r.warning,
+            }),
             Err(e) => Reply {
                 ok: false,
                 body: Body::Error {

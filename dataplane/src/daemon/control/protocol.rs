@@ -143,6 +143,11 @@ pub enum Body {
         build_ms: f64,
         /// Counts of what it holds.
         policy: Value,
+        /// The file it came from, which SIGHUP and later path-less reloads read.
+        path: PathBuf,
+        /// Set when that file is not the config file's `policy` (a restart loads that one).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        warning: Option<String>,
     },
     /// Tracked flows.
     Flows {
