@@ -66,10 +66,14 @@ pub enum Drop {
     NoRoute,
     /// No neighbour entry for the next hop.
     NoNeighbour,
+    /// A source or destination address Linux never forwards.
+    Martian,
+    /// An 802.1Q or 802.1ad tag: served interfaces are untagged.
+    Tagged,
 }
 
 /// The drop reasons that are not parse errors, in counter order after [`Malformed::ALL`].
-const OTHERS: [Drop; 7] = [
+const OTHERS: [Drop; 9] = [
     Drop::Denied,
     Drop::Invalid,
     Drop::TableFull,
@@ -77,6 +81,8 @@ const OTHERS: [Drop; 7] = [
     Drop::Ttl,
     Drop::NoRoute,
     Drop::NoNeighbour,
+    Drop::Martian,
+    Drop::Tagged,
 ];
 
 /// Number of drop counters: one per [`Malformed`] kind, then the others.
@@ -111,6 +117,8 @@ impl Drop {
             Drop::Ttl => n + 4,
             Drop::NoRoute => n + 5,
             Drop::NoNeighbour => n + 6,
+            Drop::Martian => n + 7,
+            Drop::Tagged => n + 8,
         }
     }
 
@@ -125,6 +133,8 @@ impl Drop {
             Drop::Ttl => "ttl",
             Drop::NoRoute => "no-route",
             Drop::NoNeighbour => "no-neighbour",
+            Drop::Martian => "martian",
+            Drop::Tagged => "vlan-tagged",
         }
     }
 
@@ -139,6 +149,12 @@ impl Drop {
             Drop::Ttl => "the TTL or hop limit expired",
             Drop::NoRoute => "no route to the destination",
             Drop::NoNeighbour => "the next hop's MAC address is unknown",
+            Drop::Martian => {
+                "a source or destination Linux never forwards: this-network 0/8, loopback, multicast or broadcast (IPv4); unspecified, loopback, link-local or multicast (IPv6)"
+            }
+            Drop::Tagged => {
+                "an 802.1Q or 802.1ad tagged frame: served interfaces are untagged (Linux drops tags no VLAN device claims)"
+            }
         }
     }
 
@@ -249,6 +265,8 @@ counters! {
     Counter tcp_picked_up,
     /// Flows that left the conntrack table.
     Counter flows_ended,
+    /// Non-first fragments forwarded after their datagram's allowed first fragment.
+    Counter fragments_followed,
     /// Flow records lost because the drop aggregate table was full.
     Counter records_lost,
 }

@@ -63,6 +63,19 @@ macro_rules! frame {
 /// The scenario: (seconds after the start, frame, what it is).
 fn scenario() -> Vec<(f64, Vec<u8>, &'static str)> {
     let syn = |seq| frame!(client().ipv4(CLIENT, SERVER, 64).tcp(40000, 80, seq, 64240).syn(), &[]);
+    let big_dns =
+        fragments(&frame!(client().ipv4(CLIENT, SERVER, 64).udp(50007, 53), &[7; 3000]), 1480, 0x4d47);
+    let stray =
+        fragments(&frame!(client().ipv4(CLIENT, SERVER, 64).udp(50009, 53), &[7; 3000]), 1480, 0x4d48).1;
+    // IHL 6: a NOP and a 3-byte loose source route option.
+    let mut lsrr = frame!(client().ipv4(CLIENT, SERVER, 64).udp(50010, 53), b"lsrr");
+    lsrr.splice(34..34, [1, 131, 3, 0]);
+    lsrr[14] = 0x46;
+    let total = (lsrr.len() - 14) as u16;
+    lsrr[16..18].copy_from_slice(&total.to_be_bytes());
+    set_ipv4_checksum(&mut lsrr[14..38]);
+    let mut tagged = frame!(client().ipv4(CLIENT, SERVER, 64).udp(50011, 53), b"vlan");
+    tagged.splice(12..12, [0x81, 0x00, 0x00, 100]);
     vec![
         (0.0, frame!(client().ipv4(CLIENT, SERVER, 64).udp(50000, 53), b"query"), "udp allowed"),
         (0.1, frame!(server().ipv4(SERVER, CLIENT, 64).udp(53, 50000), b"answer"), "udp reply"),
@@ -113,9 +126,41 @@ fn scenario() -> Vec<(f64, Vec<u8>, &'static str)> {
         ),
         (1.7, frame!(client().ipv6(CLIENT6, SERVER6, 64).udp(50005, 53), b"aaaa?"), "ipv6 udp"),
         (1.8, frame!(client().ipv4(CLIENT, SERVER, 64).tcp(40002, 22, 77, 100).syn(), &[]), "ssh denied"),
+        (1.81, big_dns.0, "first fragment of a 3,000-byte DNS query: allowed like a whole one"),
+        (1.82, big_dns.1, "its later fragment: follows"),
+        (1.83, stray, "a later fragment of no datagram seen"),
+        (1.84, frame!(client().ipv4([127, 0, 0, 1], SERVER, 64).udp(50008, 53), b"lo"), "martian source"),
+        (1.85, lsrr, "loose source route"),
+        (1.86, tagged, "802.1Q-tagged"),
         // 70 s later: the UDP flow (60 s), the echo (5 s) and TIME_WAIT (30 s) have expired.
         (71.0, frame!(client().ipv4(CLIENT, SERVER, 64).udp(50006, 53), b"later"), "udp after the timeouts"),
     ]
+}
+
+/// Splits an IPv4 frame's payload at `at` bytes (a multiple of 8) into two fragments with IP
+/// identification `id`.
+fn fragments(frame: &[u8], at: usize, id: u16) -> (Vec<u8>, Vec<u8>) {
+    let (eth, ip) = frame.split_at(14);
+    let (header, payload) = ip.split_at(20);
+    let make = |data: &[u8], field: u16| {
+        let mut h = header.to_vec();
+        h[2..4].copy_from_slice(&((20 + data.len()) as u16).to_be_bytes());
+        h[4..6].copy_from_slice(&id.to_be_bytes());
+        h[6..8].copy_from_slice(&field.to_be_bytes());
+        set_ipv4_checksum(&mut h);
+        [eth, &h, data].concat()
+    };
+    (make(&payload[..at], 0x2000), make(&payload[at..], (at / 8) as u16))
+}
+
+/// Sets the checksum of the IPv4 header `h` (its whole length).
+fn set_ipv4_checksum(h: &mut [u8]) {
+    h[10..12].copy_from_slice(&[0, 0]);
+    let mut sum: u32 = h.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    h[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
 }
 
 const T0: u64 = 1_700_000_000;
@@ -228,14 +273,19 @@ fn replay_matches_the_snapshots() {
 
     // Facts the snapshots must hold, stated independently of them.
     let c = &counters;
-    assert_eq!(c["rx_packets"], 19);
+    assert_eq!(c["rx_packets"], 25);
     assert_eq!(c["drops"]["policy"], 2, "db and ssh");
     assert_eq!(c["drops"]["ttl"], 1);
     assert_eq!(c["drops"]["no-route"], 1);
     assert_eq!(c["drops"]["invalid"], 1, "ack without syn");
     assert_eq!(c["drops"]["truncated-ip"], 1);
-    assert_eq!(c["tx_packets"], 13);
-    assert_eq!(read_capture(&output).len(), 13);
+    // What Linux refuses to forward, each under its reason; the fragmented DNS query passes.
+    for reason in ["fragment", "martian", "source-route", "vlan-tagged"] {
+        assert_eq!(c["drops"][reason], 1, "{reason}");
+    }
+    assert_eq!(c["fragments_followed"], 1);
+    assert_eq!(c["tx_packets"], 15);
+    assert_eq!(read_capture(&output).len(), 15);
     let records: Vec<serde_json::Value> =
         std::fs::read_to_string(&flows).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let ends: Vec<(&str, &str)> = records
@@ -243,7 +293,7 @@ fn replay_matches_the_snapshots() {
         .filter(|r| r["type"] == "end")
         .map(|r| (r["proto"].as_str().unwrap(), r["reason"].as_str().unwrap()))
         .collect();
-    assert_eq!(ends.len(), 4, "udp, tcp, icmp, ipv6 udp expired: {ends:?}");
+    assert_eq!(ends.len(), 5, "udp, tcp, icmp, ipv6 udp, fragmented udp expired: {ends:?}");
     assert!(ends.iter().all(|(_, r)| *r == "expired"));
     // Every packet of a tracked flow is in exactly one record: the TCP flow's 7 packets.
     let tcp: u64 = records
@@ -296,7 +346,7 @@ fn tshark_sees_valid_checksums_decremented_ttls_and_rewritten_macs() {
     assert!(out.status.success(), "tshark: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 13, "{text}");
+    assert_eq!(lines.len(), 15, "{text}");
     // The inputs' TTLs: 64 everywhere except the echo request (17).
     for line in lines {
         let f: Vec<&str> = line.split('|').collect();

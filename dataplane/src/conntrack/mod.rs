@@ -14,6 +14,7 @@
 //! Aging sweeps [`Table::age`]'s budget of slab slots per call from the same hand.
 
 pub(crate) mod entry;
+pub mod fragments;
 mod pages;
 mod table;
 pub mod tcp;

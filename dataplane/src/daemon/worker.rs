@@ -15,7 +15,7 @@ use crate::driver::{All, Driver, Steer};
 use crate::flowlog::FlowRecord;
 use crate::io::afxdp::{KernelCounters, XskIo};
 use crate::io::{Disposition, MAX_BURST, PacketIo};
-use crate::pipeline::{IDLE_AGE_BUDGET, Pipeline, flow_owner};
+use crate::pipeline::{FragmentOwners, IDLE_AGE_BUDGET, Pipeline, flow_owner};
 
 /// Which flows a `flows` request wants.
 #[derive(Debug, Clone, Default)]
@@ -92,11 +92,12 @@ struct ToOwners<'a> {
     pool: &'a Receiver<Vec<u8>>,
     pool_back: &'a Sender<Vec<u8>>,
     counts: &'a mut Handoff,
+    frags: &'a mut FragmentOwners,
 }
 
 impl Steer for ToOwners<'_> {
     fn keep(&mut self, frame: &[u8]) -> bool {
-        let owner = flow_owner(frame, self.queues.len()).unwrap_or(self.me);
+        let owner = flow_owner(frame, self.queues.len(), self.frags).unwrap_or(self.me);
         if owner == self.me {
             return true;
         }
@@ -192,6 +193,8 @@ struct Scratch {
     records: Vec<FlowRecord>,
     unresolved: Vec<(u16, IpAddr)>,
     inbound: Vec<Vec<u8>>,
+    /// Where this worker steered recent first fragments.
+    frags: FragmentOwners,
     idle: u32,
     last_publish: u64,
 }
@@ -275,6 +278,7 @@ impl Worker {
                 pool: &self.pool.1,
                 pool_back: &self.pool.0,
                 counts: &mut self.handoff,
+                frags: &mut s.frags,
             };
             got += s.driver.step(&mut self.io, &mut self.pipeline, &mut steer).ok().flatten().unwrap_or(0);
             let mut inbound = Inbound {
@@ -342,6 +346,7 @@ impl Worker {
             records: Vec::new(),
             unresolved: Vec::new(),
             inbound: Vec::with_capacity(MAX_BURST),
+            frags: FragmentOwners::default(),
             idle: 0,
             last_publish: 0,
         };

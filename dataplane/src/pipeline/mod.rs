@@ -18,6 +18,7 @@ use margay_config::policy::Verdict;
 use margay_rulecompiler::policy::Flow;
 use margay_rulecompiler::policy::compile::{CompiledPolicy, Verdicts};
 
+use crate::conntrack::fragments::Fragments;
 use crate::conntrack::{Entry, FlowKey, Hint, SEC, Table};
 pub use crate::counters::{Counters, DROP_REASONS, Drop};
 use crate::flowlog::{FlowRecord, Reason, Recorder};
@@ -95,6 +96,10 @@ pub struct Pipeline {
     /// A burst's conntrack lookups, where the packet goes on to conntrack.
     lookups: Vec<Option<Lookup>>,
     unresolved: Vec<(u16, IpAddr)>,
+    /// A burst's later fragments (positions), decided in order with the rest in the last pass.
+    later: Vec<usize>,
+    /// Datagrams whose first fragment was forwarded.
+    frags: Fragments,
     sweep: Sweep,
     /// `[daemon] forward_only`: route every parsed packet, skipping conntrack and policy.
     forward_only: bool,
@@ -125,6 +130,8 @@ impl Pipeline {
             ),
             fwd: CachedForwarder::new(Arc::new(Forwarder::from_config(config))),
             unresolved: Vec::new(),
+            later: Vec::with_capacity(BURST),
+            frags: Fragments::new(seed ^ 0x6672_6167),
             sweep: Sweep::default(),
             forward_only: config.daemon.forward_only,
             tcp_pickup: config.conntrack.tcp_pickup,
@@ -228,11 +235,13 @@ impl Pipeline {
         let mut parsed = std::mem::take(&mut self.parsed);
         let mut lookups = std::mem::take(&mut self.lookups);
         lookups.clear();
-        for ((f, o), p) in frames.iter_mut().zip(out.iter_mut()).zip(parsed.iter_mut()) {
+        self.later.clear();
+        for (i, ((f, o), p)) in frames.iter_mut().zip(out.iter_mut()).zip(parsed.iter_mut()).enumerate() {
             let frame = f.as_mut();
             self.acct.counters.rx_packets += 1;
             self.acct.counters.rx_bytes += frame.len() as u64;
             let lookup = match wire::parse_into(frame, p) {
+                Ok(()) if unusual(p) => self.screen(now, i, frame, p, o),
                 Ok(()) if self.forward_only => {
                     *o = self.route(now, frame, p).into();
                     None
@@ -256,10 +265,14 @@ impl Pipeline {
             l.hint = probe.prefetch_entry(l.hash);
         }
         self.passes.lap(1);
-        for (i, l) in lookups.iter().enumerate() {
-            if let Some(l) = l {
-                out[i] = self.packet(now, frames[i].as_mut(), &parsed[i], l).into();
+        if self.later.is_empty() {
+            for (i, l) in lookups.iter().enumerate() {
+                if let Some(l) = l {
+                    out[i] = self.packet(now, frames[i].as_mut(), &parsed[i], l).into();
+                }
             }
+        } else {
+            self.decide_with_fragments(now, frames, out, &parsed, &lookups);
         }
         self.passes.lap(2);
         self.parsed = parsed;
@@ -275,7 +288,85 @@ impl Pipeline {
         let verdict =
             if p.quoted.is_some() { self.related(now, p, l, len) } else { self.track(now, p, l, len) };
         match verdict {
-            Ok(()) => self.send(frame, p, &hop),
+            Ok(()) => {
+                if p.frag.is_some() {
+                    self.frags.allow(p, now);
+                }
+                self.send(frame, p, &hop)
+            }
+            Err(d) => Outcome::Drop(d),
+        }
+    }
+
+    /// The first pass for a packet [`unusual`] flags: a tagged frame or a martian address is
+    /// dropped; a later fragment waits for the last pass (its first fragment may be earlier
+    /// in the same burst); a first fragment goes on like a whole packet. Returns the conntrack
+    /// lookup when the packet goes on to conntrack.
+    #[inline(never)]
+    fn screen<O: From<Outcome>>(
+        &mut self,
+        now: u64,
+        i: usize,
+        frame: &mut [u8],
+        p: &Packet,
+        o: &mut O,
+    ) -> Option<Lookup> {
+        if p.vlan.is_some() {
+            *o = self.acct.drop(Drop::Tagged).into();
+            return None;
+        }
+        if martian(p) {
+            *o = Outcome::Drop(self.drop_logged(now, p, Drop::Martian, None, frame.len())).into();
+            return None;
+        }
+        if self.forward_only {
+            *o = self.route(now, frame, p).into();
+            return None;
+        }
+        if p.is_later_fragment() {
+            self.later.push(i);
+            return None;
+        }
+        let (key, a_to_b) = key_of(p);
+        let hash = self.table.hash(&key);
+        Some(Lookup { key, a_to_b, hash, hint: Hint::NONE })
+    }
+
+    /// The last pass of a burst with later fragments: every packet in order, so a later
+    /// fragment is decided after a first fragment earlier in the burst.
+    #[inline(never)]
+    fn decide_with_fragments<F: AsMut<[u8]>, O: From<Outcome>>(
+        &mut self,
+        now: u64,
+        frames: &mut [F],
+        out: &mut [O],
+        parsed: &[Packet],
+        lookups: &[Option<Lookup>],
+    ) {
+        let mut later = std::mem::take(&mut self.later);
+        let mut next = later.iter().copied().peekable();
+        for (i, l) in lookups.iter().enumerate() {
+            if let Some(l) = l {
+                out[i] = self.packet(now, frames[i].as_mut(), &parsed[i], l).into();
+            } else if next.peek() == Some(&i) {
+                next.next();
+                out[i] = self.later_fragment(now, frames[i].as_mut(), &parsed[i]).into();
+            }
+        }
+        later.clear();
+        self.later = later;
+    }
+
+    /// A later fragment: forwarded when its datagram's first fragment was.
+    fn later_fragment(&mut self, now: u64, frame: &mut [u8], p: &Packet) -> Outcome {
+        if !self.frags.follows(p, now) {
+            return self.acct.drop(Drop::Malformed(wire::Malformed::Fragment));
+        }
+        match self.next_hop(now, p, frame.len()) {
+            Ok(hop) => {
+                self.acct.counters.fragments_followed += 1;
+                self.send(frame, p, &hop)
+            }
             Err(d) => Outcome::Drop(d),
         }
     }
@@ -419,15 +510,90 @@ impl Accounting {
     }
 }
 
+/// Whether `p` needs [`Pipeline::screen`]: tagged, a fragment, or a martian address.
+#[inline(always)]
+fn unusual(p: &Packet) -> bool {
+    p.vlan.is_some() || p.frag.is_some() || martian(p)
+}
+
+/// Whether the source or destination is one Linux never forwards: IPv4 this-network 0/8,
+/// loopback 127/8, multicast 224/4 and limited broadcast; IPv6 unspecified, loopback,
+/// link-local fe80::/10 and multicast ff00::/8.
+#[inline(always)]
+fn martian(p: &Packet) -> bool {
+    fn v4(a: std::net::Ipv4Addr) -> bool {
+        let o = a.octets();
+        o[0] == 0 || o[0] == 127 || (224..240).contains(&o[0]) || a.is_broadcast()
+    }
+    fn v6(a: std::net::Ipv6Addr) -> bool {
+        a.is_unspecified() || a.is_loopback() || a.is_multicast() || (a.segments()[0] & 0xffc0) == 0xfe80
+    }
+    match (p.src, p.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => v4(s) || v4(d),
+        (IpAddr::V6(s), IpAddr::V6(d)) => v6(s) || v6(d),
+        _ => false,
+    }
+}
+
 /// Which of `workers` workers owns the flow of `frame`: the same for both directions of a flow
 /// (and for ICMP errors about it), in every worker. None for a frame that does not parse (the
 /// receiving worker counts it).
-pub fn flow_owner(frame: &[u8], workers: usize) -> Option<usize> {
+///
+/// A later fragment has no ports to hash: it goes where its datagram's first fragment went, as
+/// `frags` (the steering worker's memory) recalls. All fragments of a datagram arrive on one
+/// queue (NICs and veth hash fragments by addresses), so the worker that steered the first
+/// steers the rest, behind it in the same owner's queue.
+pub fn flow_owner(frame: &[u8], workers: usize, frags: &mut FragmentOwners) -> Option<usize> {
     use std::hash::BuildHasher;
     let p = wire::parse(frame).ok()?;
+    let workers = workers.max(1) as u64;
+    if let Some(f) = p.frag
+        && f.offset > 0
+        && let Some(owner) = frags.recall(&p, f.id)
+    {
+        return Some(owner);
+    }
     let (key, _) = key_of(&p);
-    let h = FixedState::with_seed(0x6d61_7267_6179).hash_one(key);
-    Some((h % workers.max(1) as u64) as usize)
+    let owner = (FixedState::with_seed(0x6d61_7267_6179).hash_one(key) % workers) as usize;
+    if let Some(f) = p.frag
+        && f.offset == 0
+    {
+        frags.remember(&p, f.id, owner);
+    }
+    Some(owner)
+}
+
+/// Where a steering worker sent recent first fragments ([`flow_owner`]): direct-mapped, 1,024
+/// datagrams; a datagram whose slot was taken steers its later fragments by addresses only.
+#[derive(Debug)]
+pub struct FragmentOwners {
+    /// (hash of source, destination, protocol and id; the owner).
+    slots: Box<[(u64, usize)]>,
+}
+
+impl Default for FragmentOwners {
+    fn default() -> FragmentOwners {
+        FragmentOwners { slots: vec![(0, usize::MAX); 1024].into_boxed_slice() }
+    }
+}
+
+impl FragmentOwners {
+    fn key(p: &Packet, id: u32) -> u64 {
+        use std::hash::BuildHasher;
+        FixedState::with_seed(0x6672_6167).hash_one((p.src, p.dst, p.l4.proto, id))
+    }
+
+    fn remember(&mut self, p: &Packet, id: u32, owner: usize) {
+        let k = Self::key(p, id);
+        let n = self.slots.len();
+        self.slots[k as usize % n] = (k, owner);
+    }
+
+    fn recall(&self, p: &Packet, id: u32) -> Option<usize> {
+        let k = Self::key(p, id);
+        let (key, owner) = self.slots[k as usize % self.slots.len()];
+        (key == k && owner != usize::MAX).then_some(owner)
+    }
 }
 
 /// The conntrack key of a packet (of the quoted packet, for an ICMP error) and whether the

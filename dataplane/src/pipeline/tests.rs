@@ -456,6 +456,105 @@ fn unroutable_ttl_and_malformed_drops() {
     assert_eq!(c.tx_packets, 0);
 }
 
+/// Splits an IPv4 frame's payload at `at` bytes (a multiple of 8) into two fragments, with IP
+/// identification `id`.
+fn fragments(frame: &[u8], at: usize, id: u16) -> (Vec<u8>, Vec<u8>) {
+    let (eth, ip) = frame.split_at(14);
+    let (header, payload) = ip.split_at(20);
+    let make = |data: &[u8], field: u16| {
+        let mut h = header.to_vec();
+        h[2..4].copy_from_slice(&((20 + data.len()) as u16).to_be_bytes());
+        h[4..6].copy_from_slice(&id.to_be_bytes());
+        h[6..8].copy_from_slice(&field.to_be_bytes());
+        wire::set_ipv4_checksum(&mut h);
+        [eth, &h, data].concat()
+    };
+    (make(&payload[..at], 0x2000), make(&payload[at..], (at / 8) as u16))
+}
+
+/// A fragmented UDP datagram (a large DNS answer) was dropped: its first fragment as
+/// `bad-udp-header`, the rest as `fragment`. The first is now decided like a whole packet
+/// and the later ones follow its verdict; a denied datagram's later fragments, strays and an
+/// overlapping fragment are dropped as `fragment`.
+#[test]
+fn later_fragments_follow_their_first_fragments_verdict() {
+    let mut p = pipeline(1000);
+    let big = finish(v4(true, CLIENT, SERVER, 64).udp(40000, 53), &[7; 3000]);
+    let (first, later) = fragments(&big, 1480, 77);
+    // The later fragment before its first: no verdict to follow.
+    assert_eq!(one(&mut p, 1, later.clone()).0, Outcome::Drop(Drop::Malformed(Malformed::Fragment)));
+    // First and later in one burst, in order: both forwarded, the later one rewritten too.
+    let mut burst = [first.clone(), later.clone()];
+    assert_eq!(run(&mut p, 2, &mut burst), [Outcome::Forward(1), Outcome::Forward(1)]);
+    assert_eq!(assert_valid_ipv4(&burst[1]).time_to_live, 63);
+    assert_eq!(&burst[1][0..6], &SERVER_MAC);
+    assert_eq!(p.counters().fragments_followed, 1);
+    assert_eq!(p.counters().classified, 1, "only the first fragment is classified");
+    // An overlapping later fragment (offset 8, inside the first's data) is dropped.
+    let (_, overlap) = fragments(&big, 8, 77);
+    assert_eq!(one(&mut p, 3, overlap).0, Outcome::Drop(Drop::Malformed(Malformed::Fragment)));
+    // A denied datagram (the database takes only DNS): its first fragment by the policy, the
+    // rest as strays.
+    let denied = finish(v4(true, CLIENT, DB, 64).udp(40000, 9999), &[7; 3000]);
+    let (first, later) = fragments(&denied, 1480, 78);
+    let mut burst = [first, later];
+    assert_eq!(
+        run(&mut p, 4, &mut burst),
+        [Outcome::Drop(Drop::Denied), Outcome::Drop(Drop::Malformed(Malformed::Fragment))]
+    );
+    // After the timeout, the allowed datagram's fragments no longer pass.
+    let (_, later) = fragments(&big, 1480, 77);
+    let late = 2 + crate::conntrack::fragments::TIMEOUT_NS;
+    assert_eq!(one(&mut p, late, later).0, Outcome::Drop(Drop::Malformed(Malformed::Fragment)));
+    assert_eq!(p.counters().fragments_followed, 1);
+}
+
+/// Linux refuses to forward martian addresses, source-routed packets and (on an untagged
+/// device) tagged frames; Margay forwarded them all when the policy allowed.
+#[test]
+fn martians_source_routes_and_tagged_frames_are_dropped_and_counted() {
+    let mut p = pipeline(1000);
+    for src in [[127, 0, 0, 1], [0, 1, 2, 3], [224, 0, 0, 5], [255, 255, 255, 255]] {
+        assert_eq!(one(&mut p, 0, udp(true, src, 1, SERVER, 53)).0, Outcome::Drop(Drop::Martian), "{src:?}");
+    }
+    for dst in [[127, 0, 0, 1], [0, 0, 0, 0], [239, 1, 2, 3]] {
+        assert_eq!(one(&mut p, 0, udp(true, CLIENT, 1, dst, 53)).0, Outcome::Drop(Drop::Martian), "{dst:?}");
+    }
+    let v6 = |src: &str| {
+        let src: std::net::Ipv6Addr = src.parse().unwrap();
+        let dst: std::net::Ipv6Addr = "2001:2:0:2::20".parse().unwrap();
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(CLIENT_MAC, NODE_CLIENT_MAC)
+            .ipv6(src.octets(), dst.octets(), 64)
+            .udp(1, 53)
+            .write(&mut v, b"x")
+            .unwrap();
+        v
+    };
+    for src in ["::1", "fe80::1", "ff02::1", "::"] {
+        assert_eq!(one(&mut p, 0, v6(src)).0, Outcome::Drop(Drop::Martian), "{src}");
+    }
+    assert_eq!(one(&mut p, 0, v6("2001:2:0:1::10")).0, Outcome::Forward(1), "a unicast source is forwarded");
+    // Loose source route: IHL 6 with a NOP and a 3-byte LSRR option.
+    let plain = udp(true, CLIENT, 1, SERVER, 53);
+    let mut lsrr = plain.clone();
+    lsrr.splice(34..34, [1, 131, 3, 0]);
+    lsrr[14] = 0x46;
+    let total = (lsrr.len() - 14) as u16;
+    lsrr[16..18].copy_from_slice(&total.to_be_bytes());
+    wire::set_ipv4_checksum(&mut lsrr[14..]);
+    assert_eq!(one(&mut p, 0, lsrr).0, Outcome::Drop(Drop::Malformed(Malformed::SourceRoute)));
+    // 802.1Q tag 100.
+    let mut tagged = plain.clone();
+    tagged.splice(12..12, [0x81, 0x00, 0x00, 100]);
+    assert_eq!(one(&mut p, 0, tagged).0, Outcome::Drop(Drop::Tagged));
+    let c = p.counters();
+    assert_eq!(c.drops[Drop::Martian.index()], 11);
+    assert_eq!(c.drops[Drop::Tagged.index()], 1);
+    assert_eq!(c.drops[Drop::Malformed(Malformed::SourceRoute).index()], 1);
+    assert_eq!(c.classified, 1, "only the unicast IPv6 packet reached the policy");
+}
+
 #[test]
 fn ipv6_forwarding_decrements_the_hop_limit() {
     let mut p = pipeline(1000);

@@ -7,11 +7,14 @@
 //! bounds-checked through `Bytes`; a short or inconsistent packet is a [`Malformed`] value,
 //! never a panic.
 //!
-//! Decisions (docs/design/pipeline.md): IPv4 non-first fragments are dropped (they carry no ports, so
-//! neither conntrack nor policy can place them); a first fragment is parsed like any packet.
-//! IPv6 extension headers are walked up to [`MAX_EXT_HEADERS`]; an IPv6 fragment header with a
-//! nonzero offset is a non-first fragment. The IPv4 header checksum is verified; L4 checksums
-//! are not (senders on veth leave them partial, and they are end-to-end).
+//! Decisions (docs/design/pipeline.md): a fragment is marked ([`Packet::frag`]); a first
+//! fragment is parsed like a whole packet (a UDP length covering the whole datagram is not
+//! required to fit), a later one only to its IP header (it has no transport header: the
+//! pipeline decides it by its first fragment). IPv6 extension headers are walked up to
+//! [`MAX_EXT_HEADERS`]. IPv4 loose and strict source-route options and IPv6 type-0 routing
+//! headers are refused ([`Malformed::SourceRoute`]), as Linux refuses to forward them. The IPv4
+//! header checksum is verified; L4 checksums are not (senders on veth leave them partial, and
+//! they are end-to-end).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -65,8 +68,11 @@ pub enum Malformed {
     BadIpv6Header,
     /// More than [`MAX_EXT_HEADERS`] IPv6 extension headers.
     TooManyExtHeaders,
-    /// A non-first fragment (IPv4 offset > 0 or IPv6 fragment offset > 0).
+    /// A non-first fragment that follows no allowed first fragment (the pipeline's verdict: the
+    /// parser marks fragments, [`Packet::frag`]), or overlaps its first fragment.
     Fragment,
+    /// An IPv4 loose or strict source-route option, or an IPv6 type-0 routing header.
+    SourceRoute,
     /// TCP data offset below 5 words or past the packet.
     BadTcpHeader,
     /// UDP length below 8 or past the IP packet.
@@ -86,6 +92,7 @@ impl Malformed {
             Malformed::BadIpv6Header => "bad-ipv6-header",
             Malformed::TooManyExtHeaders => "too-many-ext-headers",
             Malformed::Fragment => "fragment",
+            Malformed::SourceRoute => "source-route",
             Malformed::BadTcpHeader => "bad-tcp-header",
             Malformed::BadUdpHeader => "bad-udp-header",
         }
@@ -102,14 +109,19 @@ impl Malformed {
             Malformed::BadIpv4Checksum => "an IPv4 header checksum that does not verify",
             Malformed::BadIpv6Header => "an IPv6 header with a bad version",
             Malformed::TooManyExtHeaders => "more IPv6 extension headers than the parser follows",
-            Malformed::Fragment => "a non-first fragment",
+            Malformed::Fragment => {
+                "a non-first fragment whose first fragment was not seen, not allowed or expired, or which overlaps it"
+            }
+            Malformed::SourceRoute => {
+                "an IPv4 loose or strict source-route option, or an IPv6 type-0 routing header (Linux forwards neither)"
+            }
             Malformed::BadTcpHeader => "a TCP data offset below 5 words or past the packet",
             Malformed::BadUdpHeader => "a UDP length below 8 or past the IP packet",
         }
     }
 
     /// Every value, in counter order.
-    pub const ALL: [Malformed; 11] = [
+    pub const ALL: [Malformed; 12] = [
         Malformed::Truncated(Layer::Ethernet),
         Malformed::Truncated(Layer::Ip),
         Malformed::Truncated(Layer::L4),
@@ -119,6 +131,7 @@ impl Malformed {
         Malformed::BadIpv6Header,
         Malformed::TooManyExtHeaders,
         Malformed::Fragment,
+        Malformed::SourceRoute,
         Malformed::BadTcpHeader,
         Malformed::BadUdpHeader,
     ];
@@ -183,6 +196,19 @@ pub struct Quoted {
     pub l4: L4,
 }
 
+/// A fragment of an IP datagram (IPv4 more-fragments or offset, an IPv6 fragment header that is
+/// not atomic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fragment {
+    /// The datagram's identification (IPv4: 16 bits).
+    pub id: u32,
+    /// Where this fragment's data starts in the datagram's fragmentable part, bytes. Zero for
+    /// the first fragment, the only one with a transport header.
+    pub offset: u16,
+    /// Bytes of fragment data this packet carries.
+    pub len: u16,
+}
+
 /// A parsed packet: addresses, transport fields and the offsets the forwarder rewrites.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Packet {
@@ -204,6 +230,9 @@ pub struct Packet {
     pub ip_len: usize,
     /// For an ICMP error, the quoted header.
     pub quoted: Option<Quoted>,
+    /// Set for a fragment. A later fragment (offset > 0) has no transport fields: `l4` holds
+    /// only the protocol.
+    pub frag: Option<Fragment>,
 }
 
 impl Packet {
@@ -218,6 +247,7 @@ impl Packet {
         l4: L4 { proto: 0, sport: 0, dport: 0, icmp: None, flags: 0, seq: 0, ack: 0 },
         ip_len: 0,
         quoted: None,
+        frag: None,
     };
 
     /// Whether the protocol has ports (TCP, UDP, SCTP).
@@ -228,6 +258,12 @@ impl Packet {
     /// Whether this is IPv4.
     pub fn is_v4(&self) -> bool {
         self.src.is_ipv4()
+    }
+
+    /// Whether this is a fragment after the first (no transport header).
+    #[inline(always)]
+    pub fn is_later_fragment(&self) -> bool {
+        matches!(self.frag, Some(f) if f.offset > 0)
     }
 
     /// The ICMP kind, for ICMP and ICMPv6.
@@ -293,6 +329,7 @@ pub fn parse_into(frame: &[u8], p: &mut Packet) -> Result<(), Malformed> {
     let mut l3 = 14;
     p.vlan = None;
     p.quoted = None;
+    p.frag = None;
     // At most two tags (802.1ad outer, 802.1Q inner); the outer id is kept.
     for _ in 0..2 {
         if ethertype != ETH_VLAN && ethertype != ETH_QINQ {
@@ -332,8 +369,8 @@ fn ipv4_into(b: Bytes<'_>, l3: usize, outer: bool, p: &mut Packet) -> Result<(),
             return Err(Malformed::BadIpv4Checksum);
         }
     }
-    if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
-        return Err(Malformed::Fragment);
+    if outer && ihl > 20 && source_routed(&b.0[l3 + 20..l3 + ihl]) {
+        return Err(Malformed::SourceRoute);
     }
     p.l3 = l3;
     p.l4_off = l3 + ihl;
@@ -341,9 +378,48 @@ fn ipv4_into(b: Bytes<'_>, l3: usize, outer: bool, p: &mut Packet) -> Result<(),
     p.dst = IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19]));
     p.ttl = h[8];
     p.ip_len = total;
+    // More fragments (0x2000) or an offset (0x1fff, in 8-byte units).
+    let frag = u16::from_be_bytes([h[6], h[7]]);
+    if frag & 0x3fff != 0 {
+        let f = Fragment {
+            id: u32::from(u16::from_be_bytes([h[4], h[5]])),
+            offset: (frag & 0x1fff) << 3,
+            len: (total - ihl) as u16,
+        };
+        if !outer && f.offset > 0 {
+            // An ICMP error can only quote a first fragment usefully.
+            return Err(Malformed::Fragment);
+        }
+        if outer {
+            p.frag = Some(f);
+        }
+        if f.offset > 0 {
+            p.l4 = L4 { proto: h[9], ..L4::default() };
+            return Ok(());
+        }
+    }
     // A quoted packet's L4 may extend past what was quoted; only its first 8 bytes count.
     let end = if outer { l3 + total } else { b.0.len() };
     l4_into(Bytes(&b.0[..end]), l3 + ihl, h[9], outer, p)
+}
+
+/// Whether IPv4 options carry a loose (131) or strict (137) source route. Malformed option
+/// lengths end the walk (the options are not ours to validate further).
+#[inline(never)]
+fn source_routed(options: &[u8]) -> bool {
+    let mut i = 0;
+    while i < options.len() {
+        match options[i] {
+            0 => return false,
+            1 => i += 1,
+            131 | 137 => return true,
+            _ => match options.get(i + 1) {
+                Some(&len) if len >= 2 => i += usize::from(len),
+                _ => return false,
+            },
+        }
+    }
+    false
 }
 
 #[inline(always)]
@@ -361,6 +437,7 @@ fn ipv6_into(b: Bytes<'_>, l3: usize, outer: bool, p: &mut Packet) -> Result<(),
     let mut next = h[6];
     let mut off = l3 + 40;
     let mut walked = 0;
+    let mut frag = None;
     // Hop-by-hop 0, routing 43, fragment 44, destination options 60, mobility 135, HIP 139,
     // shim6 140. ESP (50) and AH (51) end the walk: their protocol is what policy sees.
     while matches!(next, 0 | 43 | 44 | 60 | 135 | 139 | 140) {
@@ -370,12 +447,27 @@ fn ipv6_into(b: Bytes<'_>, l3: usize, outer: bool, p: &mut Packet) -> Result<(),
         }
         let hdr_next = b.u8(off, Layer::Ip)?;
         let len = if next == 44 {
-            let frag = b.u16(off + 2, Layer::Ip)?;
-            if frag & 0xfff8 != 0 {
-                return Err(Malformed::Fragment);
+            let field = b.u16(off + 2, Layer::Ip)?;
+            let id = u32::from_be_bytes(b.array(off + 4, Layer::Ip)?);
+            // Offset 0 without more fragments is an atomic fragment (RFC 6946): a whole packet.
+            if field & 0xfff9 != 0 {
+                let len = (l3 + 40 + payload).saturating_sub(off + 8) as u16;
+                frag = Some(Fragment { id, offset: field & 0xfff8, len });
+                if field & 0xfff8 != 0 {
+                    // A later fragment: what follows is data, not headers.
+                    if !outer {
+                        return Err(Malformed::Fragment);
+                    }
+                    next = hdr_next;
+                    off += 8;
+                    break;
+                }
             }
             8
         } else {
+            if outer && next == 43 && b.u8(off + 2, Layer::Ip)? == 0 {
+                return Err(Malformed::SourceRoute);
+            }
             (usize::from(b.u8(off + 1, Layer::Ip)?) + 1) * 8
         };
         b.need(off + len, Layer::Ip)?;
@@ -390,6 +482,13 @@ fn ipv6_into(b: Bytes<'_>, l3: usize, outer: bool, p: &mut Packet) -> Result<(),
     p.dst = IpAddr::V6(Ipv6Addr::from(dst));
     p.ttl = h[7];
     p.ip_len = 40 + payload;
+    if outer {
+        p.frag = frag;
+    }
+    if matches!(frag, Some(f) if f.offset > 0) {
+        p.l4 = L4 { proto: next, ..L4::default() };
+        return Ok(());
+    }
     l4_into(b, off, next, outer, p)
 }
 
@@ -422,8 +521,9 @@ fn l4_into(b: Bytes<'_>, off: usize, proto: u8, outer: bool, p: &mut Packet) -> 
                 b.need(off + 12, Layer::L4)?;
             }
             if outer && proto == PROTO_UDP {
+                // A first fragment's UDP length covers the whole datagram, past this packet.
                 let len = usize::from(u16::from_be_bytes([u[4], u[5]]));
-                if len < 8 || off + len > b.0.len() {
+                if len < 8 || (off + len > b.0.len() && p.frag.is_none()) {
                     return Err(Malformed::BadUdpHeader);
                 }
             }

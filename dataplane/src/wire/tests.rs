@@ -151,11 +151,10 @@ fn ipv6_icmp_echo() {
 
 #[test]
 fn ipv4_header_errors() {
-    let cases: [(usize, u8, Malformed); 4] = [
+    let cases: [(usize, u8, Malformed); 3] = [
         (0, 0x65, Malformed::BadIpv4Header), // version 6 in an IPv4 frame
         (0, 0x44, Malformed::BadIpv4Header), // IHL 4
         (3, 0x10, Malformed::BadIpv4Header), // total length 16 < 20
-        (6, 0x01, Malformed::Fragment),      // offset 256 (non-first fragment)
     ];
     for (at, value, want) in cases {
         let mut ip = IPV4_UDP;
@@ -167,11 +166,56 @@ fn ipv4_header_errors() {
     let mut ip = IPV4_UDP;
     ip[11] ^= 1;
     assert_eq!(parse(&frame(&ETH_V4, &ip)), Err(Malformed::BadIpv4Checksum));
-    // A first fragment (more-fragments set, offset 0) parses.
+}
+
+/// A first fragment is parsed like a whole packet, though its UDP length covers the whole
+/// datagram (it was dropped as `bad-udp-header`); a later one to its IP header, marked.
+#[test]
+fn ipv4_fragments_are_marked() {
     let mut ip = IPV4_UDP;
-    ip[6] = 0x20;
+    ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+    ip[6] = 0x20; // more fragments, offset 0
+    ip[24..26].copy_from_slice(&1480u16.to_be_bytes()); // the datagram's UDP length
     set_ipv4_checksum(&mut ip);
-    assert!(parse(&frame(&ETH_V4, &ip)).is_ok());
+    let p = parse(&frame(&ETH_V4, &ip)).unwrap();
+    assert_eq!(p.frag, Some(Fragment { id: 0x1234, offset: 0, len: IPV4_UDP.len() as u16 - 20 }));
+    assert_eq!(
+        (p.l4.sport, p.l4.dport),
+        (u16::from_be_bytes([ip[20], ip[21]]), u16::from_be_bytes([ip[22], ip[23]]))
+    );
+    assert!(!p.is_later_fragment());
+    // Offset 256 x 8 bytes, last fragment: no transport fields.
+    let mut ip = IPV4_UDP;
+    ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+    ip[6] = 0x01;
+    set_ipv4_checksum(&mut ip);
+    let p = parse(&frame(&ETH_V4, &ip)).unwrap();
+    assert_eq!(p.frag, Some(Fragment { id: 0x1234, offset: 2048, len: IPV4_UDP.len() as u16 - 20 }));
+    assert_eq!(p.l4, L4 { proto: PROTO_UDP, ..L4::default() });
+    assert!(p.is_later_fragment());
+    // A whole packet is no fragment (don't-fragment set or not).
+    let mut ip = IPV4_UDP;
+    ip[6] = 0x40;
+    set_ipv4_checksum(&mut ip);
+    assert_eq!(parse(&frame(&ETH_V4, &ip)).unwrap().frag, None);
+}
+
+/// Loose and strict source routes are refused (Linux does not forward them); other options,
+/// and a record-route, are not.
+#[test]
+fn ipv4_source_route_options_are_refused() {
+    for (option, want) in
+        [(131u8, Some(Malformed::SourceRoute)), (137, Some(Malformed::SourceRoute)), (7, None)]
+    {
+        // IHL 6: one NOP, then a 3-byte option.
+        let mut ip = IPV4_UDP.to_vec();
+        ip.splice(20..20, [1, option, 3, 4]);
+        ip[0] = 0x46;
+        let total = ip.len() as u16;
+        ip[2..4].copy_from_slice(&total.to_be_bytes());
+        set_ipv4_checksum(&mut ip[..24]);
+        assert_eq!(parse(&frame(&ETH_V4, &ip)).err(), want, "option {option}");
+    }
 }
 
 #[test]
@@ -199,14 +243,28 @@ fn ipv6_errors() {
     let mut ip = IPV6_HBH_UDP;
     ip[0] = 0x40;
     assert_eq!(parse(&frame(&ETH_V6, &ip)), Err(Malformed::BadIpv6Header));
-    // A non-first fragment: fragment header with offset 1.
+    // A non-first fragment: fragment header with offset 1 (8 bytes), id 1: marked, no ports.
     let mut ip = IPV6_HBH_UDP;
     ip[6] = 44;
     ip[40..48].copy_from_slice(&[17, 0, 0x00, 0x08, 0, 0, 0, 1]);
-    assert_eq!(parse(&frame(&ETH_V6, &ip)), Err(Malformed::Fragment));
-    // Offset 0 (first fragment) parses.
+    let p = parse(&frame(&ETH_V6, &ip)).unwrap();
+    let len = IPV6_HBH_UDP.len() as u16 - 48;
+    assert_eq!(p.frag, Some(Fragment { id: 1, offset: 8, len }));
+    assert_eq!((p.l4.proto, p.l4.dport, p.l4_off), (PROTO_UDP, 0, 14 + 48));
+    // Offset 0 with more fragments (a first fragment) parses to its ports.
     ip[42..44].copy_from_slice(&[0, 1]);
-    assert_eq!(parse(&frame(&ETH_V6, &ip)).unwrap().l4.dport, 53);
+    let p = parse(&frame(&ETH_V6, &ip)).unwrap();
+    assert_eq!((p.l4.dport, p.frag), (53, Some(Fragment { id: 1, offset: 0, len })));
+    // Offset 0 without more fragments is an atomic fragment: a whole packet (RFC 6946).
+    ip[42..44].copy_from_slice(&[0, 0]);
+    assert_eq!(parse(&frame(&ETH_V6, &ip)).unwrap().frag, None);
+    // A type-0 routing header is refused; type 2 (mobility) is not.
+    for (kind, want) in [(0u8, Some(Malformed::SourceRoute)), (2, None)] {
+        let mut ip = IPV6_HBH_UDP;
+        ip[6] = 43;
+        ip[40..48].copy_from_slice(&[17, 0, kind, 0, 0, 0, 0, 0]);
+        assert_eq!(parse(&frame(&ETH_V6, &ip)).err(), want, "routing type {kind}");
+    }
     // A chain of nine destination-options headers is too long.
     let mut ip = vec![0x60, 0, 0, 0, 0, 80, 60, 64];
     ip.extend_from_slice(&IPV6_HBH_UDP[8..40]);
