@@ -12,7 +12,7 @@ use etherparse::PacketBuilder;
 use margay_config::daemon::Mac;
 use serde_json::json;
 
-use margay_testkit::generator::TxGen;
+use margay_testkit::generator::{Flows, MAX_FLOWS, TxGen};
 
 /// Arguments of `margay gen`.
 #[derive(Debug, clap::Args)]
@@ -32,8 +32,10 @@ pub struct GenArgs {
     /// Destination address.
     #[arg(long)]
     dst: IpAddr,
-    /// Distinct flows (source address and port vary).
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    /// Distinct flows, up to 16777216 (2^24): flow i comes from the first source address plus
+    /// i / 256, port 1024 + (i % 256) x 61. Sent in order, each once per round, so `--count`
+    /// equal to `--flows` sends every flow exactly once.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_FLOWS)))]
     flows: u32,
     /// Frame size in bytes (without the FCS), 60..=1514.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(60..=1514))]
@@ -68,34 +70,36 @@ fn offset(ip: IpAddr, n: u32) -> IpAddr {
     }
 }
 
-/// The frames of `args`'s flows.
-fn frames(args: &GenArgs, src_mac: Mac) -> anyhow::Result<Vec<Vec<u8>>> {
-    let mut out = Vec::new();
-    for i in 0..args.flows {
-        let src = offset(args.src, i / 256);
-        let sport = 1024 + (i % 256) as u16 * 61;
-        let eth = PacketBuilder::ethernet2(src_mac.0, args.dst_mac.0);
-        let ip = match (src, args.dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
-            (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
-            _ => bail!("--src and --dst must be the same family"),
-        };
-        let header = match (args.proto.as_str(), src) {
-            ("syn", IpAddr::V4(_)) => 14 + 20 + 20,
-            ("syn", IpAddr::V6(_)) => 14 + 40 + 20,
-            (_, IpAddr::V4(_)) => 14 + 20 + 8,
-            (_, IpAddr::V6(_)) => 14 + 40 + 8,
-        };
-        let payload = vec![0u8; usize::from(args.size).saturating_sub(header)];
-        let mut f = Vec::with_capacity(usize::from(args.size));
-        if args.proto == "syn" {
-            ip.tcp(sport, args.dport, 1000 + i, 64_240).syn().write(&mut f, &payload)?;
-        } else {
-            ip.udp(sport, args.dport).write(&mut f, &payload)?;
-        }
-        out.push(f);
+/// Flow 0's frame: every frame starts as a copy, and [`Flows::write`] makes it flow i.
+fn template(args: &GenArgs, src_mac: Mac) -> anyhow::Result<Vec<u8>> {
+    let last = offset(args.src, (args.flows - 1) / 256);
+    if last < args.src {
+        bail!(
+            "--src {} plus {} addresses wraps around the address space",
+            args.src,
+            args.flows.div_ceil(256)
+        );
     }
-    Ok(out)
+    let eth = PacketBuilder::ethernet2(src_mac.0, args.dst_mac.0);
+    let ip = match (args.src, args.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+        _ => bail!("--src and --dst must be the same family"),
+    };
+    let header = match (args.proto.as_str(), args.src) {
+        ("syn", IpAddr::V4(_)) => 14 + 20 + 20,
+        ("syn", IpAddr::V6(_)) => 14 + 40 + 20,
+        (_, IpAddr::V4(_)) => 14 + 20 + 8,
+        (_, IpAddr::V6(_)) => 14 + 40 + 8,
+    };
+    let payload = vec![0u8; usize::from(args.size).saturating_sub(header)];
+    let mut f = Vec::with_capacity(usize::from(args.size));
+    if args.proto == "syn" {
+        ip.tcp(1024, args.dport, 1000, 64_240).syn().write(&mut f, &payload)?;
+    } else {
+        ip.udp(1024, args.dport).write(&mut f, &payload)?;
+    }
+    Ok(f)
 }
 
 pub(super) fn gen_run(args: &GenArgs) -> anyhow::Result<ExitCode> {
@@ -103,19 +107,30 @@ pub(super) fn gen_run(args: &GenArgs) -> anyhow::Result<ExitCode> {
         Some(m) => m,
         None => margay_dataplane::daemon::interface_mac(&args.interface)?,
     };
-    let frames = Arc::new(frames(args, src_mac)?);
+    let template = template(args, src_mac)?;
+    let flows = Flows::of(&template)?;
+    let frames = Arc::new(vec![template]);
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))?;
     }
-    let per_queue_rate = args.rate / u64::from(args.queues);
-    let per_queue_count =
-        if args.count == 0 { u64::MAX } else { args.count.div_ceil(u64::from(args.queues)) };
+    let queues = u64::from(args.queues);
+    let per_queue_rate = args.rate / queues;
+    let n_flows = u64::from(args.flows);
     let duration = Duration::from_secs_f64(args.duration.max(0.001));
     let started = Instant::now();
     let mut threads = Vec::new();
     for q in 0..args.queues {
         let (frames, stop, iface) = (Arc::clone(&frames), Arc::clone(&stop), args.interface.clone());
+        // Queue q sends packets q, q + queues, q + 2 x queues... of the whole sequence (packet
+        // j carries flow j % flows), so the queues' packets together are the sequence's first
+        // `count`, exactly.
+        let q64 = u64::from(q);
+        let per_queue_count = if args.count == 0 {
+            u64::MAX
+        } else {
+            args.count / queues + u64::from(q64 < args.count % queues)
+        };
         threads.push(std::thread::spawn(move || -> anyhow::Result<u64> {
             let mut g = TxGen::open(&iface, q, &frames, 2048)?;
             let t0 = Instant::now();
@@ -130,7 +145,11 @@ pub(super) fn gen_run(args: &GenArgs) -> anyhow::Result<ExitCode> {
                         continue;
                     }
                 }
-                queued += g.send(budget) as u64;
+                let first = queued;
+                queued += g.send_with(budget, |i, frame| {
+                    let packet = (first + i as u64) * queues + q64;
+                    flows.write(frame, (packet % n_flows) as u32);
+                }) as u64;
             }
             // Let the kernel finish what was queued.
             let drain = Instant::now();
@@ -169,13 +188,20 @@ pub struct SinkArgs {
     /// Seconds to count (SIGINT or SIGTERM ends it sooner).
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
+    /// Also count distinct 5-tuples (UDP and TCP over untagged IPv4 or IPv6), up to this many
+    /// (a kernel hash map of about 100 bytes per flow; 0: not counted).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_FLOWS)))]
+    count_flows: u32,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
 }
 
 pub(super) fn sink_run(args: &SinkArgs) -> anyhow::Result<ExitCode> {
-    let sink = margay_testkit::sink::Sink::attach(margay_dataplane::daemon::ifindex(&args.interface)?)?;
+    let sink = margay_testkit::sink::Sink::attach_counting(
+        margay_dataplane::daemon::ifindex(&args.interface)?,
+        args.count_flows,
+    )?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))?;
@@ -202,10 +228,19 @@ pub(super) fn sink_run(args: &SinkArgs) -> anyhow::Result<ExitCode> {
         Some((t, p)) if last.0 > t => (last.1 - p) as f64 / last.0.duration_since(t).as_secs_f64(),
         _ => 0.0,
     };
+    let (flows, flows_over) = sink.flows()?;
     if args.json {
-        println!("{}", json!({"packets": packets, "bytes": bytes, "pps": pps}));
+        let mut v = json!({"packets": packets, "bytes": bytes, "pps": pps});
+        if args.count_flows > 0 {
+            v["flows"] = json!(flows);
+            v["flows_over_capacity"] = json!(flows_over);
+        }
+        println!("{v}");
     } else {
         println!("received {packets} packets, {bytes} bytes: {pps:.0} packets/s while they arrived");
+        if args.count_flows > 0 {
+            println!("{flows} distinct 5-tuples ({flows_over} packets of new ones found the map full)");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

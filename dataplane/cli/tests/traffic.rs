@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use margay_testkit::netns::Namespaces;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const EXE: &str = env!("CARGO_BIN_EXE_margay");
 
@@ -77,6 +77,80 @@ fn the_sink_counts_what_the_generator_sends() {
     // Every frame sent arrives (veth loses none at this size of burst), each of 128 bytes.
     assert_eq!(v["packets"], 100_000, "{v}");
     assert_eq!(v["bytes"], 100_000 * 128, "{v}");
+}
+
+/// `margay gen --flows N --count N` sends each of N flows exactly once, counted as distinct
+/// 5-tuples at the sink: it once capped N at 65,536 and, reusing frames last-in-first-out,
+/// started 52 distinct flows of 8,192 asked for. Over two queues, and past 65,536.
+#[test]
+fn the_generator_sends_exactly_the_distinct_flows_asked_for() {
+    if !margay_testkit::require_root("the_generator_sends_exactly_the_distinct_flows_asked_for") {
+        return;
+    }
+    let p = std::process::id() % 100_000;
+    let (g, k) = (format!("mgfg{p}"), format!("mgfs{p}"));
+    let ns = Namespaces(vec![g.clone(), k.clone()]);
+    for n in &ns.0 {
+        let _ = Command::new("ip").args(["netns", "del", n]).stderr(Stdio::null()).status();
+        ip(&["netns", "add", n]);
+    }
+    ip(&[
+        "link",
+        "add",
+        "gen0",
+        "netns",
+        &g,
+        "numtxqueues",
+        "2",
+        "numrxqueues",
+        "2",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "sink0",
+    ]);
+    ip(&["link", "set", "sink0", "netns", &k, "address", "02:00:00:00:bb:01"]);
+    for (n, dev) in [(&g, "gen0"), (&k, "sink0")] {
+        ip(&["netns", "exec", n, "sysctl", "-qw", &format!("net.ipv6.conf.{dev}.disable_ipv6=1")]);
+        ip(&["-n", n, "link", "set", dev, "up"]);
+    }
+    for (flows, queues, proto, src) in [
+        (8_192u32, "1", "syn", "198.18.0.0"),
+        (100_000, "2", "udp", "198.18.0.0"),
+        (70_000, "1", "udp", "2001:2::"),
+    ] {
+        let sink = Command::new("ip")
+            .args(["netns", "exec", &k, EXE, "sink", "--interface", "sink0", "--duration", "4"])
+            .args(["--count-flows", "200000", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+        let dst = if src.contains(':') { "2001:2:0:1::20" } else { "198.19.0.1" };
+        let n = flows.to_string();
+        let out = Command::new("ip")
+            .args(["netns", "exec", &g, EXE, "gen", "--interface", "gen0", "--dst-mac", "02:00:00:00:bb:01"])
+            .args([
+                "--src", src, "--dst", dst, "--proto", proto, "--flows", &n, "--count", &n, "--queues",
+                queues,
+            ])
+            .args(["--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let sent: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(sent["sent"], flows, "{sent}");
+        let out = sink.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            (&v["packets"], &v["flows"], &v["flows_over_capacity"]),
+            (&json!(flows), &json!(flows), &json!(0)),
+            "{proto} {src} x{queues}: {v}"
+        );
+    }
 }
 
 /// A socket bound right after another process let go of the same queue: the kernel frees the
