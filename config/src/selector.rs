@@ -110,7 +110,9 @@ impl fmt::Display for Selector {
             Selector::Ne(k, v) => write!(f, "{k} != {}", quoted(v)),
             Selector::In(k, s) => write!(f, "{k} in {{{}}}", set(s)),
             Selector::NotIn(k, s) => write!(f, "{k} not in {{{}}}", set(s)),
-            Selector::Not(s) => write!(f, "!({s})"),
+            // No parentheses of its own: `!` binds to one term (a chain prints its own), and
+            // `!(!(...` doubled the depth of a deep `!!!...` past the parser's limit.
+            Selector::Not(s) => write!(f, "!{s}"),
             Selector::And(terms) => chain(f, terms, " && "),
             Selector::Or(terms) => chain(f, terms, " || "),
         }
@@ -278,6 +280,7 @@ impl Parser {
         self.skip_space();
         if self.at_end() || matches!(self.peek(), Some(')' | '&' | '|')) {
             self.pos = start;
+            let key = excerpt(&key);
             return Err(self.error(format!(
                 "'{key}' alone is not a selector: use has({key}), {key} == '...', {key} in {{...}}"
             )));
@@ -418,10 +421,19 @@ mod tests {
             "all()",
             "k not in {}",
             "a != 'b' || c == 'd' && e == 'f'",
+            "!!a == 'b' && !(c == 'd' || !has(e))",
         ] {
             let parsed = sel(s);
             assert_eq!(sel(&parsed.to_string()), parsed, "{s:?} printed as {parsed}");
         }
+        // Found by the selector fuzz target: 130 `!`s printed as `!(!(...` were nested 260
+        // deep, past the limit the input had kept to.
+        // And a bare key is named, not echoed whole three times (1,238 bytes for a long one).
+        let e = Selector::parse(&"k".repeat(1000)).unwrap_err().to_string();
+        assert!(e.contains("alone is not a selector") && e.len() < 1_000, "{e}");
+        let deep = format!("{}s == ''", "!".repeat(MAX_NESTING - 1));
+        let parsed = sel(&deep);
+        assert_eq!(parsed.to_string(), deep);
     }
 
     #[test]

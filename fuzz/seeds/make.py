@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes seed scripts for the `pipeline` fuzz target (the format is in
-dataplane/src/fuzzing.rs): real exchanges between the hosts of examples/replay/node.toml, so
+tests/testkit/src/fuzzing.rs): real exchanges between the hosts of examples/replay/node.toml, so
 the fuzzer starts from frames that reach conntrack, policy and forwarding instead of having to
 discover Ethernet, IP and a valid checksum first.
 

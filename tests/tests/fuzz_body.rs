@@ -72,3 +72,58 @@ proptest! {
         margay_testkit::fuzzing::run(&data);
     }
 }
+
+/// The example files, which the parser targets also start from.
+const EXAMPLES: [&str; 4] = [
+    include_str!("../../examples/shop.toml"),
+    include_str!("../../examples/demo/policy-v2.toml"),
+    include_str!("../../examples/replay/policy.toml"),
+    include_str!("../../examples/replay/node.toml"),
+];
+
+/// A text of the examples' with a few edits: bytes replaced from a small alphabet of the
+/// characters the grammars care about, or lines cut out.
+fn mutated_example() -> impl Strategy<Value = String> {
+    const ALPHABET: &[u8] = b"[]{}()=!&|'\",.:#\n 0123456789-/*";
+    (0..EXAMPLES.len(), proptest::collection::vec((any::<usize>(), any::<usize>(), any::<bool>()), 0..6))
+        .prop_map(|(which, edits)| {
+            let mut text = EXAMPLES[which].as_bytes().to_vec();
+            for (at, v, cut) in edits {
+                let at = at % text.len().max(1);
+                if cut {
+                    let end = text[at..].iter().position(|&b| b == b'\n').map_or(text.len(), |n| at + n);
+                    text.drain(at..end);
+                } else if at < text.len() {
+                    text[at] = ALPHABET[v % ALPHABET.len()];
+                }
+            }
+            String::from_utf8_lossy(&text).into_owned()
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn the_policy_body_on_edited_examples(text in mutated_example()) {
+        margay_testkit::fuzzing::policy(text.as_bytes());
+    }
+
+    #[test]
+    fn the_config_body_on_edited_examples(text in mutated_example()) {
+        margay_testkit::fuzzing::config(text.as_bytes());
+    }
+
+    #[test]
+    fn the_selector_body_on_selector_like_text(text in "[a-c!()&| =']{0,60}|(!|\\(|[a-z]+ (==|!=) '[a-z]*'|&&|\\|\\||\\)| )*") {
+        margay_testkit::fuzzing::selector(text.as_bytes());
+    }
+}
+
+/// What the selector fuzz target found, kept: 130 `!`s printed back nested 260 deep (past the
+/// parser's limit), and a bare 1,000-character key echoed three times in the error.
+#[test]
+fn the_selector_fuzz_findings_stay_fixed() {
+    margay_testkit::fuzzing::selector(format!("{}s== ''", "!".repeat(130)).as_bytes());
+    margay_testkit::fuzzing::selector(format!("! {}bb", "/".repeat(1000)).as_bytes());
+}

@@ -1,6 +1,8 @@
-//! The body of the `pipeline` fuzz target (`fuzz/`, run with `cargo +nightly fuzz run
-//! pipeline`), here so the stable test suite runs it too (`tests/fuzz_body.rs`).
+//! The bodies of the fuzz targets (`fuzz/`, run with `scripts/fuzz` or `cargo +nightly fuzz run
+//! TARGET`), here so the stable test suite runs them too (`tests/fuzz_body.rs`): [`run`] (the
+//! `pipeline` target) and the parsers' [`selector`], [`policy`] and [`config`].
 //!
+//! The `pipeline` target:
 //! The input is a script of operations, each `[op, len, len bytes...]` (an input of odd
 //! length runs with `[conntrack] tcp_pickup`):
 //! - `op % 5 == 0`: a frame of `len` bytes, as given;
@@ -108,5 +110,71 @@ pub fn run(data: &[u8]) {
 fn fix_ipv4_checksum(f: &mut [u8]) {
     if f.len() >= 34 && f[12..14] == [0x08, 0x00] {
         wire::set_ipv4_checksum(&mut f[14..]);
+    }
+}
+
+/// The `selector` target: any text either parses to a selector that prints back to itself
+/// (parsed again, the same selector) and evaluates, or is refused with an error of bounded
+/// size (the text is not echoed whole). No input may overflow the stack: chains are flat, and
+/// nesting and length are limited.
+pub fn selector(data: &[u8]) {
+    use margay_config::Selector;
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    match Selector::parse(text) {
+        Ok(sel) => {
+            let printed = sel.to_string();
+            match Selector::parse(&printed) {
+                Ok(again) => assert_eq!(again, sel, "{text:?} printed as {printed:?}"),
+                Err(e) => panic!("{text:?} printed as {printed:?}, which does not parse: {e}"),
+            }
+            let labels = [("app", "web"), ("tier", "db"), ("", "")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let _ = sel.matches(&labels);
+            let _ = sel.matches(&Default::default());
+        }
+        Err(e) => {
+            assert!(e.to_string().len() < 1_000, "an error echoing its input: {} bytes", e.to_string().len())
+        }
+    }
+}
+
+/// The `policy` target: any text either validates into a policy set that compiles (or is
+/// refused by the compiler with an error) and decides flows, or is refused with an error that
+/// names the file and a position.
+pub fn policy(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    match PolicySet::parse(text, Path::new("p.toml")) {
+        Ok(set) => {
+            if let Ok(compiled) = CompiledPolicy::compile(&set) {
+                for flow in ["tcp 198.18.1.10:40000 -> 198.18.2.20:80", "udp 2001:2::1:5 -> 2001:2::2:53"] {
+                    let flow = margay_rulecompiler::policy::Flow::parse(flow, None)
+                        .unwrap_or_else(|e| panic!("the fuzz body's own flow: {e}"));
+                    let _ = compiled.decide(&flow);
+                }
+            }
+        }
+        Err(e) => {
+            let e = e.to_string();
+            assert!(e.starts_with("p.toml:"), "an error that does not name the file: {e}");
+            assert!(e.len() < 2_000, "an error echoing its input: {} bytes", e.len());
+        }
+    }
+}
+
+/// The `config` target: any text either validates into a daemon config that prints back to
+/// itself (`ctl config`), or is refused with an error that names the file.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    match DaemonConfig::parse(text, Path::new("n.toml")) {
+        Ok(config) => {
+            let printed = config.to_toml();
+            match DaemonConfig::parse(&printed, Path::new("n.toml")) {
+                Ok(again) => assert_eq!(again, config, "printed as:\n{printed}"),
+                Err(e) => panic!("printed as:\n{printed}\nwhich does not parse: {e}"),
+            }
+        }
+        Err(e) => assert!(e.to_string().starts_with("n.toml"), "an error that does not name the file: {e}"),
     }
 }
