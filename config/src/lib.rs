@@ -7,10 +7,13 @@
 //! - [`net`]: CIDRs, port ranges, protocols, ICMP matches.
 //! - [`policy`]: policy files, parsed and validated into a [`policy::PolicySet`], with errors
 //!   that name the file, line and column.
+//! - [`k8s`]: Kubernetes resources (NetworkPolicy, and the pods and namespaces they apply
+//!   to) read from YAML or JSON into the same [`policy::PolicySet`].
 //!
 //! The daemon configuration (issue "The daemon") comes later.
 
 pub mod daemon;
+pub mod k8s;
 pub mod net;
 pub mod policy;
 pub mod selector;

@@ -217,8 +217,22 @@ fn only_regular_files_within_the_limit_are_read() {
     let e = PolicySet::load(&fifo).unwrap_err().to_string();
     assert!(e.contains("not a regular file"), "{e}");
     assert!(started.elapsed() < std::time::Duration::from_secs(1), "refused at once, not blocked");
+    // A directory is read as Kubernetes resources (docs/guide/kubernetes.md): one with none is
+    // refused, and so is a FIFO among them, and their sum past the limit.
     let e = PolicySet::load(&dir).unwrap_err().to_string();
-    assert!(e.contains("not a regular file"), "{e}");
+    assert!(e.contains("a directory without .yaml, .yml or .json files"), "{e}");
+    let yaml_fifo = dir.join("fifo.yaml");
+    let _ = std::fs::remove_file(&yaml_fifo);
+    assert!(std::process::Command::new("mkfifo").arg(&yaml_fifo).status().unwrap().success());
+    let e = PolicySet::load(&dir).unwrap_err().to_string();
+    assert!(e.contains("fifo.yaml") && e.contains("not a regular file"), "{e}");
+    std::fs::remove_file(&yaml_fifo).unwrap();
+    let ns = |name: &str| format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n");
+    std::fs::write(dir.join("a.yaml"), ns("a")).unwrap();
+    std::fs::write(dir.join("b.yaml"), ns("b")).unwrap();
+    assert_eq!(PolicySet::load(&dir).unwrap().namespaces.len(), 3, "a, b and default");
+    let e = PolicySet::load_limited(&dir, 60).unwrap_err().to_string();
+    assert!(e.contains("b.yaml") && e.contains("size limit"), "{e}");
     let big = dir.join("big.toml");
     std::fs::write(&big, format!("# {}\n", "x".repeat(5000))).unwrap();
     let e = PolicySet::load_limited(&big, 4096).unwrap_err().to_string();

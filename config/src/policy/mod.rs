@@ -300,6 +300,9 @@ impl PolicySet {
     /// as opening a FIFO blocks, and again on the open file).
     pub fn load_limited(path: &Path, max_bytes: u64) -> Result<Self, PolicyError> {
         use std::io::Read as _;
+        if crate::k8s::is_resource_path(path) {
+            return crate::k8s::load(path, max_bytes);
+        }
         let io = |error| PolicyError::Io { path: path.to_owned(), error };
         let refuse = |what: String| io(std::io::Error::new(std::io::ErrorKind::InvalidInput, what));
         let not_regular = "not a regular file (a FIFO, device or directory): refusing to read it";

@@ -389,3 +389,47 @@ fn check_warns_about_a_policy_file_without_policies() {
     assert_eq!(out.status.code(), Some(0));
     assert!(!text(&out.stderr).contains("warning"), "{}", text(&out.stderr));
 }
+
+/// The Kubernetes example (`examples/k8s/`, a directory of YAML): checked, and explained as
+/// docs/guide/kubernetes.md says.
+#[test]
+fn the_kubernetes_example_is_read_and_explained() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/k8s");
+    let out = margay(&["check", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("4 endpoints") && text(&out.stdout).contains("5 policies"),
+        "{}",
+        text(&out.stdout)
+    );
+    for (flow, verdict, deciding) in [
+        ("tcp 203.0.113.5:40000 -> 198.18.10.10:80", "allow", "knp.default.web"),
+        ("tcp 198.18.10.10:40000 -> 198.18.10.20:8080", "allow", "knp.default.api"),
+        ("tcp 198.18.10.10:40000 -> 198.18.10.30:5432", "deny", ""),
+        ("tcp 198.18.10.20:40000 -> 198.18.10.30:5432", "allow", "knp.default.db"),
+        ("tcp 198.18.20.10:40000 -> 198.18.10.30:9090", "allow", "knp.default.scrape"),
+        ("tcp 198.18.20.10:40000 -> 198.18.10.30:5432", "deny", ""),
+        ("tcp 198.18.10.30:40000 -> 203.0.113.5:443", "deny", ""),
+    ] {
+        let out = margay(&["explain", "--policy", dir.to_str().unwrap(), "--flow", flow, "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["verdict"], verdict, "{flow}: {v}");
+        if !deciding.is_empty() {
+            assert_eq!(v["ingress"]["policy"], deciding, "{flow}: {v}");
+        }
+    }
+    // A mistake names its place.
+    let s = Scratch::new("k8s");
+    let bad = s.file(
+        "np.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: x}\nspec:\n  podSelector: {}\n  ingress:\n  - from:\n    - podSelektor: {}\n",
+    );
+    let out = margay(&["check", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("np.yaml:8:7: spec.ingress[0].from[0].podSelektor: Unknown field"),
+        "{}",
+        text(&out.stderr)
+    );
+}

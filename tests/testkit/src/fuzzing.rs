@@ -140,25 +140,32 @@ pub fn selector(data: &[u8]) {
     }
 }
 
-/// The `policy` target: any text either validates into a policy set that compiles (or is
-/// refused by the compiler with an error) and decides flows, or is refused with an error that
-/// names the file and a position.
+/// The `policy` target: any text, read as a TOML policy and as Kubernetes resources (YAML or
+/// JSON), either validates into a policy set that compiles (or is refused by the compiler with
+/// an error) and decides flows, or is refused with an error that names the file and a
+/// position.
 pub fn policy(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    match PolicySet::parse(text, Path::new("p.toml")) {
-        Ok(set) => {
-            if let Ok(compiled) = CompiledPolicy::compile(&set) {
-                for flow in ["tcp 198.18.1.10:40000 -> 198.18.2.20:80", "udp 2001:2::1:5 -> 2001:2::2:53"] {
-                    let flow = margay_rulecompiler::policy::Flow::parse(flow, None)
-                        .unwrap_or_else(|e| panic!("the fuzz body's own flow: {e}"));
-                    let _ = compiled.decide(&flow);
+    let mut resources = margay_config::k8s::Resources::new();
+    let as_yaml =
+        resources.add_text(text, Path::new("p.yaml"), None).and_then(|()| resources.to_policy_set());
+    for (read, file) in [(PolicySet::parse(text, Path::new("p.toml")), "p.toml:"), (as_yaml, "p.yaml:")] {
+        match read {
+            Ok(set) => {
+                if let Ok(compiled) = CompiledPolicy::compile(&set) {
+                    for flow in ["tcp 198.18.1.10:40000 -> 198.18.2.20:80", "udp 2001:2::1:5 -> 2001:2::2:53"]
+                    {
+                        let flow = margay_rulecompiler::policy::Flow::parse(flow, None)
+                            .unwrap_or_else(|e| panic!("the fuzz body's own flow: {e}"));
+                        let _ = compiled.decide(&flow);
+                    }
                 }
             }
-        }
-        Err(e) => {
-            let e = e.to_string();
-            assert!(e.starts_with("p.toml:"), "an error that does not name the file: {e}");
-            assert!(e.len() < 2_000, "an error echoing its input: {} bytes", e.len());
+            Err(e) => {
+                let e = e.to_string();
+                assert!(e.starts_with(file), "an error that does not name the file: {e}");
+                assert!(e.len() < 2_000, "an error echoing its input: {} bytes", e.len());
+            }
         }
     }
 }
