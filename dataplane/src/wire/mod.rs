@@ -233,6 +233,10 @@ pub struct Packet {
     /// Set for a fragment. A later fragment (offset > 0) has no transport fields: `l4` holds
     /// only the protocol.
     pub frag: Option<Fragment>,
+    /// Set when the packet needs a closer look before the fast path: it is tagged, a fragment,
+    /// or an address starts like a martian's (IPv4 0, 127, 224 and up; IPv6 `00`, `fe`, `ff`).
+    /// A superset, found from bytes the parse reads anyway, so a plain packet pays one test.
+    pub unusual: bool,
 }
 
 impl Packet {
@@ -248,6 +252,7 @@ impl Packet {
         ip_len: 0,
         quoted: None,
         frag: None,
+        unusual: false,
     };
 
     /// Whether the protocol has ports (TCP, UDP, SCTP).
@@ -340,6 +345,7 @@ pub fn parse_into(frame: &[u8], p: &mut Packet) -> Result<(), Malformed> {
         ethertype = b.u16(l3 + 2, Layer::Ethernet)?;
         l3 += 4;
     }
+    p.unusual = p.vlan.is_some();
     match ethertype {
         ETH_IPV4 => ipv4_into(b, l3, true, p),
         ETH_IPV6 => ipv6_into(b, l3, true, p),
@@ -378,29 +384,71 @@ fn ipv4_into(b: Bytes<'_>, l3: usize, outer: bool, p: &mut Packet) -> Result<(),
     p.dst = IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19]));
     p.ttl = h[8];
     p.ip_len = total;
+    if outer {
+        p.unusual |= ODD_V4[usize::from(h[12])] | ODD_V4[usize::from(h[16])];
+    }
     // More fragments (0x2000) or an offset (0x1fff, in 8-byte units).
     let frag = u16::from_be_bytes([h[6], h[7]]);
     if frag & 0x3fff != 0 {
-        let f = Fragment {
-            id: u32::from(u16::from_be_bytes([h[4], h[5]])),
-            offset: (frag & 0x1fff) << 3,
-            len: (total - ihl) as u16,
-        };
-        if !outer && f.offset > 0 {
-            // An ICMP error can only quote a first fragment usefully.
-            return Err(Malformed::Fragment);
-        }
-        if outer {
-            p.frag = Some(f);
-        }
-        if f.offset > 0 {
-            p.l4 = L4 { proto: h[9], ..L4::default() };
-            return Ok(());
-        }
+        // By value: a reference to `h` would keep the header on the stack for every packet.
+        let id = u16::from_be_bytes([h[4], h[5]]);
+        return ipv4_fragment(b, l3, ihl, total, (id, frag, h[9]), outer, p);
     }
     // A quoted packet's L4 may extend past what was quoted; only its first 8 bytes count.
     let end = if outer { l3 + total } else { b.0.len() };
-    l4_into(Bytes(&b.0[..end]), l3 + ihl, h[9], outer, p)
+    l4_into(Bytes(&b.0[..end]), l3 + ihl, h[9], outer, true, p)
+}
+
+/// First octets IPv4 martians start with (0, 127, 224 and up: the pipeline decides exactly).
+static ODD_V4: [bool; 256] = {
+    let mut t = [false; 256];
+    t[0] = true;
+    t[127] = true;
+    let mut o = 224;
+    while o < 256 {
+        t[o] = true;
+        o += 1;
+    }
+    t
+};
+
+/// First bytes IPv6 martians start with (`::`, `::1`, `fe80::/10`, `ff00::/8`).
+static ODD_V6: [bool; 256] = {
+    let mut t = [false; 256];
+    t[0] = true;
+    t[0xfe] = true;
+    t[0xff] = true;
+    t
+};
+
+/// The rest of [`ipv4_into`] for a fragment (out of line: rare). A first fragment is parsed
+/// like a whole packet but for its UDP length, which covers the whole datagram; a later one
+/// only to its IP header. An ICMP error quoting a later fragment is refused.
+#[cold]
+#[inline(never)]
+fn ipv4_fragment(
+    b: Bytes<'_>,
+    l3: usize,
+    ihl: usize,
+    total: usize,
+    (id, field, proto): (u16, u16, u8),
+    outer: bool,
+    p: &mut Packet,
+) -> Result<(), Malformed> {
+    let f = Fragment { id: u32::from(id), offset: (field & 0x1fff) << 3, len: (total - ihl) as u16 };
+    if !outer {
+        if f.offset > 0 {
+            return Err(Malformed::Fragment);
+        }
+        return l4_into(b, l3 + ihl, proto, false, false, p);
+    }
+    p.frag = Some(f);
+    p.unusual = true;
+    if f.offset > 0 {
+        p.l4 = L4 { proto, ..L4::default() };
+        return Ok(());
+    }
+    l4_into(Bytes(&b.0[..l3 + total]), l3 + ihl, proto, true, false, p)
 }
 
 /// Whether IPv4 options carry a loose (131) or strict (137) source route. Malformed option
@@ -484,18 +532,27 @@ fn ipv6_into(b: Bytes<'_>, l3: usize, outer: bool, p: &mut Packet) -> Result<(),
     p.ip_len = 40 + payload;
     if outer {
         p.frag = frag;
+        p.unusual |= frag.is_some() | ODD_V6[usize::from(src[0])] | ODD_V6[usize::from(dst[0])];
     }
     if matches!(frag, Some(f) if f.offset > 0) {
         p.l4 = L4 { proto: next, ..L4::default() };
         return Ok(());
     }
-    l4_into(b, off, next, outer, p)
+    l4_into(b, off, next, outer, frag.is_none(), p)
 }
 
 /// The transport header at `off`. For the outer packet, a full header is required; a quoted
-/// one needs only its first 8 bytes (ports, or ICMP type, code and identifier).
+/// one needs only its first 8 bytes (ports, or ICMP type, code and identifier). `whole` is
+/// false for a first fragment, whose UDP length covers more than the packet.
 #[inline(always)]
-fn l4_into(b: Bytes<'_>, off: usize, proto: u8, outer: bool, p: &mut Packet) -> Result<(), Malformed> {
+fn l4_into(
+    b: Bytes<'_>,
+    off: usize,
+    proto: u8,
+    outer: bool,
+    whole: bool,
+    p: &mut Packet,
+) -> Result<(), Malformed> {
     let mut l4 = L4 { proto, ..L4::default() };
     match proto {
         PROTO_TCP if outer => {
@@ -523,7 +580,7 @@ fn l4_into(b: Bytes<'_>, off: usize, proto: u8, outer: bool, p: &mut Packet) -> 
             if outer && proto == PROTO_UDP {
                 // A first fragment's UDP length covers the whole datagram, past this packet.
                 let len = usize::from(u16::from_be_bytes([u[4], u[5]]));
-                if len < 8 || (off + len > b.0.len() && p.frag.is_none()) {
+                if len < 8 || (whole && off + len > b.0.len()) {
                     return Err(Malformed::BadUdpHeader);
                 }
             }
