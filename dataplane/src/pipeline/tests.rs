@@ -760,3 +760,22 @@ fn frames_without_an_outcome_slot_are_left_alone() {
     assert!(out.iter().all(|o| *o == Outcome::Forward(1)));
     assert_eq!(frames[69], f, "the 70th frame was not processed");
 }
+
+/// With several workers, a later fragment (no ports to hash) goes to the worker its first
+/// fragment went to, which the steering worker remembers; by addresses alone it would often
+/// land elsewhere, away from its datagram's entry.
+#[test]
+fn later_fragments_are_steered_after_their_first() {
+    let mut memory = FragmentOwners::default();
+    let mut elsewhere = 0;
+    for (i, sport) in (40000..40100u16).enumerate() {
+        let big = finish(v4(true, CLIENT, SERVER, 64).udp(sport, 53), &[7; 3000]);
+        let (first, later) = fragments(&big, 1480, 1000 + i as u16);
+        let owner = flow_owner(&first, 4, &mut memory).unwrap();
+        assert_eq!(flow_owner(&later, 4, &mut memory), Some(owner), "datagram {i}");
+        if flow_owner(&later, 4, &mut FragmentOwners::default()) != Some(owner) {
+            elsewhere += 1;
+        }
+    }
+    assert!(elsewhere > 25, "without the memory, later fragments scatter: {elsewhere} of 100");
+}
