@@ -968,3 +968,66 @@ fn a_second_daemon_cannot_take_over_a_served_interface() {
     let out = env.t.cmd("node", EXE).args(["detach", "c0", "s1", "s2"]).output().unwrap();
     assert!(out.status.success());
 }
+
+/// A directory of Kubernetes resources as the daemon's policy (docs/guide/kubernetes.md): the
+/// topology's hosts as pods, NetworkPolicies deciding real TCP and ICMP, and a reload of the
+/// edited directory taking effect.
+#[test]
+fn a_network_policy_directory_is_the_daemons_policy() {
+    if !margay_testkit::require_root("a_network_policy_directory_is_the_daemons_policy") {
+        return;
+    }
+    let pods: String = [(CLIENT.ip, "client"), (WEB.ip, "web"), (DB.ip, "db")]
+        .iter()
+        .map(|(ip, app)| {
+            format!("---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {app}-0\n  labels: {{app: {app}}}\nstatus:\n  podIP: {ip}\n")
+        })
+        .collect();
+    let policies = |web_from_client: &str| {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: client-isolated}}\n\
+             spec:\n  podSelector: {{matchLabels: {{app: client}}}}\n  policyTypes: [Ingress]\n\
+             ---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: web}}\n\
+             spec:\n  podSelector: {{matchLabels: {{app: web}}}}\n  ingress:\n  - from:\n    - podSelector: {{matchLabels: {{app: client}}}}\n{web_from_client}\
+             ---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: db}}\n\
+             spec:\n  podSelector: {{matchLabels: {{app: db}}}}\n  ingress: []\n"
+        )
+    };
+    let tcp80 = "    ports:\n    - port: 80\n";
+    let mut dir = PathBuf::new();
+    let env = Env::start_with("k8s", 1, "", |t, work, _| {
+        dir = work.join("cluster");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("pods.yaml"), &pods).unwrap();
+        std::fs::write(dir.join("policies.yaml"), policies(tcp80)).unwrap();
+        t.node_config(&dir, &work.join("margay.sock"), &work.join("flows.jsonl"), "")
+    });
+    let stop = stop_flag();
+    let _web = netns::http_server(&env.t.ns(WEB.role), addr(WEB.ip, 80), Arc::clone(&stop)).unwrap();
+    let _db = netns::http_server(&env.t.ns(DB.role), addr(DB.ip, 5432), Arc::clone(&stop)).unwrap();
+    let _client =
+        netns::http_server(&env.t.ns(CLIENT.role), addr(CLIENT.ip, 8080), Arc::clone(&stop)).unwrap();
+    assert_eq!(netns::curl(&env.t, CLIENT.role, &format!("http://{}:80/", WEB.ip), 3).unwrap(), Some(200));
+    assert_eq!(netns::ping(&env.t, CLIENT.role, WEB.ip, 2).unwrap(), 0, "the web policy allows TCP 80 only");
+    assert_eq!(netns::curl(&env.t, WEB.role, &format!("http://{}:8080/", CLIENT.ip), 1).unwrap(), None);
+    assert_eq!(netns::curl(&env.t, CLIENT.role, &format!("http://{}:5432/", DB.ip), 1).unwrap(), None);
+    let e = env.ctl(json!({"cmd": "explain", "flow": format!("tcp {}:1 -> {}:80", CLIENT.ip, WEB.ip)}));
+    assert_eq!(e["decision"]["ingress"]["policy"], "knp.default.web", "{e}");
+    // Every port from the client: the edited directory, reloaded, lets ping through.
+    std::fs::write(dir.join("policies.yaml"), policies("")).unwrap();
+    let r = env.ctl(json!({"cmd": "reload"}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+    assert_eq!(netns::ping(&env.t, CLIENT.role, WEB.ip, 2).unwrap(), 2);
+    assert_eq!(netns::curl(&env.t, CLIENT.role, &format!("http://{}:5432/", DB.ip), 1).unwrap(), None);
+    // A mistake in the directory is refused with its place, and the policy stays.
+    std::fs::write(
+        dir.join("broken.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {}\nstatus: {podIP: nope}\n",
+    )
+    .unwrap();
+    let r = env.ctl(json!({"cmd": "reload"}));
+    assert_eq!(r["ok"], json!(false), "{r}");
+    assert!(r["error"].as_str().unwrap().contains("broken.yaml:5:17"), "{r}");
+    assert_eq!(netns::ping(&env.t, CLIENT.role, WEB.ip, 2).unwrap(), 2);
+    stop.store(true, Ordering::Relaxed);
+}
