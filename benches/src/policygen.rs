@@ -148,3 +148,78 @@ pub fn harness_policy(rules: usize) -> String {
     }
     out
 }
+
+/// Namespaces in the Kubernetes cluster case.
+pub const CLUSTER_NAMESPACES: usize = 50;
+/// Pods per namespace.
+pub const CLUSTER_PODS_PER_NS: usize = 100;
+/// NetworkPolicies per namespace (one of them a default deny).
+pub const CLUSTER_POLICIES_PER_NS: usize = 40;
+
+/// The address of pod `p` of namespace `n` in the cluster case: 198.18.n.(p + 10).
+pub fn cluster_pod_ip(n: usize, p: usize) -> String {
+    format!("198.18.{n}.{}", p + 10)
+}
+
+/// The Kubernetes scale case, as YAML a cluster would hold: 50 namespaces of 100 pods
+/// (5,000), each namespace isolated for ingress by a default deny and opened by 39 more
+/// NetworkPolicies (2,000 in all): app `aK` takes TCP 8000+K from app `aJ` of the namespaces
+/// labelled `team: tM`, and from a /16 outside the cluster.
+pub fn cluster_yaml() -> String {
+    use std::fmt::Write as _;
+    let mut y = String::new();
+    for n in 0..CLUSTER_NAMESPACES {
+        let _ = writeln!(
+            y,
+            "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: ns{n}\n  labels: {{team: t{}, env: {}}}",
+            n % 10,
+            if n % 2 == 0 { "prod" } else { "dev" }
+        );
+        for p in 0..CLUSTER_PODS_PER_NS {
+            let _ = writeln!(
+                y,
+                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: pod{p}\n  namespace: ns{n}\n  labels: {{app: a{}, tier: {}}}\nspec:\n  serviceAccountName: default\nstatus:\n  podIP: {}",
+                p % 20,
+                ["web", "api", "db"][p % 3],
+                cluster_pod_ip(n, p)
+            );
+        }
+        let _ = writeln!(
+            y,
+            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: default-deny, namespace: ns{n}}}\nspec:\n  podSelector: {{}}\n  policyTypes: [Ingress]"
+        );
+        for k in 1..CLUSTER_POLICIES_PER_NS {
+            let _ = writeln!(
+                y,
+                "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: allow-{k}, namespace: ns{n}}}\nspec:\n  podSelector:\n    matchLabels: {{app: a{}}}\n  ingress:\n  - from:\n    - namespaceSelector:\n        matchLabels: {{team: t{}}}\n      podSelector:\n        matchExpressions: [{{key: app, operator: In, values: [a{}, a{}]}}]\n    - ipBlock: {{cidr: 203.{}.0.0/16, except: [203.{}.1.0/24]}}\n    ports:\n    - {{protocol: TCP, port: {}}}\n    - {{protocol: UDP, port: {}, endPort: {}}}",
+                k % 20,
+                (n + k) % 10,
+                (k + 1) % 20,
+                (k + 7) % 20,
+                k,
+                k,
+                8000 + k,
+                9000 + k,
+                9010 + k
+            );
+        }
+    }
+    y
+}
+
+/// `count` TCP flows between pods of the cluster case (and from outside it).
+pub fn cluster_flows(count: usize) -> Vec<String> {
+    let mut rng = SplitMix64::new(7);
+    (0..count)
+        .map(|_| {
+            let r = rng.next_u64() as usize;
+            let src = if r.is_multiple_of(10) {
+                format!("203.{}.{}.9", (r >> 8) % 40, (r >> 16) % 4)
+            } else {
+                cluster_pod_ip((r >> 8) % CLUSTER_NAMESPACES, (r >> 16) % CLUSTER_PODS_PER_NS)
+            };
+            let dst = cluster_pod_ip((r >> 24) % CLUSTER_NAMESPACES, (r >> 32) % CLUSTER_PODS_PER_NS);
+            format!("tcp {src}:40000 -> {dst}:{}", 8000 + (r >> 40) % 40)
+        })
+        .collect()
+}
