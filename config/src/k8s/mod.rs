@@ -430,22 +430,22 @@ impl Resources {
             let ports = self.ports(rule.ports.as_deref())?;
             for peer in &peers {
                 for (protocol, ranges) in &ports {
-                    let mut r = Rule {
+                    // The ports are the destination's: with the peer for an egress rule.
+                    let (source, destination) = if ingress {
+                        (peer.clone(), Peer { ports: ranges.clone(), ..Peer::default() })
+                    } else {
+                        (Peer::default(), Peer { ports: ranges.clone(), ..peer.clone() })
+                    };
+                    out.push(Rule {
                         action: crate::policy::Action::Allow,
                         protocol: *protocol,
                         not_protocol: None,
                         ip_version: None,
                         icmp: None,
                         not_icmp: None,
-                        source: Peer::default(),
-                        destination: Peer { ports: ranges.clone(), ..Peer::default() },
-                    };
-                    let side = if ingress { &mut r.source } else { &mut r.destination };
-                    side.nets.clone_from(&peer.nets);
-                    side.not_nets.clone_from(&peer.not_nets);
-                    side.selector.clone_from(&peer.selector);
-                    side.namespace_selector.clone_from(&peer.namespace_selector);
-                    out.push(r);
+                        source,
+                        destination,
+                    });
                 }
             }
         }

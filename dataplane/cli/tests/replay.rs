@@ -12,6 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use etherparse::PacketBuilder;
+use margay_dataplane::wire::set_ipv4_checksum;
 use pcap_file::pcap::{PcapPacket, PcapReader, PcapWriter};
 
 const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 1, 0x10];
@@ -151,16 +152,6 @@ fn fragments(frame: &[u8], at: usize, id: u16) -> (Vec<u8>, Vec<u8>) {
         [eth, &h, data].concat()
     };
     (make(&payload[..at], 0x2000), make(&payload[at..], (at / 8) as u16))
-}
-
-/// Sets the checksum of the IPv4 header `h` (its whole length).
-fn set_ipv4_checksum(h: &mut [u8]) {
-    h[10..12].copy_from_slice(&[0, 0]);
-    let mut sum: u32 = h.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    h[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
 }
 
 const T0: u64 = 1_700_000_000;

@@ -15,40 +15,48 @@ fn ip(args: &[&str]) {
     assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-#[test]
-fn the_sink_counts_what_the_generator_sends() {
-    if !margay_testkit::require_root("the_sink_counts_what_the_generator_sends") {
-        return;
-    }
+/// Namespaces `GEN<pid>` and `SINK<pid>` joined by a veth pair `gen0` - `sink0` (MAC
+/// 02:00:00:00:bb:01) with `queues` queues each, up, with no addresses and no IPv6, so the
+/// kernel sends nothing of its own on it. Removed when the returned guard drops.
+fn gen_sink_pair(gen_prefix: &str, sink_prefix: &str, queues: u32) -> (Namespaces, String, String) {
     let p = std::process::id() % 100_000;
-    let (g, k) = (format!("mggen{p}"), format!("mgsink{p}"));
+    let (g, k) = (format!("{gen_prefix}{p}"), format!("{sink_prefix}{p}"));
     let ns = Namespaces(vec![g.clone(), k.clone()]);
     for n in &ns.0 {
         let _ = Command::new("ip").args(["netns", "del", n]).stderr(Stdio::null()).status();
         ip(&["netns", "add", n]);
     }
+    let q = queues.to_string();
     ip(&[
         "link",
         "add",
         "gen0",
         "netns",
         &g,
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
         "type",
         "veth",
         "peer",
         "name",
         "sink0",
-        "netns",
-        &k,
-        "address",
-        "02:00:00:00:bb:01",
     ]);
-    // No addresses and no IPv6 on the pair: the kernel sends nothing of its own on it.
+    ip(&["link", "set", "sink0", "netns", &k, "address", "02:00:00:00:bb:01"]);
     for (n, dev) in [(&g, "gen0"), (&k, "sink0")] {
         ip(&["netns", "exec", n, "sysctl", "-qw", &format!("net.ipv6.conf.{dev}.disable_ipv6=1")]);
+        ip(&["-n", n, "link", "set", dev, "up"]);
     }
-    ip(&["-n", &g, "link", "set", "gen0", "up"]);
-    ip(&["-n", &k, "link", "set", "sink0", "up"]);
+    (ns, g, k)
+}
+
+#[test]
+fn the_sink_counts_what_the_generator_sends() {
+    if !margay_testkit::require_root("the_sink_counts_what_the_generator_sends") {
+        return;
+    }
+    let (_ns, g, k) = gen_sink_pair("mggen", "mgsink", 1);
     let sink = Command::new("ip")
         .args(["netns", "exec", &k, EXE, "sink", "--interface", "sink0", "--duration", "4", "--json"])
         .stdout(Stdio::piped())
@@ -87,34 +95,7 @@ fn the_generator_sends_exactly_the_distinct_flows_asked_for() {
     if !margay_testkit::require_root("the_generator_sends_exactly_the_distinct_flows_asked_for") {
         return;
     }
-    let p = std::process::id() % 100_000;
-    let (g, k) = (format!("mgfg{p}"), format!("mgfs{p}"));
-    let ns = Namespaces(vec![g.clone(), k.clone()]);
-    for n in &ns.0 {
-        let _ = Command::new("ip").args(["netns", "del", n]).stderr(Stdio::null()).status();
-        ip(&["netns", "add", n]);
-    }
-    ip(&[
-        "link",
-        "add",
-        "gen0",
-        "netns",
-        &g,
-        "numtxqueues",
-        "2",
-        "numrxqueues",
-        "2",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "sink0",
-    ]);
-    ip(&["link", "set", "sink0", "netns", &k, "address", "02:00:00:00:bb:01"]);
-    for (n, dev) in [(&g, "gen0"), (&k, "sink0")] {
-        ip(&["netns", "exec", n, "sysctl", "-qw", &format!("net.ipv6.conf.{dev}.disable_ipv6=1")]);
-        ip(&["-n", n, "link", "set", dev, "up"]);
-    }
+    let (_ns, g, k) = gen_sink_pair("mgfg", "mgfs", 2);
     for (flows, queues, proto, src) in [
         (8_192u32, "1", "syn", "198.18.0.0"),
         (100_000, "2", "udp", "198.18.0.0"),
