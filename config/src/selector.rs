@@ -9,13 +9,19 @@
 //! unary    := "!" unary | atom
 //! atom     := "(" or ")" | "all()" | "has(" key ")"
 //!           | key "==" str | key "!=" str | key "in" set | key "not" "in" set
+//!           | key "contains" str | key "starts" "with" str | key "ends" "with" str
 //! set      := "{" ( str ( "," str )* )? "}"
 //! str      := '...' | "..."               (no escapes, as in Calico)
 //! key      := [A-Za-z0-9_.\-/]+            (Kubernetes label keys, with an optional prefix/)
 //! ```
 //!
 //! Semantics, as Calico's: `key != 'v'` and `key not in {...}` are true when the key is absent;
-//! `key == 'v'` and `key in {...}` need it present. An empty selector selects everything.
+//! `key == 'v'`, `key in {...}` and the string matches (`contains`, `starts with`, `ends with`)
+//! need it present. An empty selector selects everything.
+//!
+//! Calico's rule scoping rewrites namespace and service-account selectors into selectors over
+//! the labels an endpoint inherits from its namespace (`pcns.KEY`) and service account
+//! (`pcsa.KEY`); [`Selector::parse_inherited`] parses one that way, with `global()`.
 //!
 //! The parser is a small hand-written recursive descent: the grammar is a dozen productions,
 //! and every error must point at a column of the selector, which a hand-written lexer gives
@@ -39,6 +45,12 @@ pub enum Selector {
     In(String, BTreeSet<String>),
     /// `key not in {...}` (true when the key is absent).
     NotIn(String, BTreeSet<String>),
+    /// `key contains 'part'`.
+    Contains(String, String),
+    /// `key starts with 'prefix'`.
+    StartsWith(String, String),
+    /// `key ends with 'suffix'`.
+    EndsWith(String, String),
     /// `!selector`.
     Not(Box<Selector>),
     /// `a && b && ...`: a whole chain is one node (at least two terms), so a long chain is
@@ -61,6 +73,20 @@ pub struct SelectorError {
 impl Selector {
     /// Parses `text`.
     pub fn parse(text: &str) -> Result<Self, SelectorError> {
+        Self::parse_with(text, None)
+    }
+
+    /// Parses a Calico namespace selector (`inherit` [`Inherit::Namespace`]) or
+    /// service-account selector ([`Inherit::ServiceAccount`]) as the selector over endpoint
+    /// labels that Calico makes of it: every key gets the inherited labels' prefix (`env ==
+    /// 'prod'` becomes `pcns.env == 'prod'`), and in a namespace selector `all()` means "in any
+    /// namespace" (`has(projectcalico.org/namespace)`) and `global()` "in none" (network sets
+    /// and host endpoints outside namespaces).
+    pub fn parse_inherited(text: &str, inherit: Inherit) -> Result<Self, SelectorError> {
+        Self::parse_with(text, Some(inherit))
+    }
+
+    fn parse_with(text: &str, inherit: Option<Inherit>) -> Result<Self, SelectorError> {
         let len = text.chars().count();
         if len > MAX_SELECTOR_LEN {
             return Err(SelectorError {
@@ -68,10 +94,10 @@ impl Selector {
                 message: format!("selector of {len} characters: longer than {MAX_SELECTOR_LEN}"),
             });
         }
-        let mut p = Parser { chars: text.chars().collect(), pos: 0, depth: 0 };
+        let mut p = Parser { chars: text.chars().collect(), pos: 0, depth: 0, inherit };
         p.skip_space();
         if p.at_end() {
-            return Ok(Selector::All);
+            return Ok(p.all());
         }
         let sel = p.or()?;
         p.skip_space();
@@ -90,6 +116,9 @@ impl Selector {
             Selector::Ne(k, v) => labels.get(k) != Some(v),
             Selector::In(k, set) => labels.get(k).is_some_and(|v| set.contains(v)),
             Selector::NotIn(k, set) => labels.get(k).is_none_or(|v| !set.contains(v)),
+            Selector::Contains(k, part) => labels.get(k).is_some_and(|v| v.contains(part.as_str())),
+            Selector::StartsWith(k, p) => labels.get(k).is_some_and(|v| v.starts_with(p.as_str())),
+            Selector::EndsWith(k, s) => labels.get(k).is_some_and(|v| v.ends_with(s.as_str())),
             Selector::Not(s) => !s.matches(labels),
             Selector::And(terms) => terms.iter().all(|t| t.matches(labels)),
             Selector::Or(terms) => terms.iter().any(|t| t.matches(labels)),
@@ -110,6 +139,9 @@ impl fmt::Display for Selector {
             Selector::Ne(k, v) => write!(f, "{k} != {}", quoted(v)),
             Selector::In(k, s) => write!(f, "{k} in {{{}}}", set(s)),
             Selector::NotIn(k, s) => write!(f, "{k} not in {{{}}}", set(s)),
+            Selector::Contains(k, v) => write!(f, "{k} contains {}", quoted(v)),
+            Selector::StartsWith(k, v) => write!(f, "{k} starts with {}", quoted(v)),
+            Selector::EndsWith(k, v) => write!(f, "{k} ends with {}", quoted(v)),
             // No parentheses of its own: `!` binds to one term (a chain prints its own), and
             // `!(!(...` doubled the depth of a deep `!!!...` past the parser's limit.
             Selector::Not(s) => write!(f, "!{s}"),
@@ -141,10 +173,35 @@ pub const MAX_NESTING: usize = 256;
 /// terms).
 pub const MAX_SELECTOR_LEN: usize = 262_144;
 
+/// The labels a Calico endpoint inherits, which [`Selector::parse_inherited`] rewrites a
+/// selector over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inherit {
+    /// Its namespace's labels, as `pcns.KEY`.
+    Namespace,
+    /// Its service account's labels, as `pcsa.KEY`.
+    ServiceAccount,
+}
+
+/// The label Calico gives every namespaced object (endpoints, namespaced network sets): its
+/// namespace's name.
+pub const NAMESPACE_LABEL: &str = "projectcalico.org/namespace";
+
+impl Inherit {
+    /// The prefix of the inherited labels' keys.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Inherit::Namespace => "pcns.",
+            Inherit::ServiceAccount => "pcsa.",
+        }
+    }
+}
+
 struct Parser {
     chars: Vec<char>,
     pos: usize,
     depth: usize,
+    inherit: Option<Inherit>,
 }
 
 fn is_key_char(c: char) -> bool {
@@ -152,6 +209,22 @@ fn is_key_char(c: char) -> bool {
 }
 
 impl Parser {
+    /// What `all()` (or an empty selector) means here.
+    fn all(&self) -> Selector {
+        match self.inherit {
+            Some(Inherit::Namespace) => Selector::Has(NAMESPACE_LABEL.to_owned()),
+            _ => Selector::All,
+        }
+    }
+
+    /// A key as written, with the inherited prefix when rewriting.
+    fn label(&self, key: String) -> String {
+        match self.inherit {
+            Some(i) => format!("{}{key}", i.prefix()),
+            None => key,
+        }
+    }
+
     fn error(&self, message: String) -> SelectorError {
         SelectorError { column: self.pos + 1, message }
     }
@@ -252,14 +325,19 @@ impl Parser {
         let key = self.key()?;
         if key == "all" && self.eat("(") {
             self.expect(")", "')' after 'all('")?;
-            return Ok(Selector::All);
+            return Ok(self.all());
+        }
+        if key == "global" && self.inherit == Some(Inherit::Namespace) && self.eat("(") {
+            self.expect(")", "')' after 'global('")?;
+            return Ok(Selector::Not(Box::new(Selector::Has(NAMESPACE_LABEL.to_owned()))));
         }
         if key == "has" && self.eat("(") {
             self.skip_space();
             let k = self.key()?;
             self.expect(")", "')' after the key in has(...)")?;
-            return Ok(Selector::Has(k));
+            return Ok(Selector::Has(self.label(k)));
         }
+        let key = self.label(key);
         if self.eat("==") {
             return Ok(Selector::Eq(key, self.string()?));
         }
@@ -276,6 +354,20 @@ impl Parser {
             }
             return Ok(Selector::NotIn(key, self.set()?));
         }
+        if self.word("contains") {
+            return Ok(Selector::Contains(key, self.string()?));
+        }
+        for (first, variant) in [
+            ("starts", Selector::StartsWith as fn(String, String) -> Selector),
+            ("ends", Selector::EndsWith as fn(String, String) -> Selector),
+        ] {
+            if self.word(first) {
+                if !self.word("with") {
+                    return Err(self.unexpected(&format!("'with' after '{first}'")));
+                }
+                return Ok(variant(key, self.string()?));
+            }
+        }
         self.pos = save;
         self.skip_space();
         if self.at_end() || matches!(self.peek(), Some(')' | '&' | '|')) {
@@ -285,7 +377,7 @@ impl Parser {
                 "'{key}' alone is not a selector: use has({key}), {key} == '...', {key} in {{...}}"
             )));
         }
-        Err(self.unexpected("'==', '!=', 'in' or 'not in'"))
+        Err(self.unexpected("'==', '!=', 'in', 'not in', 'contains', 'starts with' or 'ends with'"))
     }
 
     /// A keyword followed by a non-key character.
@@ -407,11 +499,36 @@ mod tests {
             ("app == 'db' || app == 'web' && has(nope)", false, false),
             ("(app == 'db' || app == 'web') && !has(nope)", true, false),
             ("  app=='web'&&has(tier)  ", true, false),
+            ("example.com/team contains '-'", true, false),
+            ("app contains ''", true, false),
+            ("tier starts with 'front'", true, false),
+            ("tier starts with 'end'", false, false),
+            ("tier ends with 'end'", true, false),
+            ("!(tier ends with 'front')", true, true),
+            ("contains == 'x'", false, false),
         ];
         for &(s, on_web, on_none) in cases {
             assert_eq!(sel(s).matches(&web), on_web, "{s:?} on web");
             assert_eq!(sel(s).matches(&none), on_none, "{s:?} on no labels");
         }
+    }
+
+    #[test]
+    fn inherited_selectors_are_rewritten_as_calico_does() {
+        let ns = |s: &str| Selector::parse_inherited(s, Inherit::Namespace).unwrap().to_string();
+        assert_eq!(ns("env == 'prod'"), "pcns.env == 'prod'");
+        assert_eq!(ns("all()"), "has(projectcalico.org/namespace)");
+        assert_eq!(ns(""), "has(projectcalico.org/namespace)");
+        assert_eq!(ns("global() || all()"), "(!has(projectcalico.org/namespace) || has(projectcalico.org/namespace))");
+        assert_eq!(ns("has(team) && name starts with 'a'"), "(has(pcns.team) && pcns.name starts with 'a')");
+        let sa = |s: &str| Selector::parse_inherited(s, Inherit::ServiceAccount).unwrap().to_string();
+        assert_eq!(sa("role in {'intern'}"), "pcsa.role in {'intern'}");
+        assert_eq!(sa("all()"), "all()");
+        // global() means something only for namespaces; elsewhere it is no selector.
+        assert!(Selector::parse("global()").is_err());
+        assert!(Selector::parse_inherited("global()", Inherit::ServiceAccount).is_err());
+        let e = Selector::parse("a starts 'x'").unwrap_err();
+        assert!(e.message.contains("'with' after 'starts'"), "{e}");
     }
 
     #[test]
@@ -422,6 +539,7 @@ mod tests {
             "k not in {}",
             "a != 'b' || c == 'd' && e == 'f'",
             "!!a == 'b' && !(c == 'd' || !has(e))",
+            "a contains 'x' || b starts with \"it's\" && !c ends with ''",
         ] {
             let parsed = sel(s);
             assert_eq!(sel(&parsed.to_string()), parsed, "{s:?} printed as {parsed}");
@@ -439,7 +557,7 @@ mod tests {
     #[test]
     fn errors_point_at_the_column() {
         let cases = [
-            ("app = 'web'", 5, "expected '==', '!=', 'in' or 'not in'"),
+            ("app = 'web'", 5, "expected '==', '!=', 'in', 'not in', 'contains'"),
             ("app == web", 8, "expected a quoted string"),
             ("app == 'web", 8, "never closed"),
             ("app == 'web' &&", 16, "expected a label key, found the end"),

@@ -24,6 +24,9 @@ fn selector() -> impl Strategy<Value = Selector> {
         (key(), prop::collection::btree_set(value(), 0..3)).prop_map(|(k, s)| Selector::In(k, s)),
         (key(), prop::collection::btree_set(value(), 0..3))
             .prop_map(|(k, s): (String, BTreeSet<String>)| Selector::NotIn(k, s)),
+        (key(), value()).prop_map(|(k, v)| Selector::Contains(k, v)),
+        (key(), value()).prop_map(|(k, v)| Selector::StartsWith(k, v)),
+        (key(), value()).prop_map(|(k, v)| Selector::EndsWith(k, v)),
     ];
     leaf.prop_recursive(5, 32, 2, |inner| {
         prop_oneof![
