@@ -519,7 +519,10 @@ mod tests {
         assert_eq!(ns("env == 'prod'"), "pcns.env == 'prod'");
         assert_eq!(ns("all()"), "has(projectcalico.org/namespace)");
         assert_eq!(ns(""), "has(projectcalico.org/namespace)");
-        assert_eq!(ns("global() || all()"), "(!has(projectcalico.org/namespace) || has(projectcalico.org/namespace))");
+        assert_eq!(
+            ns("global() || all()"),
+            "(!has(projectcalico.org/namespace) || has(projectcalico.org/namespace))"
+        );
         assert_eq!(ns("has(team) && name starts with 'a'"), "(has(pcns.team) && pcns.name starts with 'a')");
         let sa = |s: &str| Selector::parse_inherited(s, Inherit::ServiceAccount).unwrap().to_string();
         assert_eq!(sa("role in {'intern'}"), "pcsa.role in {'intern'}");

@@ -26,16 +26,20 @@ use std::path::{Path, PathBuf};
 
 use marked_yaml::{Node, Span, Spanned};
 
-use crate::Selector;
-use crate::net::{Cidr, PortRange, Protocol};
+use crate::net::{PortRange, Protocol};
 use crate::policy::{
-    DEFAULT_NAMESPACE, DEFAULT_TIER, DEFAULT_TIER_ORDER, Defaults, Endpoint, Namespace, Peer, Policy,
-    PolicyError, PolicySet, Rule, Tier, TierDefault, Verdict,
+    DEFAULT_NAMESPACE, Defaults, Endpoint, Namespace, Peer, PolicyError, PolicySet, Rule, Verdict,
 };
+use crate::selector::{Inherit, NAMESPACE_LABEL, Selector};
 
+mod calico;
+mod networkpolicy;
 mod schema;
 #[cfg(test)]
 mod tests;
+
+/// The prefix of a staged policy's name (`staged:knp.default.NAME`), as Calico shows them.
+pub const STAGED_PREFIX: &str = "staged:";
 
 /// The order Calico gives Kubernetes NetworkPolicies in tier `default`.
 pub const K8S_POLICY_ORDER: f64 = 1000.0;
@@ -68,15 +72,25 @@ pub fn is_resource_file(path: &Path) -> bool {
 #[derive(Debug)]
 enum Resource {
     Namespace(schema::Namespace),
-    /// Read for its namespace; its labels will matter with Calico's service-account selectors.
-    ServiceAccount(String),
+    ServiceAccount(String, schema::ServiceAccount),
     Pod(String, schema::Pod),
-    NetworkPolicy(String, schema::NetworkPolicy),
+    /// A NetworkPolicy, or with `true` a Calico StagedKubernetesNetworkPolicy.
+    NetworkPolicy(String, Box<schema::NetworkPolicy>, bool),
+    Calico(calico::Resource),
 }
 
-/// One port entry of a rule: its protocol (any when `None`) and destination ports (any when
-/// empty).
-type PortEntry = (Option<Protocol>, Vec<PortRange>);
+impl Resource {
+    /// The namespace of a namespaced resource.
+    fn namespace(&self) -> Option<&str> {
+        match self {
+            Resource::Namespace(_) => None,
+            Resource::ServiceAccount(ns, _) | Resource::Pod(ns, _) | Resource::NetworkPolicy(ns, ..) => {
+                Some(ns)
+            }
+            Resource::Calico(c) => c.namespace(),
+        }
+    }
+}
 
 /// Resources read from files, to be turned into a [`PolicySet`].
 #[derive(Debug, Default)]
@@ -167,34 +181,43 @@ impl Resources {
             return Err(self.at(node.span(), "a resource without `kind`".into()));
         };
         let api = field("apiVersion").map(|(a, _)| a).unwrap_or_default();
-        let ns = |m: &schema::Metadata| {
-            m.namespace
-                .as_ref()
-                .map_or_else(|| namespace.unwrap_or(DEFAULT_NAMESPACE).to_owned(), |n| n.to_string())
+        // Where a namespaced resource lives: its metadata's, else the one given for the file.
+        let ns = |node: &Node| {
+            let meta = node.as_mapping().and_then(|m| m.get_mapping("metadata"));
+            meta.and_then(|m| m.get_scalar("namespace"))
+                .map(|n| n.as_str().to_owned())
+                .unwrap_or_else(|| namespace.unwrap_or(DEFAULT_NAMESPACE).to_owned())
         };
+        let ns = ns(node);
         Ok(Some(match (api.as_str(), kind.as_str()) {
             ("v1", "Namespace") => Resource::Namespace(self.decode(node)?),
-            ("v1", "ServiceAccount") => {
-                let sa: schema::ServiceAccount = self.decode(node)?;
-                Resource::ServiceAccount(ns(&sa.metadata))
-            }
-            ("v1", "Pod") => {
-                let pod: schema::Pod = self.decode(node)?;
-                Resource::Pod(ns(&pod.metadata), pod)
-            }
+            ("v1", "ServiceAccount") => Resource::ServiceAccount(ns, self.decode(node)?),
+            ("v1", "Pod") => Resource::Pod(ns, self.decode(node)?),
             ("networking.k8s.io/v1", "NetworkPolicy") => {
-                let np: schema::NetworkPolicy = self.decode(node)?;
-                Resource::NetworkPolicy(ns(&np.metadata), np)
+                Resource::NetworkPolicy(ns, self.decode(node)?, false)
+            }
+            (calico::API_VERSION, "StagedKubernetesNetworkPolicy") => {
+                Resource::NetworkPolicy(ns, self.decode(node)?, true)
+            }
+            (calico::API_VERSION, kind) if calico::KINDS.contains(&kind) => {
+                Resource::Calico(self.calico_resource(node, kind, ns)?)
             }
             (_, "List") => {
                 return Err(self.at(&kind_span, "kind List: give the items as documents of their own".into()));
+            }
+            (_, "HostEndpoint" | "AdminNetworkPolicy" | "BaselineAdminNetworkPolicy") => {
+                return Err(self.at(
+                    &kind_span,
+                    format!("kind {kind} (apiVersion {api:?}) is not supported yet (open work: docs/guide/kubernetes.md)"),
+                ));
             }
             _ => {
                 return Err(self.at(
                     &kind_span,
                     format!(
                         "kind {kind} (apiVersion {api:?}) is not supported: Margay reads v1 Namespace, Pod and \
-                         ServiceAccount and networking.k8s.io/v1 NetworkPolicy"
+                         ServiceAccount, networking.k8s.io/v1 NetworkPolicy, and projectcalico.org/v3 {}",
+                        calico::KINDS.join(", ")
                     ),
                 ));
             }
@@ -249,6 +272,45 @@ impl Resources {
 
     /// The policy set these resources make.
     pub fn to_policy_set(&self) -> Result<PolicySet, PolicyError> {
+        let namespaces = self.namespaces()?;
+        let accounts = self.service_accounts()?;
+        let (endpoints, named_ports) = self.endpoints(&namespaces, &accounts)?;
+        let tiers = self.tiers()?;
+        let netsets = self.netsets(&namespaces)?;
+        let mut policies = Vec::new();
+        let mut names = BTreeSet::new();
+        for (span, r) in &self.resources {
+            let (policy, kind) = match r {
+                Resource::NetworkPolicy(ns, np, staged) => {
+                    let name = self.name(span, &np.metadata)?;
+                    (self.network_policy(ns, &name, np, *staged, &named_ports)?, "NetworkPolicy")
+                }
+                Resource::Calico(calico::Resource::Policy(p)) => {
+                    (self.calico_policy(span, p, &tiers, &named_ports)?, p.kind)
+                }
+                _ => continue,
+            };
+            if !names.insert((policy.namespace.clone(), policy.name.clone())) {
+                let ns = policy.namespace.as_deref().map_or(String::new(), |n| format!("{n}/"));
+                return Err(self.at(span, format!("{kind} '{ns}{}' is given twice", policy.name)));
+            }
+            policies.push(policy);
+        }
+        Ok(PolicySet {
+            namespaces: namespaces.into_values().collect(),
+            endpoints,
+            netsets,
+            tiers,
+            policies,
+            // A pod no policy selects is not isolated: Calico's namespace profile allows.
+            defaults: Defaults { no_policy_action: Verdict::Allow, unmanaged_action: Verdict::Allow },
+            intentionally_empty: false,
+        })
+    }
+
+    /// The namespaces given, those other resources live in (as the API server requires them to
+    /// exist), and `default`, with the labels the API server and Calico add.
+    fn namespaces(&self) -> Result<BTreeMap<String, Namespace>, PolicyError> {
         let mut namespaces: BTreeMap<String, Namespace> = BTreeMap::new();
         for (span, r) in &self.resources {
             if let Resource::Namespace(n) = r {
@@ -259,64 +321,169 @@ impl Resources {
                 }
             }
         }
-        // Namespaces the other resources live in exist, as the API server requires.
-        for (_, r) in &self.resources {
-            if let Resource::Pod(ns, _) | Resource::NetworkPolicy(ns, _) | Resource::ServiceAccount(ns) = r {
-                namespaces
-                    .entry(ns.clone())
-                    .or_insert_with(|| Namespace { name: ns.clone(), labels: BTreeMap::new() });
-            }
+        for ns in self.resources.iter().filter_map(|(_, r)| r.namespace()).chain([DEFAULT_NAMESPACE]) {
+            namespaces
+                .entry(ns.to_owned())
+                .or_insert_with(|| Namespace { name: ns.to_owned(), labels: BTreeMap::new() });
         }
-        namespaces
-            .entry(DEFAULT_NAMESPACE.to_owned())
-            .or_insert_with(|| Namespace { name: DEFAULT_NAMESPACE.to_owned(), labels: BTreeMap::new() });
         for n in namespaces.values_mut() {
             n.labels.entry("kubernetes.io/metadata.name".to_owned()).or_insert_with(|| n.name.clone());
-            n.labels.insert("projectcalico.org/name".to_owned(), n.name.clone());
+            n.labels.insert(NAME_LABEL.to_owned(), n.name.clone());
         }
+        Ok(namespaces)
+    }
+
+    /// Service accounts' labels (with Calico's `projectcalico.org/name`), by (namespace, name).
+    fn service_accounts(&self) -> Result<BTreeMap<(String, String), Labels>, PolicyError> {
+        let mut accounts = BTreeMap::new();
+        for (span, r) in &self.resources {
+            if let Resource::ServiceAccount(ns, sa) = r {
+                let name = self.name(span, &sa.metadata)?;
+                let mut labels = sa.metadata.labels.clone().unwrap_or_default();
+                labels.insert(NAME_LABEL.to_owned(), name.clone());
+                if accounts.insert((ns.clone(), name.clone()), labels).is_some() {
+                    return Err(self.at(span, format!("service account '{ns}/{name}' is given twice")));
+                }
+            }
+        }
+        Ok(accounts)
+    }
+
+    /// Pods and Calico workload endpoints as endpoints, with the labels Calico gives them, and
+    /// the index of their named ports.
+    fn endpoints(
+        &self,
+        namespaces: &BTreeMap<String, Namespace>,
+        accounts: &BTreeMap<(String, String), Labels>,
+    ) -> Result<(Vec<Endpoint>, NamedPorts), PolicyError> {
         let mut endpoints = Vec::new();
+        let mut named_ports = NamedPorts::new();
         let mut owners: BTreeMap<IpAddr, String> = BTreeMap::new();
         let mut seen = BTreeSet::new();
         for (span, r) in &self.resources {
-            if let Resource::Pod(ns, pod) = r {
-                let name = self.name(span, &pod.metadata)?;
-                if !seen.insert((ns.clone(), name.clone())) {
-                    return Err(self.at(span, format!("pod '{ns}/{name}' is given twice")));
+            let workload = match r {
+                Resource::Pod(ns, pod) => self.pod(span, ns, pod)?,
+                Resource::Calico(calico::Resource::WorkloadEndpoint(ns, wep)) => {
+                    self.workload_endpoint(span, ns, wep)?
                 }
-                let Some(ips) = self.pod_ips(pod, ns, &name, &mut owners)? else { continue };
-                let mut labels = pod.metadata.labels.clone().unwrap_or_default();
-                labels.insert("projectcalico.org/namespace".to_owned(), ns.clone());
-                labels.insert(ORCHESTRATOR_LABEL.to_owned(), "k8s".to_owned());
-                let sa = pod.spec.service_account_name.clone().unwrap_or_else(|| "default".to_owned());
-                labels.insert("projectcalico.org/serviceaccount".to_owned(), sa);
-                endpoints.push(Endpoint { name, namespace: ns.clone(), ips, labels, interface: None });
+                _ => continue,
+            };
+            let Workload { name, namespace, addresses, mut labels, service_account, ports } = workload;
+            if !seen.insert((namespace.clone(), name.clone())) {
+                return Err(self.at(span, format!("workload '{namespace}/{name}' is given twice")));
+            }
+            let mut ips = Vec::new();
+            for ip in addresses {
+                let addr = self.address(ip)?;
+                if let Some(other) = owners.insert(addr, format!("{namespace}/{name}")) {
+                    return Err(self.at(ip.span(), format!("address {addr} belongs to {other} already")));
+                }
+                if !ips.contains(&addr) {
+                    ips.push(addr);
+                }
+            }
+            if ips.is_empty() {
+                // Not running yet: nothing can address it.
+                continue;
+            }
+            labels.insert(NAMESPACE_LABEL.to_owned(), namespace.clone());
+            labels.insert(SERVICE_ACCOUNT_LABEL.to_owned(), service_account.clone());
+            inherit(&mut labels, Inherit::Namespace, namespaces.get(&namespace).map(|n| &n.labels));
+            let mut sa_labels = accounts.get(&(namespace.clone(), service_account.clone())).cloned();
+            if sa_labels.is_none() {
+                // An account not given as a resource still has its name.
+                sa_labels = Some(BTreeMap::from([(NAME_LABEL.to_owned(), service_account.clone())]));
+            }
+            inherit(&mut labels, Inherit::ServiceAccount, sa_labels.as_ref());
+            for (protocol, port_name, number, span) in ports {
+                let key = named_port_key(protocol, &port_name);
+                if labels.insert(key, number.to_string()).is_some() {
+                    return Err(self.at(
+                        &span,
+                        format!(
+                            "port name '{port_name}' ({protocol}) is given twice in '{namespace}/{name}'"
+                        ),
+                    ));
+                }
+                named_ports.entry(named_port_key(protocol, &port_name)).or_default().insert(number);
+            }
+            endpoints.push(Endpoint { name, namespace, ips, labels, interface: None });
+        }
+        Ok((endpoints, named_ports))
+    }
+
+    /// A pod as a workload.
+    fn pod<'a>(&self, span: &Span, ns: &str, pod: &'a schema::Pod) -> Result<Workload<'a>, PolicyError> {
+        let name = self.name(span, &pod.metadata)?;
+        let addresses: Vec<&Spanned<String>> = if pod.status.pod_ips.is_empty() {
+            pod.status.pod_ip.iter().collect()
+        } else {
+            pod.status.pod_ips.iter().map(|i| &i.ip).collect()
+        };
+        let mut labels = pod.metadata.labels.clone().unwrap_or_default();
+        labels.insert(ORCHESTRATOR_LABEL.to_owned(), "k8s".to_owned());
+        let mut ports = Vec::new();
+        for c in &pod.spec.containers {
+            for p in c.ports.iter().flatten() {
+                let Some(port_name) = &p.name else { continue };
+                let protocol = self.k8s_protocol(p.protocol.as_ref(), p.span())?;
+                let number = self.port_number(&p.container_port)?;
+                self.check_port_name(port_name)?;
+                ports.push((protocol, port_name.to_string(), number, *p.span()));
             }
         }
-        let mut policies = Vec::new();
-        let mut names = BTreeSet::new();
-        for (span, r) in &self.resources {
-            if let Resource::NetworkPolicy(ns, np) = r {
-                let name = self.name(span, &np.metadata)?;
-                if !names.insert((ns.clone(), name.clone())) {
-                    return Err(self.at(span, format!("NetworkPolicy '{ns}/{name}' is given twice")));
-                }
-                policies.push(self.network_policy(ns, &name, np)?);
-            }
-        }
-        Ok(PolicySet {
-            namespaces: namespaces.into_values().collect(),
-            endpoints,
-            netsets: Vec::new(),
-            tiers: vec![Tier {
-                name: DEFAULT_TIER.into(),
-                order: DEFAULT_TIER_ORDER,
-                default_action: TierDefault::Deny,
-            }],
-            policies,
-            // A pod no policy selects is not isolated: Calico's namespace profile allows.
-            defaults: Defaults { no_policy_action: Verdict::Allow, unmanaged_action: Verdict::Allow },
-            intentionally_empty: false,
+        Ok(Workload {
+            name,
+            namespace: ns.to_owned(),
+            addresses,
+            labels,
+            service_account: pod.spec.service_account_name.clone().unwrap_or_else(|| "default".to_owned()),
+            ports,
         })
+    }
+
+    fn address(&self, ip: &Spanned<String>) -> Result<IpAddr, PolicyError> {
+        // Calico's ipNetworks are host prefixes: `198.18.1.10/32`.
+        let text = ip.as_str();
+        let bare = match text.split_once('/') {
+            Some((a, "32")) if !a.contains(':') => a,
+            Some((a, "128")) => a,
+            Some(_) => {
+                return Err(self
+                    .at(ip.span(), format!("'{text}': a workload's address is one address (/32 or /128)")));
+            }
+            None => text,
+        };
+        bare.parse().map_err(|_| self.at(ip.span(), format!("'{text}' is not an IP address")))
+    }
+
+    /// Protocol of a Kubernetes port: TCP (the default), UDP or SCTP.
+    fn k8s_protocol(&self, protocol: Option<&Spanned<String>>, span: &Span) -> Result<Protocol, PolicyError> {
+        match protocol.map(|s| s.as_str()) {
+            None | Some("TCP") => Ok(Protocol::TCP),
+            Some("UDP") => Ok(Protocol::UDP),
+            Some("SCTP") => Ok(Protocol::SCTP),
+            Some(other) => {
+                Err(self
+                    .at(protocol.map_or(span, |s| s.span()), format!("protocol '{other}': TCP, UDP or SCTP")))
+            }
+        }
+    }
+
+    /// A port number 1..=65535.
+    fn port_number(&self, s: &Spanned<String>) -> Result<u16, PolicyError> {
+        match s.parse::<u16>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(self.at(s.span(), format!("'{}' is not a port number (1..=65535)", s.as_str()))),
+        }
+    }
+
+    /// A port name as Kubernetes and Calico allow it (letters, digits, `-`, `_`, `.`).
+    fn check_port_name(&self, name: &Spanned<String>) -> Result<(), PolicyError> {
+        let ok = !name.is_empty()
+            && name.len() <= 63
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if ok { Ok(()) } else { Err(self.at(name.span(), format!("'{}' is not a port name", name.as_str()))) }
     }
 
     fn name(&self, span: &Span, m: &schema::Metadata) -> Result<String, PolicyError> {
@@ -327,267 +494,97 @@ impl Resources {
         }
     }
 
-    /// A pod's addresses (`status.podIPs`, else `status.podIP`); `None` for a pod without one
-    /// yet (nothing can address it).
-    fn pod_ips(
-        &self,
-        pod: &schema::Pod,
-        ns: &str,
-        name: &str,
-        owners: &mut BTreeMap<IpAddr, String>,
-    ) -> Result<Option<Vec<IpAddr>>, PolicyError> {
-        let given: Vec<&Spanned<String>> = if pod.status.pod_ips.is_empty() {
-            pod.status.pod_ip.iter().collect()
-        } else {
-            pod.status.pod_ips.iter().map(|i| &i.ip).collect()
-        };
-        let mut ips = Vec::new();
-        for ip in given {
-            let addr: IpAddr = ip
-                .parse()
-                .map_err(|_| self.at(ip.span(), format!("'{}' is not an IP address", ip.as_str())))?;
-            if let Some(other) = owners.insert(addr, format!("{ns}/{name}")) {
-                return Err(self.at(ip.span(), format!("address {addr} belongs to pod {other} already")));
-            }
-            if !ips.contains(&addr) {
-                ips.push(addr);
-            }
+    /// `rule` once for the numbered ports of each side and once per value a named port takes on
+    /// the endpoints (`names` are the source's and the destination's port names, matched with
+    /// the rule's protocol): a named port matches an endpoint's container port of that name and protocol,
+    /// and it may have a different number on each endpoint. A side with names and no numbers
+    /// has no copy for the numbers; a name no endpoint has adds nothing.
+    fn with_named_ports(rule: Rule, names: [&[String]; 2], named_ports: &NamedPorts) -> Vec<Rule> {
+        if names.iter().all(|n| n.is_empty()) {
+            return vec![rule];
         }
-        Ok((!ips.is_empty()).then_some(ips))
-    }
-
-    fn network_policy(
-        &self,
-        ns: &str,
-        name: &str,
-        np: &schema::NetworkPolicy,
-    ) -> Result<Policy, PolicyError> {
-        let spec = &np.spec;
-        let Some(pod_selector) = &spec.pod_selector else {
-            return Err(self.at(spec.span(), "spec.podSelector is required (`{}` selects every pod)".into()));
-        };
-        let (mut ingress_type, mut egress_type) = (false, false);
-        match &spec.policy_types {
-            Some(types) => {
-                for t in types {
-                    match t.as_str() {
-                        "Ingress" => ingress_type = true,
-                        "Egress" => egress_type = true,
-                        other => {
-                            return Err(self.at(
-                                t.span(),
-                                format!("policyTypes: '{other}' is neither Ingress nor Egress"),
-                            ));
+        // Rules with named ports have a port protocol (checked where they are read).
+        let Some(protocol) = rule.protocol else { return vec![rule] };
+        let variants = |peer: &Peer, names: &[String]| -> Vec<Peer> {
+            let mut out = Vec::new();
+            if names.is_empty() || !peer.ports.is_empty() {
+                out.push(peer.clone());
+            }
+            for name in names {
+                let key = named_port_key(protocol, name);
+                for &number in named_ports.get(&key).into_iter().flatten() {
+                    let term = Selector::Eq(key.clone(), number.to_string());
+                    let selector = Some(match peer.selector.clone() {
+                        None => term,
+                        Some(Selector::And(mut terms)) => {
+                            terms.push(term);
+                            Selector::And(terms)
                         }
-                    }
-                }
-            }
-            // Upstream: Ingress always, Egress when there are egress rules (`egress: []` adds
-            // nothing).
-            None => {
-                ingress_type = true;
-                egress_type = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
-            }
-        }
-        // Rules of a direction policyTypes leaves out have no effect upstream either.
-        let ingress = if ingress_type { self.rules(spec.ingress.as_deref(), true)? } else { Vec::new() };
-        let egress = if egress_type { self.rules(spec.egress.as_deref(), false)? } else { Vec::new() };
-        Ok(Policy {
-            name: format!("knp.default.{name}"),
-            tier: DEFAULT_TIER.into(),
-            order: Some(K8S_POLICY_ORDER),
-            namespace: Some(ns.to_owned()),
-            selector: pods(self.label_selector(pod_selector)?),
-            ingress_type,
-            egress_type,
-            staged: false,
-            ingress,
-            egress,
-        })
-    }
-
-    fn rules(
-        &self,
-        rules: Option<&[Spanned<schema::NetworkPolicyRule>]>,
-        ingress: bool,
-    ) -> Result<Vec<Rule>, PolicyError> {
-        let mut out = Vec::new();
-        for rule in rules.unwrap_or_default() {
-            let (peers, wrong) = if ingress { (&rule.from, &rule.to) } else { (&rule.to, &rule.from) };
-            if let Some(w) = wrong {
-                let (field, dir) = if ingress { ("to", "an ingress") } else { ("from", "an egress") };
-                return Err(self.at(
-                    w.span(),
-                    format!("`{field}` in {dir} rule (ingress rules have `from`, egress rules `to`)"),
-                ));
-            }
-            let peers: Vec<Peer> = match peers {
-                Some(list) if !list.is_empty() => {
-                    list.iter().map(|p| self.peer(p)).collect::<Result<_, _>>()?
-                }
-                _ => vec![Peer::default()],
-            };
-            let ports = self.ports(rule.ports.as_deref())?;
-            for peer in &peers {
-                for (protocol, ranges) in &ports {
-                    // The ports are the destination's: with the peer for an egress rule.
-                    let (source, destination) = if ingress {
-                        (peer.clone(), Peer { ports: ranges.clone(), ..Peer::default() })
+                        Some(other) => Selector::And(vec![other, term]),
+                    });
+                    // A selector of its own would be limited to a namespaced policy's
+                    // namespace: the endpoint may be anywhere.
+                    let namespace_selector = if peer.selector.is_none() {
+                        Some(Selector::All)
                     } else {
-                        (Peer::default(), Peer { ports: ranges.clone(), ..peer.clone() })
+                        peer.namespace_selector.clone()
                     };
-                    out.push(Rule {
-                        action: crate::policy::Action::Allow,
-                        protocol: *protocol,
-                        not_protocol: None,
-                        ip_version: None,
-                        icmp: None,
-                        not_icmp: None,
-                        source,
-                        destination,
+                    out.push(Peer {
+                        selector,
+                        namespace_selector,
+                        ports: PortRange::new(number, number).into_iter().collect(),
+                        ..peer.clone()
                     });
                 }
             }
-        }
-        Ok(out)
-    }
-
-    fn peer(&self, p: &Spanned<schema::NetworkPolicyPeer>) -> Result<Peer, PolicyError> {
-        match (&p.pod_selector, &p.namespace_selector, &p.ip_block) {
-            (None, None, None) => {
-                Err(self.at(p.span(), "a peer needs podSelector, namespaceSelector or ipBlock".into()))
-            }
-            (Some(_), _, Some(b)) | (_, Some(_), Some(b)) => Err(self.at(
-                b.span(),
-                "ipBlock cannot be combined with podSelector or namespaceSelector in one peer".into(),
-            )),
-            (None, None, Some(b)) => {
-                let cidr = self.cidr(&b.cidr)?;
-                let mut not_nets = Vec::new();
-                for e in b.except.iter().flatten() {
-                    let x = self.cidr(e)?;
-                    if x.is_ipv4() != cidr.is_ipv4()
-                        || x.prefix_len() < cidr.prefix_len()
-                        || !cidr.contains(x.addr())
-                    {
-                        return Err(self.at(
-                            e.span(),
-                            format!("except {} is not inside cidr {}", e.as_str(), b.cidr.as_str()),
-                        ));
-                    }
-                    not_nets.push(x);
-                }
-                Ok(Peer { nets: vec![cidr], not_nets, ..Peer::default() })
-            }
-            (pod, ns, None) => {
-                let selector = match pod {
-                    Some(s) => self.label_selector(s)?,
-                    None => Selector::All,
-                };
-                let namespace_selector = ns.as_ref().map(|s| self.label_selector(s)).transpose()?;
-                Ok(Peer { selector: Some(pods(selector)), namespace_selector, ..Peer::default() })
-            }
-        }
-    }
-
-    fn cidr(&self, s: &Spanned<String>) -> Result<Cidr, PolicyError> {
-        s.parse().map_err(|e: String| self.at(s.span(), format!("ipBlock: {e}")))
-    }
-
-    /// A rule's port entries as (protocol, destination ports): one entry per item of `ports`, or
-    /// a single "any protocol, any port" when there are none.
-    fn ports(
-        &self,
-        ports: Option<&[Spanned<schema::NetworkPolicyPort>]>,
-    ) -> Result<Vec<PortEntry>, PolicyError> {
-        let ports = ports.unwrap_or_default();
-        if ports.is_empty() {
-            return Ok(vec![(None, Vec::new())]);
-        }
+            out
+        };
+        let sources = variants(&rule.source, names[0]);
+        let destinations = variants(&rule.destination, names[1]);
         let mut out = Vec::new();
-        for p in ports {
-            let protocol = match p.protocol.as_ref().map(|s| s.as_str()) {
-                None | Some("TCP") => Protocol::TCP,
-                Some("UDP") => Protocol::UDP,
-                Some("SCTP") => Protocol::SCTP,
-                Some(other) => {
-                    let span = p.protocol.as_ref().map_or(p.span(), |s| s.span());
-                    return Err(self.at(span, format!("protocol '{other}': TCP, UDP or SCTP")));
-                }
-            };
-            let number = |s: &Spanned<String>| -> Result<u16, PolicyError> {
-                match s.parse::<u16>() {
-                    Ok(n) if n > 0 => Ok(n),
-                    _ => Err(self.at(s.span(), format!("'{}' is not a port number (1..=65535)", s.as_str()))),
-                }
-            };
-            let ranges = match (&p.port, &p.end_port) {
-                (None, None) => Vec::new(),
-                (None, Some(e)) => return Err(self.at(e.span(), "endPort without port".into())),
-                (Some(port), end) if !port.chars().all(|c| c.is_ascii_digit()) => {
-                    if let Some(e) = end {
-                        return Err(self.at(e.span(), "endPort goes with a port number, not a name".into()));
-                    }
-                    return Err(self.at(
-                        port.span(),
-                        format!("named port '{}': named ports are not supported yet (open work: docs/guide/kubernetes.md)", port.as_str()),
-                    ));
-                }
-                (Some(port), None) => {
-                    let n = number(port)?;
-                    PortRange::new(n, n).into_iter().collect()
-                }
-                (Some(port), Some(end)) => {
-                    let (lo, hi) = (number(port)?, number(end)?);
-                    match PortRange::new(lo, hi) {
-                        Some(r) => vec![r],
-                        None => return Err(self.at(end.span(), format!("endPort {hi} is below port {lo}"))),
-                    }
-                }
-            };
-            out.push((Some(protocol), ranges));
+        for source in &sources {
+            for destination in &destinations {
+                out.push(Rule { source: source.clone(), destination: destination.clone(), ..rule.clone() });
+            }
         }
-        Ok(out)
+        out
     }
+}
 
-    fn label_selector(&self, s: &Spanned<schema::LabelSelector>) -> Result<Selector, PolicyError> {
-        let mut terms = Vec::new();
-        for (k, v) in s.match_labels.iter().flatten() {
-            terms.push(Selector::Eq(k.clone(), v.clone()));
-        }
-        for req in s.match_expressions.iter().flatten() {
-            let key = req.key.to_string();
-            let values: BTreeSet<String> = req.values.iter().flatten().cloned().collect();
-            let term = match req.operator.as_str() {
-                "In" | "NotIn" if values.is_empty() => {
-                    return Err(
-                        self.at(req.span(), format!("operator {} needs values", req.operator.as_str()))
-                    );
-                }
-                "In" => Selector::In(key, values),
-                "NotIn" => Selector::NotIn(key, values),
-                "Exists" | "DoesNotExist" if !values.is_empty() => {
-                    return Err(
-                        self.at(req.span(), format!("operator {} takes no values", req.operator.as_str()))
-                    );
-                }
-                "Exists" => Selector::Has(key),
-                "DoesNotExist" => Selector::Not(Box::new(Selector::Has(key))),
-                other => {
-                    return Err(self.at(
-                        req.operator.span(),
-                        format!("operator '{other}': In, NotIn, Exists or DoesNotExist"),
-                    ));
-                }
-            };
-            terms.push(term);
-        }
-        Ok(match terms.len() {
-            0 => Selector::All,
-            1 => terms.remove(0),
-            _ => Selector::And(terms),
-        })
+/// Labels.
+type Labels = BTreeMap<String, String>;
+
+/// The values each named port takes, by its label key ([`named_port_key`]).
+type NamedPorts = BTreeMap<String, BTreeSet<u16>>;
+
+/// Calico's label for a namespace's, service account's or network set's own name.
+const NAME_LABEL: &str = "projectcalico.org/name";
+/// Calico's label for a workload's service account.
+const SERVICE_ACCOUNT_LABEL: &str = "projectcalico.org/serviceaccount";
+/// The prefix of the labels that carry an endpoint's named ports: `margay.named-port/tcp.http:
+/// "8080"`. Rules with a named port select endpoints by them.
+pub const NAMED_PORT_LABEL: &str = "margay.named-port/";
+
+fn named_port_key(protocol: Protocol, name: &str) -> String {
+    format!("{NAMED_PORT_LABEL}{protocol}.{name}")
+}
+
+/// Adds `from`'s labels to `labels` under the inherited prefix (`pcns.KEY`, `pcsa.KEY`).
+fn inherit(labels: &mut Labels, how: Inherit, from: Option<&Labels>) {
+    for (k, v) in from.into_iter().flatten() {
+        labels.insert(format!("{}{k}", how.prefix()), v.clone());
     }
+}
+
+/// A pod or workload endpoint, before its addresses are checked.
+struct Workload<'a> {
+    name: String,
+    namespace: String,
+    addresses: Vec<&'a Spanned<String>>,
+    labels: Labels,
+    service_account: String,
+    /// (protocol, name, number, where) of its named ports.
+    ports: Vec<(Protocol, String, u16, Span)>,
 }
 
 /// The start of what field path `path` (`spec.ingress[0].from[0].podSelector.matchLabel`)

@@ -14,7 +14,6 @@ use serde::de::IgnoredAny;
 #[derive(Debug, Deserialize)]
 pub(super) struct Metadata {
     pub name: Option<Spanned<String>>,
-    pub namespace: Option<Spanned<String>>,
     #[serde(default)]
     pub labels: Option<BTreeMap<String, String>>,
 }
@@ -57,6 +56,8 @@ pub(super) struct NetworkPolicySpec {
     pub ingress: Option<Vec<Spanned<NetworkPolicyRule>>>,
     pub egress: Option<Vec<Spanned<NetworkPolicyRule>>>,
     pub policy_types: Option<Vec<Spanned<String>>>,
+    /// StagedKubernetesNetworkPolicy only: `Set` (the default) previews the policy.
+    pub staged_action: Option<Spanned<String>>,
 }
 
 /// An ingress rule (`from`) or an egress rule (`to`): both read here, each direction then
@@ -115,12 +116,27 @@ pub(super) struct Pod {
     pub status: PodStatus,
 }
 
-/// The pod's spec: only its service account bears on policy so far (container ports will,
-/// with named ports).
+/// The pod's spec: its service account and its containers' ports bear on policy.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct PodSpec {
     pub service_account_name: Option<String>,
+    #[serde(default)]
+    pub containers: Vec<Container>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct Container {
+    pub ports: Option<Vec<Spanned<ContainerPort>>>,
+}
+
+/// A container port: a named one is what a rule's named port matches.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ContainerPort {
+    pub name: Option<Spanned<String>>,
+    pub container_port: Spanned<String>,
+    pub protocol: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

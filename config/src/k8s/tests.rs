@@ -36,8 +36,16 @@ fn each_mistake_is_named_with_its_place() {
             "p.yaml:10:23: ipBlock:",
         ),
         (
-            "  podSelector: {}\n  ingress:\n  - ports:\n    - port: http\n",
-            "p.yaml:10:13: named port 'http': named ports are not supported yet",
+            "  podSelector: {}\n  ingress:\n  - ports:\n    - port: 'ht tp'\n",
+            "p.yaml:10:13: 'ht tp' is not a port name",
+        ),
+        (
+            "  podSelector: {}\n  ingress:\n  - ports:\n    - {port: http, endPort: 90}\n",
+            "p.yaml:10:29: endPort goes with a port number",
+        ),
+        (
+            "  podSelector: {}\n  stagedAction: Set\n",
+            "p.yaml:8:17: stagedAction is a field of staged policies",
         ),
         (
             "  podSelector: {}\n  ingress:\n  - ports:\n    - {port: 90, endPort: 80}\n",
@@ -70,8 +78,12 @@ fn each_mistake_is_named_with_its_place() {
     }
     let other: &[(&str, &str)] = &[
         (
-            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: x}\n",
-            "p.yaml:2:7: kind GlobalNetworkPolicy (apiVersion \"projectcalico.org/v3\") is not supported",
+            "apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata: {name: x}\n",
+            "p.yaml:2:7: kind HostEndpoint (apiVersion \"projectcalico.org/v3\") is not supported yet",
+        ),
+        (
+            "apiVersion: projectcalico.org/v3\nkind: Profile\nmetadata: {name: x}\n",
+            "p.yaml:2:7: kind Profile (apiVersion \"projectcalico.org/v3\") is not supported: Margay reads",
         ),
         (
             "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nstatus: {podIP: 1.2.3}\n",
@@ -79,7 +91,7 @@ fn each_mistake_is_named_with_its_place() {
         ),
         (
             "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nstatus: {podIP: 1.2.3.4}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b}\nstatus: {podIP: 1.2.3.4}\n",
-            "p.yaml:9:17: address 1.2.3.4 belongs to pod default/a already",
+            "p.yaml:9:17: address 1.2.3.4 belongs to default/a already",
         ),
         (
             "apiVersion: v1\nkind: Namespace\nmetadata: {labels: {a: b}}\n",
@@ -95,6 +107,199 @@ fn each_mistake_is_named_with_its_place() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
+}
+
+const GNP: &str =
+    "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: g\nspec:\n";
+const CNP: &str =
+    "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  name: n\n  namespace: prod\nspec:\n";
+
+/// Every mistake in a Calico resource, and every field Margay would have to drop, is an error
+/// naming its place.
+#[test]
+fn each_calico_mistake_is_named_with_its_place() {
+    let cases: &[(&str, &str, &str)] = &[
+        (GNP, "  selector: all()\n  ingres: []\n", "p.yaml:7:3: spec.ingres: Unknown field `ingres`"),
+        (
+            GNP,
+            "  ingress:\n  - action: Allow\n    http: {methods: [GET]}\n",
+            "p.yaml:8:11: http: HTTP match rules are not enforced",
+        ),
+        (
+            GNP,
+            "  ingress:\n  - action: Allow\n    destination: {services: {name: x}}\n",
+            "p.yaml:8:29: services:",
+        ),
+        (GNP, "  ingress:\n  - action: Accept\n", "p.yaml:7:13: action 'Accept': Allow, Deny, Log or Pass"),
+        (GNP, "  tier: security\n", "p.yaml:6:9: tier 'security' is not defined"),
+        (
+            GNP,
+            "  ingress:\n  - action: Allow\n    destination: {ports: [80]}\n",
+            "p.yaml:8:27: ports need protocol TCP, UDP or SCTP",
+        ),
+        (
+            GNP,
+            "  ingress:\n  - action: Allow\n    protocol: TCP\n    icmp: {type: 8}\n",
+            "p.yaml:9:11: icmp needs protocol ICMP or ICMPv6",
+        ),
+        (
+            GNP,
+            "  ingress:\n  - action: Allow\n    protocol: TCP\n    source: {notPorts: [http]}\n",
+            "p.yaml:9:25: named port 'http' in notPorts is not supported yet",
+        ),
+        (
+            GNP,
+            "  ingress:\n  - action: Allow\n    protocol: TCP\n    source: {ports: ['90:80']}\n",
+            "p.yaml:9:22: port range 90:80 is reversed",
+        ),
+        (GNP, "  selector: app = 'x'\n", "p.yaml:6:13: bad selector \"app = 'x'\": column 5"),
+        (GNP, "  namespaceSelector: global(\n", "p.yaml:6:22: bad selector"),
+        (
+            GNP,
+            "  doNotTrack: true\n",
+            "p.yaml:6:15: spec.doNotTrack: host-endpoint policies are not supported",
+        ),
+        (GNP, "  order: .nan\n", "p.yaml:6:10: order '.nan' is not a finite number"),
+        (
+            GNP,
+            "  types: [Ingress]\n  egress:\n  - action: Allow\n",
+            "p.yaml:8:11: egress rules, but types leaves egress out",
+        ),
+        (GNP, "  ingress:\n  - action: Allow\n    source: {nets: [10.0.0.0/33]}\n", "p.yaml:8:21:"),
+        (GNP, "  ingress:\n  - action: Allow\n    protocol: GRE\n", "p.yaml:8:15: protocol 'GRE'"),
+        (
+            CNP,
+            "  namespaceSelector: all()\n",
+            "p.yaml:7:22: spec.namespaceSelector is a field of global policies",
+        ),
+        (CNP, "  stagedAction: Set\n", "p.yaml:7:17: stagedAction is a field of staged policies"),
+        (
+            "apiVersion: projectcalico.org/v3\nkind: StagedNetworkPolicy\nmetadata: {name: s}\nspec:\n",
+            "  stagedAction: Delete\n",
+            "p.yaml:5:17: stagedAction 'Delete' is not supported yet",
+        ),
+        (
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata: {name: s}\nspec:\n",
+            "  allowedEgressDomains: [example.com]\n",
+            "p.yaml:5:25: allowedEgressDomains (DNS names) are not enforced",
+        ),
+        (
+            "apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: t}\nspec:\n",
+            "  defaultAction: Allow\n",
+            "p.yaml:5:18: defaultAction 'Allow': Deny or Pass",
+        ),
+        (
+            "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata: {name: w}\nspec:\n",
+            "  ipNetworks: [198.18.0.1/32]\n  profiles: [open-all]\n",
+            "p.yaml:6:14: profile 'open-all': profiles are not supported",
+        ),
+        (
+            "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata: {name: w}\nspec:\n",
+            "  ipNetworks: [198.18.0.0/24]\n",
+            "p.yaml:5:16: '198.18.0.0/24': a workload's address is one address",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (head, spec, want) in cases {
+        match set(&format!("{head}{spec}")) {
+            Err(e) if e.starts_with(want) => {}
+            other => wrong.push(format!("{spec}\n got: {other:?}\nwant: {want}")),
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
+}
+
+const WORLD: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: prod, labels: {env: prod}}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: api, namespace: prod, labels: {role: backend}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: api-0, namespace: prod, labels: {app: api}}\nspec:\n  serviceAccountName: api\n  containers:\n  - name: c\n    ports: [{name: http, containerPort: 8080}, {name: dns, containerPort: 5353, protocol: UDP}]\nstatus: {podIP: 198.18.1.1}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: prod, labels: {app: web}}\nspec:\n  containers:\n  - ports: [{name: http, containerPort: 80}]\nstatus: {podIP: 198.18.1.2}\n---\n";
+
+/// Calico's implicit labels on endpoints and network sets, and entity rules scoped as Felix
+/// scopes them.
+#[test]
+fn calico_resources_land_as_felix_lands_them() {
+    let yaml = format!(
+        "{WORLD}{CNP}  selector: app == 'api'\n  serviceAccountSelector: role == 'backend'\n  ingress:\n  - action: Allow\n    source: {{selector: app == 'web'}}\n  - action: Deny\n    source: {{namespaceSelector: global()}}\n  - action: Log\n    source: {{serviceAccounts: {{names: [web]}}, notSelector: has(x)}}\n  - action: Pass\n    source: {{notSelector: has(x), nets: [10.0.0.0/8]}}\n---\n{GNP}  namespaceSelector: all()\n  egress:\n  - action: Allow\n---\napiVersion: projectcalico.org/v3\nkind: NetworkSet\nmetadata: {{name: ext, namespace: prod, labels: {{feed: x}}}}\nspec: {{nets: [192.0.2.0/24, 192.0.2.7]}}\n"
+    );
+    let s = set(&yaml).unwrap();
+    let api = &s.endpoints[0];
+    for (k, v) in [
+        ("pcns.env", "prod"),
+        ("pcns.projectcalico.org/name", "prod"),
+        ("pcsa.role", "backend"),
+        ("pcsa.projectcalico.org/name", "api"),
+        ("projectcalico.org/serviceaccount", "api"),
+        ("margay.named-port/tcp.http", "8080"),
+        ("margay.named-port/udp.dns", "5353"),
+    ] {
+        assert_eq!(api.labels.get(k).map(String::as_str), Some(v), "{k}");
+    }
+    let n = &s.policies[0];
+    assert_eq!((n.name.as_str(), n.namespace.as_deref(), n.order), ("n", Some("prod"), None));
+    assert_eq!(n.selector.to_string(), "(app == 'api' && pcsa.role == 'backend')");
+    assert!(n.ingress_type && !n.egress_type, "ingress rules only: Ingress");
+    let src = |i: usize| {
+        let p = &n.ingress[i].source;
+        (p.selector.as_ref().map(ToString::to_string), p.not_selector.as_ref().map(ToString::to_string))
+    };
+    assert_eq!(src(0).0.as_deref(), Some("(app == 'web' && projectcalico.org/namespace == 'prod')"));
+    assert_eq!(src(1).0.as_deref(), Some("!has(projectcalico.org/namespace)"));
+    assert_eq!(
+        src(2),
+        (
+            Some(
+                "(projectcalico.org/serviceaccount in {'web'} && projectcalico.org/namespace == 'prod')"
+                    .into()
+            ),
+            Some("has(x)".into())
+        )
+    );
+    // A not-selector alone still scopes the positive side to the namespace, and is not
+    // scoped itself.
+    assert_eq!(src(3), (Some("projectcalico.org/namespace == 'prod'".into()), Some("has(x)".into())));
+    assert_eq!(n.ingress[0].source.namespace_selector, Some(Selector::All), "Margay's own scoping is off");
+    let g = &s.policies[1];
+    assert_eq!(
+        (g.namespace.as_deref(), g.selector.to_string().as_str()),
+        (None, "has(projectcalico.org/namespace)")
+    );
+    assert!(!g.ingress_type && g.egress_type, "egress rules only: Egress");
+    let ext = &s.netsets[0];
+    assert_eq!(ext.name, "prod/ext");
+    assert_eq!(ext.labels.get("pcns.env").map(String::as_str), Some("prod"));
+    assert_eq!(ext.labels.get("projectcalico.org/namespace").map(String::as_str), Some("prod"));
+    assert_eq!(ext.nets.len(), 2);
+}
+
+/// A named port becomes one rule per number it has on the endpoints, each selecting the
+/// endpoints with that number; numbers in the same list keep a rule of their own; a name no
+/// endpoint has adds nothing.
+#[test]
+fn named_ports_resolve_per_endpoint() {
+    let yaml = format!(
+        "{WORLD}{NP}  podSelector: {{}}\n  ingress:\n  - ports: [{{port: http}}, {{port: 9000}}, {{port: nope}}, {{port: dns, protocol: UDP}}]\n"
+    );
+    let s = set(&yaml).unwrap();
+    let rules: Vec<String> = s.policies[0]
+        .ingress
+        .iter()
+        .map(|r| {
+            let d = &r.destination;
+            let sel = d.selector.as_ref().map_or("-".into(), ToString::to_string);
+            format!(
+                "{:?} {:?} {sel}",
+                r.protocol.map(|p| p.to_string()),
+                d.ports.iter().map(ToString::to_string).collect::<Vec<_>>()
+            )
+        })
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            "Some(\"tcp\") [\"80\"] margay.named-port/tcp.http == '80'",
+            "Some(\"tcp\") [\"8080\"] margay.named-port/tcp.http == '8080'",
+            "Some(\"tcp\") [\"9000\"] -",
+            "Some(\"udp\") [\"5353\"] margay.named-port/udp.dns == '5353'",
+        ]
+    );
+    assert_eq!(s.policies[0].ingress[0].destination.namespace_selector, Some(Selector::All));
 }
 
 /// The shape a NetworkPolicy lands in: Calico's name, tier and order, pod-only selectors,
