@@ -323,8 +323,8 @@ impl Resources {
                 return Err(self.at(first.span(), format!("{field} rules, but types leaves {field} out")));
             }
             let mut out = Vec::new();
-            for rule in rules {
-                let (rule, names) = self.calico_rule(rule, p.namespace.as_deref())?;
+            for (i, rule) in rules.iter().enumerate() {
+                let (rule, names) = self.calico_rule(rule, i, p.namespace.as_deref())?;
                 out.extend(Self::with_named_ports(rule, [&names[0], &names[1]], named_ports));
             }
             directions.push(out);
@@ -349,6 +349,7 @@ impl Resources {
     fn calico_rule(
         &self,
         rule: &Spanned<schema::Rule>,
+        index: usize,
         namespace: Option<&str>,
     ) -> Result<(Rule, [Vec<String>; 2]), PolicyError> {
         if let Some(h) = &rule.http {
@@ -399,7 +400,9 @@ impl Resources {
         let (icmp, not_icmp) = (icmp(&rule.icmp, "icmp")?, icmp(&rule.not_icmp, "notICMP")?);
         let (source, source_names) = self.entity(rule.source.as_ref(), namespace, protocol)?;
         let (destination, destination_names) = self.entity(rule.destination.as_ref(), namespace, protocol)?;
-        let rule = Rule { action, protocol, not_protocol, ip_version, icmp, not_icmp, source, destination };
+        let index = Some(index);
+        let rule =
+            Rule { action, protocol, not_protocol, ip_version, icmp, not_icmp, source, destination, index };
         Ok((rule, [source_names, destination_names]))
     }
 

@@ -82,7 +82,7 @@ impl Resources {
         ingress: bool,
     ) -> Result<Vec<(Rule, Vec<String>)>, PolicyError> {
         let mut out = Vec::new();
-        for rule in rules.unwrap_or_default() {
+        for (index, rule) in rules.unwrap_or_default().iter().enumerate() {
             let (peers, wrong) = if ingress { (&rule.from, &rule.to) } else { (&rule.to, &rule.from) };
             if let Some(w) = wrong {
                 let (field, dir) = if ingress { ("to", "an ingress") } else { ("from", "an egress") };
@@ -115,6 +115,7 @@ impl Resources {
                         not_icmp: None,
                         source,
                         destination,
+                        index: Some(index),
                     };
                     out.push((rule, name.iter().cloned().collect()));
                 }

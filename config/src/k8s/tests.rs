@@ -300,6 +300,7 @@ fn named_ports_resolve_per_endpoint() {
         ]
     );
     assert_eq!(s.policies[0].ingress[0].destination.namespace_selector, Some(Selector::All));
+    assert!(s.policies[0].ingress.iter().all(|r| r.index == Some(0)), "each reports the resource's rule 0");
 }
 
 /// The shape a NetworkPolicy lands in: Calico's name, tier and order, pod-only selectors,
@@ -333,6 +334,7 @@ fn a_network_policy_lands_as_calico_lands_it() {
         "(projectcalico.org/orchestrator == 'k8s' && !has(tier))"
     );
     let r = &p.ingress[4];
+    assert_eq!(r.reported_index(4), 0, "the resource's rule");
     assert_eq!((r.source.nets.len(), r.source.not_nets.len(), r.source.selector.is_none()), (1, 1, true));
     let ns = s.namespaces.iter().find(|n| n.name == "prod").unwrap();
     assert_eq!(ns.labels.get("kubernetes.io/metadata.name").map(String::as_str), Some("prod"));

@@ -213,6 +213,18 @@ pub struct Rule {
     pub source: Peer,
     /// The packet's destination.
     pub destination: Peer,
+    /// The index reported for this rule when it is not its place in its policy's list: a
+    /// rule read from a Kubernetes or Calico resource can land as several (one per peer and
+    /// port entry, or per number a named port takes), and each reports the index the rule has
+    /// in the resource.
+    pub index: Option<usize>,
+}
+
+impl Rule {
+    /// The index reported for the rule at place `i` of its policy's list.
+    pub fn reported_index(&self, i: usize) -> i32 {
+        i32::try_from(self.index.unwrap_or(i)).unwrap_or(i32::MAX)
+    }
 }
 
 /// A policy.

@@ -390,6 +390,7 @@ impl Validator<'_> {
             not_icmp: r.not_icmp,
             source: peer(r.source),
             destination: peer(r.destination),
+            index: None,
         })
     }
 }

@@ -122,7 +122,7 @@ impl Lowering<'_> {
                         self.meta.push(Meta {
                             tier: tier.name.clone(),
                             policy: policy.name.clone(),
-                            rule: i as i32,
+                            rule: rule.reported_index(i),
                         });
                         if let Some(pc) = self.pieces(policy, rule, true) {
                             emit_rule(&mut self.v4, &sig_runs, 1, &pc, meta, rule.action);

@@ -277,6 +277,7 @@ impl Exporter<'_> {
             for p in policies {
                 let rules = if ingress { &p.ingress } else { &p.egress };
                 for (r, rule) in rules.iter().enumerate() {
+                    let r = rule.reported_index(r);
                     let action = match rule.action {
                         Action::Allow => "return".to_owned(),
                         Action::Deny => "drop".to_owned(),

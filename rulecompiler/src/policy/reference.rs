@@ -98,7 +98,7 @@ impl<'a> ReferenceEvaluator<'a> {
                         verdict,
                         tier: tier.name.clone(),
                         policy: policy.name.clone(),
-                        rule: i as i32,
+                        rule: rule.reported_index(i),
                     };
                     match rule.action {
                         Action::Allow => return decided(Verdict::Allow),
@@ -108,7 +108,7 @@ impl<'a> ReferenceEvaluator<'a> {
                             ingress,
                             tier: tier.name.clone(),
                             policy: policy.name.clone(),
-                            rule: i as i32,
+                            rule: rule.reported_index(i),
                         }),
                     }
                 }
