@@ -74,13 +74,14 @@ proptest! {
 }
 
 /// The example files, which the parser targets also start from.
-const EXAMPLES: [&str; 6] = [
+const EXAMPLES: [&str; 7] = [
     include_str!("../../examples/shop.toml"),
     include_str!("../../examples/demo/policy-v2.toml"),
     include_str!("../../examples/replay/policy.toml"),
     include_str!("../../examples/replay/node.toml"),
     include_str!("../../examples/k8s/cluster.yaml"),
     include_str!("../../examples/k8s/policies.yaml"),
+    include_str!("../../examples/k8s/calico.yaml"),
 ];
 
 /// A text of the examples' with a few edits: bytes replaced from a small alphabet of the

@@ -1,24 +1,22 @@
-//! Policy written as Kubernetes resources: `networking.k8s.io/v1` NetworkPolicy, and the world
-//! it applies to as `v1` Namespace, Pod and ServiceAccount manifests, read from YAML or JSON
-//! (multi-document files, or directories of them) and landed in Margay's model the way Calico
-//! lands them (docs/guide/kubernetes.md):
+//! Policy written as Kubernetes and Calico resources, and the world it applies to (`v1`
+//! Namespace, Pod and ServiceAccount manifests, Calico WorkloadEndpoints), read from YAML or
+//! JSON (multi-document files, or directories of them) and landed in Margay's model the way
+//! Calico lands them (docs/guide/kubernetes.md): `networking.k8s.io/v1` NetworkPolicy in
+//! `networkpolicy.rs`, `projectcalico.org/v3` kinds in `calico.rs`; here, reading, the world,
+//! and named ports.
 //!
-//! - a NetworkPolicy `NAME` of namespace `NS` becomes policy `knp.default.NAME` of namespace
-//!   `NS` in tier `default` with order 1000, selecting the pods its `podSelector` selects;
-//!   `policyTypes` as written, or inferred (ingress, and egress when it has egress rules);
-//! - each rule becomes one allow rule per (peer, port entry): a peer's `podSelector` selects
-//!   pods of the policy's namespace, `namespaceSelector` pods of the matching namespaces (both:
-//!   both), `ipBlock` its CIDR minus `except`; no peers matches any address, no ports any port;
 //! - a pod is an endpoint with its `status.podIPs`, its labels, and the labels Calico gives
 //!   (`projectcalico.org/namespace`, `projectcalico.org/orchestrator: k8s`,
-//!   `projectcalico.org/serviceaccount`); a pod selector matches pods only (Calico adds the
-//!   orchestrator label for the same reason: network sets are not pods);
+//!   `projectcalico.org/serviceaccount`, its namespace's labels as `pcns.KEY` and its service
+//!   account's as `pcsa.KEY`), and one label per named container port
+//!   ([`NAMED_PORT_LABEL`]);
 //! - a namespace keeps its labels, with `kubernetes.io/metadata.name` (as the API server sets
-//!   it) and Calico's `projectcalico.org/name`.
+//!   it) and Calico's `projectcalico.org/name`;
+//! - a rule with a named port lands as one rule per number the name has on the endpoints,
+//!   selecting the endpoints with that number.
 //!
 //! Nothing is silently dropped: a field that bears on what a policy allows and is not enforced
-//! here (an unknown one, or a named port, not supported yet) is an error naming the file, line
-//! and column.
+//! here is an error naming the file, line and column.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

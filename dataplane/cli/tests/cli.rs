@@ -398,7 +398,9 @@ fn the_kubernetes_example_is_read_and_explained() {
     let out = margay(&["check", dir.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("4 endpoints") && text(&out.stdout).contains("5 policies"),
+        text(&out.stdout).contains("4 endpoints")
+            && text(&out.stdout).contains("7 policies")
+            && text(&out.stdout).contains("2 tiers"),
         "{}",
         text(&out.stdout)
     );
@@ -410,6 +412,10 @@ fn the_kubernetes_example_is_read_and_explained() {
         ("tcp 198.18.20.10:40000 -> 198.18.10.30:9090", "allow", "knp.default.scrape"),
         ("tcp 198.18.20.10:40000 -> 198.18.10.30:5432", "deny", ""),
         ("tcp 198.18.10.30:40000 -> 203.0.113.5:443", "deny", ""),
+        // Calico: the security tier's threat feed, and a named port.
+        ("tcp 192.0.2.7:40000 -> 198.18.10.10:80", "deny", "security.block-threats"),
+        ("tcp 198.18.20.10:40000 -> 198.18.10.20:9100", "allow", "api-metrics"),
+        ("tcp 198.18.10.10:40000 -> 198.18.10.20:9100", "deny", ""),
     ] {
         let out = margay(&["explain", "--policy", dir.to_str().unwrap(), "--flow", flow, "--json"]);
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
