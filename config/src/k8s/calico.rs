@@ -126,6 +126,13 @@ impl Resources {
             if !given.insert(name.clone()) {
                 return Err(self.at(span, format!("Tier '{name}' is given twice")));
             }
+            if [super::admin::ADMIN_TIER, super::admin::BASELINE_TIER].contains(&name.as_str()) {
+                let at = t.metadata.name.as_ref().map_or(span, |n| n.span());
+                return Err(self.at(
+                    at,
+                    format!("tier '{name}' holds the admin network policies: it is not given as a Tier"),
+                ));
+            }
             let spec = t.spec.as_ref();
             let order = spec.and_then(|s| s.order.as_ref()).map(|o| self.order(o)).transpose()?;
             let default_action = match spec.and_then(|s| s.default_action.as_ref()) {
@@ -146,6 +153,7 @@ impl Resources {
             }
             tiers.push(Tier { name, order: order.unwrap_or(UNORDERED_TIER), default_action });
         }
+        tiers.extend(self.admin_tiers());
         tiers.sort_by(|a, b| a.order.total_cmp(&b.order).then_with(|| a.name.cmp(&b.name)));
         Ok(tiers)
     }

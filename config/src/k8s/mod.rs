@@ -30,6 +30,7 @@ use crate::policy::{
 };
 use crate::selector::{Inherit, NAMESPACE_LABEL, Selector};
 
+mod admin;
 mod calico;
 mod networkpolicy;
 mod schema;
@@ -75,6 +76,7 @@ enum Resource {
     /// A NetworkPolicy, or with `true` a Calico StagedKubernetesNetworkPolicy.
     NetworkPolicy(String, Box<schema::NetworkPolicy>, bool),
     Calico(calico::Resource),
+    Admin(Box<admin::AdminPolicy>),
 }
 
 impl Resource {
@@ -86,6 +88,7 @@ impl Resource {
                 Some(ns)
             }
             Resource::Calico(c) => c.namespace(),
+            Resource::Admin(_) => None,
         }
     }
 }
@@ -203,7 +206,11 @@ impl Resources {
             (_, "List") => {
                 return Err(self.at(&kind_span, "kind List: give the items as documents of their own".into()));
             }
-            (_, "HostEndpoint" | "AdminNetworkPolicy" | "BaselineAdminNetworkPolicy") => {
+            (admin::API_VERSION, "AdminNetworkPolicy" | "BaselineAdminNetworkPolicy") => {
+                let baseline = kind == "BaselineAdminNetworkPolicy";
+                Resource::Admin(Box::new(admin::AdminPolicy { baseline, policy: self.decode(node)? }))
+            }
+            (_, "HostEndpoint") => {
                 return Err(self.at(
                     &kind_span,
                     format!("kind {kind} (apiVersion {api:?}) is not supported yet (open work: docs/guide/kubernetes.md)"),
@@ -214,7 +221,9 @@ impl Resources {
                     &kind_span,
                     format!(
                         "kind {kind} (apiVersion {api:?}) is not supported: Margay reads v1 Namespace, Pod and \
-                         ServiceAccount, networking.k8s.io/v1 NetworkPolicy, and projectcalico.org/v3 {}",
+                         ServiceAccount, networking.k8s.io/v1 NetworkPolicy, {} AdminNetworkPolicy and \
+                         BaselineAdminNetworkPolicy, and projectcalico.org/v3 {}",
+                        admin::API_VERSION,
                         calico::KINDS.join(", ")
                     ),
                 ));
@@ -285,6 +294,10 @@ impl Resources {
                 }
                 Resource::Calico(calico::Resource::Policy(p)) => {
                     (self.calico_policy(span, p, &tiers, &named_ports)?, p.kind)
+                }
+                Resource::Admin(a) => {
+                    let kind = if a.baseline { "BaselineAdminNetworkPolicy" } else { "AdminNetworkPolicy" };
+                    (self.admin_policy(span, a, &named_ports)?, kind)
                 }
                 _ => continue,
             };

@@ -6,9 +6,9 @@ use std::collections::BTreeSet;
 use marked_yaml::Spanned;
 
 use super::{K8S_POLICY_ORDER, NamedPorts, Resources, pods, schema};
-use crate::Selector;
 use crate::net::{Cidr, PortRange, Protocol};
 use crate::policy::{DEFAULT_TIER, Peer, Policy, PolicyError, Rule};
+use crate::selector::{Inherit, Selector};
 
 /// One port entry of a rule: its protocol (any when `None`) and destination ports (any when
 /// empty), or the name of the destination's port.
@@ -207,13 +207,24 @@ impl Resources {
         Ok(out)
     }
 
-    fn label_selector(&self, s: &Spanned<schema::LabelSelector>) -> Result<Selector, PolicyError> {
+    pub(super) fn label_selector(&self, s: &Spanned<schema::LabelSelector>) -> Result<Selector, PolicyError> {
+        self.label_selector_inherited(s, None)
+    }
+
+    /// A label selector, over the labels an endpoint inherits (`pcns.KEY`) when `inherit`
+    /// says so.
+    pub(super) fn label_selector_inherited(
+        &self,
+        s: &Spanned<schema::LabelSelector>,
+        inherit: Option<Inherit>,
+    ) -> Result<Selector, PolicyError> {
+        let prefix = inherit.map_or("", Inherit::prefix);
         let mut terms = Vec::new();
         for (k, v) in s.match_labels.iter().flatten() {
-            terms.push(Selector::Eq(k.clone(), v.clone()));
+            terms.push(Selector::Eq(format!("{prefix}{k}"), v.clone()));
         }
         for req in s.match_expressions.iter().flatten() {
-            let key = req.key.to_string();
+            let key = format!("{prefix}{}", req.key.as_str());
             let values: BTreeSet<String> = req.values.iter().flatten().cloned().collect();
             let term = match req.operator.as_str() {
                 "In" | "NotIn" if values.is_empty() => {

@@ -183,6 +183,39 @@ fn each_calico_mistake_is_named_with_its_place() {
             "  allowedEgressDomains: [example.com]\n",
             "p.yaml:5:25: allowedEgressDomains (DNS names) are not enforced",
         ),
+        (ANP, "  subject: {namespaces: {}}\n", "p.yaml:5:10: spec.priority is required"),
+        (ANP, "  priority: 1001\n  subject: {namespaces: {}}\n", "p.yaml:5:13: priority '1001': 0..=1000"),
+        (ANP, "  priority: 1\n  subject: {}\n", "p.yaml:6:12: give exactly one of namespaces and pods"),
+        (
+            ANP,
+            "  priority: 1\n  subject: {namespaces: {}}\n  egress:\n  - {action: Deny, to: [{nodes: {}}]}\n",
+            "p.yaml:8:33: nodes peers are not supported",
+        ),
+        (
+            ANP,
+            "  priority: 1\n  subject: {namespaces: {}}\n  ingress:\n  - {action: Deny, from: [{networks: [10.0.0.0/8]}]}\n",
+            "p.yaml:8:38: networks are egress peers",
+        ),
+        (
+            ANP,
+            "  priority: 1\n  subject: {namespaces: {}}\n  ingress:\n  - {action: Deny}\n",
+            "p.yaml:8:5: a rule needs `from`",
+        ),
+        (
+            "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: BaselineAdminNetworkPolicy\nmetadata: {name: default}\nspec:\n",
+            "  subject: {namespaces: {}}\n  ingress:\n  - {action: Pass, from: [{namespaces: {}}]}\n",
+            "p.yaml:7:14: action 'Pass': Allow or Deny",
+        ),
+        (
+            "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: BaselineAdminNetworkPolicy\nmetadata:\n  name: base\nspec:\n",
+            "  subject: {namespaces: {}}\n",
+            "p.yaml:4:9: a BaselineAdminNetworkPolicy is named 'default'",
+        ),
+        (
+            "apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: kube-admin}\n",
+            "",
+            "p.yaml:3:18: tier 'kube-admin' holds the admin",
+        ),
         (
             "apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: t}\nspec:\n",
             "  defaultAction: Allow\n",
@@ -208,6 +241,9 @@ fn each_calico_mistake_is_named_with_its_place() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
 }
+
+const ANP: &str =
+    "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata: {name: a}\nspec:\n";
 
 const WORLD: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: prod, labels: {env: prod}}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: api, namespace: prod, labels: {role: backend}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: api-0, namespace: prod, labels: {app: api}}\nspec:\n  serviceAccountName: api\n  containers:\n  - name: c\n    ports: [{name: http, containerPort: 8080}, {name: dns, containerPort: 5353, protocol: UDP}]\nstatus: {podIP: 198.18.1.1}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: prod, labels: {app: web}}\nspec:\n  containers:\n  - ports: [{name: http, containerPort: 80}]\nstatus: {podIP: 198.18.1.2}\n---\n";
 
