@@ -217,10 +217,12 @@ fn only_regular_files_within_the_limit_are_read() {
     let e = PolicySet::load(&fifo).unwrap_err().to_string();
     assert!(e.contains("not a regular file"), "{e}");
     assert!(started.elapsed() < std::time::Duration::from_secs(1), "refused at once, not blocked");
-    // A directory is read as Kubernetes resources (docs/guide/kubernetes.md): one with none is
-    // refused, and so is a FIFO among them, and their sum past the limit.
+    // A directory is read as one policy of its TOML and resource files
+    // (docs/guide/kubernetes.md): one with none is refused, and so is a FIFO among them, and
+    // their sum past the limit.
+    std::fs::remove_file(&fifo).unwrap();
     let e = PolicySet::load(&dir).unwrap_err().to_string();
-    assert!(e.contains("a directory without .yaml, .yml or .json files"), "{e}");
+    assert!(e.contains("a directory without .toml, .yaml, .yml or .json files"), "{e}");
     let yaml_fifo = dir.join("fifo.yaml");
     let _ = std::fs::remove_file(&yaml_fifo);
     assert!(std::process::Command::new("mkfifo").arg(&yaml_fifo).status().unwrap().success());
@@ -233,11 +235,12 @@ fn only_regular_files_within_the_limit_are_read() {
     assert_eq!(PolicySet::load(&dir).unwrap().namespaces.len(), 3, "a, b and default");
     let e = PolicySet::load_limited(&dir, 60).unwrap_err().to_string();
     assert!(e.contains("b.yaml") && e.contains("size limit"), "{e}");
-    let big = dir.join("big.toml");
+    let big = std::env::temp_dir().join(format!("margay-policy-files-big-{}.toml", std::process::id()));
     std::fs::write(&big, format!("# {}\n", "x".repeat(5000))).unwrap();
     let e = PolicySet::load_limited(&big, 4096).unwrap_err().to_string();
     assert!(e.contains("larger than 4096 bytes"), "{e}");
     assert!(PolicySet::load_limited(&big, 8192).is_ok());
+    let _ = std::fs::remove_file(&big);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -256,4 +259,40 @@ fn an_empty_policy_does_not_replace_a_real_one_unless_it_says_so() {
     assert!(meant.refuses_to_replace(3).is_none());
     let real = PolicySet::load(&example("shop.toml")).unwrap();
     assert!(!real.is_empty() && real.refuses_to_replace(3).is_none());
+}
+
+/// Several sources as one policy: the TOML files' [defaults] apply and must agree; a namespace
+/// label given two values, or a name given twice, is a conflict naming the source read second.
+#[test]
+fn sources_merge_and_conflicts_are_named() {
+    let dir = std::env::temp_dir().join(format!("margay-policy-merge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let deny = file("deny.toml", "[defaults]\nno_policy_action = \"deny\"\n");
+    let plain = file("plain.toml", "[[namespace]]\nname = \"prod\"\nlabels = { env = \"prod\" }\n");
+    let yaml =
+        file("ns.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: prod, labels: {team: a}}\n");
+    let set = PolicySet::load_all(&[plain.clone(), deny.clone(), yaml.clone()], 1 << 20).unwrap();
+    assert_eq!(set.defaults.no_policy_action, Verdict::Deny, "the TOML's [defaults]");
+    let prod = set.namespaces.iter().find(|n| n.name == "prod").unwrap();
+    assert_eq!(
+        (prod.labels.get("env"), prod.labels.get("team")),
+        (Some(&"prod".to_owned()), Some(&"a".to_owned()))
+    );
+    let allow = file("allow.toml", "[defaults]\nno_policy_action = \"allow\"\n");
+    let e = PolicySet::load_all(&[deny.clone(), allow.clone()], 1 << 20).unwrap_err().to_string();
+    assert!(e.contains("allow.toml: [defaults] differ from those of") && e.contains("deny.toml"), "{e}");
+    let other =
+        file("other.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: prod, labels: {env: dev}}\n");
+    let e = PolicySet::load_all(&[plain, other], 1 << 20).unwrap_err().to_string();
+    assert!(e.contains("namespace 'prod' has label env = 'prod' elsewhere and 'dev' here"), "{e}");
+    let p = "[[policy]]\nname = \"p\"\n[[policy.ingress]]\naction = \"allow\"\n";
+    let (a, b) = (file("a.toml", p), file("b.toml", p));
+    let e = PolicySet::load_all(&[a, b], 1 << 20).unwrap_err().to_string();
+    assert!(e.contains("b.toml: policy 'p' is given elsewhere too"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -2,7 +2,8 @@
 //! published YAML, one world of pods, 550 probes with the verdict upstream semantics give):
 //! every case's files are loaded with the world's manifests as `margay explain --policy` loads
 //! them, compiled, and every probe decided by the compiled policy and by the reference
-//! evaluator; any verdict that differs from the corpus fails the test.
+//! evaluator, and by the policy `margay import` writes as TOML, read back; any verdict that
+//! differs from the corpus fails the test.
 //! Every case loads: a case refused at load fails the test.
 #![expect(clippy::unwrap_used, reason = "a test fails loudly on what it did not expect")]
 
@@ -10,6 +11,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use margay_config::PolicySet;
 use margay_config::k8s::Resources;
 use margay_config::policy::Verdict;
 use margay_rulecompiler::policy::Flow;
@@ -100,15 +102,21 @@ fn every_probe_of_the_conformance_corpus_gets_the_upstream_verdict() {
         let set = loaded.unwrap_or_else(|e| panic!("{}: {e}", case.name));
         let compiled = CompiledPolicy::compile(&set).unwrap_or_else(|e| panic!("{}: {e}", case.name));
         let reference = ReferenceEvaluator::new(&set);
+        // `margay import`: the same set written as a Margay TOML file, read back and compiled.
+        let toml = set.to_toml().unwrap_or_else(|e| panic!("{}: import: {e}", case.name));
+        let imported = PolicySet::parse(&toml, Path::new("imported.toml"))
+            .map(|s| CompiledPolicy::compile(&s).unwrap())
+            .unwrap_or_else(|e| panic!("{}: the imported TOML does not read back: {e}\n{toml}", case.name));
         let pods: BTreeMap<String, IpAddr> =
             set.endpoints.iter().map(|e| (format!("{}/{}", e.namespace, e.name), e.ips[0])).collect();
         for (probe, allow) in &case.probes {
             let f = flow(probe, &pods);
             let got = compiled.decide(&f).verdict == Verdict::Allow;
             let by_reference = reference.evaluate(&f).verdict == Verdict::Allow;
-            if got != *allow || by_reference != *allow {
+            let by_import = imported.decide(&f).verdict == Verdict::Allow;
+            if got != *allow || by_reference != *allow || by_import != *allow {
                 wrong.push(format!(
-                    "{}: {probe} => want {allow}, compiled {got}, reference {by_reference}",
+                    "{}: {probe} => want {allow}, compiled {got}, reference {by_reference}, imported {by_import}",
                     case.name
                 ));
             }

@@ -47,21 +47,6 @@ pub const K8S_POLICY_ORDER: f64 = 1000.0;
 /// pod selectors converted from Kubernetes policies require.
 pub const ORCHESTRATOR_LABEL: &str = "projectcalico.org/orchestrator";
 
-/// Reads `path` (a resource file or a directory of them, at most `max_bytes` in all) into a
-/// policy set.
-pub fn load(path: &Path, max_bytes: u64) -> Result<PolicySet, PolicyError> {
-    let mut r = Resources::new();
-    let mut budget = max_bytes;
-    r.add_path_limited(path, None, &mut budget)?;
-    r.to_policy_set()
-}
-
-/// Whether `path` is read as Kubernetes resources rather than a TOML policy: a directory, or a
-/// `.yaml`, `.yml` or `.json` file.
-pub fn is_resource_path(path: &Path) -> bool {
-    is_resource_file(path) || path.is_dir()
-}
-
 /// Whether `path` names a file this module reads (by extension).
 pub fn is_resource_file(path: &Path) -> bool {
     path.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))

@@ -31,7 +31,8 @@ impl Resources {
         };
         let (mut ingress_type, mut egress_type) = (false, false);
         match &spec.policy_types {
-            Some(types) => {
+            // `policyTypes: []` is defaulted as if absent, as the API server does.
+            Some(types) if !types.is_empty() => {
                 for t in types {
                     match t.as_str() {
                         "Ingress" => ingress_type = true,
@@ -47,7 +48,7 @@ impl Resources {
             }
             // Upstream: Ingress always, Egress when there are egress rules (`egress: []` adds
             // nothing).
-            None => {
+            _ => {
                 ingress_type = true;
                 egress_type = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
             }

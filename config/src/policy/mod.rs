@@ -18,6 +18,8 @@ use serde::Deserialize;
 use crate::net::{Cidr, IcmpMatch, PortRange, Protocol};
 use crate::selector::Selector;
 
+mod print;
+mod sources;
 mod validate;
 
 /// The built-in tier: policies without a `tier` belong to it.
@@ -41,6 +43,14 @@ pub enum PolicyError {
         /// Why. Not the error's `source`: the message already says it, and error chains
         /// printed whole (`{:#}`) said it twice.
         error: std::io::Error,
+    },
+    /// Two sources of one policy disagree (`PolicySet::load_all`).
+    #[error("{path}: {message}")]
+    Conflict {
+        /// The source read second.
+        path: PathBuf,
+        /// What conflicts.
+        message: String,
     },
     /// The file does not parse or validate.
     #[error("{path}:{line}:{column}: {message}")]
@@ -307,35 +317,11 @@ impl PolicySet {
         Self::load_limited(path, MAX_POLICY_BYTES)
     }
 
-    /// Reads and validates a policy file of at most `max_bytes`. Only a regular file is read: a
-    /// FIFO or a device would block a reload or never end (the check is made before opening,
-    /// as opening a FIFO blocks, and again on the open file).
+    /// Reads and validates a policy file, or a directory of them, of at most `max_bytes` in
+    /// all: a TOML policy, or Kubernetes and Calico resources (`.yaml`, `.yml`, `.json`), or a
+    /// directory of any of these, merged ([`PolicySet::load_all`]).
     pub fn load_limited(path: &Path, max_bytes: u64) -> Result<Self, PolicyError> {
-        use std::io::Read as _;
-        if crate::k8s::is_resource_path(path) {
-            return crate::k8s::load(path, max_bytes);
-        }
-        let io = |error| PolicyError::Io { path: path.to_owned(), error };
-        let refuse = |what: String| io(std::io::Error::new(std::io::ErrorKind::InvalidInput, what));
-        let not_regular = "not a regular file (a FIFO, device or directory): refusing to read it";
-        if !std::fs::metadata(path).map_err(io)?.is_file() {
-            return Err(refuse(not_regular.to_owned()));
-        }
-        let file = std::fs::File::open(path).map_err(io)?;
-        let meta = file.metadata().map_err(io)?;
-        if !meta.is_file() {
-            return Err(refuse(not_regular.to_owned()));
-        }
-        let too_large = || refuse(format!("larger than {max_bytes} bytes, the policy size limit"));
-        if meta.len() > max_bytes {
-            return Err(too_large());
-        }
-        let mut text = String::new();
-        file.take(max_bytes.saturating_add(1)).read_to_string(&mut text).map_err(io)?;
-        if text.len() as u64 > max_bytes {
-            return Err(too_large());
-        }
-        Self::parse(&text, path)
+        Self::load_all(&[path.to_owned()], max_bytes)
     }
 
     /// Validates policy text; `path` only names the source in errors.

@@ -61,6 +61,9 @@ enum Command {
     Ctl(run::CtlArgs),
     /// Remove Margay's XDP program from interfaces (one a fail-closed daemon left attached).
     Detach(run::DetachArgs),
+    /// Write Kubernetes and Calico resources (YAML, JSON; files or directories) as one Margay
+    /// TOML policy file with the same verdicts.
+    Import(policy::ImportArgs),
     /// Export a policy in another form: `nft` prints an nftables ruleset (table inet margay,
     /// forward hook) with the same verdicts, for kernel baselines (`nft -f OUT`).
     #[command(after_help = "Example:\n  margay export nft examples/shop.toml > shop.nft && nft -f shop.nft")]
@@ -90,6 +93,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ctl(args) => run::ctl(&args),
         Command::Detach(args) => run::detach(&args),
         Command::Export(args) => policy::export(&args),
+        Command::Import(args) => policy::import(&args),
         Command::Gen(args) => traffic::gen_run(&args),
         Command::Sink(args) => traffic::sink_run(&args),
     }
