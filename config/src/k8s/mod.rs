@@ -81,8 +81,12 @@ impl Resource {
 /// Resources read from files, to be turned into a [`PolicySet`].
 #[derive(Debug, Default)]
 pub struct Resources {
-    /// The files read; a position's source index is an index here.
+    /// The files read.
     files: Vec<PathBuf>,
+    /// The documents read, as (file index, line of the file before the document's first): a
+    /// position's source index is an index here. Each document is parsed on its own, and
+    /// positions are moved to the file's lines when reported.
+    documents: Vec<(usize, usize)>,
     resources: Vec<(Span, Resource)>,
 }
 
@@ -147,9 +151,11 @@ impl Resources {
 
     /// Reads the documents of `text`, which came from `path`.
     pub fn add_text(&mut self, text: &str, path: &Path, namespace: Option<&str>) -> Result<(), PolicyError> {
-        let source = self.files.len();
+        let file = self.files.len();
         self.files.push(path.to_owned());
-        for doc in documents(text) {
+        for (offset, doc) in documents(text) {
+            let source = self.documents.len();
+            self.documents.push((file, offset));
             let node = marked_yaml::parse_yaml(source, &doc).map_err(|e| self.load_error(source, &e))?;
             if let Some(r) = self.resource(&node, namespace)? {
                 self.resources.push((*node.span(), r));
@@ -222,19 +228,26 @@ impl Resources {
             // leads to the exact one.
             let located = e.path().and_then(|p| locate(node, p)).copied();
             let mark = located.or_else(|| e.start_mark());
-            let (line, column, source) =
-                mark.map_or((0, 0, None), |m| (m.line(), m.column(), Some(m.source())));
-            let path = source.and_then(|s| self.files.get(s)).cloned().unwrap_or_default();
-            PolicyError::Invalid { path, line, column, message: e.to_string() }
+            self.error(mark.as_ref(), None, e.to_string())
         })
     }
 
     fn at(&self, span: &Span, message: String) -> PolicyError {
-        let mark = span.start();
-        let path = mark.and_then(|m| self.files.get(m.source())).cloned().unwrap_or_default();
+        self.error(span.start(), None, message)
+    }
+
+    /// `message` at `mark` (in document `source` when the mark has none).
+    fn error(
+        &self,
+        mark: Option<&marked_yaml::Marker>,
+        source: Option<usize>,
+        message: String,
+    ) -> PolicyError {
+        let source = mark.map(|m| m.source()).or(source);
+        let (file, offset) = source.and_then(|s| self.documents.get(s)).copied().unwrap_or((usize::MAX, 0));
         PolicyError::Invalid {
-            path,
-            line: mark.map_or(0, |m| m.line()),
+            path: self.files.get(file).cloned().unwrap_or_default(),
+            line: mark.map_or(0, |m| m.line() + offset),
             column: mark.map_or(0, |m| m.column()),
             message,
         }
@@ -254,12 +267,7 @@ impl Resources {
         let text = e.to_string();
         // The loader's message starts with the position, which the error gives itself.
         let message = text.split_once(": ").map_or(text.clone(), |(_, m)| m.to_owned());
-        PolicyError::Invalid {
-            path: self.files.get(source).cloned().unwrap_or_default(),
-            line: mark.map_or(0, |m| m.line()),
-            column: mark.map_or(0, |m| m.column()),
-            message,
-        }
+        self.error(mark.as_ref(), Some(source), message)
     }
 
     /// The policy set these resources make.
@@ -618,15 +626,15 @@ fn pods(selector: Selector) -> Selector {
     }
 }
 
-/// The documents of a YAML stream, each padded with empty lines so that positions in it are
-/// positions in the file; documents holding nothing but comments are left out.
-fn documents(text: &str) -> Vec<String> {
+/// The documents of a YAML stream, each with the number of lines of the file before it;
+/// documents holding nothing but comments are left out.
+fn documents(text: &str) -> Vec<(usize, String)> {
     let mut docs = Vec::new();
     let mut current = String::new();
     let mut start = 0;
     let mut flush = |current: &mut String, start: usize| {
         if current.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')) {
-            docs.push(format!("{}{}", "\n".repeat(start), current));
+            docs.push((start, std::mem::take(current)));
         }
         current.clear();
     };

@@ -402,9 +402,14 @@ fn policy_types_are_inferred_as_upstream() {
 fn documents_keep_their_lines() {
     let docs = documents("# head\n---\na: 1\n--- # two\nb: 2\n...\n# tail\n---\n---   {c: 3}\n");
     assert_eq!(docs.len(), 3, "{docs:?}");
-    assert_eq!(docs[0].lines().position(|l| l == "a: 1"), Some(2));
-    assert_eq!(docs[1].lines().position(|l| l == "b: 2"), Some(4));
-    assert!(docs[2].lines().nth(8).is_some_and(|l| l.ends_with("{c: 3}")), "{docs:?}");
+    // (0-based line in the file) = lines before the document + (0-based line in it).
+    let line_of = |(before, doc): &(usize, String), what: &str| {
+        doc.lines().position(|l| l.ends_with(what)).map(|i| before + i)
+    };
+    assert_eq!(line_of(&docs[0], "a: 1"), Some(2));
+    assert_eq!(line_of(&docs[1], "b: 2"), Some(4));
+    assert_eq!(line_of(&docs[2], "{c: 3}"), Some(8), "{docs:?}");
+    assert!(docs[2].1.starts_with("      {c: 3}"), "the content keeps its columns: {docs:?}");
 }
 
 /// The same resources in JSON (YAML's subset) read the same.
