@@ -313,41 +313,62 @@ pub struct Verdicts {
     pub logged: bool,
 }
 
+/// Endpoint indexes by namespace.
+fn endpoints_by_namespace(set: &PolicySet) -> HashMap<&str, Vec<usize>> {
+    let mut by_namespace: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, e) in set.endpoints.iter().enumerate() {
+        by_namespace.entry(e.namespace.as_str()).or_default().push(i);
+    }
+    by_namespace
+}
+
 impl View {
     fn build(set: &PolicySet, with_staged: bool) -> Result<Self, CompileError> {
         let order = super::evaluation_order(set);
 
-        // Per endpoint and direction: the selecting policies, in evaluation order.
-        let mut lists: Vec<[Vec<usize>; 2]> = Vec::with_capacity(set.endpoints.len());
-        let mut staged_selects = Vec::with_capacity(set.endpoints.len());
-        for e in &set.endpoints {
-            let pick = |ingress: bool| -> Vec<usize> {
-                order
-                    .iter()
-                    .copied()
-                    .filter(|&p| {
-                        (with_staged || !set.policies[p].staged) && selects(&set.policies[p], e, ingress)
-                    })
-                    .collect()
+        // Per endpoint and direction: the selecting policies, in evaluation order. A namespaced
+        // policy is matched against its namespace's endpoints only (what `selects` says, with
+        // the namespace test done by the index), each selector once for both directions.
+        let by_namespace = endpoints_by_namespace(set);
+        let every: Vec<usize> = (0..set.endpoints.len()).collect();
+        let mut lists: Vec<[Vec<usize>; 2]> = vec![[Vec::new(), Vec::new()]; set.endpoints.len()];
+        for &p in &order {
+            let policy = &set.policies[p];
+            if (policy.staged && !with_staged) || !(policy.ingress_type || policy.egress_type) {
+                continue;
+            }
+            let candidates = match &policy.namespace {
+                Some(ns) => by_namespace.get(ns.as_str()).map_or(&[][..], Vec::as_slice),
+                None => &every,
             };
-            let l = [pick(false), pick(true)];
-            staged_selects.push([0, 1].map(|d| l[d].iter().any(|&p| set.policies[p].staged)));
-            lists.push(l);
+            for &e in candidates {
+                if policy.selector.matches(&set.endpoints[e].labels) {
+                    debug_assert!(selects(policy, &set.endpoints[e], policy.ingress_type));
+                    for (d, typed) in [(0, policy.egress_type), (1, policy.ingress_type)] {
+                        if typed {
+                            lists[e][d].push(p);
+                        }
+                    }
+                }
+            }
         }
+        let staged_selects: Vec<[bool; 2]> =
+            lists.iter().map(|l| [0, 1].map(|d| l[d].iter().any(|&p| set.policies[p].staged))).collect();
         // Distinct lists per direction, numbered by membership in evaluation order (members of
-        // earlier policies first), egress signatures before ingress ones.
-        let rank: BTreeMap<usize, usize> = order.iter().enumerate().map(|(r, &p)| (p, r)).collect();
+        // earlier policies first: as bit vectors over the evaluation order, the larger first),
+        // egress signatures before ingress ones. The lists hold policies in evaluation order,
+        // so as rank lists the order is: at the first difference the smaller rank first, and a
+        // list that extends another before it.
+        let rank: HashMap<usize, usize> = order.iter().enumerate().map(|(r, &p)| (p, r)).collect();
         let mut sigs: Vec<(usize, Vec<usize>)> = Vec::new();
         for d in 0..2 {
-            let mut distinct: Vec<Vec<usize>> = lists.iter().map(|l| l[d].clone()).collect();
-            distinct.sort_by_key(|l| {
-                let mut bits = vec![false; order.len()];
-                for p in l {
-                    bits[rank[p]] = true;
-                }
-                std::cmp::Reverse(bits)
+            let distinct: std::collections::HashSet<&Vec<usize>> = lists.iter().map(|l| &l[d]).collect();
+            let mut distinct: Vec<Vec<usize>> = distinct.into_iter().cloned().collect();
+            distinct.sort_by(|a, b| {
+                let first_difference =
+                    a.iter().zip(b).map(|(x, y)| rank[x].cmp(&rank[y])).find(|o| o.is_ne());
+                first_difference.unwrap_or_else(|| b.len().cmp(&a.len()))
             });
-            distinct.dedup();
             sigs.extend(distinct.into_iter().map(|l| (d, l)));
         }
         let sig_id: BTreeMap<(usize, &Vec<usize>), u32> =
@@ -356,6 +377,7 @@ impl View {
 
         let mut lowering = Lowering {
             set,
+            by_namespace,
             meta: Vec::new(),
             v4: Emit::default(),
             v6: Emit::default(),

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use margay_config::net::{Cidr, IcmpMatch};
 use margay_config::policy::{
-    Action, Endpoint, IpVersion, Peer, Policy, PolicySet, Rule as PolicyRule, Tier, TierDefault,
+    Action, IpVersion, Peer, Policy, PolicySet, Rule as PolicyRule, Tier, TierDefault,
 };
 use margay_config::selector::Selector;
 
@@ -63,6 +63,8 @@ type SelectedKey = (Option<String>, String, Option<String>, bool, bool);
 
 pub(super) struct Lowering<'a> {
     pub(super) set: &'a PolicySet,
+    /// Endpoint indexes by namespace.
+    pub(super) by_namespace: HashMap<&'a str, Vec<usize>>,
     pub(super) meta: Vec<Meta>,
     pub(super) v4: Emit<V4_FIELDS>,
     pub(super) v6: Emit<V6_FIELDS>,
@@ -245,9 +247,23 @@ impl Lowering<'_> {
             return s.clone();
         }
         let set = self.set;
-        let namespace_ok = |e: &Endpoint| super::in_scope(set, policy, ns, e);
+        // The endpoints in scope (`in_scope`), by the namespace index.
+        let in_namespaces = |names: &mut dyn Iterator<Item = &str>| -> Vec<usize> {
+            let mut v: Vec<usize> =
+                names.flat_map(|n| self.by_namespace.get(n).into_iter().flatten().copied()).collect();
+            v.sort_unstable();
+            v
+        };
+        let scope: Vec<usize> = match (ns, &policy.namespace) {
+            (Some(ns_sel), _) => in_namespaces(
+                &mut set.namespaces.iter().filter(|n| ns_sel.matches(&n.labels)).map(|n| n.name.as_str()),
+            ),
+            (None, Some(own)) => in_namespaces(&mut std::iter::once(own.as_str())),
+            (None, None) => (0..set.endpoints.len()).collect(),
+        };
         let mut ranges = Vec::new();
-        for e in set.endpoints.iter().filter(|e| namespace_ok(e) && sel.matches(&e.labels)) {
+        for e in scope.iter().map(|&i| &set.endpoints[i]).filter(|e| sel.matches(&e.labels)) {
+            debug_assert!(super::in_scope(set, policy, ns, e));
             for ip in e.ips.iter().filter(|ip| ip.is_ipv4() == v4) {
                 let v = ip_value(*ip);
                 ranges.push((v, v));
