@@ -161,10 +161,20 @@ pub fn cluster_pod_ip(n: usize, p: usize) -> String {
     format!("198.18.{n}.{}", p + 10)
 }
 
-/// The Kubernetes scale case, as YAML a cluster would hold: 50 namespaces of 100 pods
-/// (5,000), each namespace isolated for ingress by a default deny and opened by 39 more
+/// CIDRs in the cluster case's GlobalNetworkSet (a threat feed).
+pub const CLUSTER_FEED_CIDRS: usize = 100_000;
+/// Calico policies in the cluster case, in three tiers.
+pub const CLUSTER_CALICO_POLICIES: usize = 200;
+
+/// The Kubernetes and Calico scale case, as YAML a cluster would hold: 50 namespaces of
+/// 100 pods (5,000), each namespace isolated for ingress by a default deny and opened by 39 more
 /// NetworkPolicies (2,000 in all): app `aK` takes TCP 8000+K from app `aJ` of the namespaces
-/// labelled `team: tM`, and from a /16 outside the cluster.
+/// labelled `team: tM`, and from a /16 outside the cluster. Then Calico: a GlobalNetworkSet of
+/// 100,000 /28s (a threat feed), and 200 policies in three tiers: `security` (the feed denied
+/// both ways, and 66 GlobalNetworkPolicies denying SSH from outside the cluster to an app,
+/// passing the rest), `platform` (67 NetworkPolicies letting one team's namespaces reach a
+/// namespace's databases on 5432 by service account) and `app` (default action Pass: 66
+/// NetworkPolicies logging DNS and allowing it to `kube-dns`-like apps).
 pub fn cluster_yaml() -> String {
     use std::fmt::Write as _;
     let mut y = String::new();
@@ -203,6 +213,46 @@ pub fn cluster_yaml() -> String {
                 9010 + k
             );
         }
+    }
+    for (tier, order, default) in [("security", 100, "Deny"), ("platform", 200, "Deny"), ("app", 300, "Pass")]
+    {
+        let _ = writeln!(
+            y,
+            "---\napiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {{name: {tier}}}\nspec: {{order: {order}, defaultAction: {default}}}"
+        );
+    }
+    y.push_str("---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata:\n  name: threat-feed\n  labels: {feed: threats}\nspec:\n  nets:\n");
+    for i in 0..CLUSTER_FEED_CIDRS as u32 {
+        let a = 0x0A00_0000u32 + i * 32;
+        let _ = writeln!(y, "  - {}.{}.{}.{}/28", a >> 24, (a >> 16) & 255, (a >> 8) & 255, a & 255);
+    }
+    y.push_str(
+        "---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: security.block-threats}\nspec:\n  tier: security\n  order: 1\n  selector: all()\n  types: [Ingress, Egress]\n  ingress:\n  - {action: Deny, source: {selector: feed == 'threats'}}\n  - action: Pass\n  egress:\n  - {action: Deny, destination: {selector: feed == 'threats'}}\n  - action: Pass\n",
+    );
+    let per_tier = (CLUSTER_CALICO_POLICIES - 1) / 3;
+    for k in 0..per_tier {
+        let _ = writeln!(
+            y,
+            "---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: security.no-ssh-{k}}}\nspec:\n  tier: security\n  order: {}\n  selector: app == 'a{}'\n  namespaceSelector: env == '{}'\n  ingress:\n  - action: Deny\n    protocol: TCP\n    source: {{notNets: [198.18.0.0/15]}}\n    destination: {{ports: [22, '2200:2299']}}\n  - action: Pass",
+            10 + k,
+            k % 20,
+            if k % 2 == 0 { "prod" } else { "dev" }
+        );
+    }
+    for k in 0..per_tier + 1 {
+        let _ = writeln!(
+            y,
+            "---\napiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {{name: platform.db-{k}, namespace: ns{}}}\nspec:\n  tier: platform\n  order: {k}\n  selector: tier == 'db'\n  ingress:\n  - action: Allow\n    protocol: TCP\n    source:\n      namespaceSelector: team == 't{}'\n      serviceAccounts: {{names: [default]}}\n    destination: {{ports: [5432]}}\n  - action: Pass",
+            k % CLUSTER_NAMESPACES,
+            k % 10
+        );
+    }
+    for k in 0..per_tier {
+        let _ = writeln!(
+            y,
+            "---\napiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {{name: app.dns-{k}, namespace: ns{}}}\nspec:\n  tier: app\n  selector: has(app)\n  types: [Egress]\n  egress:\n  - {{action: Log, protocol: UDP, destination: {{ports: [53]}}}}\n  - action: Allow\n    protocol: UDP\n    destination:\n      selector: app starts with 'a1'\n      namespaceSelector: all()\n      ports: [53]",
+            k % CLUSTER_NAMESPACES
+        );
     }
     y
 }

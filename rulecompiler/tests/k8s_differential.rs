@@ -278,9 +278,7 @@ fn ports_match(ports: &Option<Vec<Port>>, proto: usize, dport: u16) -> bool {
 /// `policyTypes`, or their default when absent or empty (the API server defaults an empty
 /// list as a missing one: `len(PolicyTypes) == 0`).
 fn types(np: &Np) -> (bool, bool) {
-    np.types
-        .filter(|&(i, e)| i || e)
-        .unwrap_or((true, np.egress.as_ref().is_some_and(|e| !e.is_empty())))
+    np.types.filter(|&(i, e)| i || e).unwrap_or((true, np.egress.as_ref().is_some_and(|e| !e.is_empty())))
 }
 
 /// Whether `pod`'s `ingress` (or egress) side allows traffic with `other` as its peer.
