@@ -44,6 +44,7 @@ pub(super) const KINDS: &[&str] = &[
     "NetworkSet",
     "GlobalNetworkSet",
     "WorkloadEndpoint",
+    "HostEndpoint",
 ];
 
 /// Order of a tier without one: after every tier with an order (`default` included), as in
@@ -58,6 +59,7 @@ pub(super) enum Resource {
     /// A NetworkSet (with its namespace) or a GlobalNetworkSet.
     NetworkSet(Option<String>, schema::NetworkSet),
     WorkloadEndpoint(String, schema::WorkloadEndpoint),
+    HostEndpoint(schema::HostEndpoint),
 }
 
 /// A (Global, Staged) NetworkPolicy.
@@ -73,7 +75,7 @@ pub(super) struct PolicyResource {
 impl Resource {
     pub(super) fn namespace(&self) -> Option<&str> {
         match self {
-            Resource::Tier(_) => None,
+            Resource::Tier(_) | Resource::HostEndpoint(_) => None,
             Resource::Policy(p) => p.namespace.as_deref(),
             Resource::NetworkSet(ns, _) => ns.as_deref(),
             Resource::WorkloadEndpoint(ns, _) => Some(ns),
@@ -107,6 +109,7 @@ impl Resources {
             "NetworkSet" => Ok(Resource::NetworkSet(Some(ns), self.decode(node)?)),
             "GlobalNetworkSet" => Ok(Resource::NetworkSet(None, self.decode(node)?)),
             "WorkloadEndpoint" => Ok(Resource::WorkloadEndpoint(ns, self.decode(node)?)),
+            "HostEndpoint" => Ok(Resource::HostEndpoint(self.decode(node)?)),
             _ => policy(Some(ns), false),
         }
     }
@@ -158,11 +161,13 @@ impl Resources {
         Ok(tiers)
     }
 
-    /// NetworkSets and GlobalNetworkSets as netsets; a namespaced one carries its namespace's
-    /// labels as endpoints do.
+    /// NetworkSets and GlobalNetworkSets as netsets (a namespaced one carries its namespace's
+    /// labels as endpoints do), and HostEndpoints' addresses; their named ports join
+    /// `named_ports`.
     pub(super) fn netsets(
         &self,
         namespaces: &std::collections::BTreeMap<String, Namespace>,
+        named_ports: &mut NamedPorts,
     ) -> Result<Vec<Netset>, PolicyError> {
         let mut out: Vec<Netset> = Vec::new();
         for (span, r) in &self.resources {
@@ -190,7 +195,67 @@ impl Resources {
             let nets = nets.map(|n| self.net(n)).collect::<Result<_, _>>()?;
             out.push(Netset { name: full, labels, nets });
         }
+        for (span, r) in &self.resources {
+            let super::Resource::Calico(Resource::HostEndpoint(hep)) = r else { continue };
+            out.push(self.host_endpoint(span, hep, named_ports)?);
+        }
         Ok(out)
+    }
+
+    /// A HostEndpoint: the host's addresses on one interface, labelled. Margay forwards
+    /// traffic and never carries the host's own, so no policy applies *to* a host endpoint
+    /// (Calico applies host-endpoint policy to forwarded traffic only with `applyOnForward`,
+    /// refused above); what remains is what rules see: its `expectedIPs` are selected by
+    /// label like a GlobalNetworkSet's CIDRs (outside every namespace, so `global()` reaches
+    /// them), with its named `ports`.
+    fn host_endpoint(
+        &self,
+        span: &Span,
+        hep: &schema::HostEndpoint,
+        named_ports: &mut NamedPorts,
+    ) -> Result<Netset, PolicyError> {
+        let name = self.name(span, &hep.metadata)?;
+        let spec = &hep.spec;
+        if let Some(p) = spec.profiles.iter().flatten().next() {
+            return Err(self.at(
+                p.span(),
+                format!(
+                    "profile '{}': profiles are not supported (their rules would be ignored)",
+                    p.as_str()
+                ),
+            ));
+        }
+        let mut labels = hep.metadata.labels.clone().unwrap_or_default();
+        for p in spec.ports.iter().flatten() {
+            self.check_port_name(&p.name)?;
+            let protocol = self.port_protocol(p.protocol.as_ref())?;
+            let number = self.port_number(&p.port)?;
+            let key = super::named_port_key(protocol, &p.name);
+            labels.insert(key.clone(), number.to_string());
+            named_ports.entry(key).or_default().insert(number);
+        }
+        let nets = spec
+            .expected_ips
+            .iter()
+            .flatten()
+            .map(|ip| {
+                let addr = self.address(ip)?;
+                Cidr::new(addr, if addr.is_ipv4() { 32 } else { 128 })
+                    .ok_or_else(|| self.at(ip.span(), format!("'{}' is not an address", ip.as_str())))
+            })
+            .collect::<Result<_, PolicyError>>()?;
+        Ok(Netset { name: format!("hostendpoint:{name}"), labels, nets })
+    }
+
+    /// The protocol of a named port: TCP (default), UDP or SCTP.
+    fn port_protocol(&self, p: Option<&Spanned<String>>) -> Result<Protocol, PolicyError> {
+        match p {
+            None => Ok(Protocol::TCP),
+            Some(s) => match s.parse::<Protocol>() {
+                Ok(pr) if pr.has_ports() => Ok(pr),
+                _ => Err(self.at(s.span(), format!("protocol '{}': TCP, UDP or SCTP", s.as_str()))),
+            },
+        }
     }
 
     /// A WorkloadEndpoint as a workload.
@@ -742,6 +807,32 @@ pub(super) mod schema {
         pub _ipv4_gateway: Option<IgnoredAny>,
         #[serde(rename = "ipv6Gateway")]
         pub _ipv6_gateway: Option<IgnoredAny>,
+    }
+
+    /// HostEndpoint.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct HostEndpoint {
+        #[serde(rename = "apiVersion")]
+        pub _api_version: IgnoredAny,
+        #[serde(rename = "kind")]
+        pub _kind: IgnoredAny,
+        pub metadata: Metadata,
+        pub spec: HostEndpointSpec,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct HostEndpointSpec {
+        #[serde(rename = "expectedIPs")]
+        pub expected_ips: Option<Vec<Spanned<String>>>,
+        pub profiles: Option<Vec<Spanned<String>>>,
+        pub ports: Option<Vec<Spanned<WorkloadPort>>>,
+        // Where it is: no bearing on what rules match.
+        #[serde(rename = "node")]
+        pub _node: Option<IgnoredAny>,
+        #[serde(rename = "interfaceName")]
+        pub _interface_name: Option<IgnoredAny>,
     }
 
     #[derive(Debug, Deserialize)]

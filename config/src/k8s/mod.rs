@@ -201,12 +201,6 @@ impl Resources {
                 let baseline = kind == "BaselineAdminNetworkPolicy";
                 Resource::Admin(Box::new(admin::AdminPolicy { baseline, policy: self.decode(node)? }))
             }
-            (_, "HostEndpoint") => {
-                return Err(self.at(
-                    &kind_span,
-                    format!("kind {kind} (apiVersion {api:?}) is not supported yet (open work: docs/guide/kubernetes.md)"),
-                ));
-            }
             _ => {
                 return Err(self.at(
                     &kind_span,
@@ -274,9 +268,9 @@ impl Resources {
     pub fn to_policy_set(&self) -> Result<PolicySet, PolicyError> {
         let namespaces = self.namespaces()?;
         let accounts = self.service_accounts()?;
-        let (endpoints, named_ports) = self.endpoints(&namespaces, &accounts)?;
+        let (endpoints, mut named_ports) = self.endpoints(&namespaces, &accounts)?;
         let tiers = self.tiers()?;
-        let netsets = self.netsets(&namespaces)?;
+        let netsets = self.netsets(&namespaces, &mut named_ports)?;
         let mut policies = Vec::new();
         let mut names = BTreeSet::new();
         for (span, r) in &self.resources {

@@ -78,8 +78,8 @@ fn each_mistake_is_named_with_its_place() {
     }
     let other: &[(&str, &str)] = &[
         (
-            "apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata: {name: x}\n",
-            "p.yaml:2:7: kind HostEndpoint (apiVersion \"projectcalico.org/v3\") is not supported yet",
+            "apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata: {name: x}\nspec: {expectedIPs: [10.0.0.1], profiles: [open]}\n",
+            "p.yaml:4:44: profile 'open': profiles are not supported",
         ),
         (
             "apiVersion: projectcalico.org/v3\nkind: Profile\nmetadata: {name: x}\n",
@@ -252,7 +252,7 @@ const WORLD: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: prod, lab
 #[test]
 fn calico_resources_land_as_felix_lands_them() {
     let yaml = format!(
-        "{WORLD}{CNP}  selector: app == 'api'\n  serviceAccountSelector: role == 'backend'\n  ingress:\n  - action: Allow\n    source: {{selector: app == 'web'}}\n  - action: Deny\n    source: {{namespaceSelector: global()}}\n  - action: Log\n    source: {{serviceAccounts: {{names: [web]}}, notSelector: has(x)}}\n  - action: Pass\n    source: {{notSelector: has(x), nets: [10.0.0.0/8]}}\n---\n{GNP}  namespaceSelector: all()\n  egress:\n  - action: Allow\n---\napiVersion: projectcalico.org/v3\nkind: NetworkSet\nmetadata: {{name: ext, namespace: prod, labels: {{feed: x}}}}\nspec: {{nets: [192.0.2.0/24, 192.0.2.7]}}\n"
+        "{WORLD}{CNP}  selector: app == 'api'\n  serviceAccountSelector: role == 'backend'\n  ingress:\n  - action: Allow\n    source: {{selector: app == 'web'}}\n  - action: Deny\n    source: {{namespaceSelector: global()}}\n  - action: Log\n    source: {{serviceAccounts: {{names: [web]}}, notSelector: has(x)}}\n  - action: Pass\n    source: {{notSelector: has(x), nets: [10.0.0.0/8]}}\n---\n{GNP}  namespaceSelector: all()\n  egress:\n  - action: Allow\n---\napiVersion: projectcalico.org/v3\nkind: NetworkSet\nmetadata: {{name: ext, namespace: prod, labels: {{feed: x}}}}\nspec: {{nets: [192.0.2.0/24, 192.0.2.7]}}\n---\napiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata: {{name: node1-eth0, labels: {{role: node}}}}\nspec: {{node: node1, interfaceName: eth0, expectedIPs: [198.18.250.1], ports: [{{name: kubelet, port: 10250}}]}}\n"
     );
     let s = set(&yaml).unwrap();
     let api = &s.endpoints[0];
@@ -302,6 +302,11 @@ fn calico_resources_land_as_felix_lands_them() {
     assert_eq!(ext.labels.get("pcns.env").map(String::as_str), Some("prod"));
     assert_eq!(ext.labels.get("projectcalico.org/namespace").map(String::as_str), Some("prod"));
     assert_eq!(ext.nets.len(), 2);
+    // A host endpoint: its addresses, selected by label outside every namespace.
+    let hep = &s.netsets[1];
+    assert_eq!((hep.name.as_str(), hep.nets.len()), ("hostendpoint:node1-eth0", 1));
+    assert_eq!(hep.labels.get("margay.named-port/tcp.kubelet").map(String::as_str), Some("10250"));
+    assert!(Selector::parse_inherited("global()", Inherit::Namespace).unwrap().matches(&hep.labels));
 }
 
 /// A named port becomes one rule per number it has on the endpoints, each selecting the

@@ -1031,3 +1031,71 @@ fn a_network_policy_directory_is_the_daemons_policy() {
     assert_eq!(netns::ping(&env.t, CLIENT.role, WEB.ip, 2).unwrap(), 2);
     stop.store(true, Ordering::Relaxed);
 }
+
+/// Calico resources as the daemon's policy: a security tier denies the client's traffic to
+/// the database and passes the rest on; in the default tier a Calico NetworkPolicy opens the
+/// web pod's named ports only (TCP `http` 80, UDP `dns` 5353). Real TCP, UDP and ICMP go as
+/// the tiers say.
+#[test]
+fn calico_resources_are_the_daemons_policy() {
+    if !margay_testkit::require_root("calico_resources_are_the_daemons_policy") {
+        return;
+    }
+    let pod = |name: &str, ip: &str, ports: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}-0\n  labels: {{app: {name}}}\nspec:\n  containers:\n  - name: c\n    ports: [{ports}]\nstatus:\n  podIP: {ip}\n"
+        )
+    };
+    let pods = pod("client", CLIENT.ip, "")
+        + &pod(
+            "web",
+            WEB.ip,
+            "{name: http, containerPort: 80}, {name: dns, containerPort: 5353, protocol: UDP}",
+        )
+        + &pod("db", DB.ip, "{name: pg, containerPort: 5432}");
+    let calico = "apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: security}\nspec: {order: 100}\n\
+                  ---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: security.guard-db}\n\
+                  spec:\n  tier: security\n  selector: app == 'db'\n  ingress:\n  - {action: Deny, source: {selector: app == 'client'}}\n  - action: Pass\n\
+                  ---\napiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: web-services}\n\
+                  spec:\n  selector: app == 'web'\n  ingress:\n  - {action: Allow, protocol: TCP, destination: {ports: [http]}}\n  - {action: Allow, protocol: UDP, destination: {ports: [dns]}}\n";
+    let env = Env::start_with("calico", 1, "", |t, work, _| {
+        let dir = work.join("cluster");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("pods.yaml"), &pods).unwrap();
+        std::fs::write(dir.join("calico.yaml"), calico).unwrap();
+        t.node_config(&dir, &work.join("margay.sock"), &work.join("flows.jsonl"), "")
+    });
+    let stop = stop_flag();
+    let _web = netns::http_server(&env.t.ns(WEB.role), addr(WEB.ip, 80), Arc::clone(&stop)).unwrap();
+    let _dns = netns::udp_echo(&env.t.ns(WEB.role), addr(WEB.ip, 5353), Arc::clone(&stop)).unwrap();
+    let _echo = netns::udp_echo(&env.t.ns(WEB.role), addr(WEB.ip, 7), Arc::clone(&stop)).unwrap();
+    let _db = netns::http_server(&env.t.ns(DB.role), addr(DB.ip, 5432), Arc::clone(&stop)).unwrap();
+    let wait = Duration::from_millis(500);
+    assert_eq!(netns::curl(&env.t, CLIENT.role, &format!("http://{}:80/", WEB.ip), 3).unwrap(), Some(200));
+    assert_eq!(
+        netns::udp_probe(&env.t.ns(CLIENT.role), addr(WEB.ip, 5353), 3, wait).unwrap(),
+        3,
+        "named port dns"
+    );
+    assert_eq!(
+        netns::udp_probe(&env.t.ns(CLIENT.role), addr(WEB.ip, 7), 2, wait).unwrap(),
+        0,
+        "no rule for UDP 7"
+    );
+    assert_eq!(netns::ping(&env.t, CLIENT.role, WEB.ip, 2).unwrap(), 0, "no rule for ICMP");
+    assert_eq!(netns::curl(&env.t, CLIENT.role, &format!("http://{}:5432/", DB.ip), 1).unwrap(), None);
+    assert_eq!(netns::curl(&env.t, WEB.role, &format!("http://{}:5432/", DB.ip), 3).unwrap(), Some(200));
+    let e = env.ctl(json!({"cmd": "explain", "flow": format!("tcp {}:1 -> {}:5432", CLIENT.ip, DB.ip)}));
+    assert_eq!(
+        (e["decision"]["ingress"]["tier"].as_str(), e["decision"]["ingress"]["policy"].as_str()),
+        (Some("security"), Some("security.guard-db")),
+        "{e}"
+    );
+    let e = env.ctl(json!({"cmd": "explain", "flow": format!("udp {}:1 -> {}:5353", CLIENT.ip, WEB.ip)}));
+    assert_eq!(
+        (e["decision"]["ingress"]["policy"].as_str(), e["decision"]["ingress"]["rule"].as_i64()),
+        (Some("web-services"), Some(1)),
+        "{e}"
+    );
+    stop.store(true, Ordering::Relaxed);
+}
