@@ -33,13 +33,14 @@ enum Command {
     /// check every answer against the trace's expected first match, and report build time,
     /// memory and lookup rate. Exits 1 when any answer differs.
     Classbench(classbench::ClassbenchArgs),
-    /// Validate policy files: a one-line summary per valid file; errors with file, line and
-    /// column otherwise (exit 1).
+    /// Validate policies (TOML files, Kubernetes and Calico YAML or JSON, directories): a
+    /// one-line summary per valid policy; errors with file, line and column otherwise (exit 1).
     Check(policy::CheckArgs),
-    /// Explain the decision a policy file gives a flow: the verdict, what decided each side
-    /// (tier, policy, rule), log hits and the staged verdict.
+    /// Explain the decision a policy (files or directories, read as one) gives a flow: the
+    /// verdict, what decided each side (tier, policy, rule), log hits and the staged verdict.
     Explain(policy::ExplainArgs),
-    /// Compile a policy file onto the classifier; with --stats, print sizes and build time.
+    /// Compile a policy (files or directories, read as one) onto the classifier; with --stats,
+    /// print sizes and build time.
     Compile(policy::CompileArgs),
     /// Run the packet pipeline (parse, conntrack, policy, forwarding, flow records) over a
     /// pcap capture as if it arrived on one interface; write the forwarded, rewritten frames

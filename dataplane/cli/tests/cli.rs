@@ -155,6 +155,7 @@ fn help_lists_the_commands() {
             "run",
             "ctl",
             "detach",
+            "import",
             "export",
             "gen",
             "sink",
