@@ -13,7 +13,7 @@
 
 use marked_yaml::{Span, Spanned};
 
-use super::{NamedPorts, Resources, pods};
+use super::{NamedPorts, PortEntry, Resources, pods};
 use crate::net::{Cidr, PortRange, Protocol};
 use crate::policy::{Action, Peer, Policy, PolicyError, Rule, Tier, TierDefault};
 use crate::selector::{Inherit, Selector};
@@ -187,8 +187,7 @@ impl Resources {
                 ..Peer::default()
             });
         }
-        // Port entries: (protocol, ranges, name).
-        let mut entries: Vec<(Option<Protocol>, Vec<PortRange>, Option<String>)> = Vec::new();
+        let mut entries: Vec<PortEntry> = Vec::new();
         for port in rule.ports.iter().flatten() {
             let protocol = |p: Option<&Spanned<String>>| self.k8s_protocol(p, port.span());
             match (&port.port_number, &port.port_range, &port.named_port) {
@@ -222,28 +221,7 @@ impl Resources {
         if entries.is_empty() {
             entries.push((None, Vec::new(), None));
         }
-        for peer in &lowered {
-            for (protocol, ranges, name) in &entries {
-                let (source, destination) = if ingress {
-                    (peer.clone(), Peer { ports: ranges.clone(), ..Peer::default() })
-                } else {
-                    (Peer::default(), Peer { ports: ranges.clone(), ..peer.clone() })
-                };
-                let r = Rule {
-                    action,
-                    protocol: *protocol,
-                    not_protocol: None,
-                    ip_version: None,
-                    icmp: None,
-                    not_icmp: None,
-                    source,
-                    destination,
-                    index: Some(index),
-                };
-                let names: Vec<String> = name.iter().cloned().collect();
-                out.extend(Self::with_named_ports(r, [&[], &names], named_ports));
-            }
-        }
+        out.extend(Self::peer_port_rules(action, ingress, index, &lowered, &entries, named_ports));
         Ok(())
     }
 }

@@ -26,7 +26,7 @@ use marked_yaml::{Node, Span, Spanned};
 
 use crate::net::{PortRange, Protocol};
 use crate::policy::{
-    DEFAULT_NAMESPACE, Defaults, Endpoint, Namespace, Peer, PolicyError, PolicySet, Rule, Verdict,
+    Action, DEFAULT_NAMESPACE, Defaults, Endpoint, Namespace, Peer, PolicyError, PolicySet, Rule, Verdict,
 };
 use crate::selector::{Inherit, NAMESPACE_LABEL, Selector};
 
@@ -99,54 +99,20 @@ impl Resources {
     /// Reads `path`: a YAML or JSON file, or a directory, whose `.yaml`, `.yml` and `.json`
     /// files are read in name order (not its subdirectories). Namespaced resources without
     /// `metadata.namespace` go in `namespace` (as `kubectl apply -n` would put them), or
-    /// `default`.
+    /// `default`. Only regular files are read (a FIFO would block).
     pub fn add_path(&mut self, path: &Path, namespace: Option<&str>) -> Result<(), PolicyError> {
-        let mut budget = u64::MAX;
-        self.add_path_limited(path, namespace, &mut budget)
-    }
-
-    /// [`Resources::add_path`], reading at most `budget` bytes in all (what is read is taken
-    /// from it), and only regular files (a FIFO would block a reload).
-    pub fn add_path_limited(
-        &mut self,
-        path: &Path,
-        namespace: Option<&str>,
-        budget: &mut u64,
-    ) -> Result<(), PolicyError> {
         let io = |error| PolicyError::Io { path: path.to_owned(), error };
-        let refuse = |what: String| io(std::io::Error::new(std::io::ErrorKind::InvalidInput, what));
-        let meta = std::fs::metadata(path).map_err(io)?;
-        if meta.is_dir() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-                .map_err(io)?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| is_resource_file(p) && !p.is_dir())
-                .collect();
-            files.sort();
-            if files.is_empty() {
-                return Err(refuse("a directory without .yaml, .yml or .json files".into()));
-            }
-            for f in files {
-                self.add_path_limited(&f, namespace, budget)?;
-            }
-            return Ok(());
+        let files = if std::fs::metadata(path).map_err(io)?.is_dir() {
+            crate::policy::directory_files(path, is_resource_file, ".yaml, .yml or .json")?
+        } else {
+            vec![path.to_owned()]
+        };
+        let mut budget = u64::MAX;
+        for file in files {
+            let text = crate::policy::read_limited(&file, &mut budget)?;
+            self.add_text(&text, &file, namespace)?;
         }
-        if !meta.is_file() {
-            return Err(refuse(
-                "not a regular file (a FIFO, device or directory): refusing to read it".into(),
-            ));
-        }
-        use std::io::Read as _;
-        let mut text = String::new();
-        let file = std::fs::File::open(path).map_err(io)?;
-        file.take(budget.saturating_add(1)).read_to_string(&mut text).map_err(io)?;
-        if text.len() as u64 > *budget {
-            return Err(refuse(
-                "past the policy size limit ([daemon] max_policy_bytes) for all files together".into(),
-            ));
-        }
-        *budget -= text.len() as u64;
-        self.add_text(&text, path, namespace)
+        Ok(())
     }
 
     /// Reads the documents of `text`, which came from `path`.
@@ -492,6 +458,45 @@ impl Resources {
         }
     }
 
+    /// The rules one Kubernetes-style rule (ANDed peers list and port entries, ORed within
+    /// each) lands as: one per (peer, port entry), in that order, each reporting `index`. The
+    /// ports are the destination's, so they go with the peer for an egress rule; a named port
+    /// is resolved on the destination endpoints ([`Resources::with_named_ports`]).
+    fn peer_port_rules(
+        action: Action,
+        ingress: bool,
+        index: usize,
+        peers: &[Peer],
+        entries: &[PortEntry],
+        named_ports: &NamedPorts,
+    ) -> Vec<Rule> {
+        let mut out = Vec::new();
+        for peer in peers {
+            for (protocol, ranges, name) in entries {
+                let ported = |p: Peer| Peer { ports: ranges.clone(), ..p };
+                let (source, destination) = if ingress {
+                    (peer.clone(), ported(Peer::default()))
+                } else {
+                    (Peer::default(), ported(peer.clone()))
+                };
+                let rule = Rule {
+                    action,
+                    protocol: *protocol,
+                    not_protocol: None,
+                    ip_version: None,
+                    icmp: None,
+                    not_icmp: None,
+                    source,
+                    destination,
+                    index: Some(index),
+                };
+                let names: Vec<String> = name.iter().cloned().collect();
+                out.extend(Self::with_named_ports(rule, [&[], &names], named_ports));
+            }
+        }
+        out
+    }
+
     /// `rule` once for the numbered ports of each side and once per value a named port takes on
     /// the endpoints (`names` are the source's and the destination's port names, matched with
     /// the rule's protocol): a named port matches an endpoint's container port of that name and protocol,
@@ -551,6 +556,10 @@ impl Resources {
 
 /// Labels.
 type Labels = BTreeMap<String, String>;
+
+/// One port entry of a Kubernetes-style rule: its protocol (any when `None`) and destination
+/// ports (any when empty), or the name of the destination's port.
+type PortEntry = (Option<Protocol>, Vec<PortRange>, Option<String>);
 
 /// The values each named port takes, by its label key ([`named_port_key`]).
 type NamedPorts = BTreeMap<String, BTreeSet<u16>>;

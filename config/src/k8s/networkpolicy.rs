@@ -5,14 +5,10 @@ use std::collections::BTreeSet;
 
 use marked_yaml::Spanned;
 
-use super::{K8S_POLICY_ORDER, NamedPorts, Resources, pods, schema};
-use crate::net::{Cidr, PortRange, Protocol};
-use crate::policy::{DEFAULT_TIER, Peer, Policy, PolicyError, Rule};
+use super::{K8S_POLICY_ORDER, NamedPorts, PortEntry, Resources, pods, schema};
+use crate::net::{Cidr, PortRange};
+use crate::policy::{Action, DEFAULT_TIER, Peer, Policy, PolicyError, Rule};
 use crate::selector::{Inherit, Selector};
-
-/// One port entry of a rule: its protocol (any when `None`) and destination ports (any when
-/// empty), or the name of the destination's port.
-type PortEntry = (Option<Protocol>, Vec<PortRange>, Option<String>);
 
 impl Resources {
     /// NetworkPolicy `name` of namespace `ns` (`staged`: a StagedKubernetesNetworkPolicy).
@@ -54,13 +50,7 @@ impl Resources {
             }
         }
         // Rules of a direction policyTypes leaves out have no effect upstream either.
-        let rules = |list, ingress| -> Result<Vec<Rule>, PolicyError> {
-            let mut out = Vec::new();
-            for (rule, names) in self.rules(list, ingress)? {
-                out.extend(Self::with_named_ports(rule, [&[], &names], named_ports));
-            }
-            Ok(out)
-        };
+        let rules = |list, ingress| self.rules(list, ingress, named_ports);
         let ingress = if ingress_type { rules(spec.ingress.as_deref(), true)? } else { Vec::new() };
         let egress = if egress_type { rules(spec.egress.as_deref(), false)? } else { Vec::new() };
         Ok(Policy {
@@ -81,7 +71,8 @@ impl Resources {
         &self,
         rules: Option<&[Spanned<schema::NetworkPolicyRule>]>,
         ingress: bool,
-    ) -> Result<Vec<(Rule, Vec<String>)>, PolicyError> {
+        named_ports: &NamedPorts,
+    ) -> Result<Vec<Rule>, PolicyError> {
         let mut out = Vec::new();
         for (index, rule) in rules.unwrap_or_default().iter().enumerate() {
             let (peers, wrong) = if ingress { (&rule.from, &rule.to) } else { (&rule.to, &rule.from) };
@@ -99,28 +90,7 @@ impl Resources {
                 _ => vec![Peer::default()],
             };
             let ports = self.ports(rule.ports.as_deref())?;
-            for peer in &peers {
-                for (protocol, ranges, name) in &ports {
-                    // The ports are the destination's: with the peer for an egress rule.
-                    let (source, destination) = if ingress {
-                        (peer.clone(), Peer { ports: ranges.clone(), ..Peer::default() })
-                    } else {
-                        (Peer::default(), Peer { ports: ranges.clone(), ..peer.clone() })
-                    };
-                    let rule = Rule {
-                        action: crate::policy::Action::Allow,
-                        protocol: *protocol,
-                        not_protocol: None,
-                        ip_version: None,
-                        icmp: None,
-                        not_icmp: None,
-                        source,
-                        destination,
-                        index: Some(index),
-                    };
-                    out.push((rule, name.iter().cloned().collect()));
-                }
-            }
+            out.extend(Self::peer_port_rules(Action::Allow, ingress, index, &peers, &ports, named_ports));
         }
         Ok(out)
     }

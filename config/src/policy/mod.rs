@@ -20,6 +20,7 @@ use crate::selector::Selector;
 
 mod print;
 mod sources;
+pub(crate) use sources::{directory_files, read_limited};
 mod validate;
 
 /// The built-in tier: policies without a `tier` belong to it.

@@ -27,16 +27,11 @@ impl PolicySet {
         for path in paths {
             let io = |error| PolicyError::Io { path: path.clone(), error };
             let files: Vec<PathBuf> = if std::fs::metadata(path).map_err(io)?.is_dir() {
-                let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-                    .map_err(io)?
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| (is_resource_file(p) || is_toml_file(p)) && !p.is_dir())
-                    .collect();
-                files.sort();
-                if files.is_empty() {
-                    return Err(refuse(path, "a directory without .toml, .yaml, .yml or .json files".into()));
-                }
-                files
+                directory_files(
+                    path,
+                    |p| is_resource_file(p) || is_toml_file(p),
+                    ".toml, .yaml, .yml or .json",
+                )?
             } else {
                 vec![path.clone()]
             };
@@ -160,6 +155,26 @@ impl PolicySet {
     }
 }
 
+/// The files of directory `path` that `keep` takes (not its subdirectories), in name order; a
+/// directory with none is refused, naming the `kinds` of file looked for.
+pub(crate) fn directory_files(
+    path: &Path,
+    keep: impl Fn(&Path) -> bool,
+    kinds: &str,
+) -> Result<Vec<PathBuf>, PolicyError> {
+    let io = |error| PolicyError::Io { path: path.to_owned(), error };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(io)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| keep(p) && !p.is_dir())
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(refuse(path, format!("a directory without {kinds} files")));
+    }
+    Ok(files)
+}
+
 /// Whether `path` is a TOML policy file (by extension).
 fn is_toml_file(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "toml")
@@ -180,7 +195,7 @@ fn refuse(path: &Path, what: String) -> PolicyError {
 /// The text of regular file `path`, taking its size from `budget` (the policy size limit for
 /// all files together). Only regular files are read: a FIFO or a device would block a reload or
 /// never end (checked before opening, as opening a FIFO blocks, and again on the open file).
-pub(super) fn read_limited(path: &Path, budget: &mut u64) -> Result<String, PolicyError> {
+pub(crate) fn read_limited(path: &Path, budget: &mut u64) -> Result<String, PolicyError> {
     let io = |error| PolicyError::Io { path: path.to_owned(), error };
     let not_regular = "not a regular file (a FIFO, device or directory): refusing to read it";
     if !std::fs::metadata(path).map_err(io)?.is_file() {
