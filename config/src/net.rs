@@ -32,6 +32,11 @@ impl Cidr {
         }
     }
 
+    /// The prefix of one address (`/32` or `/128`).
+    pub fn host(addr: IpAddr) -> Self {
+        Self { addr, len: if addr.is_ipv4() { 32 } else { 128 } }
+    }
+
     /// The network address.
     pub fn addr(self) -> IpAddr {
         self.addr

@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 
 use marked_yaml::{Node, Span, Spanned};
 
-use super::{Labels, NamedPorts, Resources, STAGED_PREFIX, Workload, inherit};
+use super::{Labels, NamedPorts, PortNames, Resources, STAGED_PREFIX, Workload, inherit};
 use crate::net::{Cidr, IcmpMatch, PortRange, Protocol};
 use crate::policy::{
     Action, DEFAULT_TIER, DEFAULT_TIER_ORDER, IpVersion, Namespace, Netset, Peer, Policy, PolicyError, Rule,
@@ -225,6 +225,12 @@ impl Resources {
                 ),
             ));
         }
+        let nets: Vec<Cidr> = spec
+            .expected_ips
+            .iter()
+            .flatten()
+            .map(|ip| self.address(ip).map(Cidr::host))
+            .collect::<Result<_, PolicyError>>()?;
         let mut labels = hep.metadata.labels.clone().unwrap_or_default();
         for p in spec.ports.iter().flatten() {
             self.check_port_name(&p.name)?;
@@ -232,18 +238,8 @@ impl Resources {
             let number = self.port_number(&p.port)?;
             let key = super::named_port_key(protocol, &p.name);
             labels.insert(key.clone(), number.to_string());
-            named_ports.entry(key).or_default().insert(number);
+            named_ports.entry(key).or_default().add(number, nets.iter().copied());
         }
-        let nets = spec
-            .expected_ips
-            .iter()
-            .flatten()
-            .map(|ip| {
-                let addr = self.address(ip)?;
-                Cidr::new(addr, if addr.is_ipv4() { 32 } else { 128 })
-                    .ok_or_else(|| self.at(ip.span(), format!("'{}' is not an address", ip.as_str())))
-            })
-            .collect::<Result<_, PolicyError>>()?;
         Ok(Netset { name: format!("hostendpoint:{name}"), labels, nets })
     }
 
@@ -424,7 +420,7 @@ impl Resources {
         rule: &Spanned<schema::Rule>,
         index: usize,
         namespace: Option<&str>,
-    ) -> Result<(Rule, [Vec<String>; 2]), PolicyError> {
+    ) -> Result<(Rule, [PortNames; 2]), PolicyError> {
         if let Some(h) = &rule.http {
             return Err(self.at(
                 h.span(),
@@ -485,8 +481,8 @@ impl Resources {
         er: Option<&Spanned<schema::EntityRule>>,
         namespace: Option<&str>,
         protocol: Option<Protocol>,
-    ) -> Result<(Peer, Vec<String>), PolicyError> {
-        let Some(er) = er else { return Ok((Peer::default(), Vec::new())) };
+    ) -> Result<(Peer, PortNames), PolicyError> {
+        let Some(er) = er else { return Ok((Peer::default(), PortNames::default())) };
         if let Some(s) = &er.services {
             return Err(self.at(s.span(), "services: Kubernetes Service matches are not supported".into()));
         }
@@ -520,10 +516,6 @@ impl Resources {
         }
         let (ports, names) = self.calico_ports(er.ports.as_deref(), protocol, "ports")?;
         let (not_ports, not_names) = self.calico_ports(er.not_ports.as_deref(), protocol, "notPorts")?;
-        if let Some(n) = not_names.first() {
-            let at = er.not_ports.iter().flatten().find(|p| p.as_str() == n).map_or(er.span(), |p| p.span());
-            return Err(self.at(at, format!("named port '{n}' in notPorts is not supported yet")));
-        }
         let peer = Peer {
             nets: nets(&er.nets)?,
             not_nets: nets(&er.not_nets)?,
@@ -535,7 +527,7 @@ impl Resources {
             ports,
             not_ports,
         };
-        Ok((peer, names))
+        Ok((peer, PortNames { ports: names, not_ports: not_names }))
     }
 
     /// Calico ports: numbers (`80`, `"80"`), ranges (`"100:250"`) and names.

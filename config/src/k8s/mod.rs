@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use marked_yaml::{Node, Span, Spanned};
 
-use crate::net::{PortRange, Protocol};
+use crate::net::{Cidr, PortRange, Protocol};
 use crate::policy::{
     Action, DEFAULT_NAMESPACE, Defaults, Endpoint, Namespace, Peer, PolicyError, PolicySet, Rule, Verdict,
 };
@@ -369,7 +369,10 @@ impl Resources {
                         ),
                     ));
                 }
-                named_ports.entry(named_port_key(protocol, &port_name)).or_default().insert(number);
+                named_ports
+                    .entry(named_port_key(protocol, &port_name))
+                    .or_default()
+                    .add(number, ips.iter().copied().map(Cidr::host));
             }
             endpoints.push(Endpoint { name, namespace, ips, labels, interface: None });
         }
@@ -490,55 +493,43 @@ impl Resources {
                     destination,
                     index: Some(index),
                 };
-                let names: Vec<String> = name.iter().cloned().collect();
-                out.extend(Self::with_named_ports(rule, [&[], &names], named_ports));
+                let names = PortNames { ports: name.iter().cloned().collect(), not_ports: Vec::new() };
+                out.extend(Self::with_named_ports(rule, [&PortNames::default(), &names], named_ports));
             }
         }
         out
     }
 
-    /// `rule` once for the numbered ports of each side and once per value a named port takes on
-    /// the endpoints (`names` are the source's and the destination's port names, matched with
-    /// the rule's protocol): a named port matches an endpoint's container port of that name and protocol,
-    /// and it may have a different number on each endpoint. A side with names and no numbers
-    /// has no copy for the numbers; a name no endpoint has adds nothing.
-    fn with_named_ports(rule: Rule, names: [&[String]; 2], named_ports: &NamedPorts) -> Vec<Rule> {
+    /// `rule` with its sides' named ports resolved against the endpoints (`names`: the
+    /// source's and the destination's, matched with the rule's protocol). A named port in
+    /// `ports` matches an endpoint's container port of that name and protocol, which may have a
+    /// different number on each endpoint: the side lands once for its numbered ports and once
+    /// per value, selecting the endpoints with it (a side with names and no numbers has no
+    /// copy for the numbers; a name no endpoint has adds nothing). A named port in `notPorts`
+    /// splits the side the same way ([`exclude_named_port`]).
+    fn with_named_ports(rule: Rule, names: [&PortNames; 2], named_ports: &NamedPorts) -> Vec<Rule> {
         if names.iter().all(|n| n.is_empty()) {
             return vec![rule];
         }
         // Rules with named ports have a port protocol (checked where they are read).
         let Some(protocol) = rule.protocol else { return vec![rule] };
-        let variants = |peer: &Peer, names: &[String]| -> Vec<Peer> {
+        let variants = |peer: &Peer, names: &PortNames| -> Vec<Peer> {
             let mut out = Vec::new();
-            if names.is_empty() || !peer.ports.is_empty() {
+            if names.ports.is_empty() || !peer.ports.is_empty() {
                 out.push(peer.clone());
             }
-            for name in names {
+            for name in &names.ports {
                 let key = named_port_key(protocol, name);
-                for &number in named_ports.get(&key).into_iter().flatten() {
-                    let term = Selector::Eq(key.clone(), number.to_string());
-                    let selector = Some(match peer.selector.clone() {
-                        None => term,
-                        Some(Selector::And(mut terms)) => {
-                            terms.push(term);
-                            Selector::And(terms)
-                        }
-                        Some(other) => Selector::And(vec![other, term]),
-                    });
-                    // A selector of its own would be limited to a namespaced policy's
-                    // namespace: the endpoint may be anywhere.
-                    let namespace_selector = if peer.selector.is_none() {
-                        Some(Selector::All)
-                    } else {
-                        peer.namespace_selector.clone()
-                    };
+                for &number in named_ports.get(&key).map(|n| &n.numbers).into_iter().flatten() {
                     out.push(Peer {
-                        selector,
-                        namespace_selector,
                         ports: PortRange::new(number, number).into_iter().collect(),
-                        ..peer.clone()
+                        ..holding(peer, &key, number)
                     });
                 }
+            }
+            for name in &names.not_ports {
+                let key = named_port_key(protocol, name);
+                out = out.iter().flat_map(|p| exclude_named_port(p, &key, named_ports)).collect();
             }
             out
         };
@@ -554,6 +545,80 @@ impl Resources {
     }
 }
 
+/// The port names of one side of a rule: those in its `ports` and in its `notPorts`.
+#[derive(Debug, Default)]
+struct PortNames {
+    ports: Vec<String>,
+    not_ports: Vec<String>,
+}
+
+impl PortNames {
+    fn is_empty(&self) -> bool {
+        self.ports.is_empty() && self.not_ports.is_empty()
+    }
+}
+
+/// `peer` narrowed to the endpoints (and host endpoints) whose named port `key` is `number`.
+fn holding(peer: &Peer, key: &str, number: u16) -> Peer {
+    let term = Selector::Eq(key.to_owned(), number.to_string());
+    let selector = Some(match peer.selector.clone() {
+        None => term,
+        Some(Selector::And(mut terms)) => {
+            terms.push(term);
+            Selector::And(terms)
+        }
+        Some(other) => Selector::And(vec![other, term]),
+    });
+    // A selector of its own would be limited to a namespaced policy's namespace: without a
+    // selector or namespace selector, the endpoint may be anywhere.
+    let namespace_selector = match (&peer.selector, &peer.namespace_selector) {
+        (None, None) => Some(Selector::All),
+        _ => peer.namespace_selector.clone(),
+    };
+    Peer { selector, namespace_selector, ..peer.clone() }
+}
+
+/// `peer` with named port `key` in its `notPorts`, as Felix matches it: an (address, port)
+/// pair is excluded when the address is one of the peer's endpoints holding that name on that
+/// port. The peer splits into one copy per value `v` the name takes (its holders of `v`,
+/// with `v` added to `not_ports`) and one for the rest of its addresses (its holders
+/// removed: by `not_selector` scoped as the peer's own selector is, or, for a peer without a
+/// selector, which may match any address anywhere, by the holders' addresses in
+/// `not_nets`).
+fn exclude_named_port(peer: &Peer, key: &str, named_ports: &NamedPorts) -> Vec<Peer> {
+    let Some(held) = named_ports.get(key) else { return vec![peer.clone()] };
+    let mut out: Vec<Peer> = held
+        .numbers
+        .iter()
+        .map(|&number| {
+            let mut p = holding(peer, key, number);
+            p.not_ports.extend(PortRange::new(number, number));
+            p
+        })
+        .collect();
+    let mut rest = peer.clone();
+    let holders = peer
+        .selector
+        .clone()
+        .or_else(|| peer.namespace_selector.as_ref().map(|_| Selector::All))
+        .map(|s| Selector::And(vec![s, Selector::Has(key.to_owned())]));
+    match holders {
+        Some(holders) => {
+            rest.not_selector = Some(match rest.not_selector.take() {
+                None => holders,
+                Some(Selector::Or(mut terms)) => {
+                    terms.push(holders);
+                    Selector::Or(terms)
+                }
+                Some(other) => Selector::Or(vec![other, holders]),
+            });
+        }
+        None => rest.not_nets.extend(held.addresses.iter().copied()),
+    }
+    out.push(rest);
+    out
+}
+
 /// Labels.
 type Labels = BTreeMap<String, String>;
 
@@ -561,8 +626,25 @@ type Labels = BTreeMap<String, String>;
 /// ports (any when empty), or the name of the destination's port.
 type PortEntry = (Option<Protocol>, Vec<PortRange>, Option<String>);
 
-/// The values each named port takes, by its label key ([`named_port_key`]).
-type NamedPorts = BTreeMap<String, BTreeSet<u16>>;
+/// The values each named port takes and the addresses that hold it, by its label key
+/// ([`named_port_key`]).
+type NamedPorts = BTreeMap<String, NamedPort>;
+
+/// What one named port is across the endpoints.
+#[derive(Debug, Default)]
+struct NamedPort {
+    /// The numbers it has.
+    numbers: BTreeSet<u16>,
+    /// The addresses of the endpoints and host endpoints that have it.
+    addresses: Vec<Cidr>,
+}
+
+impl NamedPort {
+    fn add(&mut self, number: u16, addresses: impl IntoIterator<Item = Cidr>) {
+        self.numbers.insert(number);
+        self.addresses.extend(addresses);
+    }
+}
 
 /// Calico's label for a namespace's, service account's or network set's own name.
 const NAME_LABEL: &str = "projectcalico.org/name";

@@ -144,11 +144,6 @@ fn each_calico_mistake_is_named_with_its_place() {
         ),
         (
             GNP,
-            "  ingress:\n  - action: Allow\n    protocol: TCP\n    source: {notPorts: [http]}\n",
-            "p.yaml:9:25: named port 'http' in notPorts is not supported yet",
-        ),
-        (
-            GNP,
             "  ingress:\n  - action: Allow\n    protocol: TCP\n    source: {ports: ['90:80']}\n",
             "p.yaml:9:22: port range 90:80 is reversed",
         ),
