@@ -10,13 +10,14 @@
 set -euo pipefail
 
 purpose=${1:-build}
-# clang compiles the XDP program; libelf/zlib/m4 build the vendored libbpf and libxdp.
-build=(gcc make pkg-config liblzma-dev xz-utils clang m4 libelf-dev zlib1g-dev linux-libc-dev)
+# clang compiles the XDP program; libelf/zlib/m4 build the vendored libbpf and libxdp; protoc
+# builds the etcd client's gRPC code.
+build=(gcc make pkg-config liblzma-dev xz-utils clang m4 libelf-dev zlib1g-dev linux-libc-dev protobuf-compiler)
 # What the demo and the end-to-end tests drive: namespaces, veth, ping, curl, iperf3, nftables.
 net=(iproute2 iputils-ping curl iperf3 ethtool nftables)
 case "$purpose" in
   build) want=("${build[@]}" "${net[@]}") ;;
-  test) want=("${build[@]}" "${net[@]}" tshark socat util-linux fonts-dejavu-core python3) ;;
+  test) want=("${build[@]}" "${net[@]}" tshark socat util-linux fonts-dejavu-core python3 etcd-server openssl) ;;
   bench) want=("${build[@]}" "${net[@]}" python3 dpdk-dev librte-net-af-xdp23 fonts-dejavu-core linux-perf) ;;
   *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
 esac

@@ -285,7 +285,34 @@ pub struct DaemonConfig {
     pub flow_logs: FlowLogs,
     /// Daemon settings.
     pub daemon: Daemon,
+    /// `[datastore]`: the policy comes from etcd instead of `policy` files.
+    pub datastore: Option<Datastore>,
 }
+
+/// Where a fleet's resources live: an etcd cluster (`[datastore]`; also what the `apply`, `get`,
+/// `delete` and `fleet` commands connect to).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datastore {
+    /// Client URLs (`http://10.0.0.1:2379`, `https://...`); one is enough, more are tried in turn.
+    pub endpoints: Vec<String>,
+    /// The key prefix every resource lives under (`/margay/v1/`).
+    pub prefix: String,
+    /// A CA bundle to verify etcd's certificate with (TLS).
+    pub ca: Option<PathBuf>,
+    /// This client's certificate, for etcd's mutual TLS (with `key`).
+    pub cert: Option<PathBuf>,
+    /// This client's private key.
+    pub key: Option<PathBuf>,
+    /// The node's name in fleet status (default: the host name).
+    pub node: String,
+    /// Changes are applied once the store has been quiet this long, ms...
+    pub quiet_ms: u64,
+    /// ...or this long after the first unapplied change at the latest, ms.
+    pub max_delay_ms: u64,
+}
+
+/// The default key prefix.
+pub const DEFAULT_PREFIX: &str = "/margay/v1/";
 
 impl DaemonConfig {
     /// The number of workers `margay run` starts: the most queues any interface has.
@@ -301,6 +328,7 @@ pub const MAX_QUEUES: u32 = 256;
 pub const MAX_CONNTRACK_CAPACITY: usize = 1 << 30;
 
 mod parse;
+pub use parse::{endpoint, host_name, node_name, prefix};
 mod print;
 
 #[cfg(test)]

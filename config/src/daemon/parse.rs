@@ -29,6 +29,21 @@ struct RawConfig {
     #[serde(default)]
     daemon: RawDaemon,
     routes: Option<Spanned<String>>,
+    datastore: Option<Spanned<RawDatastore>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatastore {
+    kind: Spanned<String>,
+    endpoints: Spanned<Vec<Spanned<String>>>,
+    prefix: Option<Spanned<String>>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    name: Option<Spanned<String>>,
+    quiet_ms: Option<Spanned<u64>>,
+    max_delay_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -141,8 +156,10 @@ impl DaemonConfig {
             .map_err(|error| PolicyError::Io { path: path.to_owned(), error })?;
         let mut c = Self::parse(&text, path)?;
         if let Some(dir) = path.parent() {
+            let store = c.datastore.as_mut().map(|d| [d.ca.as_mut(), d.cert.as_mut(), d.key.as_mut()]);
             for p in [c.policy.as_mut(), c.flow_logs.path.as_mut(), Some(&mut c.daemon.control_socket)]
                 .into_iter()
+                .chain(store.into_iter().flatten())
                 .flatten()
             {
                 if p.is_relative() {
@@ -188,7 +205,19 @@ impl DaemonConfig {
         for n in &raw.neighbour {
             neighbours.push(Neighbour { ip: n.ip, mac: n.mac, interface: iface(&n.interface)? });
         }
+        let store_span = raw.datastore.as_ref().map(Spanned::span);
+        let datastore = raw.datastore.map(|d| v.datastore(d)).transpose()?;
+        if let (Some(_), Some(p)) = (&datastore, &raw.policy) {
+            return Err(v.at(
+                store_span,
+                format!(
+                    "both `policy = \"{}\"` and [datastore]: a node takes its policy from one of them",
+                    p.display()
+                ),
+            ));
+        }
         Ok(DaemonConfig {
+            datastore,
             policy: raw.policy,
             interfaces,
             routes,
@@ -326,6 +355,41 @@ impl Check<'_> {
         })
     }
 
+    fn datastore(&self, d: Spanned<RawDatastore>) -> Result<Datastore, PolicyError> {
+        let span = d.span();
+        let d = d.into_inner();
+        if d.kind.get_ref() != "etcd" {
+            return Err(self.at(
+                Some(d.kind.span()),
+                format!("datastore kind '{}': only \"etcd\" is supported", d.kind.get_ref()),
+            ));
+        }
+        if d.endpoints.get_ref().is_empty() {
+            return Err(
+                self.at(Some(d.endpoints.span()), "datastore endpoints: give at least one".to_owned())
+            );
+        }
+        let mut endpoints = Vec::new();
+        for e in d.endpoints.into_inner() {
+            endpoints.push(endpoint(e.get_ref()).map_err(|m| self.at(Some(e.span()), m))?);
+        }
+        let prefix = match d.prefix {
+            None => DEFAULT_PREFIX.to_owned(),
+            Some(p) => prefix(p.get_ref()).map_err(|m| self.at(Some(p.span()), m))?,
+        };
+        if d.cert.is_some() != d.key.is_some() {
+            return Err(self.at(Some(span), "datastore: give both cert and key, or neither".to_owned()));
+        }
+        let node = match d.name {
+            Some(n) => node_name(n.get_ref()).map_err(|m| self.at(Some(n.span()), m))?,
+            None => host_name(),
+        };
+        let quiet_ms = self.in_range(d.quiet_ms, 100, 0, 60_000, "datastore quiet_ms")?;
+        let max_delay_ms =
+            self.in_range(d.max_delay_ms, 1000, quiet_ms.max(1), 600_000, "datastore max_delay_ms")?;
+        Ok(Datastore { endpoints, prefix, ca: d.ca, cert: d.cert, key: d.key, node, quiet_ms, max_delay_ms })
+    }
+
     fn daemon(&self, d: RawDaemon) -> Result<Daemon, PolicyError> {
         if let Some(r) = &d.ring_size
             && !r.get_ref().is_power_of_two()
@@ -359,4 +423,46 @@ impl Check<'_> {
             )?,
         })
     }
+}
+
+/// An etcd client URL: `http://` or `https://` and host:port (a bare host:port is `http://`).
+pub fn endpoint(e: &str) -> Result<String, String> {
+    let url = if e.contains("://") { e.to_owned() } else { format!("http://{e}") };
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+    match rest {
+        Some(hp)
+            if !hp.is_empty()
+                && hp.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) =>
+        {
+            Ok(url.trim_end_matches('/').to_owned())
+        }
+        _ => Err(format!("endpoint '{e}' is not http(s)://HOST:PORT")),
+    }
+}
+
+/// A key prefix: absolute, ending in `/` (added when missing).
+pub fn prefix(p: &str) -> Result<String, String> {
+    if !p.starts_with('/') || p.contains("//") || p.chars().any(char::is_whitespace) {
+        return Err(format!("prefix '{p}' must be an absolute key path like \"/margay/v1/\""));
+    }
+    Ok(if p.ends_with('/') { p.to_owned() } else { format!("{p}/") })
+}
+
+/// A node name: what a Kubernetes node name may be (lowercase letters, digits, `-` and `.`).
+pub fn node_name(n: &str) -> Result<String, String> {
+    let ok = !n.is_empty()
+        && n.len() <= 253
+        && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    if ok {
+        Ok(n.to_owned())
+    } else {
+        Err(format!("node name '{n}': lowercase letters, digits, '-' and '.'"))
+    }
+}
+
+/// This host's name (lowercased), for a node that names none.
+pub fn host_name() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name = name.trim().to_ascii_lowercase();
+    node_name(&name).unwrap_or_else(|_| "node".to_owned())
 }

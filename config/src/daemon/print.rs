@@ -93,6 +93,24 @@ impl DaemonConfig {
         if let Some(m) = d.metrics {
             writeln!(o, "metrics = {}", quoted(&m.to_string()))?;
         }
-        writeln!(o, "max_policy_bytes = {}\nforward_only = {}", d.max_policy_bytes, d.forward_only)
+        writeln!(o, "max_policy_bytes = {}\nforward_only = {}", d.max_policy_bytes, d.forward_only)?;
+        if let Some(s) = &self.datastore {
+            let endpoints: Vec<String> = s.endpoints.iter().map(|e| quoted(e)).collect();
+            writeln!(
+                o,
+                "\n[datastore]\nkind = \"etcd\"\nendpoints = [{}]\nprefix = {}\nname = {}\nquiet_ms = {}\nmax_delay_ms = {}",
+                endpoints.join(", "),
+                quoted(&s.prefix),
+                quoted(&s.node),
+                s.quiet_ms,
+                s.max_delay_ms
+            )?;
+            for (k, p) in [("ca", &s.ca), ("cert", &s.cert), ("key", &s.key)] {
+                if let Some(p) = p {
+                    writeln!(o, "{k} = {}", quoted(&p.display().to_string()))?;
+                }
+            }
+        }
+        Ok(())
     }
 }

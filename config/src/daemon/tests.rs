@@ -91,7 +91,29 @@ fn errors_name_the_place() {
             "d.toml:4:10: queues must be between 1 and 256",
         ),
     ];
-    for (text, want) in cases {
+    let store = "[datastore]\nkind = \"etcd\"\nendpoints = [\"127.0.0.1:2379\"]\n";
+    let datastore_cases = [
+        (
+            format!("{OK}{store}prefix = \"margay\""),
+            "d.toml:26:10: prefix 'margay' must be an absolute key path",
+        ),
+        (format!("{OK}{}", store.replace("etcd", "consul")), "d.toml:24:8: datastore kind 'consul'"),
+        (
+            format!("{OK}{}", store.replace("\"127.0.0.1:2379\"", "")),
+            "d.toml:25:13: datastore endpoints: give at least one",
+        ),
+        (
+            format!("{OK}{}", store.replace("127.0.0.1:2379", "etcd")),
+            "d.toml:25:14: endpoint 'etcd' is not http(s)://HOST:PORT",
+        ),
+        (format!("{OK}{store}cert = \"c.pem\""), "d.toml:23:1: datastore: give both cert and key"),
+        (format!("{OK}{store}name = \"Node_1\""), "d.toml:26:8: node name 'Node_1'"),
+        (
+            format!("policy = \"p.toml\"\n{OK}{store}"),
+            "d.toml:24:1: both `policy = \"p.toml\"` and [datastore]",
+        ),
+    ];
+    for (text, want) in cases.into_iter().chain(datastore_cases) {
         let got = parse(&text).unwrap_err();
         assert!(got.starts_with(want), "got: {got}\nwant: {want}");
     }
@@ -104,7 +126,22 @@ fn the_config_prints_back_to_itself() {
     let full = format!(
         "policy = \"/etc/margay/policy.toml\"\n{OK}[flow_logs]\npath = \"/var/log/m \\\"x\\\".jsonl\"\nkeep = 2\n[daemon]\nfail_mode = \"closed\"\ncores = [1, 3]\nmetrics = \"127.0.0.1:9464\"\nforward_only = true\n"
     );
-    for text in [full.as_str(), OK, "routes = \"kernel\"\n[[interface]]\nname = \"eth0\"\nqueues = 2\n"] {
+    let store = format!(
+        "{OK}[datastore]\nkind = \"etcd\"\nendpoints = [\"https://198.18.0.1:2379\", \"198.18.0.2:2379\"]\nca = \"/etc/ca.pem\"\ncert = \"/etc/c.pem\"\nkey = \"/etc/k.pem\"\nname = \"node-1\"\nquiet_ms = 50\n"
+    );
+    let c = parse(&store).unwrap();
+    let d = c.datastore.as_ref().unwrap();
+    assert_eq!(d.endpoints, ["https://198.18.0.1:2379", "http://198.18.0.2:2379"]);
+    assert_eq!(
+        (d.prefix.as_str(), d.node.as_str(), d.quiet_ms, d.max_delay_ms),
+        ("/margay/v1/", "node-1", 50, 1000)
+    );
+    for text in [
+        store.as_str(),
+        full.as_str(),
+        OK,
+        "routes = \"kernel\"\n[[interface]]\nname = \"eth0\"\nqueues = 2\n",
+    ] {
         let config = parse(text).unwrap();
         let printed = config.to_toml();
         assert_eq!(parse(&printed).unwrap(), config, "printed:\n{printed}");

@@ -88,6 +88,26 @@ pub struct Resources {
     /// positions are moved to the file's lines when reported.
     documents: Vec<(usize, usize)>,
     resources: Vec<(Span, Resource)>,
+    /// Each resource as written, in the order read.
+    manifests: Vec<Manifest>,
+}
+
+/// One resource as written: what names it, and its document's text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// `apiVersion` (`networking.k8s.io/v1`, `projectcalico.org/v3`, `v1`).
+    pub api_version: String,
+    /// `kind`.
+    pub kind: String,
+    /// Its namespace, when the kind is namespaced (`default` when the document gives none and
+    /// the file was read without one).
+    pub namespace: Option<String>,
+    /// `metadata.name`, when given.
+    pub name: Option<String>,
+    /// The document (YAML or JSON).
+    pub text: String,
+    /// Where it was read: `FILE:LINE`.
+    pub origin: String,
 }
 
 impl Resources {
@@ -124,6 +144,21 @@ impl Resources {
             self.documents.push((file, offset));
             let node = marked_yaml::parse_yaml(source, &doc).map_err(|e| self.load_error(source, &e))?;
             if let Some(r) = self.resource(&node, namespace)? {
+                let map = node.as_mapping();
+                let field = |name: &str| map.and_then(|m| m.get_scalar(name)).map(|s| s.as_str().to_owned());
+                let meta = map.and_then(|m| m.get_mapping("metadata"));
+                self.manifests.push(Manifest {
+                    api_version: field("apiVersion").unwrap_or_default(),
+                    kind: field("kind").unwrap_or_default(),
+                    namespace: r.namespace().map(str::to_owned),
+                    name: meta.and_then(|m| m.get_scalar("name")).map(|s| s.as_str().to_owned()),
+                    origin: format!(
+                        "{}:{}",
+                        path.display(),
+                        node.span().start().map_or(offset + 1, |m| m.line() + offset)
+                    ),
+                    text: doc,
+                });
                 self.resources.push((*node.span(), r));
             }
         }
@@ -228,6 +263,11 @@ impl Resources {
         // The loader's message starts with the position, which the error gives itself.
         let message = text.split_once(": ").map_or(text.clone(), |(_, m)| m.to_owned());
         self.error(mark.as_ref(), Some(source), message)
+    }
+
+    /// Every resource read, as written.
+    pub fn manifests(&self) -> &[Manifest] {
+        &self.manifests
     }
 
     /// The policy set these resources make.

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::{classbench, classifier_demo, demo, policy, replay, run, traffic};
+use crate::{classbench, classifier_demo, demo, fleet, policy, replay, run, traffic};
 
 /// Margay: a userspace packet-processing dataplane for network microsegmentation.
 #[derive(Debug, Parser)]
@@ -65,6 +65,17 @@ enum Command {
     /// Write Kubernetes and Calico resources (YAML, JSON; files or directories) as one Margay
     /// TOML policy file with the same verdicts.
     Import(policy::ImportArgs),
+    /// Write resources (YAML, JSON; files or directories) into the fleet's etcd, in one
+    /// transaction, once the whole resulting set validates; --wait returns once every live node
+    /// enforces them.
+    Apply(fleet::ApplyArgs),
+    /// Print resources from the fleet's etcd (YAML documents, JSON or keys).
+    Get(fleet::GetArgs),
+    /// Delete resources from the fleet's etcd (named by files, or KIND NAME), once the
+    /// resulting set validates.
+    Delete(fleet::DeleteArgs),
+    /// The fleet: which revision of the resources each live node enforces (`fleet status`).
+    Fleet(fleet::FleetArgs),
     /// Export a policy in another form: `nft` prints an nftables ruleset (table inet margay,
     /// forward hook) with the same verdicts, for kernel baselines (`nft -f OUT`).
     #[command(after_help = "Example:\n  margay export nft examples/shop.toml > shop.nft && nft -f shop.nft")]
@@ -94,6 +105,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ctl(args) => run::ctl(&args),
         Command::Detach(args) => run::detach(&args),
         Command::Export(args) => policy::export(&args),
+        Command::Apply(args) => fleet::apply(&args),
+        Command::Get(args) => fleet::get(&args),
+        Command::Delete(args) => fleet::delete(&args),
+        Command::Fleet(args) => fleet::fleet(&args),
         Command::Import(args) => policy::import(&args),
         Command::Gen(args) => traffic::gen_run(&args),
         Command::Sink(args) => traffic::sink_run(&args),

@@ -9,6 +9,7 @@ mod classbench;
 mod classifier_demo;
 mod cli;
 mod demo;
+mod fleet;
 mod policy;
 mod replay;
 mod run;

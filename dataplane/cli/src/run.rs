@@ -42,8 +42,27 @@ pub(super) fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     init_logging(&args.log);
     let config = DaemonConfig::load(&args.config)?;
     if args.check {
-        let policy = config.policy.clone().context("no policy file (set `policy = \"FILE\"`)")?;
-        let set = margay_config::PolicySet::load_limited(&policy, config.daemon.max_policy_bytes)?;
+        let (set, source) = match &config.datastore {
+            Some(store) => {
+                let snapshot = margay_datastore::Store::connect(store)?.list()?;
+                let set = snapshot.resources(&store.prefix)?.to_policy_set()?;
+                (
+                    set,
+                    format!(
+                        "etcd {}{} at revision {}",
+                        store.endpoints.join(","),
+                        store.prefix,
+                        snapshot.revision
+                    ),
+                )
+            }
+            None => {
+                let policy =
+                    config.policy.clone().context("no policy (set `policy = \"FILE\"` or a [datastore])")?;
+                let set = margay_config::PolicySet::load_limited(&policy, config.daemon.max_policy_bytes)?;
+                (set, policy.display().to_string())
+            }
+        };
         let (compiled, ms) = margay_dataplane::policy::compile_timed(&set)?;
         let table = margay_dataplane::conntrack::reserved_bytes(config.conntrack.capacity);
         margay_dataplane::daemon::check_conntrack_memory(
@@ -64,7 +83,7 @@ pub(super) fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             config.conntrack.capacity,
             table as f64 / 1e6,
             if config.conntrack.huge_pages { "huge pages asked for" } else { "4 KiB pages" },
-            policy.display(),
+            source,
             compiled.stats().classifier_rules
         );
         return Ok(ExitCode::SUCCESS);

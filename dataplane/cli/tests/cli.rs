@@ -156,6 +156,10 @@ fn help_lists_the_commands() {
             "ctl",
             "detach",
             "import",
+            "apply",
+            "get",
+            "delete",
+            "fleet",
             "export",
             "gen",
             "sink",
@@ -284,7 +288,11 @@ fn run_explains_what_is_wrong_before_touching_anything() {
     let no_policy = s.file("nopolicy.toml", "[[interface]]\nname = \"lo\"\nmac = \"02:00:00:00:00:01\"\n");
     let out = margay(&["run", "--config", no_policy.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("no policy file"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no policy (set `policy = \"FILE\"` or a [datastore])"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let ok = s.file(
         "ok.toml",

@@ -88,6 +88,15 @@ pub fn update(shared: &Shared) {
         gauge!("margay_last_reload_timestamp_seconds").set(r.at);
         gauge!("margay_last_reload_success").set(if r.ok { 1.0 } else { 0.0 });
     }
+    if let Some(state) = &shared.datastore {
+        let st = state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        gauge!("margay_datastore_connected").set(if st.connected { 1.0 } else { 0.0 });
+        gauge!("margay_datastore_revision").set(st.revision as f64);
+        gauge!("margay_datastore_seen_revision").set(st.seen_revision as f64);
+        counter!("margay_datastore_snapshots_total", "outcome" => "applied").absolute(st.applied);
+        counter!("margay_datastore_snapshots_total", "outcome" => "rejected").absolute(st.rejected);
+        counter!("margay_datastore_disconnects_total").absolute(st.disconnects);
+    }
     let f = &shared.flowlog;
     counter!("margay_flowlog_records_total", "outcome" => "written")
         .absolute(f.written.load(Ordering::Relaxed));

@@ -178,23 +178,45 @@ pub struct Daemon {
     control: control::Server,
     /// The host addresses the XDP programs pass to the kernel, and when they were last synced.
     host: Mutex<(std::collections::BTreeSet<IpAddr>, Instant)>,
+    /// The datastore watch (`[datastore]` only).
+    watch: Option<margay_datastore::Watch>,
     /// One lock per served interface, held for the daemon's life.
     _locks: Vec<host::InterfaceLock>,
+}
+
+/// Where the daemon's policy comes from.
+enum Source {
+    /// Policy files (TOML, resources, directories).
+    Files(std::path::PathBuf),
+    /// The datastore: its resources as first listed, and how to reach it.
+    Datastore(margay_datastore::Snapshot, margay_config::daemon::Datastore),
 }
 
 impl Daemon {
     /// Starts everything `config` describes. Nothing is left attached or bound on error.
     pub fn start(mut config: DaemonConfig, config_path: &Path) -> anyhow::Result<Daemon> {
-        let policy_path = config.policy.clone().with_context(|| {
-            format!("{}: no policy file (set `policy = \"FILE\"`)", config_path.display())
-        })?;
+        // The policy's source: files, or the datastore's resources at one revision.
+        let first = match &config.datastore {
+            Some(store) => {
+                let snapshot = margay_datastore::Store::connect(store)
+                    .and_then(|mut s| s.list())
+                    .context("the datastore at start (a node starts only with a policy to enforce)")?;
+                Source::Datastore(snapshot, store.clone())
+            }
+            None => Source::Files(config.policy.clone().with_context(|| {
+                format!("{}: no policy (set `policy = \"FILE\"` or a [datastore])", config_path.display())
+            })?),
+        };
         let indexes = check_interfaces(&mut config, config_path)?;
         check_conntrack_memory(config.conntrack.capacity, config.workers(), host_memory()?)
             .with_context(|| config_path.display().to_string())?;
         check_cores(&config.daemon.cores).with_context(|| config_path.display().to_string())?;
         let names: Vec<String> = config.interfaces.iter().map(|i| i.name.clone()).collect();
         let locks = host::lock_interfaces(&indexes, &names)?;
-        let (compiled, build_ms, summary) = shared::compile(&policy_path, config.daemon.max_policy_bytes, 0)?;
+        let (compiled, build_ms, summary) = match &first {
+            Source::Datastore(snapshot, store) => shared::compile_snapshot(snapshot, store)?,
+            Source::Files(path) => shared::compile(path, config.daemon.max_policy_bytes, 0)?,
+        };
         let policies = shared::policy_count(&summary);
         tracing::info!(build_ms, %summary, "policy compiled");
         if config.daemon.forward_only {
@@ -226,7 +248,10 @@ impl Daemon {
             config_path: config_path.to_owned(),
             policy: ArcSwap::new(policy),
             flowlog_versions: versions_tx,
-            policy_path: Mutex::new(policy_path),
+            policy_path: Mutex::new(match &first {
+                Source::Files(p) => p.clone(),
+                Source::Datastore(..) => std::path::PathBuf::new(),
+            }),
             last_reload: Mutex::new(None),
             reloading: Mutex::new(()),
             policies: std::sync::atomic::AtomicUsize::new(policies),
@@ -237,8 +262,26 @@ impl Daemon {
             started: Instant::now(),
             routes: ArcSwap::new(Arc::new(crate::forward::Forwarder::from_config(&config))),
             resolve: kernel_routes.then_some(resolve_tx),
+            datastore: config
+                .datastore
+                .is_some()
+                .then(|| Arc::new(Mutex::new(margay_datastore::StoreState::default()))),
             config,
         });
+        let watch = match (first, &shared.datastore) {
+            (Source::Datastore(snapshot, store), Some(state)) => {
+                {
+                    let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+                    (st.revision, st.seen_revision, st.applied, st.lists) =
+                        (snapshot.revision, snapshot.revision, 1, 1);
+                }
+                let s = Arc::clone(&shared);
+                let install: margay_datastore::Install =
+                    Box::new(move |snap| s.install_snapshot(snap).map_err(|e| format!("{e:#}")));
+                Some(margay_datastore::Watch::start(store, snapshot, 1, install, Arc::clone(state))?)
+            }
+            _ => None,
+        };
         let mut threads = Vec::new();
         if kernel_routes {
             let ifindexes: Vec<u32> = indexes.iter().map(|&i| i as u32).collect();
@@ -260,7 +303,7 @@ impl Daemon {
             metrics::serve(addr)?;
         }
         let host = Mutex::new((host.into_iter().collect(), Instant::now()));
-        let d = Daemon { shared, threads, writer: Some(writer), xdp, control, host, _locks: locks };
+        let d = Daemon { shared, threads, writer: Some(writer), xdp, control, host, watch, _locks: locks };
         d.refresh();
         Ok(d)
     }
@@ -342,6 +385,9 @@ impl Daemon {
     /// unregisters the sockets and detaches XDP (fail-open; fail-closed stays attached and
     /// keeps dropping). Returns the final stats.
     pub fn shutdown(mut self) -> Value {
+        if let Some(w) = self.watch.take() {
+            w.stop();
+        }
         self.shared.stop.store(true, Ordering::Relaxed);
         self.control.wake();
         for (name, t) in self.threads.drain(..) {

@@ -95,6 +95,8 @@ pub struct Shared {
     pub routes: ArcSwap<crate::forward::Forwarder>,
     /// Next hops to have the kernel resolve (`routes = "kernel"` only).
     pub resolve: Option<Sender<(u16, IpAddr)>>,
+    /// What the node knows of its datastore (`[datastore]` only).
+    pub datastore: Option<Arc<Mutex<margay_datastore::StoreState>>>,
 }
 
 /// The reply to a successful reload.
@@ -130,14 +132,34 @@ pub(super) fn compile(
     if let Some(why) = set.refuses_to_replace(current_policies) {
         anyhow::bail!("{}: {why}", path.display());
     }
+    compile_set(&set, &path.display().to_string(), started)
+}
+
+/// The resources of a datastore snapshot, validated and compiled.
+pub(super) fn compile_snapshot(
+    snapshot: &margay_datastore::Snapshot,
+    store: &margay_config::daemon::Datastore,
+) -> anyhow::Result<(margay_rulecompiler::policy::compile::CompiledPolicy, f64, Value)> {
+    let started = Instant::now();
+    let set = snapshot.resources(&store.prefix)?.to_policy_set()?;
+    let label =
+        format!("etcd {}{} at revision {}", store.endpoints.join(","), store.prefix, snapshot.revision);
+    compile_set(&set, &label, started)
+}
+
+fn compile_set(
+    set: &PolicySet,
+    label: &str,
+    started: Instant,
+) -> anyhow::Result<(margay_rulecompiler::policy::compile::CompiledPolicy, f64, Value)> {
     if set.is_empty() {
-        tracing::warn!(path = %path.display(), "the policy has no [[policy]]: only [defaults] are enforced");
+        tracing::warn!(source = label, "the policy has no [[policy]]: only [defaults] are enforced");
     }
-    let (compiled, _) = crate::policy::compile_timed(&set).with_context(|| format!("{}", path.display()))?;
+    let (compiled, _) = crate::policy::compile_timed(set).with_context(|| label.to_owned())?;
     let rules: usize = set.policies.iter().map(|p| p.ingress.len() + p.egress.len()).sum();
     let s = compiled.stats();
     let summary = json!({
-        "path": path.display().to_string(), "endpoints": set.endpoints.len(), "tiers": set.tiers.len(),
+        "path": label, "endpoints": set.endpoints.len(), "tiers": set.tiers.len(),
         "policies": set.policies.len(), "rules": rules, "classifier_rules": s.classifier_rules,
         "memory_bytes": s.memory_bytes,
     });
@@ -153,14 +175,55 @@ impl Shared {
     /// thread take (`last_reload`, `policy_path`) are held only to write the outcome, never
     /// while a file is read or compiled, so a slow reload freezes none of them.
     pub fn reload(&self, path: Option<PathBuf>) -> anyhow::Result<Reloaded> {
+        if let Some(store) = &self.config.datastore {
+            anyhow::bail!(
+                "the policy comes from the datastore (etcd {}{}): it follows the store on its own; \
+                 change it with `margay apply` or `margay delete`",
+                store.endpoints.join(","),
+                store.prefix
+            );
+        }
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let path = match path {
             Some(p) => p,
             None => self.policy_path.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         };
-        let at = now_ns() as f64 / 1e9;
         let current = self.policies.load(Ordering::Relaxed);
-        match compile(&path, self.config.daemon.max_policy_bytes, current) {
+        let compiled = compile(&path, self.config.daemon.max_policy_bytes, current);
+        let (epoch, build_ms, summary) = self.swap(compiled)?;
+        *self.policy_path.lock().unwrap_or_else(|e| e.into_inner()) = path.clone();
+        tracing::info!(epoch, build_ms, path = %path.display(), "policy reloaded");
+        let warning = self.config.policy.as_ref().filter(|configured| !same_file(configured, &path)).map(|configured| {
+            format!(
+                "SIGHUP and path-less reloads now read {}; the config file names {}, which a restart loads",
+                path.display(),
+                configured.display()
+            )
+        });
+        if let Some(w) = &warning {
+            tracing::warn!("{w}");
+        }
+        Ok(Reloaded { epoch, build_ms, summary, path, warning })
+    }
+
+    /// Enforces a datastore snapshot (the datastore thread, after coalescing): validated and
+    /// compiled here, swapped in as the next epoch; on error the policy in force stays.
+    pub fn install_snapshot(&self, snapshot: &margay_datastore::Snapshot) -> anyhow::Result<u32> {
+        let store = self.config.datastore.as_ref().context("no [datastore]")?;
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let (epoch, build_ms, _) = self.swap(compile_snapshot(snapshot, store))?;
+        tracing::info!(epoch, build_ms, revision = snapshot.revision, "policy from the datastore");
+        Ok(epoch)
+    }
+
+    /// Publishes a compiled policy as the next epoch with one pointer swap, and records the
+    /// outcome (a compile error changes nothing but `last_reload`).
+    fn swap(
+        &self,
+        compiled: anyhow::Result<(margay_rulecompiler::policy::compile::CompiledPolicy, f64, Value)>,
+    ) -> anyhow::Result<(u32, f64, Value)> {
+        let at = now_ns() as f64 / 1e9;
+        match compiled {
             Ok((compiled, build_ms, summary)) => {
                 let epoch = self.policy.load().epoch.wrapping_add(1);
                 let version = Arc::new(PolicyVersion { epoch, compiled });
@@ -168,22 +231,10 @@ impl Shared {
                 // before any record names it. The writer gone (shutting down): nothing to tell.
                 let _ = self.flowlog_versions.send(Arc::clone(&version));
                 self.policy.store(version);
-                *self.policy_path.lock().unwrap_or_else(|e| e.into_inner()) = path.clone();
                 self.policies.store(policy_count(&summary), Ordering::Relaxed);
                 *self.last_reload.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some(ReloadInfo { at, ok: true, epoch, error: None });
-                tracing::info!(epoch, build_ms, path = %path.display(), "policy reloaded");
-                let warning = self.config.policy.as_ref().filter(|configured| !same_file(configured, &path)).map(|configured| {
-                    format!(
-                        "SIGHUP and path-less reloads now read {}; the config file names {}, which a restart loads",
-                        path.display(),
-                        configured.display()
-                    )
-                });
-                if let Some(w) = &warning {
-                    tracing::warn!("{w}");
-                }
-                Ok(Reloaded { epoch, build_ms, summary, path, warning })
+                Ok((epoch, build_ms, summary))
             }
             Err(e) => {
                 let epoch = self.policy.load().epoch;
@@ -243,6 +294,7 @@ impl Shared {
                 "rotations": f.rotations.load(Ordering::Relaxed),
             },
             "last_reload": last.map(|r| json!({"at": r.at, "ok": r.ok, "epoch": r.epoch, "error": r.error})),
+            "datastore": self.datastore_json(),
             "workers": per_worker,
             "xdp": xdp,
         });
@@ -250,6 +302,22 @@ impl Shared {
             s.extend(d);
         }
         stats
+    }
+}
+
+impl Shared {
+    /// The datastore's state as JSON (`null` without `[datastore]`).
+    pub fn datastore_json(&self) -> Value {
+        let (Some(store), Some(state)) = (&self.config.datastore, &self.datastore) else {
+            return Value::Null;
+        };
+        let st = state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        json!({
+            "endpoints": store.endpoints, "prefix": store.prefix, "node": store.node,
+            "connected": st.connected, "revision": st.revision, "seen_revision": st.seen_revision,
+            "last_error": st.last_error, "applied": st.applied, "rejected": st.rejected,
+            "lists": st.lists, "disconnects": st.disconnects,
+        })
     }
 }
 

@@ -8,8 +8,10 @@
 //! - [`sink`]: the XDP sink that counts and drops what reaches the harness's last namespace.
 //! - [`classbench`]: ClassBench rule sets and traces (plain or xz), and where the data lives.
 //! - [`fuzzing`]: the body of the pipeline fuzz target, shared with its stable property test.
+//! - [`etcd`]: a real etcd on loopback for the fleet tests, killed and restarted at will.
 
 pub mod classbench;
+pub mod etcd;
 pub mod fuzzing;
 #[expect(unsafe_code, reason = "xsk-rs frame ownership for the generator's UMEM (see its docs)")]
 pub mod generator;
