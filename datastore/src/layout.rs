@@ -90,22 +90,23 @@ pub struct Entry {
     pub origin: String,
 }
 
-/// A manifest's key and JSON.
-pub fn entry(prefix: &str, m: &Manifest) -> Result<Entry, String> {
+/// A manifest's key.
+pub fn key_of(prefix: &str, m: &Manifest) -> Result<String, String> {
     let name = m.name.as_deref().ok_or_else(|| format!("{}: a resource without metadata.name", m.origin))?;
     if name.is_empty() || name.contains('/') {
         return Err(format!("{}: metadata.name '{name}' cannot be a key (empty, or with '/')", m.origin));
     }
+    Ok(key(prefix, &kind_segment(&m.api_version, &m.kind), m.namespace.as_deref(), name))
+}
+
+/// A manifest's key and JSON.
+pub fn entry(prefix: &str, m: &Manifest) -> Result<Entry, String> {
+    let key = key_of(prefix, m)?;
     let mut value: Value = marked_yaml::from_yaml(0, &m.text).map_err(|e| format!("{}: {e}", m.origin))?;
     if let (Some(ns), Some(meta)) = (&m.namespace, value.get_mut("metadata").and_then(Value::as_object_mut)) {
         meta.entry("namespace").or_insert_with(|| Value::String(ns.clone()));
     }
-    let segment = kind_segment(&m.api_version, &m.kind);
-    Ok(Entry {
-        key: key(prefix, &segment, m.namespace.as_deref(), name),
-        json: value.to_string(),
-        origin: m.origin.clone(),
-    })
+    Ok(Entry { key, json: value.to_string(), origin: m.origin.clone() })
 }
 
 /// Reads resource files or directories (YAML or JSON) as entries to store.
@@ -138,9 +139,9 @@ pub fn resources<'a>(
         let added = &r.manifests()[before..];
         match added {
             [m] => {
-                let e = entry(prefix, m).map_err(anyhow::Error::msg)?;
-                if e.key != key {
-                    anyhow::bail!("{key}: holds {} (its key is {})", describe(m), e.key);
+                let own = key_of(prefix, m).map_err(anyhow::Error::msg)?;
+                if own != key {
+                    anyhow::bail!("{key}: holds {} (its key is {own})", describe(m));
                 }
             }
             _ => anyhow::bail!("{key}: holds {} resources, a key holds one", added.len()),

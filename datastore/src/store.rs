@@ -204,7 +204,13 @@ impl Store {
             }
             ops.push(TxnOp::put(layout::written_key(&self.config.prefix), "", None));
             let txn = Txn::new().when(compares).and_then(ops);
-            let resp = self.runtime.block_on(self.client.txn(txn)).context("writing the resources")?;
+            let resp = self.runtime.block_on(self.client.txn(txn)).with_context(|| {
+                format!(
+                    "writing {} resources in one transaction (etcd bounds one with --max-txn-ops, \
+                     default 128, and --max-request-bytes, default 1.5 MiB)",
+                    put.len() + delete.len()
+                )
+            })?;
             if resp.succeeded() {
                 w.revision = resp.header().map_or(0, |h| h.revision());
                 return Ok(w);

@@ -314,6 +314,22 @@ pub struct Datastore {
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "/margay/v1/";
 
+impl Datastore {
+    /// `endpoints` with every other setting at its default, as node `node`.
+    pub fn new(endpoints: Vec<String>, node: &str) -> Datastore {
+        Datastore {
+            endpoints,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            ca: None,
+            cert: None,
+            key: None,
+            node: node.to_owned(),
+            quiet_ms: 100,
+            max_delay_ms: 1000,
+        }
+    }
+}
+
 impl DaemonConfig {
     /// The number of workers `margay run` starts: the most queues any interface has.
     pub fn workers(&self) -> u32 {

@@ -44,16 +44,7 @@ impl StoreArgs {
             Some(path) => DaemonConfig::load(path)?
                 .datastore
                 .with_context(|| format!("{}: no [datastore] section", path.display()))?,
-            None => Datastore {
-                endpoints: Vec::new(),
-                prefix: daemon::DEFAULT_PREFIX.to_owned(),
-                ca: None,
-                cert: None,
-                key: None,
-                node: daemon::host_name(),
-                quiet_ms: 100,
-                max_delay_ms: 1000,
-            },
+            None => Datastore::new(Vec::new(), &daemon::host_name()),
         };
         if !self.etcd.is_empty() {
             d.endpoints = self

@@ -233,16 +233,7 @@ fn a_node_follows_the_store_through_writes_outages_compaction_and_bad_keys() {
 }
 
 fn store_config(etcd: &Etcd) -> margay_config::daemon::Datastore {
-    margay_config::daemon::Datastore {
-        endpoints: vec![etcd.endpoint()],
-        prefix: margay_config::daemon::DEFAULT_PREFIX.to_owned(),
-        ca: None,
-        cert: None,
-        key: None,
-        node: "test".into(),
-        quiet_ms: 100,
-        max_delay_ms: 1000,
-    }
+    margay_config::daemon::Datastore::new(vec![etcd.endpoint()], "test")
 }
 
 /// Three nodes fed by one etcd: `apply --wait` returns only once all three enforce what it

@@ -19,6 +19,8 @@ pub struct Etcd {
     peer_port: u16,
     /// TLS: (ca, server cert, server key) when clients must present certificates.
     tls: Option<[PathBuf; 3]>,
+    /// More arguments for etcd.
+    extra: Vec<String>,
     process: Option<Process>,
     restarts: u32,
 }
@@ -42,7 +44,17 @@ impl Etcd {
         Self::start_with(name, Some(tls))
     }
 
+    /// Starts one with `extra` arguments (a benchmark raises `--max-txn-ops` and
+    /// `--max-request-bytes` to write a large cluster in one transaction).
+    pub fn start_args(name: &str, extra: &[&str]) -> anyhow::Result<Option<Etcd>> {
+        Self::start_full(name, None, extra)
+    }
+
     fn start_with(name: &str, tls: Option<[PathBuf; 3]>) -> anyhow::Result<Option<Etcd>> {
+        Self::start_full(name, tls, &[])
+    }
+
+    fn start_full(name: &str, tls: Option<[PathBuf; 3]>, extra: &[&str]) -> anyhow::Result<Option<Etcd>> {
         if Command::new("etcd").arg("--version").output().is_err() {
             if std::env::var_os("CI").is_some() {
                 bail!("{name}: etcd is not installed (scripts/deps.sh test installs etcd-server)");
@@ -53,8 +65,16 @@ impl Etcd {
         let dir = std::env::temp_dir().join(format!("margay-etcd-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        let mut e =
-            Etcd { dir, client_port: free_port()?, peer_port: free_port()?, tls, process: None, restarts: 0 };
+        let extra = extra.iter().map(|s| (*s).to_owned()).collect();
+        let mut e = Etcd {
+            dir,
+            client_port: free_port()?,
+            peer_port: free_port()?,
+            tls,
+            extra,
+            process: None,
+            restarts: 0,
+        };
         e.resume()?;
         Ok(Some(e))
     }
@@ -108,6 +128,7 @@ impl Etcd {
             cmd.arg("--client-cert-auth").arg("--trusted-ca-file").arg(ca);
             cmd.arg("--cert-file").arg(cert).arg("--key-file").arg(key);
         }
+        cmd.args(&self.extra);
         self.restarts += 1;
         let log = self.dir.join(format!("etcd-{}.log", self.restarts));
         let mut p = Process::spawn(&mut cmd, "etcd", &log)?;
