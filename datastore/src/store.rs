@@ -87,21 +87,55 @@ pub(crate) async fn connect(config: &Datastore) -> anyhow::Result<Client> {
         .with_context(|| format!("etcd at {}", config.endpoints.join(",")))
 }
 
-/// Lists every resource under `prefix` (at `revision`, or the latest when 0).
+/// The largest gRPC message the client decodes: one resource may be a network set of a few
+/// hundred thousand CIDRs (tonic's default is 4 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+/// Keys a list reads per request: a store of any size is read in pages of bounded size, all at
+/// the revision of the first.
+const PAGE: i64 = 500;
+
+/// The end of the key range `prefix` starts (its last byte plus one).
+fn range_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// Lists every resource under `prefix` (at `revision`, or the latest when 0), in pages.
 pub(crate) async fn list(client: &mut Client, prefix: &str, revision: i64) -> anyhow::Result<Snapshot> {
-    let mut options = GetOptions::new().with_prefix();
-    if revision > 0 {
-        options = options.with_revision(revision);
-    }
-    let resp = client.get(prefix, Some(options)).await.context("listing the resources")?;
-    let revision = resp.header().map_or(0, |h| h.revision());
+    let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let end = range_end(prefix);
+    let (mut from, mut revision) = (prefix.as_bytes().to_vec(), revision);
     let mut items = BTreeMap::new();
-    for kv in resp.kvs() {
-        let key = kv.key_str().context("a key that is not UTF-8")?.to_owned();
-        let value = kv.value_str().with_context(|| format!("{key}: a value that is not UTF-8"))?.to_owned();
-        items.insert(key, (value, kv.mod_revision()));
+    loop {
+        let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+        if revision > 0 {
+            options = options.with_revision(revision);
+        }
+        let resp = kv.get(from.clone(), Some(options)).await.context("listing the resources")?;
+        if revision == 0 {
+            revision = resp.header().map_or(0, |h| h.revision());
+        }
+        for kv in resp.kvs() {
+            let key = kv.key_str().context("a key that is not UTF-8")?.to_owned();
+            let value =
+                kv.value_str().with_context(|| format!("{key}: a value that is not UTF-8"))?.to_owned();
+            items.insert(key, (value, kv.mod_revision()));
+        }
+        match resp.kvs().last() {
+            Some(last) if resp.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => return Ok(Snapshot { revision, items }),
+        }
     }
-    Ok(Snapshot { revision, items })
 }
 
 /// A node's published status.
