@@ -158,6 +158,10 @@ fn a_node_follows_the_store_through_writes_outages_compaction_and_bad_keys() {
     assert!(node.web_answers(), "no policy selects web: allowed");
     let s = node.stats();
     assert_eq!(s["datastore"]["connected"], json!(true), "{s}");
+    // A datastore node's policy follows the store: a reload is refused, saying so.
+    let r = node.daemon.as_ref().unwrap().ctl(&json!({"cmd": "reload"})).unwrap();
+    assert_eq!(r["ok"], json!(false), "{r}");
+    assert!(r["error"].as_str().unwrap().contains("comes from the datastore"), "{r}");
 
     // apply --wait returns once the node enforces the deny; the flow stops.
     let d = work.join("deny.yaml");

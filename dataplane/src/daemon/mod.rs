@@ -3,7 +3,8 @@
 //!
 //! Threads: the main thread (signals, metrics refresh), one worker per queue, the flow-log
 //! writer, the control socket's acceptor (and one short thread per client), the metrics HTTP
-//! server. The policy is compiled off the packet path and published to the workers through one
+//! server, and with `[datastore]` the datastore watch (`margay_datastore::Watch`), which
+//! compiles and swaps what the store holds. The policy is compiled off the packet path and published to the workers through one
 //! atomic pointer swap ([`arc_swap::ArcSwap`]); each worker adopts the new version between two
 //! bursts. See docs/design/daemon.md.
 
@@ -363,9 +364,11 @@ impl Daemon {
                         // On a thread of its own, so SIGTERM and the counters' refresh do not
                         // wait for a slow reload.
                         let shared = Arc::clone(&self.shared);
-                        let _ = std::thread::Builder::new()
-                            .name("margay-sighup".into())
-                            .spawn(move || shared.reload(None));
+                        let _ = std::thread::Builder::new().name("margay-sighup".into()).spawn(move || {
+                            if let Err(e) = shared.reload(None) {
+                                tracing::warn!("SIGHUP: {e:#}");
+                            }
+                        });
                     }
                     _ => {
                         tracing::info!(signal = sig, "shutting down");
