@@ -212,8 +212,8 @@ impl Store {
                 w.deleted.push(k.clone());
             }
             let candidate = Snapshot { revision: snapshot.revision, items: next };
-            let resources = candidate.resources(&self.config.prefix)?;
-            validate(&resources)?;
+            let resources = candidate.resources(&self.config.prefix).map_err(|e| with_origin(&e, put))?;
+            validate(&resources).map_err(|e| with_origin(&e, put))?;
             // Nothing under the prefix modified since the read, and each key as read.
             let mut compares = vec![
                 Compare::mod_revision(self.config.prefix.as_str(), CompareOp::Less, snapshot.revision + 1)
@@ -293,6 +293,16 @@ impl Store {
     pub fn compact(&mut self, revision: i64) -> anyhow::Result<()> {
         self.runtime.block_on(self.client.compact(revision, None))?;
         Ok(())
+    }
+}
+
+/// `e`, with the file and line a resource it names was read from: the validated set holds
+/// the resources as stored, so an error's position is in the stored JSON of a key.
+fn with_origin(e: &anyhow::Error, put: &[Entry]) -> anyhow::Error {
+    let text = format!("{e:#}");
+    match put.iter().find(|p| text.contains(&format!("{}:", p.key))) {
+        Some(p) => anyhow::anyhow!("{text} (that resource is the one read at {})", p.origin),
+        None => anyhow::anyhow!(text),
     }
 }
 
