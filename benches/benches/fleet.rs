@@ -62,12 +62,7 @@ fn compile(snapshot: &Snapshot, prefix: &str) -> Result<(), String> {
 }
 
 fn start_node(config: Datastore, first: Snapshot) -> Node {
-    let state = Arc::new(Mutex::new(StoreState {
-        revision: first.revision,
-        applied: 1,
-        lists: 1,
-        ..Default::default()
-    }));
+    let state = Arc::new(Mutex::new(StoreState::default()));
     let swaps = Arc::new(Mutex::new(Vec::new()));
     let (prefix, log) = (config.prefix.clone(), Arc::clone(&swaps));
     let install: margay_datastore::Install = Box::new(move |snap: &Snapshot| {

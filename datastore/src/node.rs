@@ -57,8 +57,9 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// Watches from after `enforced` (already installed as `epoch`), installing coalesced
-    /// changes with `install`, reporting into `state`.
+    /// Watches from after `enforced` (the first list, already installed as `epoch`, which
+    /// `state` then counts), installing coalesced changes with `install`, reporting into
+    /// `state`.
     pub fn start(
         config: Datastore,
         enforced: Snapshot,
@@ -66,6 +67,12 @@ impl Watch {
         install: Install,
         state: Arc<Mutex<StoreState>>,
     ) -> anyhow::Result<Watch> {
+        {
+            let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+            (st.revision, st.seen_revision) = (enforced.revision, enforced.revision);
+            st.applied += 1;
+            st.lists += 1;
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let s = Arc::clone(&stop);
         let runtime = store::runtime()?;

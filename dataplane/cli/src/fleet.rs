@@ -223,17 +223,28 @@ fn wait_for(store: &mut Store, revision: i64, limit: Duration) -> anyhow::Result
     }
 }
 
-pub(super) fn get(args: &GetArgs) -> anyhow::Result<ExitCode> {
-    let mut store = args.store.connect()?;
-    let (api, kind, namespaced) = margay_datastore::resolve_kind(&args.kind).map_err(anyhow::Error::msg)?;
-    let prefix = store.config().prefix.clone();
-    let segment = margay_datastore::kind_segment(api, kind);
-    let ns = match (&args.namespace, namespaced) {
+/// A kind as the user names it, and the namespace its keys are under: `-n` for a namespaced
+/// kind (refused for a cluster-wide one), else `default` when one resource is `named`, else
+/// none (every namespace).
+fn scope<'a>(
+    kind: &str,
+    namespace: Option<&'a str>,
+    named: bool,
+) -> anyhow::Result<(String, Option<&'a str>)> {
+    let (api, kind, namespaced) = margay_datastore::resolve_kind(kind).map_err(anyhow::Error::msg)?;
+    let ns = match (namespace, namespaced) {
         (Some(_), false) => bail!("{kind} is not namespaced: drop -n"),
-        (Some(n), true) => Some(n.as_str()),
-        (None, true) if args.name.is_some() => Some(margay_config::policy::DEFAULT_NAMESPACE),
+        (Some(n), true) => Some(n),
+        (None, true) if named => Some(margay_config::policy::DEFAULT_NAMESPACE),
         (None, _) => None,
     };
+    Ok((margay_datastore::kind_segment(api, kind), ns))
+}
+
+pub(super) fn get(args: &GetArgs) -> anyhow::Result<ExitCode> {
+    let mut store = args.store.connect()?;
+    let prefix = store.config().prefix.clone();
+    let (segment, ns) = scope(&args.kind, args.namespace.as_deref(), args.name.is_some())?;
     let wanted = match (&args.name, ns) {
         (Some(name), ns) => layout::key(&prefix, &segment, ns, name),
         (None, Some(ns)) => format!("{prefix}{segment}/{ns}/"),
@@ -270,16 +281,8 @@ pub(super) fn delete(args: &DeleteArgs) -> anyhow::Result<ExitCode> {
     let mut store = args.store.connect()?;
     let prefix = store.config().prefix.clone();
     let keys: Vec<String> = if args.files.is_empty() {
-        let (api, kind, namespaced) =
-            margay_datastore::resolve_kind(args.kind.as_deref().unwrap_or_default())
-                .map_err(anyhow::Error::msg)?;
-        let ns =
-            namespaced.then(|| args.namespace.as_deref().unwrap_or(margay_config::policy::DEFAULT_NAMESPACE));
-        if !namespaced && args.namespace.is_some() {
-            bail!("{kind} is not namespaced: drop -n");
-        }
-        let name = args.name.as_deref().unwrap_or_default();
-        vec![layout::key(&prefix, &margay_datastore::kind_segment(api, kind), ns, name)]
+        let (segment, ns) = scope(args.kind.as_deref().unwrap_or_default(), args.namespace.as_deref(), true)?;
+        vec![layout::key(&prefix, &segment, ns, args.name.as_deref().unwrap_or_default())]
     } else {
         layout::read_entries(&prefix, &args.files)?.into_iter().map(|e| e.key).collect()
     };

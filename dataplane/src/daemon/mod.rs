@@ -271,11 +271,6 @@ impl Daemon {
         });
         let watch = match (first, &shared.datastore) {
             (Source::Datastore(snapshot, store), Some(state)) => {
-                {
-                    let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
-                    (st.revision, st.seen_revision, st.applied, st.lists) =
-                        (snapshot.revision, snapshot.revision, 1, 1);
-                }
                 let s = Arc::clone(&shared);
                 let install: margay_datastore::Install =
                     Box::new(move |snap| s.install_snapshot(snap).map_err(|e| format!("{e:#}")));
