@@ -11,8 +11,8 @@ set -euo pipefail
 
 purpose=${1:-build}
 # clang compiles the XDP program; libelf/zlib/m4 build the vendored libbpf and libxdp; protoc
-# builds the etcd client's gRPC code.
-build=(gcc make pkg-config liblzma-dev xz-utils clang m4 libelf-dev zlib1g-dev linux-libc-dev protobuf-compiler)
+# builds the etcd client's gRPC code (libprotobuf-dev: the well-known .proto files it imports).
+build=(gcc make pkg-config liblzma-dev xz-utils clang m4 libelf-dev zlib1g-dev linux-libc-dev protobuf-compiler libprotobuf-dev)
 # What the demo and the end-to-end tests drive: namespaces, veth, ping, curl, iperf3, nftables.
 net=(iproute2 iputils-ping curl iperf3 ethtool nftables)
 case "$purpose" in

@@ -10,6 +10,13 @@
 //! - [`FailMode::Closed`]: attached through netlink, so it outlives a crashed daemon and keeps
 //!   dropping (no socket is registered any more); dropping the guard leaves it attached. The next
 //!   attach of a Margay program replaces it; `margay detach` removes it.
+//!
+//! With the fast path ([`Options::fast_path`]), the programs of all served interfaces share one
+//! table of offloaded flows, one devmap of egress ports and one generation ([`FastPath`]): a
+//! worker installs a [`FlowValue`] per direction of a flow it allowed, and the program forwards
+//! that direction's packets itself (the C file's header says which packets it leaves to the
+//! workers). A packet is forwarded there only while a socket is registered for its rx queue, so
+//! when the daemon is gone the fail mode decides for offloaded flows as for every other packet.
 
 use std::fmt;
 use std::mem::MaybeUninit;
@@ -17,7 +24,7 @@ use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, MapFlags, ProgramInput, XdpFlags};
+use libbpf_rs::{Link, MapCore, MapFlags, MapHandle, ProgramInput, XdpFlags};
 
 #[expect(
     unsafe_code,
@@ -80,10 +87,23 @@ pub struct Counters {
     pub no_socket_pass: u64,
     /// Dataplane traffic dropped for want of a socket (fail closed).
     pub no_socket_drop: u64,
+    /// Packets of offloaded flows forwarded by the program (the fast path).
+    pub fast_forwarded: u64,
+    /// Their bytes (whole frames).
+    pub fast_bytes: u64,
+    /// Packets the fast path could have taken but no flow entry matched (to the workers).
+    pub fast_miss: u64,
+    /// Packets whose flow entry was of an older generation (to the workers, which re-decide).
+    pub fast_stale: u64,
+    /// Packets the fast path leaves to the workers by kind: SYN/FIN/RST, TTL or hop limit 1,
+    /// fragments, options, extension headers, VLAN, non-echo ICMP, other protocols, truncated.
+    pub fast_bypass: u64,
+    /// Offloaded packets dropped because their egress port was missing from the devmap.
+    pub fast_tx_error: u64,
 }
 
 impl Counters {
-    const LEN: usize = 9;
+    const LEN: usize = 15;
 
     /// `(name, value)` pairs, for metrics and `stats`.
     pub fn named(&self) -> [(&'static str, u64); Self::LEN] {
@@ -97,6 +117,12 @@ impl Counters {
             ("host_other_ethertype", self.host_other_ethertype),
             ("no_socket_pass", self.no_socket_pass),
             ("no_socket_drop", self.no_socket_drop),
+            ("fast_forwarded", self.fast_forwarded),
+            ("fast_bytes", self.fast_bytes),
+            ("fast_miss", self.fast_miss),
+            ("fast_stale", self.fast_stale),
+            ("fast_bypass", self.fast_bypass),
+            ("fast_tx_error", self.fast_tx_error),
         ]
     }
 
@@ -111,6 +137,12 @@ impl Counters {
             host_other_ethertype,
             no_socket_pass,
             no_socket_drop,
+            fast_forwarded,
+            fast_bytes,
+            fast_miss,
+            fast_stale,
+            fast_bypass,
+            fast_tx_error,
         ] = v;
         Counters {
             rx,
@@ -122,6 +154,12 @@ impl Counters {
             host_other_ethertype,
             no_socket_pass,
             no_socket_drop,
+            fast_forwarded,
+            fast_bytes,
+            fast_miss,
+            fast_stale,
+            fast_bypass,
+            fast_tx_error,
         }
     }
 }
@@ -155,6 +193,18 @@ fn bpf(what: impl FnOnce() -> String) -> impl FnOnce(libbpf_rs::Error) -> Error 
     move |source| Error::Bpf { what: what(), source }
 }
 
+/// How to load the program.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// The fail mode.
+    pub fail: FailMode,
+    /// Whether the fast path runs (else every dataplane packet goes to the sockets).
+    pub fast_path: bool,
+    /// Most entries of the flow table (one per direction of an offloaded flow); 0 keeps the
+    /// program's default (65,536).
+    pub flows: u32,
+}
+
 /// Margay's XDP program, loaded (not yet attached).
 pub struct XdpProgram {
     skel: MargaySkel<'static>,
@@ -168,8 +218,14 @@ impl fmt::Debug for XdpProgram {
 }
 
 impl XdpProgram {
-    /// Loads the program into the kernel with `fail` as its fail mode.
+    /// Loads the program into the kernel with `fail` as its fail mode and no fast path.
     pub fn load(fail: FailMode) -> Result<XdpProgram, Error> {
+        Self::load_with(Options { fail, ..Options::default() }, None)
+    }
+
+    /// Loads the program with `options`. With `share`, the fast path's maps (flows, egress
+    /// ports, generation) are `share`'s: one table serves every interface.
+    pub fn load_with(options: Options, share: Option<&XdpProgram>) -> Result<XdpProgram, Error> {
         // The skeleton borrows this storage for as long as it lives; a few bytes per load are
         // leaked for it (a daemon loads one program per interface, once).
         let storage: &'static mut MaybeUninit<libbpf_rs::OpenObject> =
@@ -177,10 +233,32 @@ impl XdpProgram {
         let mut open =
             MargaySkelBuilder::default().open(storage).map_err(bpf(|| "opening the XDP object".into()))?;
         if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
-            rodata.fail_closed = u32::from(fail == FailMode::Closed);
+            rodata.fail_closed = u32::from(options.fail == FailMode::Closed);
+            rodata.fast_path = u32::from(options.fast_path);
+        }
+        if options.flows > 0 {
+            open.maps.flows.set_max_entries(options.flows).map_err(bpf(|| "sizing the flow table".into()))?;
+        }
+        if let Some(first) = share {
+            let maps = &first.skel.maps;
+            let what = || "sharing the fast path's maps".to_string();
+            open.maps.flows.reuse_fd(maps.flows.as_fd()).map_err(bpf(what))?;
+            open.maps.tx_ports.reuse_fd(maps.tx_ports.as_fd()).map_err(bpf(what))?;
+            open.maps.generation.reuse_fd(maps.generation.as_fd()).map_err(bpf(what))?;
         }
         let skel = open.load().map_err(bpf(|| "loading the XDP program (needs root or CAP_BPF)".into()))?;
-        Ok(XdpProgram { skel, fail })
+        Ok(XdpProgram { skel, fail: options.fail })
+    }
+
+    /// Handles on the fast path's maps (shared by every program loaded with `share` = this one).
+    pub fn fast_path(&self) -> Result<FastPath, Error> {
+        let maps = &self.skel.maps;
+        let what = || "duplicating the fast path's map handles".to_string();
+        Ok(FastPath {
+            flows: FlowTable { map: MapHandle::try_from(&maps.flows).map_err(bpf(what))? },
+            ports: MapHandle::try_from(&maps.tx_ports).map_err(bpf(what))?,
+            generation: MapHandle::try_from(&maps.generation).map_err(bpf(what))?,
+        })
     }
 
     /// The fail mode it was loaded with.
@@ -283,6 +361,185 @@ impl XdpProgram {
         let input = ProgramInput { data_in: Some(frame), ..ProgramInput::default() };
         let out = self.skel.progs.margay_xdp.test_run(input).map_err(bpf(|| "BPF_PROG_TEST_RUN".into()))?;
         Ok(out.return_value)
+    }
+
+    /// [`XdpProgram::test_run`], also returning the frame as the program left it.
+    pub fn test_run_frame(&self, frame: &[u8]) -> Result<(u32, Vec<u8>), Error> {
+        let mut buf = vec![0u8; frame.len() + 256];
+        let input =
+            ProgramInput { data_in: Some(frame), data_out: Some(&mut buf), ..ProgramInput::default() };
+        let out = self.skel.progs.margay_xdp.test_run(input).map_err(bpf(|| "BPF_PROG_TEST_RUN".into()))?;
+        let (action, len) = (out.return_value, out.data.map_or(0, |d| d.len()));
+        buf.truncate(len);
+        Ok((action, buf))
+    }
+}
+
+/// One direction of an offloaded flow, as its packets carry it (`struct fp_key`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// IP protocol.
+    pub proto: u8,
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Source port (ICMP echo: the identifier).
+    pub sport: u16,
+    /// Destination port (ICMP echo: the identifier).
+    pub dport: u16,
+}
+
+impl FlowKey {
+    /// The C layout: family, protocol, ports (network order), pad, addresses (IPv4 in the
+    /// first 4 bytes of each).
+    pub fn to_bytes(&self) -> [u8; 40] {
+        let mut b = [0u8; 40];
+        b[0] = if self.src.is_ipv4() { 4 } else { 6 };
+        b[1] = self.proto;
+        b[2..4].copy_from_slice(&self.sport.to_be_bytes());
+        b[4..6].copy_from_slice(&self.dport.to_be_bytes());
+        for (at, a) in [(8, self.src), (24, self.dst)] {
+            match a {
+                IpAddr::V4(a) => b[at..at + 4].copy_from_slice(&a.octets()),
+                IpAddr::V6(a) => b[at..at + 16].copy_from_slice(&a.octets()),
+            }
+        }
+        b
+    }
+}
+
+/// What the program does with a direction's packets, and what it counted (`struct fp_value`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    /// Packets forwarded since the entry was installed.
+    pub packets: u64,
+    /// Their bytes (whole frames).
+    pub bytes: u64,
+    /// The last one's time, CLOCK_MONOTONIC ns (0: none yet).
+    pub last_seen: u64,
+    /// The generation the entry belongs to.
+    pub generation: u32,
+    /// Egress port (the workers' interface number; a key of the devmap).
+    pub port: u32,
+    /// The next hop's MAC.
+    pub dst_mac: [u8; 6],
+    /// The egress interface's MAC.
+    pub src_mac: [u8; 6],
+}
+
+impl FlowValue {
+    const LEN: usize = 48;
+
+    fn to_bytes(self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        b[0..8].copy_from_slice(&self.packets.to_ne_bytes());
+        b[8..16].copy_from_slice(&self.bytes.to_ne_bytes());
+        b[16..24].copy_from_slice(&self.last_seen.to_ne_bytes());
+        b[24..28].copy_from_slice(&self.generation.to_ne_bytes());
+        b[28..32].copy_from_slice(&self.port.to_ne_bytes());
+        b[32..38].copy_from_slice(&self.dst_mac);
+        b[38..44].copy_from_slice(&self.src_mac);
+        b
+    }
+
+    fn from_bytes(b: &[u8]) -> Option<FlowValue> {
+        let u64_at = |at: usize| b.get(at..at + 8)?.try_into().ok().map(u64::from_ne_bytes);
+        let u32_at = |at: usize| b.get(at..at + 4)?.try_into().ok().map(u32::from_ne_bytes);
+        Some(FlowValue {
+            packets: u64_at(0)?,
+            bytes: u64_at(8)?,
+            last_seen: u64_at(16)?,
+            generation: u32_at(24)?,
+            port: u32_at(28)?,
+            dst_mac: b.get(32..38)?.try_into().ok()?,
+            src_mac: b.get(38..44)?.try_into().ok()?,
+        })
+    }
+}
+
+/// The table of offloaded flows (a handle of its own: each worker holds one).
+#[derive(Debug)]
+pub struct FlowTable {
+    map: MapHandle,
+}
+
+impl FlowTable {
+    /// Another handle on the same table.
+    pub fn try_clone(&self) -> Result<FlowTable, Error> {
+        Ok(FlowTable {
+            map: MapHandle::try_from(&self.map).map_err(bpf(|| "duplicating a map handle".into()))?,
+        })
+    }
+
+    /// Installs (or replaces) a direction's entry. Fails when the table is full.
+    pub fn install(&self, key: &FlowKey, value: &FlowValue) -> Result<(), Error> {
+        self.map
+            .update(&key.to_bytes(), &value.to_bytes(), MapFlags::ANY)
+            .map_err(bpf(|| "installing a fast-path entry".into()))
+    }
+
+    /// A direction's entry.
+    pub fn read(&self, key: &FlowKey) -> Option<FlowValue> {
+        let v = self.map.lookup(&key.to_bytes(), MapFlags::ANY).ok()??;
+        FlowValue::from_bytes(&v)
+    }
+
+    /// Removes a direction's entry and returns its last value.
+    pub fn take(&self, key: &FlowKey) -> Option<FlowValue> {
+        let v = self.map.lookup_and_delete(&key.to_bytes()).ok()??;
+        FlowValue::from_bytes(&v)
+    }
+
+    /// Entries in the table (a walk of its keys: for tests and shutdown, not the packet path).
+    pub fn len(&self) -> usize {
+        self.map.keys().count()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Removes every entry.
+    pub fn clear(&self) {
+        let keys: Vec<Vec<u8>> = self.map.keys().collect();
+        for k in keys {
+            let _ = self.map.delete(&k);
+        }
+    }
+}
+
+/// The fast path's shared maps: flows, egress ports and the generation.
+#[derive(Debug)]
+pub struct FastPath {
+    /// The flow table.
+    pub flows: FlowTable,
+    ports: MapHandle,
+    generation: MapHandle,
+}
+
+impl FastPath {
+    /// Egress port `port` (the workers' interface number) is the interface `ifindex`.
+    pub fn set_port(&self, port: u32, ifindex: i32) -> Result<(), Error> {
+        self.ports
+            .update(&port.to_ne_bytes(), &(ifindex as u32).to_ne_bytes(), MapFlags::ANY)
+            .map_err(bpf(|| format!("adding egress port {port} (interface index {ifindex}) to the devmap")))
+    }
+
+    /// Makes `generation` current: entries of any other are stale from the next packet on.
+    pub fn set_generation(&self, generation: u32) -> Result<(), Error> {
+        self.generation
+            .update(&0u32.to_ne_bytes(), &generation.to_ne_bytes(), MapFlags::ANY)
+            .map_err(bpf(|| "setting the fast path's generation".into()))
+    }
+
+    /// The current generation.
+    pub fn generation(&self) -> u32 {
+        match self.generation.lookup(&0u32.to_ne_bytes(), MapFlags::ANY) {
+            Ok(Some(v)) => v.get(..4).and_then(|b| b.try_into().ok()).map_or(0, u32::from_ne_bytes),
+            _ => 0,
+        }
     }
 }
 

@@ -269,6 +269,16 @@ counters! {
     Counter fragments_followed,
     /// Flow records lost because the drop aggregate table was full.
     Counter records_lost,
+    /// Flow directions installed in the XDP fast path.
+    Counter offloaded,
+    /// Directions the fast path's table refused (full): their packets stay with the workers.
+    Counter offload_failed,
+    /// Offloaded directions taken back: the flow ended or is closing, or its entry went stale.
+    Counter offload_removed,
+    /// Packets the XDP fast path forwarded for this worker's flows, as folded into conntrack.
+    Counter fast_packets,
+    /// Their bytes.
+    Counter fast_bytes,
 }
 
 impl Counters {

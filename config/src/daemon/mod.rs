@@ -45,6 +45,7 @@
 //!
 //! [daemon]                           # `margay run` only
 //! fail_mode = "open"                 # or "closed": traffic is dropped while no daemon runs
+//! fast_path = "xdp"                  # or "off": established allowed flows forwarded in XDP
 //! cores = [1]                        # worker i is pinned to cores[i % len]; none: not pinned
 //! batch = 64                         # frames per rx burst
 //! frames = 4096                      # UMEM frames per worker
@@ -223,11 +224,24 @@ pub enum FailMode {
     Closed,
 }
 
+/// Whether the XDP program forwards the packets of established, allowed flows itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FastPath {
+    /// Workers offload the flows they allowed to the XDP program (docs/design/fast-path.md).
+    #[default]
+    Xdp,
+    /// Every packet goes to the workers.
+    Off,
+}
+
 /// `[daemon]`: settings of `margay run`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Daemon {
     /// Fail mode of the XDP program.
     pub fail_mode: FailMode,
+    /// The XDP fast path for established flows.
+    pub fast_path: FastPath,
     /// Cores to pin workers to (worker i on `cores[i % len]`); empty: not pinned.
     pub cores: Vec<usize>,
     /// Frames per rx burst.
@@ -254,6 +268,7 @@ impl Default for Daemon {
     fn default() -> Self {
         Daemon {
             fail_mode: FailMode::Open,
+            fast_path: FastPath::Xdp,
             cores: Vec::new(),
             batch: 64,
             frames: 4096,

@@ -52,6 +52,8 @@ struct RawDaemon {
     #[serde(default)]
     fail_mode: FailMode,
     #[serde(default)]
+    fast_path: FastPath,
+    #[serde(default)]
     cores: Vec<Spanned<usize>>,
     batch: Option<Spanned<usize>>,
     frames: Option<Spanned<u32>>,
@@ -407,6 +409,7 @@ impl Check<'_> {
         };
         Ok(Daemon {
             fail_mode: d.fail_mode,
+            fast_path: d.fast_path,
             cores: d.cores.into_iter().map(Spanned::into_inner).collect(),
             batch: self.in_range(d.batch, 64, 1, 256, "batch")?,
             frames: self.in_range(d.frames, 4096, 256, 1 << 20, "frames")?,

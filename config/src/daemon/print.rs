@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::{DaemonConfig, FailMode, Mac};
+use super::{DaemonConfig, FailMode, FastPath, Mac};
 
 /// A TOML string: quoted, with `"` and `\` escaped.
 fn quoted(s: &str) -> String {
@@ -79,11 +79,16 @@ impl DaemonConfig {
             FailMode::Open => "open",
             FailMode::Closed => "closed",
         };
+        let fast_path = match d.fast_path {
+            FastPath::Xdp => "xdp",
+            FastPath::Off => "off",
+        };
         let cores: Vec<String> = d.cores.iter().map(usize::to_string).collect();
         writeln!(
             o,
-            "\n[daemon]\nfail_mode = {}\ncores = [{}]\nbatch = {}\nframes = {}\nring_size = {}\ncontrol_socket = {}",
+            "\n[daemon]\nfail_mode = {}\nfast_path = {}\ncores = [{}]\nbatch = {}\nframes = {}\nring_size = {}\ncontrol_socket = {}",
             quoted(fail_mode),
+            quoted(fast_path),
             cores.join(", "),
             d.batch,
             d.frames,

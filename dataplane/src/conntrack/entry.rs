@@ -217,6 +217,12 @@ pub mod flags {
     pub const STAGED_DENY: u16 = 1 << 8;
     /// A `log` rule matched.
     pub const LOGGED: u16 = 1 << 9;
+    /// The originator's direction is offloaded to the XDP fast path (`Entry::fast_gen`).
+    pub const FAST_ORIG: u16 = 1 << 10;
+    /// The responder's direction is offloaded.
+    pub const FAST_REPLY: u16 = 1 << 11;
+    /// Either direction is offloaded.
+    pub const FAST: u16 = FAST_ORIG | FAST_REPLY;
 }
 
 /// One tracked connection: 128 bytes, two whole cache lines (aligned to 64, so an entry never
@@ -265,7 +271,9 @@ pub struct Entry {
     pub ingress_meta: u32,
     /// TCP: the originator's initial sequence number.
     pub isn: u32,
-    _tail: [u8; 4],
+    /// The fast-path generation the offloaded directions ([`flags::FAST`]) were installed
+    /// under.
+    pub fast_gen: u32,
 }
 
 const _: () = assert!(size_of::<Entry>() == 128);
@@ -366,6 +374,15 @@ impl Entry {
     /// Whether any packet was counted since the last record.
     pub fn counted(&self) -> bool {
         self.recent != 0 || self.packets != [0, 0]
+    }
+
+    /// Adds what the fast path forwarded for a direction: `packets` packets of `bytes` bytes
+    /// in all, the last at `last_seen` (ns, the pipeline's clock; 0: none).
+    pub fn add_forwarded(&mut self, from_orig: bool, packets: u64, bytes: u64, last_seen: u64) {
+        let d = usize::from(!from_orig);
+        self.packets[d] += packets;
+        self.bytes[d] += bytes;
+        self.last_seen = self.last_seen.max(last_seen);
     }
 
     /// Zeroes the counters (a record has taken them).

@@ -315,7 +315,9 @@ impl Table {
             if e.state() == State::Free {
                 continue;
             }
-            if self.expired(e, now) {
+            // An offloaded flow's last packet may be in the fast path's table, not here: the
+            // aging hand, which reads it, ends it if it is over.
+            if e.flags & super::flags::FAST == 0 && self.expired(e, now) {
                 self.hand = (i + 1) % n;
                 self.remove(i as u32, EndReason::Expired, ended);
                 return Ok(());
@@ -376,12 +378,14 @@ impl Table {
         }
     }
 
-    /// Visits up to `budget` slab slots from the aging hand: expired entries are removed
-    /// (passed to `ended`), live ones are passed to `visit` (for periodic records).
+    /// Visits up to `budget` slab slots from the aging hand: an offloaded entry is passed to
+    /// `refresh` first (which folds in what the fast path counted), then expired entries are
+    /// removed (passed to `ended`), live ones are passed to `visit` (for periodic records).
     pub fn age(
         &mut self,
         now: u64,
         budget: usize,
+        refresh: &mut impl FnMut(&mut Entry),
         visit: &mut impl FnMut(&mut Entry),
         ended: &mut impl FnMut(&Entry, EndReason),
     ) {
@@ -394,6 +398,9 @@ impl Table {
             self.hand = if i + 1 == n { 0 } else { i + 1 };
             if self.slab[i].state() == State::Free {
                 continue;
+            }
+            if self.slab[i].flags & super::flags::FAST != 0 {
+                refresh(&mut self.slab[i]);
             }
             if self.expired(&self.slab[i], now) {
                 self.remove(i as u32, EndReason::Expired, ended);

@@ -237,12 +237,12 @@ fn aging_is_bounded_and_removes_expired() {
     let now = 10 * SEC; // past ICMP's 5 s, within ESTABLISHED's hour
     let mut visited = 0;
     let mut expired = 0;
-    t.age(now, 30, &mut |_| visited += 1, &mut |_, r| {
+    t.age(now, 30, &mut |_| {}, &mut |_| visited += 1, &mut |_, r| {
         assert_eq!(r, EndReason::Expired);
         expired += 1;
     });
     assert_eq!(visited + expired, 30, "one budget's worth of slots");
-    t.age(now, 1000, &mut |_| {}, &mut |_, _| expired += 1);
+    t.age(now, 1000, &mut |_| {}, &mut |_| {}, &mut |_, _| expired += 1);
     assert_eq!(expired, 50);
     assert_eq!(t.len(), 50);
 }

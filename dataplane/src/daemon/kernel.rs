@@ -276,4 +276,5 @@ fn publish(shared: &Shared, macs: &[[u8; 6]], t: &Tables) {
     let fwd = Forwarder::from_tables(macs.to_vec(), &t.routes, &t.neighbours);
     tracing::info!(routes = t.routes.len(), neighbours = t.neighbours.len(), "kernel tables mirrored");
     shared.routes.store(Arc::new(fwd));
+    shared.bump_generation();
 }

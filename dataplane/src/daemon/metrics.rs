@@ -53,7 +53,8 @@ pub fn update(shared: &Shared) {
         return;
     }
     let workers = shared.worker_stats();
-    let (total, entries) = super::totals(&workers);
+    let xdp = shared.xdp.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let (total, entries) = super::totals(&workers, &xdp);
     for (spec, v) in total.values() {
         match spec.kind {
             Kind::Counter => counter!(spec.metric()).absolute(v),
@@ -104,7 +105,6 @@ pub fn update(shared: &Shared) {
         .absolute(f.discarded.load(Ordering::Relaxed));
     counter!("margay_flowlog_dropped_total").absolute(f.dropped.load(Ordering::Relaxed));
     counter!("margay_flowlog_write_errors_total").absolute(f.write_errors.load(Ordering::Relaxed));
-    let xdp = shared.xdp.lock().unwrap_or_else(|e| e.into_inner()).clone();
     for (c, iface) in xdp.iter().zip(&shared.config.interfaces) {
         for (name, v) in c.named() {
             counter!("margay_xdp_packets_total", "interface" => iface.name.clone(), "counter" => name)

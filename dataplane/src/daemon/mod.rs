@@ -24,7 +24,7 @@ pub use shared::{ReloadInfo, Reloaded, Shared, WorkerHandle, WorkerStats, totals
 
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -107,21 +107,49 @@ fn check_interfaces(config: &mut DaemonConfig, config_path: &Path) -> anyhow::Re
 }
 
 /// Loads and attaches an XDP program on each served interface, with the host's addresses.
-fn attach_xdp(config: &DaemonConfig, indexes: &[i32], host: &[IpAddr]) -> anyhow::Result<Vec<Attached>> {
+/// With the fast path, the programs share its maps (returned, egress ports filled in, at
+/// generation 1).
+fn attach_xdp(
+    config: &DaemonConfig,
+    indexes: &[i32],
+    host: &[IpAddr],
+) -> anyhow::Result<(Vec<Attached>, Option<margay_bpf::FastPath>)> {
     let fail = match config.daemon.fail_mode {
         FailMode::Open => margay_bpf::FailMode::Open,
         FailMode::Closed => margay_bpf::FailMode::Closed,
     };
-    let mut xdp = Vec::new();
+    // One entry per direction of every flow the conntrack tables can hold.
+    let flows = (config.conntrack.capacity as u64 * 2 * u64::from(config.workers())).min(u64::from(u32::MAX));
+    let options = margay_bpf::Options { fail, fast_path: fast_path_on(config), flows: flows as u32 };
+    let mut xdp: Vec<Attached> = Vec::new();
     for (iface, &index) in config.interfaces.iter().zip(indexes) {
-        let prog = XdpProgram::load(fail).with_context(|| format!("interface {}", iface.name))?;
+        let first = xdp.first().map(|a| &**a);
+        let prog =
+            XdpProgram::load_with(options, first).with_context(|| format!("interface {}", iface.name))?;
         for a in host {
             prog.add_host_address(*a)?;
         }
         xdp.push(prog.attach(index).with_context(|| format!("interface {}", iface.name))?);
-        tracing::info!(interface = %iface.name, ?fail, "XDP attached");
+        tracing::info!(interface = %iface.name, ?fail, fast_path = options.fast_path, "XDP attached");
     }
-    Ok(xdp)
+    let fast = match xdp.first() {
+        Some(first) if options.fast_path => {
+            let fast = first.fast_path()?;
+            for (port, &index) in indexes.iter().enumerate() {
+                fast.set_port(port as u32, index)?;
+            }
+            fast.set_generation(1)?;
+            Some(fast)
+        }
+        _ => None,
+    };
+    Ok((xdp, fast))
+}
+
+/// Whether the XDP fast path runs: `fast_path = "xdp"`, and not `forward_only` (which tracks
+/// no flows to offload).
+fn fast_path_on(config: &DaemonConfig) -> bool {
+    config.daemon.fast_path == margay_config::daemon::FastPath::Xdp && !config.daemon.forward_only
 }
 
 /// One worker per queue: its sockets (registered in every interface's XDP program), its
@@ -130,6 +158,7 @@ fn make_workers(
     config: &DaemonConfig,
     names: &[String],
     xdp: &[Attached],
+    fast: Option<&margay_bpf::FastPath>,
     policy: &Arc<PolicyVersion>,
     records: &Sender<crate::flowlog::FlowRecord>,
 ) -> anyhow::Result<(Vec<Worker>, Vec<WorkerHandle>)> {
@@ -150,7 +179,10 @@ fn make_workers(
         let (req_tx, req_rx) = crossbeam_channel::bounded(16);
         handles.push(WorkerHandle { stats: Mutex::new(WorkerStats::default()), requests: req_tx });
         let cores = &config.daemon.cores;
-        let pipeline = Pipeline::with_policy(config, Arc::clone(policy), random_seed());
+        let mut pipeline = Pipeline::with_policy(config, Arc::clone(policy), random_seed());
+        if let Some(fast) = fast {
+            pipeline.enable_fast_path(Box::new(fast.flows.try_clone()?), 1);
+        }
         log_table(q, pipeline.conntrack(), config.conntrack.huge_pages);
         workers.push(Worker {
             id: q as usize,
@@ -235,12 +267,12 @@ impl Daemon {
         let control = control::Server::bind(&config.daemon.control_socket)?;
         let host = host::host_addresses()?;
         // XDP first (so its maps exist), then the sockets registered in them.
-        let xdp = attach_xdp(&config, &indexes, &host)?;
+        let (xdp, fast) = attach_xdp(&config, &indexes, &host)?;
         let (records_tx, records_rx) = crossbeam_channel::bounded(config.flow_logs.channel);
         // Unbounded: one message per reload.
         let (versions_tx, versions_rx) = crossbeam_channel::unbounded();
         let _ = versions_tx.send(Arc::clone(&policy));
-        let (workers, handles) = make_workers(&config, &names, &xdp, &policy, &records_tx)?;
+        let (workers, handles) = make_workers(&config, &names, &xdp, fast.as_ref(), &policy, &records_tx)?;
         drop(records_tx);
         let flowlog_stats = Arc::new(FlowLogStats::default());
         let (resolve_tx, resolve_rx) = crossbeam_channel::bounded(256);
@@ -267,6 +299,9 @@ impl Daemon {
                 .datastore
                 .is_some()
                 .then(|| Arc::new(Mutex::new(margay_datastore::StoreState::default()))),
+            fast,
+            generation: AtomicU32::new(1),
+            bumping: Mutex::new(()),
             config,
         });
         let watch = match (first, &shared.datastore) {
@@ -394,6 +429,10 @@ impl Daemon {
             }
         }
         self.refresh();
+        // The workers have folded what the fast path counted into their last records.
+        if let Some(fast) = &self.shared.fast {
+            fast.flows.clear();
+        }
         let queues = self.shared.config.workers();
         for prog in &self.xdp {
             for q in 0..queues {

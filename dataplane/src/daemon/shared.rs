@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -97,6 +97,13 @@ pub struct Shared {
     pub resolve: Option<Sender<(u16, IpAddr)>>,
     /// What the node knows of its datastore (`[datastore]` only).
     pub datastore: Option<Arc<Mutex<margay_datastore::StoreState>>>,
+    /// The XDP fast path's shared maps (`fast_path = "xdp"`).
+    pub fast: Option<margay_bpf::FastPath>,
+    /// The fast path's generation: bumped after every policy and routing table published, so
+    /// the program sends offloaded flows' packets to the workers, which re-decide them.
+    pub generation: AtomicU32,
+    /// Held while the generation is bumped: one at a time, so the map never goes backwards.
+    pub(super) bumping: Mutex<()>,
 }
 
 /// The reply to a successful reload.
@@ -231,6 +238,7 @@ impl Shared {
                 // before any record names it. The writer gone (shutting down): nothing to tell.
                 let _ = self.flowlog_versions.send(Arc::clone(&version));
                 self.policy.store(version);
+                self.bump_generation();
                 self.policies.store(policy_count(&summary), Ordering::Relaxed);
                 *self.last_reload.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some(ReloadInfo { at, ok: true, epoch, error: None });
@@ -246,6 +254,20 @@ impl Shared {
         }
     }
 
+    /// After a policy or routing table was published: makes every fast-path entry stale from
+    /// the next packet on. Workers read the generation before they adopt the policy and routes
+    /// it follows (`Worker::adopt`), so an entry installed under the new generation was decided
+    /// under the new tables.
+    pub fn bump_generation(&self) {
+        let Some(fast) = &self.fast else { return };
+        let _one_at_a_time = self.bumping.lock().unwrap_or_else(|e| e.into_inner());
+        let g = self.generation.load(Ordering::SeqCst).wrapping_add(1);
+        self.generation.store(g, Ordering::SeqCst);
+        if let Err(e) = fast.set_generation(g) {
+            tracing::error!("fast path: {e}; offloaded flows keep their old decision until they end");
+        }
+    }
+
     /// A snapshot of every worker's published counters.
     pub fn worker_stats(&self) -> Vec<WorkerStats> {
         self.workers.iter().map(|w| w.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()).collect()
@@ -254,7 +276,8 @@ impl Shared {
     /// Counters summed over workers, with per-worker detail, as JSON (the `stats` reply).
     pub fn stats(&self) -> Value {
         let workers = self.worker_stats();
-        let (total, entries) = totals(&workers);
+        let xdp_counters = self.xdp.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (total, entries) = totals(&workers, &xdp_counters);
         let mut per_worker = Vec::new();
         for (i, s) in workers.iter().enumerate() {
             let mut w = json!({
@@ -295,6 +318,10 @@ impl Shared {
             },
             "last_reload": last.map(|r| json!({"at": r.at, "ok": r.ok, "epoch": r.epoch, "error": r.error})),
             "datastore": self.datastore_json(),
+            "fast_path": {
+                "enabled": self.fast.is_some(),
+                "generation": self.generation.load(Ordering::Relaxed),
+            },
             "workers": per_worker,
             "xdp": xdp,
         });
@@ -321,11 +348,21 @@ impl Shared {
     }
 }
 
-/// Counters summed over `workers`, and their tracked flows.
-pub fn totals(workers: &[WorkerStats]) -> (Counters, usize) {
+/// Counters summed over `workers`, and their tracked flows. The packets the XDP programs'
+/// fast path forwarded (`xdp`) count as received, tracked and forwarded: the node forwarded
+/// them, for flows the workers track (the workers' own `fast_packets` is the same traffic as
+/// folded into conntrack, later and per flow).
+pub fn totals(workers: &[WorkerStats], xdp: &[margay_bpf::Counters]) -> (Counters, usize) {
     let mut total = Counters::default();
     for w in workers {
         total.add(&w.counters);
+    }
+    for c in xdp {
+        total.rx_packets += c.fast_forwarded;
+        total.tracked_packets += c.fast_forwarded;
+        total.tx_packets += c.fast_forwarded;
+        total.rx_bytes += c.fast_bytes;
+        total.tx_bytes += c.fast_bytes;
     }
     (total, workers.iter().map(|w| w.conntrack_entries).sum())
 }

@@ -200,9 +200,10 @@ struct Scratch {
 }
 
 impl Worker {
-    fn serve(&self, req: Request) {
+    fn serve(&mut self, req: Request) {
         match req {
             Request::Flows(filter, reply) => {
+                self.pipeline.sync_fast_path();
                 let now = now_ns();
                 let flows: Vec<FlowInfo> = self
                     .pipeline
@@ -255,6 +256,10 @@ impl Worker {
 
     /// Picks up a policy or routing table published since the last burst.
     fn adopt(&mut self, shared: &Shared) {
+        // Before the tables: the daemon bumps it after publishing them, so the tables loaded
+        // below are at least as new as the generation entries will be installed under.
+        let generation = shared.generation.load(Ordering::SeqCst);
+        self.pipeline.set_generation(generation);
         let current = shared.policy.load();
         if current.epoch != self.pipeline.policy().epoch {
             self.pipeline.adopt(Arc::clone(&current));

@@ -27,8 +27,11 @@ use crate::io::Disposition;
 use crate::policy::{PolicyVersion, PolicyVersions};
 use crate::wire::{self, Packet};
 
+mod fast;
 mod passes;
 mod track;
+
+pub use fast::Offload;
 
 pub use passes::PassTimes;
 
@@ -72,6 +75,8 @@ struct Accounting {
     versions: PolicyVersions,
     counters: Counters,
     log: Recorder,
+    /// The XDP fast path, when the daemon runs one.
+    fast: Option<fast::Fast>,
 }
 
 /// A packet's conntrack lookup, carried from pass to pass of its burst.
@@ -140,6 +145,7 @@ impl Pipeline {
                 policy,
                 counters: Counters::default(),
                 log: Recorder::new(config.flow_logs.interval * SEC),
+                fast: None,
             },
             parsed: vec![Packet::EMPTY; BURST],
             lookups: Vec::with_capacity(BURST),
@@ -282,7 +288,7 @@ impl Pipeline {
         };
         let len = frame.len();
         let verdict =
-            if p.quoted.is_some() { self.related(now, p, l, len) } else { self.track(now, p, l, len) };
+            if p.quoted.is_some() { self.related(now, p, l, len) } else { self.track(now, p, l, len, &hop) };
         match verdict {
             Ok(()) => self.send(frame, p, &hop),
             Err(d) => Outcome::Drop(d),
@@ -422,13 +428,16 @@ impl Pipeline {
         let visits = self.sweep.due(now, self.table.slots(), budget);
         let acct = &mut self.acct;
         let interval = acct.log.interval();
+        let (log, versions) = (&mut acct.log, &acct.versions);
         let mut visit = |e: &mut Entry| {
             if now.saturating_sub(e.reported) >= interval && e.counted() {
-                acct.aggregate(e, now);
+                log.aggregate(e, now, versions);
             }
         };
+        let (fast, counters) = (&mut acct.fast, &mut acct.counters);
+        let mut refresh = |e: &mut Entry| Pipeline::refresh_entry(fast, counters, e);
         let mut ended_records = Vec::new();
-        self.table.age(now, visits, &mut visit, &mut |e, _| ended_records.push(*e));
+        self.table.age(now, visits, &mut refresh, &mut visit, &mut |e, _| ended_records.push(*e));
         for e in ended_records {
             self.acct.end(&e, now, Reason::Expired, Verdict::Allow);
         }
@@ -441,6 +450,7 @@ impl Pipeline {
     /// unreported traffic, and the drop aggregates. Flows stay tracked. For the end of a
     /// capture, and a daemon's shutdown.
     pub fn flush(&mut self, now: u64) {
+        self.sync_fast_path();
         let acct = &mut self.acct;
         let idx: Vec<u32> = self.table.iter().filter(|(_, e)| e.counted()).map(|(i, _)| i).collect();
         for i in idx {
@@ -498,7 +508,8 @@ impl Accounting {
     }
 
     fn end(&mut self, e: &Entry, now: u64, reason: Reason, action: Verdict) {
-        self.log.end(e, now, reason, action, &self.versions);
+        let e = self.take_back(e);
+        self.log.end(&e, now, reason, action, &self.versions);
         self.counters.flows_ended += 1;
     }
 

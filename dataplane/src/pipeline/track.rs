@@ -11,6 +11,7 @@ use super::{Lookup, Pipeline};
 use crate::conntrack::{Advance, EndReason, Entry, State, flags};
 use crate::counters::Drop;
 use crate::flowlog::{DropKey, Reason};
+use crate::forward::Resolved;
 use crate::wire::{self, IcmpKind, PROTO_ICMP, Packet};
 
 impl Pipeline {
@@ -52,12 +53,19 @@ impl Pipeline {
         Ok(())
     }
 
-    pub(super) fn track(&mut self, now: u64, p: &Packet, l: &Lookup, len: usize) -> Result<(), Drop> {
+    pub(super) fn track(
+        &mut self,
+        now: u64,
+        p: &Packet,
+        l: &Lookup,
+        len: usize,
+        hop: &Resolved,
+    ) -> Result<(), Drop> {
         if p.icmp_kind() == Some(IcmpKind::Other) {
             return self.stateless(now, p, len);
         }
         let Some(i) = self.table.find_hinted(&l.key, l.hash, l.hint) else {
-            return self.open(now, p, l, len);
+            return self.open(now, p, l, len, hop);
         };
         // `revalidate`, with the entry looked up once on its common path.
         let mut e = self.table.get_mut(i);
@@ -73,7 +81,7 @@ impl Pipeline {
                 self.table.remove(i, EndReason::Removed, &mut |e, _| {
                     acct.end(e, now, Reason::Reopened, Verdict::Allow)
                 });
-                return self.open(now, p, l, len);
+                return self.open(now, p, l, len, hop);
             }
             Advance::Invalid => return Err(self.drop_logged(now, p, Drop::Invalid, None, len)),
         }
@@ -82,6 +90,9 @@ impl Pipeline {
         }
         e.count(from_orig, len, now);
         self.acct.counters.tracked_packets += 1;
+        if self.acct.fast.is_some() {
+            self.offer(i, from_orig, p, hop);
+        }
         Ok(())
     }
 
@@ -96,7 +107,7 @@ impl Pipeline {
     }
 
     /// A packet of an untracked flow: if it may open one and the policy allows it, track it.
-    fn open(&mut self, now: u64, p: &Packet, l: &Lookup, len: usize) -> Result<(), Drop> {
+    fn open(&mut self, now: u64, p: &Packet, l: &Lookup, len: usize, hop: &Resolved) -> Result<(), Drop> {
         let Some(state) =
             crate::conntrack::opening(p.l4.proto, p.l4.flags, || p.icmp_kind(), self.tcp_pickup)
         else {
@@ -117,14 +128,17 @@ impl Pipeline {
                 if why == EndReason::Expired { Reason::Expired } else { Reason::Drop(Drop::TableFull) };
             acct.end(old, now, reason, Verdict::Allow);
         });
-        if inserted.is_err() {
+        let Ok(i) = inserted else {
             return Err(self.drop_logged(now, p, Drop::TableFull, Some(&d), len));
-        }
+        };
         let acct = &mut self.acct;
         acct.counters.flows_started += 1;
         acct.counters.tcp_picked_up += u64::from(state == State::TcpEstablished);
         acct.counters.tracked_packets += 1;
         acct.log.start(&e, now, len, &acct.versions);
+        if acct.fast.is_some() {
+            self.offer(i, true, p, hop);
+        }
         Ok(())
     }
 

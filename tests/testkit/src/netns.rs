@@ -177,9 +177,12 @@ impl Topology {
             run(Command::new("ip").args(["-n", &ns, "link", "set", "eth0", "up"]))?;
             run(Command::new("ip").args(["-n", &ns, "route", "add", "default", "via", h.gateway]))?;
             // The kernel leaves L4 checksums to the (virtual) NIC; Margay forwards frames as
-            // they are, so the senders must complete them.
-            run(Command::new("ip").args(["netns", "exec", &ns, "ethtool", "-K", "eth0", "tx", "off"]))
-                .context("ethtool (scripts/deps.sh installs it)")?;
+            // they are, so the senders must complete them. GRO on the host's end gives its
+            // receive queue NAPI, without which a veth drops what XDP redirects into its peer
+            // (the node's fast path: docs/design/fast-path.md, "veth").
+            run(Command::new("ip")
+                .args(["netns", "exec", &ns, "ethtool", "-K", "eth0", "tx", "off", "gro", "on"]))
+            .context("ethtool (scripts/deps.sh installs it)")?;
         }
         Ok(t)
     }
@@ -223,6 +226,11 @@ impl Topology {
             "[daemon]\ncontrol_socket = {:?}\nframes = 8192\nring_size = 1024",
             socket.display().to_string()
         );
+        if !daemon_extra.contains("fast_path")
+            && let Some(fast) = fast_path_override()
+        {
+            let _ = writeln!(s, "fast_path = {fast:?}");
+        }
         s.push_str(daemon_extra);
         s
     }
@@ -255,6 +263,13 @@ impl Topology {
     pub fn xdp_attached(&self, ifname: &str) -> anyhow::Result<bool> {
         xdp_attached(&self.ns("node"), ifname)
     }
+}
+
+/// `MARGAY_TEST_FAST_PATH` (`xdp` or `off`): the `[daemon] fast_path` every node config of
+/// the tests gets unless the test sets its own, so the whole end-to-end suite runs in both
+/// settings (`scripts/test` runs it a second time with `off`). Unset: the daemon's default.
+pub fn fast_path_override() -> Option<String> {
+    std::env::var("MARGAY_TEST_FAST_PATH").ok().filter(|v| !v.is_empty())
 }
 
 /// Runs `f` on a new thread inside namespace `ns` (setns(2) moves only that thread), so a
