@@ -27,6 +27,7 @@ fn colour(kind: Kind) -> RGBColor {
     match kind {
         Kind::Linux | Kind::NftExport | Kind::NftLinear => RGBColor(0x8c, 0x8c, 0x8c),
         Kind::MargayForward | Kind::MargayPolicy => RGBColor(0xd9, 0x7b, 0x1f),
+        Kind::MargayFast => RGBColor(0xb3, 0x3a, 0x1a),
         Kind::Testpmd => RGBColor(0x2f, 0x6d, 0xb5),
     }
 }

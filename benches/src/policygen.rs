@@ -114,8 +114,9 @@ pub fn scale_flows(count: usize) -> Vec<String> {
 /// sink endpoint (198.18.1.1, 2001:2:0:1::1) selected by `rules / 100` policies of up to 100
 /// ingress rules each. Every rule but the last matches none of the generator's traffic
 /// (peers in 10.0.0.0/8 or fd00::/8, or other ports); the last allows UDP from the generator's
-/// netset (198.18.0.0/24, 2001:2::/64) to port 9. So a new flow is classified after every rule,
-/// and a linear evaluator (nftables with the export) walks them all once per new flow.
+/// netset (198.18.0.0/24, 2001:2::/64) to port 9, and the one before it (with two rules or
+/// more) TCP to port 5209, the harness's iperf3 stream. So a new flow is classified after every
+/// rule, and a linear evaluator (nftables with the export) walks them all once per new flow.
 pub fn harness_policy(rules: usize) -> String {
     let rules = rules.max(1);
     let mut rng = SplitMix64::new(23);
@@ -134,6 +135,10 @@ pub fn harness_policy(rules: usize) -> String {
             if left == 0 && r == n - 1 {
                 out.push_str("  [[policy.ingress]]\n  action = \"allow\"\n  protocol = \"udp\"\n  source = { selector = \"role == 'gen'\" }\n  destination = { ports = [9] }\n");
                 break;
+            }
+            if left == 0 && r + 2 == n {
+                out.push_str("  [[policy.ingress]]\n  action = \"allow\"\n  protocol = \"tcp\"\n  source = { selector = \"role == 'gen'\" }\n  destination = { ports = [5209] }\n");
+                continue;
             }
             let action = if rng.below(4) == 0 { "deny" } else { "allow" };
             let proto = if rng.below(3) == 0 { "udp" } else { "tcp" };
