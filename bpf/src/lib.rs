@@ -416,7 +416,8 @@ pub struct FlowValue {
     pub packets: u64,
     /// Their bytes (whole frames).
     pub bytes: u64,
-    /// The last one's time, CLOCK_MONOTONIC ns (0: none yet).
+    /// The last one's time, CLOCK_MONOTONIC_COARSE ns (`bpf_ktime_get_coarse_ns`: a tick's
+    /// resolution, and cheaper per packet than reading the clock source; 0: none yet).
     pub last_seen: u64,
     /// The generation the entry belongs to.
     pub generation: u32,

@@ -349,3 +349,83 @@ fn without_the_fast_path_an_installed_flow_goes_to_the_socket() {
     assert_eq!((act, out), (action::PASS, udp4(64)));
     assert_eq!(prog.counters().unwrap(), Counters { rx: 1, no_socket_pass: 1, ..Counters::default() });
 }
+
+/// The pipeline with a real flow table too small for its flows: what does not fit stays with
+/// the workers, a refused flow is not tried again until the generation changes (a failed
+/// install per packet would cost a syscall each), a generation bump makes the workers take
+/// stale entries back and install them again, and flows that expire leave the table.
+#[test]
+fn a_full_flow_table_leaves_flows_to_the_workers_without_retrying() {
+    use margay_config::PolicySet;
+    use margay_config::daemon::DaemonConfig;
+    use margay_dataplane::pipeline::{Outcome, Pipeline};
+    use margay_rulecompiler::policy::compile::CompiledPolicy;
+
+    if !margay_testkit::require_root("a_full_flow_table_leaves_flows_to_the_workers_without_retrying") {
+        return;
+    }
+    let config = DaemonConfig::parse(
+        "[[interface]]\nname = \"in0\"\nmac = \"02:00:00:00:00:01\"\n[[interface]]\nname = \"out0\"\nmac = \"02:00:00:00:00:02\"\n\
+         [[route]]\nto = \"198.18.1.0/24\"\ninterface = \"out0\"\n\
+         [[neighbour]]\nip = \"198.18.1.1\"\nmac = \"02:00:00:00:00:fe\"\ninterface = \"out0\"\n",
+        std::path::Path::new("node.toml"),
+    )
+    .unwrap();
+    let policy = "[[endpoint]]\nname = \"sink\"\nips = [\"198.18.1.1\"]\nlabels = { app = \"sink\" }\n\
+                  [[policy]]\nname = \"sink-in\"\nselector = \"app == 'sink'\"\ntypes = [\"ingress\"]\n\
+                  [[policy.ingress]]\naction = \"allow\"\nprotocol = \"udp\"\ndestination = { ports = [9] }\n";
+    let compiled =
+        CompiledPolicy::compile(&PolicySet::parse(policy, std::path::Path::new("p.toml")).unwrap()).unwrap();
+    let prog =
+        XdpProgram::load_with(Options { fail: FailMode::Open, fast_path: true, flows: 4 }, None).unwrap();
+    let fast = prog.fast_path().unwrap();
+    let mut p = Pipeline::new(&config, compiled, 7);
+    p.enable_fast_path(Box::new(fast.flows.try_clone().unwrap()), 1);
+    // Six one-way flows, three packets each, round robin.
+    let flow = |i: u8| {
+        frame!(
+            PacketBuilder::ethernet2(IN_SRC_MAC, [2, 0, 0, 0, 0, 1])
+                .ipv4([198, 18, 0, i], [198, 18, 1, 1], 64)
+                .udp(40000, 9),
+            b"x"
+        )
+    };
+    let run = |p: &mut Pipeline, now: u64, flows: std::ops::RangeInclusive<u8>, rounds: usize| {
+        for _ in 0..rounds {
+            let mut frames: Vec<Vec<u8>> = flows.clone().map(flow).collect();
+            let mut out = vec![Outcome::Forward(0); frames.len()];
+            p.process(now, &mut frames, &mut out);
+            assert!(out.iter().all(|o| *o == Outcome::Forward(1)), "{out:?}");
+        }
+    };
+    run(&mut p, 1_000, 1..=6, 3);
+    let c = p.counters().clone();
+    assert_eq!(
+        (c.offloaded, c.offload_failed, fast.flows.len()),
+        (4, 2, 4),
+        "four fit; two refused once each"
+    );
+    // A new generation: every entry is stale; each flow's next packet takes it back and tries
+    // again (the four that fit, fit again; the two others are refused again, once).
+    p.set_generation(2);
+    run(&mut p, 2_000, 1..=6, 2);
+    let c = p.counters().clone();
+    assert_eq!((c.offloaded, c.offload_removed, c.offload_failed, fast.flows.len()), (8, 4, 4, 4));
+    assert!(
+        fast.flows
+            .read(&FlowKey {
+                proto: 17,
+                src: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
+                dst: IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1)),
+                sport: 40000,
+                dport: 9
+            })
+            .is_some_and(|v| v.generation == 2 && v.port == 1)
+    );
+    // An hour later every flow has expired: the aging hand takes their entries out.
+    for step in 1..=10u64 {
+        p.tick(3_600_000_000_000 + step * 1_000_000_000, 1 << 20);
+    }
+    assert_eq!((p.conntrack().len(), fast.flows.len()), (0, 0), "expired flows leave the flow table");
+    assert_eq!(p.counters().offload_removed, 8);
+}

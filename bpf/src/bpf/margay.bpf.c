@@ -96,7 +96,7 @@ struct fp_key {
 struct fp_value {
 	__u64 packets;
 	__u64 bytes;
-	__u64 last_seen; // bpf_ktime_get_ns()
+	__u64 last_seen; // bpf_ktime_get_coarse_ns(): CLOCK_MONOTONIC_COARSE
 	__u32 generation;
 	__u32 port; // key of tx_ports
 	__u8 dst_mac[6];
@@ -337,7 +337,7 @@ static __always_inline int fast_forward(struct xdp_md *ctx, void *data, void *da
 	__u64 len = data_end - data;
 	__sync_fetch_and_add(&v->packets, 1);
 	__sync_fetch_and_add(&v->bytes, len);
-	v->last_seen = bpf_ktime_get_ns();
+	v->last_seen = bpf_ktime_get_coarse_ns();
 	if (ip) {
 		// The 16-bit word at offset 8 is (TTL, protocol).
 		__u16 *word = (__u16 *)&ip->ttl;

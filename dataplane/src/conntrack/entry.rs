@@ -223,6 +223,9 @@ pub mod flags {
     pub const FAST_REPLY: u16 = 1 << 11;
     /// Either direction is offloaded.
     pub const FAST: u16 = FAST_ORIG | FAST_REPLY;
+    /// The fast path's table refused an install under generation `Entry::fast_gen` (full):
+    /// not tried again for this flow until the generation changes.
+    pub const FAST_REFUSED: u16 = 1 << 12;
 }
 
 /// One tracked connection: 128 bytes, two whole cache lines (aligned to 64, so an entry never

@@ -63,7 +63,8 @@ pub(super) struct Fast {
     /// Per installed direction, the table's cumulative (packets, bytes) already folded into
     /// its conntrack entry.
     folded: HashMap<FastKey, (u64, u64), FixedState>,
-    /// Wall clock minus CLOCK_MONOTONIC, ns: the table's times are monotonic, the pipeline's
+    /// Wall clock minus CLOCK_MONOTONIC, ns: the table's times are monotonic (coarse: within a
+    /// tick of CLOCK_MONOTONIC, far below any timeout), the pipeline's
     /// are wall-clock.
     offset: i64,
 }
@@ -172,10 +173,13 @@ impl Fast {
         };
         if self.table.install(&key, &value) {
             self.folded.insert(key, (0, 0));
-            e.flags |= bit(from_orig);
+            e.flags = (e.flags | bit(from_orig)) & !flags::FAST_REFUSED;
             e.fast_gen = self.generation;
             c.offloaded += 1;
         } else {
+            // Full: each packet would pay a failed syscall; wait for the next generation.
+            e.flags |= flags::FAST_REFUSED;
+            e.fast_gen = self.generation;
             c.offload_failed += 1;
         }
     }
@@ -241,7 +245,8 @@ impl Pipeline {
             }
             return;
         }
-        if e.flags & bit(from_orig) == 0 {
+        let refused = e.flags & flags::FAST_REFUSED != 0 && e.fast_gen == fast.generation;
+        if e.flags & bit(from_orig) == 0 && !refused {
             fast.install(e, from_orig, hop, c);
         }
     }
