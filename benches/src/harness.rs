@@ -185,6 +185,8 @@ pub struct Row {
     pub ns_per_packet: Vec<f64>,
     /// One iperf3 TCP stream through the DUT, Gbit/s, each repetition (`has_tcp` kinds).
     pub tcp_gbps: Vec<f64>,
+    /// The DUT core's busy share during that stream.
+    pub tcp_busy: Vec<f64>,
     /// Why it was not measured, if it was not.
     pub skipped: Option<String>,
     /// What the DUT itself reported (Margay's counters) after the packet run (before the TCP
@@ -206,6 +208,7 @@ impl Row {
             busy: Vec::new(),
             ns_per_packet: Vec::new(),
             tcp_gbps: Vec::new(),
+            tcp_busy: Vec::new(),
             skipped: None,
             dut: Value::Null,
             profile: None,
@@ -480,14 +483,16 @@ impl Harness {
         }
         if row.kind.has_tcp() {
             match self.tcp(&tag) {
-                Ok(g) => {
+                Ok((g, busy)) => {
                     self.log(&format!(
-                        "{:<18} {:>7} run {}: TCP {g:.2} Gbit/s",
+                        "{:<18} {:>7} run {}: TCP {g:.2} Gbit/s, DUT core {:.0}% busy",
                         row.kind.name(),
                         rules_text(row.rules),
-                        rep + 1
+                        rep + 1,
+                        busy.share() * 100.0
                     ));
                     row.tcp_gbps.push(g);
+                    row.tcp_busy.push(busy.share());
                 }
                 Err(e) => self.log(&format!("{tag}: no TCP figure: {e:#}")),
             }
@@ -799,8 +804,9 @@ impl Harness {
     }
 
     /// One iperf3 TCP stream from the generator's namespace to the sink's through the DUT for
-    /// `seconds`, both ends on the generator's core; Gbit/s received.
-    fn tcp(&self, tag: &str) -> anyhow::Result<f64> {
+    /// `seconds`, both ends on the generator's core; Gbit/s received, and the DUT core's time
+    /// meanwhile.
+    fn tcp(&self, tag: &str) -> anyhow::Result<(f64, CoreTime)> {
         if which("iperf3").is_none() {
             bail!("iperf3 is not installed (scripts/deps.sh installs it)");
         }
@@ -813,6 +819,7 @@ impl Harness {
         let mut server =
             Process::spawn(&mut server, "iperf3 -s", &self.results.join(format!("{tag}.iperf3-server.log")))?;
         std::thread::sleep(Duration::from_millis(300));
+        let before = CoreTime::read(self.o.dut_core)?;
         let out = sh(self.in_ns("gen", Some(self.o.gen_core), "iperf3").args([
             "-c",
             dst,
@@ -822,10 +829,11 @@ impl Harness {
             "-t",
             &format!("{:.0}", self.seconds.max(1.0)),
         ]));
+        let busy = CoreTime::read(self.o.dut_core)?.since(&before);
         let _ = server.stop();
         let v: Value = serde_json::from_str(&out?).context("iperf3's JSON")?;
         let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3: no sum_received")?;
-        Ok(bps / 1e9)
+        Ok((bps / 1e9, busy))
     }
 
     fn report(&self, rows: Vec<Row>) -> anyhow::Result<Outcome> {
@@ -992,9 +1000,9 @@ pub fn report_text(rows: &[Row], o: &Options, seconds: f64, reps: u32) -> String
         reference.map_or("margay-policy".to_owned(), |r| format!("margay-policy {}", rules_text(r.rules)));
     let _ = writeln!(
         s,
-        "| variant | rules | packets/s (sink) | runs min–max | offered packets/s | {ref_name} ÷ this | DUT core busy | DUT ns/packet | TCP Gbit/s |"
+        "| variant | rules | packets/s (sink) | runs min–max | offered packets/s | {ref_name} ÷ this | DUT core busy | DUT ns/packet | TCP Gbit/s | DUT busy (TCP) |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         match (r.median(), &r.skipped) {
             (Some(m), None) => {
@@ -1007,9 +1015,10 @@ pub fn report_text(rows: &[Row], o: &Options, seconds: f64, reps: u32) -> String
                 let busy = median(&r.busy).map_or("-".to_owned(), |b| format!("{:.0}%", b * 100.0));
                 let ns = median(&r.ns_per_packet).map_or("-".to_owned(), |n| format!("{n:.0}"));
                 let tcp = median(&r.tcp_gbps).map_or("-".to_owned(), |g| format!("{g:.2}"));
+                let tcp_busy = median(&r.tcp_busy).map_or("-".to_owned(), |b| format!("{:.0}%", b * 100.0));
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {m:.0} | {lo:.0}–{hi:.0} | {:.0} | {ratio} | {busy} | {ns} | {tcp} |",
+                    "| {} | {} | {m:.0} | {lo:.0}–{hi:.0} | {:.0} | {ratio} | {busy} | {ns} | {tcp} | {tcp_busy} |",
                     r.kind.name(),
                     rules_text(r.rules),
                     median(&r.offered).unwrap_or(0.0)
@@ -1019,7 +1028,7 @@ pub fn report_text(rows: &[Row], o: &Options, seconds: f64, reps: u32) -> String
                 let why = why.as_deref().unwrap_or("not run").replace('|', "/");
                 let _ = writeln!(
                     s,
-                    "| {} | {} | not measured: {why} | | | | | | |",
+                    "| {} | {} | not measured: {why} | | | | | | | |",
                     r.kind.name(),
                     rules_text(r.rules)
                 );
@@ -1061,7 +1070,7 @@ pub fn report_json(rows: &[Row], o: &Options, seconds: f64, reps: u32) -> Value 
             "variant": r.kind.name(), "rules": r.rules, "pps": r.median(), "runs": r.pps,
             "offered_pps": median(&r.offered), "delivered": r.delivered,
             "dut_busy": median(&r.busy), "dut_busy_runs": r.busy, "dut_ns_per_packet": median(&r.ns_per_packet),
-            "dut_ns_per_packet_runs": r.ns_per_packet, "tcp_gbps": median(&r.tcp_gbps), "tcp_gbps_runs": r.tcp_gbps, "profile": r.profile, "skipped": r.skipped, "dut_stats": r.dut,
+            "dut_ns_per_packet_runs": r.ns_per_packet, "tcp_gbps": median(&r.tcp_gbps), "tcp_gbps_runs": r.tcp_gbps, "tcp_dut_busy": median(&r.tcp_busy), "profile": r.profile, "skipped": r.skipped, "dut_stats": r.dut,
         })).collect::<Vec<_>>(),
         "targets": targets(rows).into_iter().chain(fast_targets(rows)).map(|(what, got, want)| json!({
             "target": what, "ratio": got, "needed": want, "met": got.is_some_and(|g| g >= want),
