@@ -307,41 +307,27 @@ fn tshark_sees_valid_checksums_decremented_ttls_and_rewritten_macs() {
     }
     let dir = Scratch::new("tshark");
     let (_, output, _) = replay(&dir.0, &[]);
-    let out = Command::new("tshark")
-        .args(["-r", output.to_str().unwrap(), "-n", "-T", "fields", "-E", "separator=|"])
-        .args([
-            "-o",
-            "ip.check_checksum:TRUE",
-            "-o",
-            "udp.check_checksum:TRUE",
-            "-o",
-            "tcp.check_checksum:TRUE",
-        ])
-        .args([
-            "-e",
+    let frames = margay_testkit::netns::tshark_fields(
+        &output,
+        &[
             "eth.src",
-            "-e",
             "eth.dst",
-            "-e",
             "ip.dst",
-            "-e",
             "ipv6.dst",
-            "-e",
             "ip.ttl",
-            "-e",
             "ipv6.hlim",
-        ])
-        .args(["-e", "ip.checksum.status", "-e", "udp.checksum.status", "-e", "tcp.checksum.status"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "tshark: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8(out.stdout).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 15, "{text}");
+            "ip.checksum.status",
+            "udp.checksum.status",
+            "tcp.checksum.status",
+        ],
+    )
+    .unwrap();
+    assert_eq!(frames.len(), 15, "{frames:?}");
     // The inputs' TTLs: 64 everywhere except the echo request (17).
-    for line in lines {
-        let f: Vec<&str> = line.split('|').collect();
-        let (src, dst, ip_dst, ip6_dst, ttl, hlim) = (f[0], f[1], f[2], f[3], f[4], f[5]);
+    for f in &frames {
+        let line = f.join("|");
+        let (src, dst, ip_dst, ip6_dst, ttl, hlim) =
+            (f[0].as_str(), f[1].as_str(), f[2].as_str(), f[3].as_str(), f[4].as_str(), f[5].as_str());
         let to_server = ip_dst.starts_with("198.18.2.") || ip6_dst.starts_with("2001:2:0:2:");
         let (want_src, want_dst) = if to_server {
             ("02:00:00:00:02:01", "02:00:00:00:02:20")

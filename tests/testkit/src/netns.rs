@@ -286,6 +286,25 @@ pub fn spawn_in<T: Send + 'static>(
     })?)
 }
 
+/// The `fields` of every frame of the capture `file`, as tshark dissects them with IPv4, UDP
+/// and TCP checksum verification on (a `*.checksum.status` of 1 is good, 2 unverified, 0 bad),
+/// addresses numeric. One vector per frame; a field absent from a frame is empty.
+pub fn tshark_fields(file: &Path, fields: &[&str]) -> anyhow::Result<Vec<Vec<String>>> {
+    let mut cmd = Command::new("tshark");
+    cmd.arg("-r").arg(file).args(["-n", "-T", "fields", "-E", "separator=|"]);
+    for check in ["ip", "udp", "tcp"] {
+        cmd.args(["-o", &format!("{check}.check_checksum:TRUE")]);
+    }
+    for f in fields {
+        cmd.args(["-e", f]);
+    }
+    let out = run(&mut cmd).context("tshark (scripts/deps.sh test installs it)")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split('|').map(str::to_owned).collect())
+        .collect())
+}
+
 /// Serves a fixed HTTP/1.0 200 answer to every connection on `addr` until `stop`.
 pub fn http_server(
     ns: &str,
