@@ -378,9 +378,10 @@ impl Table {
         }
     }
 
-    /// Visits up to `budget` slab slots from the aging hand: an offloaded entry is passed to
-    /// `refresh` first (which folds in what the fast path counted), then expired entries are
-    /// removed (passed to `ended`), live ones are passed to `visit` (for periodic records).
+    /// Visits up to `budget` slab slots from the aging hand: an offloaded entry that looks
+    /// expired is passed to `refresh` first (which folds in what the fast path counted), then
+    /// expired entries are removed (passed to `ended`), live ones are passed to `visit` (for
+    /// periodic records).
     pub fn age(
         &mut self,
         now: u64,
@@ -399,7 +400,9 @@ impl Table {
             if self.slab[i].state() == State::Free {
                 continue;
             }
-            if self.slab[i].flags & super::flags::FAST != 0 {
+            // An offloaded entry's own last-seen time lags: before ending it, read what the
+            // fast path saw (only then, so a long flow costs no read per sweep).
+            if self.slab[i].flags & super::flags::FAST != 0 && self.expired(&self.slab[i], now) {
                 refresh(&mut self.slab[i]);
             }
             if self.expired(&self.slab[i], now) {

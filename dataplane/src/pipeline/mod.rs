@@ -429,13 +429,25 @@ impl Pipeline {
         let acct = &mut self.acct;
         let interval = acct.log.interval();
         let (log, versions) = (&mut acct.log, &acct.versions);
+        // Both closures fold the fast path's counts (never at once: the table calls one at a
+        // time).
+        let fast = std::cell::RefCell::new((&mut acct.fast, &mut acct.counters));
+        let refresh_one = |e: &mut Entry| {
+            let (f, c) = &mut *fast.borrow_mut();
+            Pipeline::refresh_entry(f, c, e);
+        };
         let mut visit = |e: &mut Entry| {
-            if now.saturating_sub(e.reported) >= interval && e.counted() {
-                log.aggregate(e, now, versions);
+            if now.saturating_sub(e.reported) >= interval {
+                // A record is due: an offloaded flow's counts are in the fast path's table.
+                if e.flags & crate::conntrack::flags::FAST != 0 {
+                    refresh_one(e);
+                }
+                if e.counted() {
+                    log.aggregate(e, now, versions);
+                }
             }
         };
-        let (fast, counters) = (&mut acct.fast, &mut acct.counters);
-        let mut refresh = |e: &mut Entry| Pipeline::refresh_entry(fast, counters, e);
+        let mut refresh = |e: &mut Entry| refresh_one(e);
         let mut ended_records = Vec::new();
         self.table.age(now, visits, &mut refresh, &mut visit, &mut |e, _| ended_records.push(*e));
         for e in ended_records {

@@ -65,7 +65,7 @@ impl Pipeline {
             return self.stateless(now, p, len);
         }
         let Some(i) = self.table.find_hinted(&l.key, l.hash, l.hint) else {
-            return self.open(now, p, l, len, hop);
+            return self.open(now, p, l, len);
         };
         // `revalidate`, with the entry looked up once on its common path.
         let mut e = self.table.get_mut(i);
@@ -81,16 +81,21 @@ impl Pipeline {
                 self.table.remove(i, EndReason::Removed, &mut |e, _| {
                     acct.end(e, now, Reason::Reopened, Verdict::Allow)
                 });
-                return self.open(now, p, l, len, hop);
+                return self.open(now, p, l, len);
             }
             Advance::Invalid => return Err(self.drop_logged(now, p, Drop::Invalid, None, len)),
         }
+        // A direction's first packet: the originator's opened the entry; the responder's is
+        // the first to set REPLIED.
+        let first_of_direction = !from_orig && e.flags & flags::REPLIED == 0;
         if !from_orig {
             e.flags |= flags::REPLIED;
         }
         e.count(from_orig, len, now);
         self.acct.counters.tracked_packets += 1;
-        if self.acct.fast.is_some() {
+        // A direction is offloaded from its second packet on: most short flows (a DNS query
+        // and its answer, scans, floods) never send one, and an install costs a syscall.
+        if self.acct.fast.is_some() && !first_of_direction {
             self.offer(i, from_orig, p, hop);
         }
         Ok(())
@@ -107,7 +112,7 @@ impl Pipeline {
     }
 
     /// A packet of an untracked flow: if it may open one and the policy allows it, track it.
-    fn open(&mut self, now: u64, p: &Packet, l: &Lookup, len: usize, hop: &Resolved) -> Result<(), Drop> {
+    fn open(&mut self, now: u64, p: &Packet, l: &Lookup, len: usize) -> Result<(), Drop> {
         let Some(state) =
             crate::conntrack::opening(p.l4.proto, p.l4.flags, || p.icmp_kind(), self.tcp_pickup)
         else {
@@ -128,17 +133,15 @@ impl Pipeline {
                 if why == EndReason::Expired { Reason::Expired } else { Reason::Drop(Drop::TableFull) };
             acct.end(old, now, reason, Verdict::Allow);
         });
-        let Ok(i) = inserted else {
+        if inserted.is_err() {
             return Err(self.drop_logged(now, p, Drop::TableFull, Some(&d), len));
-        };
+        }
         let acct = &mut self.acct;
         acct.counters.flows_started += 1;
         acct.counters.tcp_picked_up += u64::from(state == State::TcpEstablished);
         acct.counters.tracked_packets += 1;
         acct.log.start(&e, now, len, &acct.versions);
-        if acct.fast.is_some() {
-            self.offer(i, true, p, hop);
-        }
+        // Not offloaded: a direction is, from its second packet on (`track`).
         Ok(())
     }
 
