@@ -203,17 +203,18 @@ impl Worker {
     fn serve(&mut self, req: Request) {
         match req {
             Request::Flows(filter, reply) => {
-                self.pipeline.sync_fast_path();
-                let now = now_ns();
-                let flows: Vec<FlowInfo> = self
+                let chosen: Vec<u32> = self
                     .pipeline
                     .conntrack()
                     .iter()
-                    .map(|(_, e)| e)
-                    .filter(|e| matches(&filter, e))
+                    .filter(|(_, e)| matches(&filter, e))
                     .take(filter.limit)
-                    .map(|e| flow_info(e, now))
+                    .map(|(i, _)| i)
                     .collect();
+                self.pipeline.sync_entries(&chosen);
+                let now = now_ns();
+                let table = self.pipeline.conntrack();
+                let flows: Vec<FlowInfo> = chosen.iter().map(|&i| flow_info(table.get(i), now)).collect();
                 let _ = reply.send(flows);
             }
         }

@@ -218,13 +218,23 @@ impl Pipeline {
         }
     }
 
-    /// Folds what the fast path forwarded into every offloaded entry (for `ctl flows`).
+    /// Folds what the fast path forwarded into every offloaded entry (at shutdown).
     pub fn sync_fast_path(&mut self) {
-        let Some(fast) = &mut self.acct.fast else { return };
         let offloaded: Vec<u32> =
             self.table.iter().filter(|(_, e)| e.flags & flags::FAST != 0).map(|(i, _)| i).collect();
-        for i in offloaded {
-            fast.refresh(self.table.get_mut(i), &mut self.acct.counters);
+        self.sync_entries(&offloaded);
+    }
+
+    /// Folds what the fast path forwarded into the entries at `indexes` that are offloaded
+    /// (`ctl flows`: only the flows it answers with, so a request costs reads for them, not
+    /// for every offloaded flow, while the worker's packets wait).
+    pub fn sync_entries(&mut self, indexes: &[u32]) {
+        let Some(fast) = &mut self.acct.fast else { return };
+        for &i in indexes {
+            let e = self.table.get_mut(i);
+            if e.flags & flags::FAST != 0 {
+                fast.refresh(e, &mut self.acct.counters);
+            }
         }
     }
 
