@@ -1,15 +1,17 @@
 //! The pipeline's side of the XDP fast path (docs/design/fast-path.md). The workers decide;
-//! the XDP program repeats. Once a packet of an allowed flow has been forwarded here and its
-//! flow may be offloaded (TCP established and the segment neither SYN, FIN nor RST; UDP; ICMP
-//! echo), the direction that packet travels is installed in the XDP program's flow table with
+//! the XDP program repeats. Once a packet of an allowed flow has been forwarded here, its flow
+//! may be offloaded (TCP established and the segment neither SYN, FIN nor RST; UDP; ICMP echo)
+//! and it is not its direction's first, the direction that packet travels is installed in the
+//! XDP program's flow table with
 //! the next hop this packet was sent to and the current generation. Each direction is installed
 //! by its own packet, so no next hop is resolved that the worker path did not already use.
 //!
 //! What the fast path forwards is folded back into the conntrack entry, so aging, flow records,
 //! `ctl flows` and the counters see it: the aging hand reads an offloaded entry's directions
-//! before its expiry check (`Table::age`'s `refresh`), and an entry that ends (expiry, FIN or
-//! RST seen here, a reload that denies it, a reclaimed slot) has its directions taken out of the
-//! table and their last counts folded into its final record. The table's counters are
+//! when the entry looks expired (`Table::age`'s `refresh`) or its aggregate record is due, and
+//! an entry that ends (expiry, FIN or RST seen here, a reload that denies it, a reclaimed slot)
+//! has its directions taken out of the table and their last counts folded into its final
+//! record. The table's counters are
 //! cumulative since install; what was folded so far is kept here, per direction.
 //!
 //! A packet of an offloaded flow reaches a worker when the fast path could not take it (a miss,
@@ -203,11 +205,6 @@ impl Pipeline {
     /// Uses the fast path's flow `table` from now on, under `generation`.
     pub fn enable_fast_path(&mut self, table: Box<dyn Offload>, generation: u32) {
         self.acct.fast = Some(Fast::new(table, generation));
-    }
-
-    /// Whether the fast path is in use.
-    pub fn fast_path(&self) -> bool {
-        self.acct.fast.is_some()
     }
 
     /// Installs entries under `generation` from now on (the daemon's, read before the policy
