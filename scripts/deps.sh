@@ -17,7 +17,7 @@ build=(gcc make pkg-config liblzma-dev xz-utils clang m4 libelf-dev zlib1g-dev l
 net=(iproute2 iputils-ping curl iperf3 ethtool nftables)
 case "$purpose" in
   build) want=("${build[@]}" "${net[@]}") ;;
-  test) want=("${build[@]}" "${net[@]}" tshark socat util-linux fonts-dejavu-core python3 etcd-server openssl) ;;
+  test) want=("${build[@]}" "${net[@]}" tshark nfdump socat util-linux fonts-dejavu-core python3 python3-jsonschema etcd-server openssl) ;;
   bench) want=("${build[@]}" "${net[@]}" python3 dpdk-dev librte-net-af-xdp23 fonts-dejavu-core linux-perf) ;;
   *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
 esac

@@ -269,6 +269,10 @@ counters! {
     Counter fragments_followed,
     /// Flow records lost because the drop aggregate table was full.
     Counter records_lost,
+    /// `log` records made: new flows a policy's `log` rule matched.
+    Counter log_records,
+    /// `log` rule hits over the `[flow_logs] log_rate` budget: counted, no record.
+    Counter log_suppressed,
     /// Flow directions installed in the XDP fast path.
     Counter offloaded,
     /// Directions the fast path's table refused (full): their packets stay with the workers.

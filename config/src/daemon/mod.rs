@@ -39,9 +39,20 @@
 //! [flow_logs]
 //! interval = 10                      # seconds between aggregate records of a flow
 //! path = "/var/log/margay/flows.jsonl"   # JSON lines; none: records are counted, not written
+//! format = "calico"                  # Calico's flow-log fields; or "margay" (Margay's own)
+//! aggregate_allowed = 0              # calico format: 0 per flow, 1 source ports, 2 endpoint prefixes
+//! aggregate_denied = 0
+//! log_rate = 100                     # `log` records a second per worker; more are counted
 //! max_bytes = 67108864               # rotate to flows.jsonl.1 .. .keep past this size
 //! keep = 4
 //! channel = 65536                    # records in flight to the writer; more are counted lost
+//!
+//! [ipfix]                            # IPFIX (RFC 7011) export over UDP; none: off
+//! collector = "198.18.0.1:4739"      # HOST:PORT
+//! observation_domain = 1
+//! template_refresh = 60              # seconds between template resends
+//! enterprise = 32473                 # private enterprise number of Margay's own elements
+//! max_message = 1400                 # bytes per message (fit the path's MTU)
 //!
 //! [daemon]                           # `margay run` only
 //! fail_mode = "open"                 # or "closed": traffic is dropped while no daemon runs
@@ -211,6 +222,66 @@ pub struct FlowLogs {
     pub keep: u32,
     /// Records in flight between workers and the writer (default 65,536).
     pub channel: usize,
+    /// The file's record format (default Calico's).
+    pub format: FlowLogFormat,
+    /// Calico-format aggregation of allowed flows' records (default none).
+    pub aggregate_allowed: Aggregation,
+    /// Of denied flows' records.
+    pub aggregate_denied: Aggregation,
+    /// `log` records a second, per worker (default 100; bursts of a second's worth).
+    pub log_rate: u32,
+}
+
+/// The flow log's record format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowLogFormat {
+    /// Calico's flow-log fields (docs/guide/flow-logs.md).
+    #[default]
+    Calico,
+    /// Margay's own records: one per flow event, with both sides' decisions.
+    Margay,
+}
+
+/// How Calico-format records are aggregated over a flow-log interval (Calico's
+/// `flowLogsFileAggregationKind*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord)]
+pub enum Aggregation {
+    /// 0: a record per flow.
+    #[default]
+    None,
+    /// 1: flows differing only in their source port share a record (`source_port` is null).
+    SourcePorts,
+    /// 2: flows between the same endpoint name prefixes share a record (addresses, names and
+    /// source ports null).
+    Prefixes,
+}
+
+impl Aggregation {
+    /// From Calico's number.
+    pub fn from_level(n: u8) -> Option<Aggregation> {
+        [Aggregation::None, Aggregation::SourcePorts, Aggregation::Prefixes].get(usize::from(n)).copied()
+    }
+
+    /// Calico's number.
+    pub fn level(self) -> u8 {
+        self as u8
+    }
+}
+
+/// `[ipfix]`: IPFIX export of flow records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipfix {
+    /// `HOST:PORT` of the collector (UDP).
+    pub collector: String,
+    /// The observation domain in every message header.
+    pub observation_domain: u32,
+    /// Seconds between template resends (UDP has no other way to teach a restarted collector).
+    pub template_refresh: u64,
+    /// The private enterprise number of Margay's own information elements.
+    pub enterprise: u32,
+    /// Largest message, bytes.
+    pub max_message: u16,
 }
 
 /// What the XDP program does with dataplane traffic while no daemon runs.
@@ -298,6 +369,8 @@ pub struct DaemonConfig {
     pub conntrack: Conntrack,
     /// Flow logs.
     pub flow_logs: FlowLogs,
+    /// IPFIX export, when configured.
+    pub ipfix: Option<Ipfix>,
     /// Daemon settings.
     pub daemon: Daemon,
     /// `[datastore]`: the policy comes from etcd instead of `policy` files.

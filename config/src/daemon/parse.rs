@@ -26,6 +26,7 @@ struct RawConfig {
     conntrack: RawConntrack,
     #[serde(default)]
     flow_logs: RawFlowLogs,
+    ipfix: Option<Spanned<RawIpfix>>,
     #[serde(default)]
     daemon: RawDaemon,
     routes: Option<Spanned<String>>,
@@ -139,12 +140,37 @@ struct RawFlowLogs {
     max_bytes: Option<Spanned<u64>>,
     keep: Option<Spanned<u32>>,
     channel: Option<Spanned<usize>>,
+    #[serde(default)]
+    format: FlowLogFormat,
+    aggregate_allowed: Option<Spanned<u8>>,
+    aggregate_denied: Option<Spanned<u8>>,
+    log_rate: Option<Spanned<u32>>,
 }
 
 impl Default for RawFlowLogs {
     fn default() -> Self {
-        RawFlowLogs { interval: default_interval(), path: None, max_bytes: None, keep: None, channel: None }
+        RawFlowLogs {
+            interval: default_interval(),
+            path: None,
+            max_bytes: None,
+            keep: None,
+            channel: None,
+            format: FlowLogFormat::default(),
+            aggregate_allowed: None,
+            aggregate_denied: None,
+            log_rate: None,
+        }
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIpfix {
+    collector: Spanned<String>,
+    observation_domain: Option<Spanned<u32>>,
+    template_refresh: Option<Spanned<u64>>,
+    enterprise: Option<Spanned<u32>>,
+    max_message: Option<Spanned<u16>>,
 }
 
 fn default_interval() -> Spanned<u64> {
@@ -227,6 +253,7 @@ impl DaemonConfig {
             neighbours,
             conntrack: v.conntrack(raw.conntrack)?,
             flow_logs: v.flow_logs(raw.flow_logs)?,
+            ipfix: raw.ipfix.map(|i| v.ipfix(i)).transpose()?,
             daemon: v.daemon(raw.daemon)?,
         })
     }
@@ -354,6 +381,49 @@ impl Check<'_> {
             max_bytes: self.in_range(f.max_bytes, 64 << 20, 4096, 1 << 40, "flow_logs max_bytes")?,
             keep: self.in_range(f.keep, 4, 0, 1000, "flow_logs keep")?,
             channel: self.in_range(f.channel, 65_536, 16, 1 << 24, "flow_logs channel")?,
+            format: f.format,
+            aggregate_allowed: self.aggregation(f.aggregate_allowed, "aggregate_allowed")?,
+            aggregate_denied: self.aggregation(f.aggregate_denied, "aggregate_denied")?,
+            log_rate: self.in_range(f.log_rate, 100, 0, 1_000_000, "flow_logs log_rate")?,
+        })
+    }
+
+    fn aggregation(&self, level: Option<Spanned<u8>>, key: &str) -> Result<Aggregation, PolicyError> {
+        let Some(level) = level else { return Ok(Aggregation::None) };
+        Aggregation::from_level(*level.get_ref()).ok_or_else(|| {
+            self.at(
+                Some(level.span()),
+                format!(
+                    "flow_logs {key} is 0 (a record per flow), 1 (source ports aggregated) or 2 (endpoints by name prefix)"
+                ),
+            )
+        })
+    }
+
+    fn ipfix(&self, i: Spanned<RawIpfix>) -> Result<Ipfix, PolicyError> {
+        let i = i.into_inner();
+        let collector = i.collector.get_ref();
+        let port_ok = collector
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !port_ok {
+            return Err(self.at(
+                Some(i.collector.span()),
+                format!("ipfix collector '{collector}': give HOST:PORT (an IPv6 address in brackets: [2001:db8::1]:4739)"),
+            ));
+        }
+        Ok(Ipfix {
+            collector: collector.clone(),
+            observation_domain: self.in_range(
+                i.observation_domain,
+                1,
+                0,
+                u32::MAX,
+                "ipfix observation_domain",
+            )?,
+            template_refresh: self.in_range(i.template_refresh, 60, 1, 86_400, "ipfix template_refresh")?,
+            enterprise: self.in_range(i.enterprise, 32_473, 1, u32::MAX, "ipfix enterprise")?,
+            max_message: self.in_range(i.max_message, 1400, 512, 65_000, "ipfix max_message")?,
         })
     }
 

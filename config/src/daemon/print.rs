@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::{DaemonConfig, FailMode, FastPath, Mac};
+use super::{DaemonConfig, FailMode, FastPath, FlowLogFormat, Mac};
 
 /// A TOML string: quoted, with `"` and `\` escaped.
 fn quoted(s: &str) -> String {
@@ -74,6 +74,29 @@ impl DaemonConfig {
             writeln!(o, "path = {}", quoted(&p.display().to_string()))?;
         }
         writeln!(o, "max_bytes = {}\nkeep = {}\nchannel = {}", f.max_bytes, f.keep, f.channel)?;
+        let format = match f.format {
+            FlowLogFormat::Calico => "calico",
+            FlowLogFormat::Margay => "margay",
+        };
+        writeln!(
+            o,
+            "format = {}\naggregate_allowed = {}\naggregate_denied = {}\nlog_rate = {}",
+            quoted(format),
+            f.aggregate_allowed.level(),
+            f.aggregate_denied.level(),
+            f.log_rate
+        )?;
+        if let Some(i) = &self.ipfix {
+            writeln!(
+                o,
+                "\n[ipfix]\ncollector = {}\nobservation_domain = {}\ntemplate_refresh = {}\nenterprise = {}\nmax_message = {}",
+                quoted(&i.collector),
+                i.observation_domain,
+                i.template_refresh,
+                i.enterprise,
+                i.max_message
+            )?;
+        }
         let d = &self.daemon;
         let fail_mode = match d.fail_mode {
             FailMode::Open => "open",

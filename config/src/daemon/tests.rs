@@ -86,6 +86,20 @@ fn errors_name_the_place() {
         ),
         (format!("{OK}[daemon]\nfail_mode = \"ajar\""), "d.toml:24:13: unknown variant `ajar`"),
         (format!("{OK}[flow_logs]\nkeep = 5000"), "d.toml:24:8: flow_logs keep must be between 0 and 1000"),
+        (format!("{OK}[flow_logs]\nformat = \"csv\""), "d.toml:24:10: unknown variant `csv`"),
+        (
+            format!("{OK}[flow_logs]\naggregate_denied = 3"),
+            "d.toml:24:20: flow_logs aggregate_denied is 0 (a record per flow), 1 (source ports aggregated) or 2",
+        ),
+        (
+            format!("{OK}[ipfix]\ncollector = \"198.18.0.1\""),
+            "d.toml:24:13: ipfix collector '198.18.0.1': give HOST:PORT",
+        ),
+        (format!("{OK}[ipfix]\nport = 4739"), "d.toml:24:1: unknown field `port`"),
+        (
+            format!("{OK}[ipfix]\ncollector = \"c:4739\"\nmax_message = 100"),
+            "d.toml:25:15: ipfix max_message must be between 512 and 65000",
+        ),
         (
             OK.replace("name = \"in0\"", "name = \"in0\"\nqueues = 0"),
             "d.toml:4:10: queues must be between 1 and 256",
@@ -124,7 +138,7 @@ fn errors_name_the_place() {
 #[test]
 fn the_config_prints_back_to_itself() {
     let full = format!(
-        "policy = \"/etc/margay/policy.toml\"\n{OK}[flow_logs]\npath = \"/var/log/m \\\"x\\\".jsonl\"\nkeep = 2\n[daemon]\nfail_mode = \"closed\"\ncores = [1, 3]\nmetrics = \"127.0.0.1:9464\"\nforward_only = true\n"
+        "policy = \"/etc/margay/policy.toml\"\n{OK}[flow_logs]\npath = \"/var/log/m \\\"x\\\".jsonl\"\nkeep = 2\nformat = \"margay\"\naggregate_allowed = 2\nlog_rate = 7\n[ipfix]\ncollector = \"[2001:db8::1]:4739\"\nobservation_domain = 9\n[daemon]\nfail_mode = \"closed\"\ncores = [1, 3]\nmetrics = \"127.0.0.1:9464\"\nforward_only = true\n"
     );
     let store = format!(
         "{OK}[datastore]\nkind = \"etcd\"\nendpoints = [\"https://198.18.0.1:2379\", \"198.18.0.2:2379\"]\nca = \"/etc/ca.pem\"\ncert = \"/etc/c.pem\"\nkey = \"/etc/k.pem\"\nname = \"node-1\"\nquiet_ms = 50\n"

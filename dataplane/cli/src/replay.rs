@@ -8,14 +8,16 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use margay_config::PolicySet;
-use margay_config::daemon::DaemonConfig;
+use margay_config::daemon::{DaemonConfig, FlowLogFormat};
 use margay_rulecompiler::policy::compile::CompiledPolicy;
 use serde_json::json;
 
 use margay_dataplane::driver::Driver;
+use margay_dataplane::flowlog::calico::Aggregator;
 use margay_dataplane::flowlog::{FlowRecord, JsonLines};
 use margay_dataplane::io::{MAX_BURST, PcapIo};
 use margay_dataplane::pipeline::{Counters, Pipeline};
+use margay_dataplane::policy::PolicyVersions;
 
 /// Arguments of `margay replay`.
 #[derive(Debug, clap::Args)]
@@ -39,6 +41,10 @@ pub struct ReplayArgs {
     /// Write flow records here as JSON lines.
     #[arg(long, value_name = "FILE")]
     flows: Option<PathBuf>,
+    /// The records' format (default: the config's `[flow_logs] format`). Calico's records
+    /// are aggregated per `[flow_logs] interval` of capture time.
+    #[arg(long, value_name = "FORMAT", value_parser = ["calico", "margay"])]
+    flow_format: Option<String>,
     /// Print every counter instead of a one-line summary.
     #[arg(long)]
     stats: bool,
@@ -54,9 +60,31 @@ pub struct ReplayArgs {
 pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     let (config, compiled) = load(args)?;
     let mut flows = match &args.flows {
-        Some(p) => Some(JsonLines::new(BufWriter::new(
-            File::create(p).with_context(|| format!("{}: cannot create", p.display()))?,
-        ))),
+        Some(p) => {
+            let file =
+                BufWriter::new(File::create(p).with_context(|| format!("{}: cannot create", p.display()))?);
+            let format = match args.flow_format.as_deref() {
+                Some("calico") => FlowLogFormat::Calico,
+                Some(_) => FlowLogFormat::Margay,
+                None => config.flow_logs.format,
+            };
+            Some(match format {
+                FlowLogFormat::Margay => FlowOut::Margay(JsonLines::new(file)),
+                FlowLogFormat::Calico => FlowOut::Calico {
+                    agg: Aggregator::new(
+                        config.flow_logs.aggregate_allowed,
+                        config.flow_logs.aggregate_denied,
+                        &config
+                            .datastore
+                            .as_ref()
+                            .map_or_else(margay_config::daemon::host_name, |d| d.node.clone()),
+                    ),
+                    out: file,
+                    interval: config.flow_logs.interval * 1_000_000_000,
+                    drained_at: None,
+                },
+            })
+        }
         None => None,
     };
     let mut io = PcapIo::open(&args.input, &args.output)?;
@@ -76,7 +104,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     let frames_out = io.written;
     io.finish().with_context(|| format!("{}: cannot write", args.output.display()))?;
     if let Some(f) = flows {
-        f.into_inner()?;
+        f.finish()?;
     }
     report(args, &pipeline, written, frames_out)
 }
@@ -137,11 +165,60 @@ fn report(args: &ReplayArgs, pipeline: &Pipeline, written: u64, frames_out: u64)
     Ok(ExitCode::SUCCESS)
 }
 
-fn drain(
-    p: &mut Pipeline,
-    buf: &mut Vec<FlowRecord>,
-    out: Option<&mut JsonLines<BufWriter<File>>>,
-) -> std::io::Result<u64> {
+/// Where replayed records go.
+enum FlowOut {
+    Margay(JsonLines<BufWriter<File>>),
+    /// Calico's records: aggregated, written each `interval` of capture time (by the records'
+    /// end times) and at the end.
+    Calico {
+        agg: Aggregator,
+        out: BufWriter<File>,
+        interval: u64,
+        drained_at: Option<u64>,
+    },
+}
+
+impl FlowOut {
+    fn write(&mut self, r: &FlowRecord, versions: &PolicyVersions) -> std::io::Result<()> {
+        match self {
+            FlowOut::Margay(w) => w.write(r, versions),
+            FlowOut::Calico { agg, out, interval, drained_at } => {
+                let since = *drained_at.get_or_insert(r.end_ns);
+                if r.end_ns.saturating_sub(since) >= *interval {
+                    *drained_at = Some(r.end_ns);
+                    write_values(out, agg.drain())?;
+                }
+                match agg.add(r, versions) {
+                    Some(v) => write_values(out, [v]),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    fn finish(self) -> std::io::Result<()> {
+        match self {
+            FlowOut::Margay(w) => w.into_inner().map(drop),
+            FlowOut::Calico { mut agg, mut out, .. } => {
+                write_values(&mut out, agg.drain())?;
+                out.flush()
+            }
+        }
+    }
+}
+
+fn write_values(
+    out: &mut impl Write,
+    values: impl IntoIterator<Item = serde_json::Value>,
+) -> std::io::Result<()> {
+    for v in values {
+        serde_json::to_writer(&mut *out, &v)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+fn drain(p: &mut Pipeline, buf: &mut Vec<FlowRecord>, out: Option<&mut FlowOut>) -> std::io::Result<u64> {
     p.take_records(buf);
     let n = buf.len() as u64;
     if let Some(w) = out {

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use margay_testkit::netns::{self, CLIENT, DB, DaemonProcess, Process, Topology, WEB};
+use margay_testkit::netns::{self, CLIENT, Capture, DB, DaemonProcess, Topology, WEB};
 use serde_json::{Value, json};
 
 const EXE: &str = env!("CARGO_BIN_EXE_margay");
@@ -1146,34 +1146,6 @@ fn totals(records: &[Value], matches: impl Fn(&Value) -> bool) -> ((u64, u64), (
     ((sum("packets_out"), sum("bytes_out")), (sum("packets_in"), sum("bytes_in")))
 }
 
-/// A tshark capture on `eth0` of `role`'s namespace, until stopped.
-struct Capture {
-    process: Process,
-    file: PathBuf,
-}
-
-impl Capture {
-    fn start(t: &Topology, role: &str, filter: &str, work: &Path) -> Capture {
-        let file = work.join(format!("{role}-{}.pcapng", filter.len()));
-        let mut cmd = t.cmd(role, "tshark");
-        cmd.args(["-q", "-i", "eth0", "-f", filter, "-w"]).arg(&file);
-        let process = Process::spawn(&mut cmd, "tshark", &work.join(format!("tshark-{role}.log"))).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !process.log_text().contains("Capturing on") {
-            assert!(Instant::now() < deadline, "tshark did not start: {}", process.log_text());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Capture { process, file }
-    }
-
-    /// Stops it and returns each frame's `fields` ([`netns::tshark_fields`]).
-    fn fields(mut self, fields: &[&str]) -> Vec<Vec<String>> {
-        std::thread::sleep(Duration::from_millis(300));
-        self.process.stop().unwrap();
-        netns::tshark_fields(&self.file, fields).unwrap()
-    }
-}
-
 /// A TCP echo server on `at` in `ns` for one connection; returns the bytes echoed.
 fn tcp_echo_once(ns: &str, at: SocketAddr) -> std::thread::JoinHandle<anyhow::Result<u64>> {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -1208,9 +1180,10 @@ fn offloaded_flows_are_counted_as_the_endpoints_saw_them_and_forwarded_valid() {
     // What web receives of UDP and ICMP (GRO, which the topology turns on, merges no UDP or
     // ICMP); what each side sends of TCP (the receivers' GRO merges TCP segments, so the
     // senders' captures count them: veth loses nothing in between).
-    let web_rx = Capture::start(&env.t, WEB.role, "(udp port 7 or icmp) and dst host 198.18.2.20", &env.work);
-    let web_tx = Capture::start(&env.t, WEB.role, "tcp and src host 198.18.2.20", &env.work);
-    let client_tx = Capture::start(&env.t, CLIENT.role, "tcp and src host 198.18.1.10", &env.work);
+    let web_rx =
+        Capture::start_on_eth0(&env.t, WEB.role, "(udp port 7 or icmp) and dst host 198.18.2.20", &env.work);
+    let web_tx = Capture::start_on_eth0(&env.t, WEB.role, "tcp and src host 198.18.2.20", &env.work);
+    let client_tx = Capture::start_on_eth0(&env.t, CLIENT.role, "tcp and src host 198.18.1.10", &env.work);
 
     // UDP: one flow of 300 echoed datagrams.
     let stop = Arc::new(AtomicBool::new(false));

@@ -215,6 +215,10 @@ fn replay_capture(dir: &Path, dense: bool, extra: &[&str]) -> (std::process::Out
         "--flows".to_owned(),
         flows.display().to_string(),
     ];
+    if !extra.contains(&"--flow-format") {
+        // Margay's own records: one per flow event, what the checks below count.
+        args.extend(["--flow-format".to_owned(), "margay".to_owned()]);
+    }
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     let out = Command::new(env!("CARGO_BIN_EXE_margay")).args(&args).output().unwrap();
     assert!(out.status.success(), "margay replay failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -293,6 +297,46 @@ fn replay_matches_the_snapshots() {
         .map(|r| r["packets_out"].as_u64().unwrap() + r["packets_in"].as_u64().unwrap())
         .sum();
     assert_eq!(tcp, 7);
+}
+
+/// The same replay's records in Calico's schema: a snapshot (the `host` field, the machine's
+/// name, set aside), each record valid against docs/schema/calico-flow-log.schema.json, and
+/// the packet counts equal to Margay's records'.
+#[test]
+fn calico_records_of_the_replay_match_their_snapshot_and_the_schema() {
+    let dir = Scratch::new("calico");
+    let (_, _, flows) = replay(&dir.0, &["--flow-format", "calico"]);
+    let text = std::fs::read_to_string(&flows).unwrap();
+    let mut records: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for r in &mut records {
+        assert!(r["host"].as_str().is_some_and(|h| !h.is_empty()), "{r}");
+        r["host"] = serde_json::json!("node");
+    }
+    let mut normalized = String::new();
+    for r in &records {
+        writeln!(normalized, "{r}").unwrap();
+    }
+    snapshot("flows-calico.jsonl", &normalized);
+    let schema = repo("docs/schema/calico-flow-log.schema.json");
+    let script = "import json, sys, jsonschema\n\
+        s = json.load(open(sys.argv[1]))\n\
+        v = jsonschema.Draft202012Validator(s, format_checker=jsonschema.FormatChecker())\n\
+        for n, line in enumerate(open(sys.argv[2]), 1):\n\
+        \x20   for e in v.iter_errors(json.loads(line)):\n\
+        \x20       print(f'line {n}: {e.json_path}: {e.message}')\n";
+    let out = Command::new("python3").args(["-c", script]).arg(&schema).arg(&flows).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    // The allowed TCP flow's 7 packets, once per reporting side (both ends are endpoints).
+    let tcp = |reporter: &str| -> u64 {
+        records
+            .iter()
+            .filter(|r| r["proto"] == "tcp" && r["action"] == "allow" && r["reporter"] == reporter)
+            .map(|r| r["packets_out"].as_u64().unwrap() + r["packets_in"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!((tcp("src"), tcp("dst")), (7, 7), "{text}");
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! The flow-log writer thread: drains the bounded record channel into a JSON-lines file with
-//! size-based rotation (`flows.jsonl` → `flows.jsonl.1` → … → `.keep`). Workers never block on
-//! it: they `try_send`, and a full channel is counted as dropped records.
+//! size-based rotation (`flows.jsonl` → `flows.jsonl.1` → … → `.keep`), in Calico's schema
+//! (aggregated over each interval) or Margay's own, and into the IPFIX exporter when one is
+//! configured. Workers never block on it: they `try_send`, and a full channel is counted as
+//! dropped records.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -10,8 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use margay_config::daemon::{Aggregation, FlowLogFormat};
 
 use crate::flowlog::FlowRecord;
+use crate::flowlog::calico::{self, Aggregator};
+use crate::flowlog::ipfix::{ExportStats, Exporter};
 use crate::policy::{PolicyVersion, PolicyVersions};
 
 /// Flow-log counters, shared with the workers (drops) and the metrics.
@@ -27,6 +32,23 @@ pub struct FlowLogStats {
     pub write_errors: AtomicU64,
     /// Rotations done.
     pub rotations: AtomicU64,
+    /// IPFIX messages sent.
+    pub ipfix_messages: AtomicU64,
+    /// IPFIX data records sent.
+    pub ipfix_records: AtomicU64,
+    /// IPFIX messages the socket refused.
+    pub ipfix_send_errors: AtomicU64,
+    /// IPFIX data records lost with them.
+    pub ipfix_lost: AtomicU64,
+}
+
+impl FlowLogStats {
+    fn set_ipfix(&self, s: ExportStats) {
+        self.ipfix_messages.store(s.messages, Ordering::Relaxed);
+        self.ipfix_records.store(s.records, Ordering::Relaxed);
+        self.ipfix_send_errors.store(s.send_errors, Ordering::Relaxed);
+        self.ipfix_lost.store(s.lost, Ordering::Relaxed);
+    }
 }
 
 /// Where records go.
@@ -38,6 +60,16 @@ pub struct Sink {
     pub max_bytes: u64,
     /// Rotated files kept.
     pub keep: u32,
+    /// The records' format.
+    pub format: FlowLogFormat,
+    /// Calico format: aggregation of allowed flows.
+    pub aggregate_allowed: Aggregation,
+    /// Of denied flows.
+    pub aggregate_denied: Aggregation,
+    /// Calico format: the node's name in `host`.
+    pub host: String,
+    /// Calico format: seconds between writes of the aggregated records.
+    pub interval: u64,
 }
 
 struct Writer {
@@ -120,14 +152,15 @@ impl Writer {
     }
 }
 
-/// Runs the writer until every sender is gone, then flushes. Opening the file is checked by
-/// the daemon before it starts (see [`check_sink`]).
+/// Runs the writer until every sender is gone, then writes what it holds and flushes.
+/// Opening the file is checked by the daemon before it starts (see [`check_sink`]).
 ///
 /// `versions` brings every policy version the daemon publishes, sent before the workers can
 /// adopt it, so the version a record names has arrived by the time the record has: records
 /// carry the epoch, and the names are resolved here.
 pub fn run(
     sink: Sink,
+    mut ipfix: Option<Exporter>,
     records: Receiver<FlowRecord>,
     versions: Receiver<Arc<PolicyVersion>>,
     stats: Arc<FlowLogStats>,
@@ -142,45 +175,138 @@ pub fn run(
         },
         None => None,
     };
-    let mut line = Vec::with_capacity(512);
+    let mut out = Output {
+        line: Vec::with_capacity(512),
+        calico: (sink.format == FlowLogFormat::Calico)
+            .then(|| Aggregator::new(sink.aggregate_allowed, sink.aggregate_denied, &sink.host)),
+        stats: &stats,
+    };
+    let interval = sink.interval.max(1) * 1_000_000_000;
     let mut known = PolicyVersions::default();
+    let (mut drained_at, mut flushed_at) = (super::now_ns(), super::now_ns());
     loop {
-        let r = match records.recv_timeout(Duration::from_millis(500)) {
-            Ok(r) => r,
+        let got = records.recv_timeout(Duration::from_millis(500));
+        let now = super::now_ns();
+        match got {
+            Ok(r) => {
+                for v in versions.try_iter() {
+                    known.insert(v);
+                }
+                if let Some(x) = ipfix.as_mut() {
+                    x.add(&r, &known, now);
+                }
+                match (&mut writer, &sink.path) {
+                    (None, None) => {
+                        stats.discarded.fetch_add(1, Ordering::Relaxed);
+                    }
+                    (None, Some(_)) => {
+                        stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    (Some(w), _) => out.record(w, &r, &known),
+                }
+            }
             Err(RecvTimeoutError::Timeout) => {
                 if let Some(w) = writer.as_mut() {
                     let _ = w.out.flush();
                 }
-                continue;
             }
             Err(RecvTimeoutError::Disconnected) => break,
-        };
-        match (&mut writer, &sink.path) {
-            (None, None) => {
-                stats.discarded.fetch_add(1, Ordering::Relaxed);
-            }
-            (None, Some(_)) => {
-                stats.write_errors.fetch_add(1, Ordering::Relaxed);
-            }
-            (Some(w), _) => {
-                for v in versions.try_iter() {
-                    known.insert(v);
-                }
-                line.clear();
-                let ok = serde_json::to_writer(&mut line, &r.to_json(&known)).is_ok();
-                line.push(b'\n');
-                if ok && w.write(&line, &stats).is_ok() {
-                    stats.written.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+        }
+        if let Some(w) = writer.as_mut()
+            && (now.saturating_sub(drained_at) >= interval
+                || out.calico.as_ref().is_some_and(|a| a.len() >= calico::MAX_AGGREGATES))
+        {
+            drained_at = now;
+            out.drain(w);
+        }
+        // Records leave for the collector within a second, or sooner when a message fills.
+        if let Some(x) = ipfix.as_mut()
+            && now.saturating_sub(flushed_at) >= 1_000_000_000
+        {
+            flushed_at = now;
+            x.flush();
+            stats.set_ipfix(x.stats());
         }
     }
-    if let Some(w) = writer.as_mut()
-        && let Err(e) = w.out.flush()
-    {
-        tracing::error!("flow log {}: {e}", w.path.display());
+    if let Some(x) = ipfix.as_mut() {
+        x.flush();
+        stats.set_ipfix(x.stats());
+    }
+    if let Some(w) = writer.as_mut() {
+        out.drain(w);
+        if let Err(e) = w.out.flush() {
+            tracing::error!("flow log {}: {e}", w.path.display());
+        }
+    }
+}
+
+/// How records become lines.
+struct Output<'a> {
+    line: Vec<u8>,
+    /// Calico format: the interval's aggregates; none: Margay's records, a line each.
+    calico: Option<Aggregator>,
+    stats: &'a FlowLogStats,
+}
+
+impl Output<'_> {
+    fn record(&mut self, w: &mut Writer, r: &FlowRecord, known: &PolicyVersions) {
+        let value = match self.calico.as_mut() {
+            Some(a) => match a.add(r, known) {
+                Some(v) => v,
+                None => return,
+            },
+            None => r.to_json(known),
+        };
+        self.write(w, &value);
+    }
+
+    /// Writes the interval's Calico records.
+    fn drain(&mut self, w: &mut Writer) {
+        let Some(a) = self.calico.as_mut() else { return };
+        for v in a.drain() {
+            self.write(w, &v);
+        }
+    }
+
+    fn write(&mut self, w: &mut Writer, v: &serde_json::Value) {
+        self.line.clear();
+        let ok = serde_json::to_writer(&mut self.line, v).is_ok();
+        self.line.push(b'\n');
+        if ok && w.write(&self.line, self.stats).is_ok() {
+            self.stats.written.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Sink {
+    /// A sink for `config`'s `[flow_logs]`, naming `host` in Calico records.
+    pub fn of(f: &margay_config::daemon::FlowLogs, host: &str) -> Sink {
+        Sink {
+            path: f.path.clone(),
+            max_bytes: f.max_bytes,
+            keep: f.keep,
+            format: f.format,
+            aggregate_allowed: f.aggregate_allowed,
+            aggregate_denied: f.aggregate_denied,
+            host: host.to_owned(),
+            interval: f.interval,
+        }
+    }
+
+    #[cfg(test)]
+    fn margay() -> Sink {
+        Sink {
+            path: None,
+            max_bytes: 1 << 20,
+            keep: 1,
+            format: FlowLogFormat::Margay,
+            aggregate_allowed: Aggregation::None,
+            aggregate_denied: Aggregation::None,
+            host: String::new(),
+            interval: 10,
+        }
     }
 }
 
@@ -203,7 +329,7 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join("flows.jsonl");
-        let sink = Sink { path: Some(path.clone()), max_bytes: 1 << 20, keep: 1 };
+        let sink = Sink { path: Some(path.clone()), max_bytes: 1 << 20, keep: 1, ..Sink::margay() };
         check_sink(&sink).unwrap();
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode & !0o640, 0, "created {mode:o}");

@@ -105,6 +105,12 @@ pub fn update(shared: &Shared) {
         .absolute(f.discarded.load(Ordering::Relaxed));
     counter!("margay_flowlog_dropped_total").absolute(f.dropped.load(Ordering::Relaxed));
     counter!("margay_flowlog_write_errors_total").absolute(f.write_errors.load(Ordering::Relaxed));
+    if shared.config.ipfix.is_some() {
+        counter!("margay_ipfix_messages_total").absolute(f.ipfix_messages.load(Ordering::Relaxed));
+        counter!("margay_ipfix_records_total").absolute(f.ipfix_records.load(Ordering::Relaxed));
+        counter!("margay_ipfix_send_errors_total").absolute(f.ipfix_send_errors.load(Ordering::Relaxed));
+        counter!("margay_ipfix_lost_records_total").absolute(f.ipfix_lost.load(Ordering::Relaxed));
+    }
     for (c, iface) in xdp.iter().zip(&shared.config.interfaces) {
         for (name, v) in c.named() {
             counter!("margay_xdp_packets_total", "interface" => iface.name.clone(), "counter" => name)

@@ -42,6 +42,7 @@ use crate::policy::PolicyVersion;
 
 use self::flowlog::FlowLogStats;
 use self::worker::Worker;
+use crate::flowlog::ipfix::Exporter;
 
 /// Wall-clock nanoseconds (flow records carry real times).
 pub fn now_ns() -> u64 {
@@ -256,14 +257,29 @@ impl Daemon {
             tracing::warn!("[daemon] forward_only: routing only; the policy is NOT enforced");
         }
         let policy = Arc::new(PolicyVersion { epoch: 1, compiled });
-        let sink = flowlog::Sink {
-            path: config.flow_logs.path.clone(),
-            max_bytes: config.flow_logs.max_bytes,
-            keep: config.flow_logs.keep,
+        let host_name = match &config.datastore {
+            Some(d) => d.node.clone(),
+            None => margay_config::daemon::host_name(),
         };
+        let sink = flowlog::Sink::of(&config.flow_logs, &host_name);
         if let Err(e) = flowlog::check_sink(&sink) {
             bail!("flow log {}: {e}", sink.path.as_deref().unwrap_or(Path::new("-")).display());
         }
+        let ipfix = match &config.ipfix {
+            Some(i) => {
+                let socket = Exporter::connect(&i.collector)
+                    .with_context(|| format!("[ipfix] collector {}", i.collector))?;
+                tracing::info!(collector = %i.collector, "IPFIX export on");
+                Some(Exporter::new(
+                    socket,
+                    i.observation_domain,
+                    i.enterprise,
+                    i.template_refresh,
+                    i.max_message,
+                ))
+            }
+            None => None,
+        };
         let control = control::Server::bind(&config.daemon.control_socket)?;
         let host = host::host_addresses()?;
         // XDP first (so its maps exist), then the sockets registered in them.
@@ -322,7 +338,7 @@ impl Daemon {
         }
         let writer = std::thread::Builder::new()
             .name("margay-flowlog".into())
-            .spawn(move || flowlog::run(sink, records_rx, versions_rx, flowlog_stats))
+            .spawn(move || flowlog::run(sink, ipfix, records_rx, versions_rx, flowlog_stats))
             .context("spawning the flow-log writer")?;
         for w in workers {
             let s = Arc::clone(&shared);

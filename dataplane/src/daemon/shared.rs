@@ -316,6 +316,13 @@ impl Shared {
                 "dropped": f.dropped.load(Ordering::Relaxed), "write_errors": f.write_errors.load(Ordering::Relaxed),
                 "rotations": f.rotations.load(Ordering::Relaxed),
             },
+            "ipfix": self.config.ipfix.as_ref().map(|i| json!({
+                "collector": i.collector,
+                "messages": f.ipfix_messages.load(Ordering::Relaxed),
+                "records": f.ipfix_records.load(Ordering::Relaxed),
+                "send_errors": f.ipfix_send_errors.load(Ordering::Relaxed),
+                "lost": f.ipfix_lost.load(Ordering::Relaxed),
+            })),
             "last_reload": last.map(|r| json!({"at": r.at, "ok": r.ok, "epoch": r.epoch, "error": r.error})),
             "datastore": self.datastore_json(),
             "fast_path": {

@@ -21,6 +21,8 @@ use serde_json::{Value, json};
 
 use crate::counters::Drop;
 
+pub mod calico;
+pub mod ipfix;
 mod recorder;
 
 use crate::policy::PolicyVersions;
@@ -35,6 +37,9 @@ pub enum Kind {
     Aggregate,
     /// A tracked flow ended.
     End,
+    /// A new flow matched a policy's `log` rule (its decision names the rule on each side;
+    /// it counts no packets: they are in the flow's other records).
+    Log,
 }
 
 impl Kind {
@@ -43,6 +48,7 @@ impl Kind {
             Kind::Start => "start",
             Kind::Aggregate => "aggregate",
             Kind::End => "end",
+            Kind::Log => "log",
         }
     }
 }
@@ -125,7 +131,7 @@ pub struct FlowRecord {
     pub flows_completed: u32,
 }
 
-fn proto_name(p: u8) -> Value {
+pub(crate) fn proto_name(p: u8) -> Value {
     match p {
         1 => json!("icmp"),
         6 => json!("tcp"),
@@ -136,7 +142,17 @@ fn proto_name(p: u8) -> Value {
     }
 }
 
+/// Bytes of an Ethernet header: what a record's bytes count beyond the IP packets (served
+/// interfaces carry untagged Ethernet only).
+const ETHERNET_HEADER: u64 = 14;
+
 impl FlowRecord {
+    /// The IP bytes of direction `dir` (0: originator to responder): `bytes` counts frames,
+    /// Calico and IPFIX count IP packets.
+    pub fn ip_bytes(&self, dir: usize) -> u64 {
+        self.bytes[dir].saturating_sub(ETHERNET_HEADER * self.packets[dir])
+    }
+
     /// The record as a JSON object, names resolved from `versions`.
     pub fn to_json(&self, versions: &PolicyVersions) -> Value {
         let policy = self.policy_epoch.and_then(|e| versions.get(e));
@@ -144,7 +160,9 @@ impl FlowRecord {
         let side = |s: Option<SideRef>| match (s, policy) {
             (Some(s), Some(p)) => {
                 let (tier, pol, rule) = p.compiled.side_names(s);
-                json!({"action": s.verdict.as_str(), "tier": tier, "policy": pol, "rule": rule})
+                // A `log` record's sides are the rules that logged.
+                let action = if self.kind == Kind::Log { "log" } else { s.verdict.as_str() };
+                json!({"action": action, "tier": tier, "policy": pol, "rule": rule})
             }
             _ => Value::Null,
         };

@@ -62,6 +62,7 @@ struct DropAgg {
 #[derive(Debug)]
 pub struct Recorder {
     records: Vec<FlowRecord>,
+    log_budget: LogBudget,
     drops: HashMap<DropKey, DropAgg, FixedState>,
     /// The flow-log interval, ns.
     interval: u64,
@@ -69,9 +70,46 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// A recorder writing aggregates every `interval` ns.
-    pub fn new(interval: u64) -> Recorder {
-        Recorder { records: Vec::new(), drops: HashMap::default(), interval, last_flush: None }
+    /// A recorder writing aggregates every `interval` ns and at most `log_rate` `log` records
+    /// a second (bursts of up to a second's worth).
+    pub fn new(interval: u64, log_rate: u32) -> Recorder {
+        Recorder {
+            records: Vec::new(),
+            log_budget: LogBudget::new(log_rate),
+            drops: HashMap::default(),
+            interval,
+            last_flush: None,
+        }
+    }
+
+    /// A `log` record of the new flow `key` (addresses and ports; `reason` unused) whose
+    /// decision `d` matched a `log` rule, decided under the policy of `epoch`, when the rate
+    /// allows: false when it does not (the caller counts it).
+    pub fn log(&mut self, key: &DropKey, d: &Verdicts, now: u64, epoch: u32) -> bool {
+        if !self.log_budget.take(now) {
+            return false;
+        }
+        let side =
+            |meta: Option<u32>| meta.map(|meta| SideRef { verdict: d.verdict, meta, tier_default: false });
+        self.records.push(FlowRecord {
+            kind: Kind::Log,
+            start_ns: now,
+            end_ns: now,
+            proto: key.proto,
+            src: key.src,
+            src_port: key.src_port,
+            dst: key.dst,
+            dst_port: key.dst_port,
+            action: d.verdict,
+            reason: Reason::Policy,
+            policy_epoch: Some(epoch),
+            decision: Some(RecordDecision { egress: side(d.log[0]), ingress: side(d.log[1]), staged: None }),
+            packets: [0, 0],
+            bytes: [0, 0],
+            flows_started: 0,
+            flows_completed: 0,
+        });
+        true
     }
 
     /// The flow-log interval, ns.
@@ -165,6 +203,39 @@ impl Recorder {
                 flows_started: 1,
                 flows_completed: 1,
             });
+        }
+    }
+}
+
+/// A token bucket in nanosecond units: `rate` tokens a second, at most a second's worth kept.
+#[derive(Debug)]
+struct LogBudget {
+    rate: u64,
+    /// Tokens x 1e9.
+    have: u64,
+    last: Option<u64>,
+}
+
+impl LogBudget {
+    const UNIT: u64 = 1_000_000_000;
+
+    fn new(rate: u32) -> LogBudget {
+        let rate = u64::from(rate);
+        LogBudget { rate, have: rate * Self::UNIT, last: None }
+    }
+
+    fn take(&mut self, now: u64) -> bool {
+        let cap = self.rate * Self::UNIT;
+        if let Some(last) = self.last {
+            let earned = now.saturating_sub(last).saturating_mul(self.rate);
+            self.have = self.have.saturating_add(earned).min(cap);
+        }
+        self.last = Some(now);
+        if self.have >= Self::UNIT {
+            self.have -= Self::UNIT;
+            true
+        } else {
+            false
         }
     }
 }

@@ -144,7 +144,7 @@ impl Pipeline {
                 versions: PolicyVersions::of(Arc::clone(&policy)),
                 policy,
                 counters: Counters::default(),
-                log: Recorder::new(config.flow_logs.interval * SEC),
+                log: Recorder::new(config.flow_logs.interval * SEC, config.flow_logs.log_rate),
                 fast: None,
             },
             parsed: vec![Packet::EMPTY; BURST],

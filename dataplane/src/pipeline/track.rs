@@ -105,10 +105,24 @@ impl Pipeline {
     /// the policy decides each one; nothing is tracked.
     fn stateless(&mut self, now: u64, p: &Packet, len: usize) -> Result<(), Drop> {
         let d = self.acct.classify(&flow_of_packet(p));
+        self.log_hit(now, p, &d);
         if d.verdict == Verdict::Deny {
             return Err(self.drop_logged(now, p, Drop::Denied, Some(&d), len));
         }
         Ok(())
+    }
+
+    /// A `log` record when a `log` rule matched the new flow of `p` (rate-limited, counted).
+    fn log_hit(&mut self, now: u64, p: &Packet, d: &Verdicts) {
+        if !d.logged() {
+            return;
+        }
+        let acct = &mut self.acct;
+        if acct.log.log(&drop_key(p, Drop::Denied), d, now, acct.policy.epoch) {
+            acct.counters.log_records += 1;
+        } else {
+            acct.counters.log_suppressed += 1;
+        }
     }
 
     /// A packet of an untracked flow: if it may open one and the policy allows it, track it.
@@ -119,6 +133,7 @@ impl Pipeline {
             return Err(self.drop_logged(now, p, Drop::Invalid, None, len));
         };
         let d = self.acct.classify(&flow_of_packet(p));
+        self.log_hit(now, p, &d);
         if d.verdict == Verdict::Deny {
             return Err(self.drop_logged(now, p, Drop::Denied, Some(&d), len));
         }
@@ -155,23 +170,27 @@ impl Pipeline {
         len: usize,
     ) -> Drop {
         self.acct.drop(d);
-        let (src_port, dst_port) =
-            if p.has_ports() || p.icmp_kind().is_some() { (p.l4.sport, p.l4.dport) } else { (0, 0) };
-        let key = DropKey {
-            proto: p.l4.proto,
-            src: p.src,
-            src_port,
-            dst: p.dst,
-            dst_port,
-            reason: Reason::Drop(d),
-            egress: None,
-            ingress: None,
-            staged: None,
-        };
-        if !self.acct.log.dropped(key.with_decision(decision), now, len) {
+        if !self.acct.log.dropped(drop_key(p, d).with_decision(decision), now, len) {
             self.acct.counters.records_lost += 1;
         }
         d
+    }
+}
+
+/// The drop-aggregate key of `p` dropped for `d`, without a decision.
+fn drop_key(p: &Packet, d: Drop) -> DropKey {
+    let (src_port, dst_port) =
+        if p.has_ports() || p.icmp_kind().is_some() { (p.l4.sport, p.l4.dport) } else { (0, 0) };
+    DropKey {
+        proto: p.l4.proto,
+        src: p.src,
+        src_port,
+        dst: p.dst,
+        dst_port,
+        reason: Reason::Drop(d),
+        egress: None,
+        ingress: None,
+        staged: None,
     }
 }
 
@@ -222,7 +241,7 @@ fn store_decision(e: &mut Entry, d: &Verdicts, epoch: u32) {
     if let Some(v) = d.staged {
         f |= flags::STAGED | if v == Verdict::Deny { flags::STAGED_DENY } else { 0 };
     }
-    if d.logged {
+    if d.logged() {
         f |= flags::LOGGED;
     }
     e.flags = f;

@@ -86,6 +86,9 @@ pub(super) struct Meta {
     pub(super) tier: String,
     pub(super) policy: String,
     pub(super) rule: i32,
+    /// The policy as Calico's flow logs name it: `tier.name`, `namespace/tier.name` for a
+    /// namespaced policy.
+    pub(super) qualified: String,
 }
 
 /// One family's classifier and what its rules mean.
@@ -137,8 +140,8 @@ pub struct CompiledPolicy {
     /// Endpoint by address. foldhash rather than SipHash: the packet path asks twice per new
     /// flow, and the keys are the configured endpoints (lookups cannot grow a chain).
     endpoint_of: EndpointMap,
-    /// Name and namespace per endpoint.
-    endpoints: Vec<(String, String)>,
+    /// Name, namespace and labels (`key=value`, sorted) per endpoint.
+    endpoints: Vec<EndpointNames>,
     enforced: View,
     staged: Option<View>,
     unmanaged: Verdict,
@@ -175,7 +178,15 @@ impl CompiledPolicy {
                 .map(|v| v.v4.classifier.memory_bytes() + v.v6.classifier.memory_bytes())
                 .sum(),
         };
-        let endpoints = set.endpoints.iter().map(|e| (e.name.clone(), e.namespace.clone())).collect();
+        let endpoints = set
+            .endpoints
+            .iter()
+            .map(|e| EndpointNames {
+                name: e.name.clone(),
+                namespace: e.namespace.clone(),
+                labels: e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            })
+            .collect();
         Ok(Self { endpoint_of, endpoints, enforced, staged, unmanaged: set.defaults.unmanaged_action, stats })
     }
 
@@ -220,12 +231,12 @@ impl CompiledPolicy {
                 egress: None,
                 ingress: None,
                 staged: None,
-                logged: false,
+                log: [None; 2],
             };
         }
-        let mut logged = false;
-        let mut on_log = |ingress, meta| {
-            logged = true;
+        let mut first_log = [None; 2];
+        let mut on_log = |ingress: bool, meta| {
+            first_log[usize::from(ingress)].get_or_insert(meta);
             log(ingress, meta);
         };
         let egress = src.map(|e| self.enforced.side(e, false, flow, &mut on_log));
@@ -240,7 +251,7 @@ impl CompiledPolicy {
                 combine_verdicts(eg, ing)
             })
         });
-        Verdicts { verdict, egress, ingress, staged, logged }
+        Verdicts { verdict, egress, ingress, staged, log: first_log }
     }
 
     /// Tier, policy and rule index of a side's decision (see [`SideDecision`]).
@@ -251,7 +262,24 @@ impl CompiledPolicy {
     /// The local endpoint with address `ip`: its name and namespace.
     pub fn endpoint(&self, ip: IpAddr) -> Option<(&str, &str)> {
         let e = self.endpoint_of.get(ip)?;
-        self.endpoints.get(e as usize).map(|(n, ns)| (n.as_str(), ns.as_str()))
+        self.endpoints.get(e as usize).map(|e| (e.name.as_str(), e.namespace.as_str()))
+    }
+
+    /// The labels of the local endpoint with address `ip`, as `key=value`, sorted.
+    pub fn endpoint_labels(&self, ip: IpAddr) -> Option<&[String]> {
+        let e = self.endpoint_of.get(ip)?;
+        self.endpoints.get(e as usize).map(|e| e.labels.as_slice())
+    }
+
+    /// A side's policy as Calico's flow logs name it (`tier.name`, or `namespace/tier.name`
+    /// for a namespaced policy); `""` for a `[defaults]` verdict.
+    pub fn side_qualified_name(&self, side: SideRef) -> &str {
+        self.enforced.meta.get(side.meta as usize).map_or("", |m| m.qualified.as_str())
+    }
+
+    /// Tier, policy and rule index of a `log` rule hit ([`Verdicts::log`]).
+    pub fn log_names(&self, meta: u32) -> (&str, &str, i32) {
+        self.enforced.names(SideRef { verdict: Verdict::Allow, meta, tier_default: false })
     }
 }
 
@@ -309,8 +337,24 @@ pub struct Verdicts {
     pub ingress: Option<SideRef>,
     /// The verdict if staged policies were enforced, when a staged policy selected a side.
     pub staged: Option<Verdict>,
+    /// The first `log` rule that matched on each side, `[egress, ingress]`, by index
+    /// ([`CompiledPolicy::log_names`] resolves it).
+    pub log: [Option<u32>; 2],
+}
+
+impl Verdicts {
     /// Whether a `log` rule matched.
-    pub logged: bool,
+    pub fn logged(&self) -> bool {
+        self.log.iter().any(Option::is_some)
+    }
+}
+
+/// An endpoint's names, as flow records give them.
+#[derive(Debug, Clone)]
+struct EndpointNames {
+    name: String,
+    namespace: String,
+    labels: Vec<String>,
 }
 
 /// Endpoint indexes by namespace.

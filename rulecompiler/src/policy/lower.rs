@@ -125,6 +125,7 @@ impl Lowering<'_> {
                             tier: tier.name.clone(),
                             policy: policy.name.clone(),
                             rule: rule.reported_index(i),
+                            qualified: qualified(&tier.name, policy),
                         });
                         if let Some(pc) = self.pieces(policy, rule, true) {
                             emit_rule(&mut self.v4, &sig_runs, 1, &pc, meta, rule.action);
@@ -167,6 +168,7 @@ impl Lowering<'_> {
                 tier: tier.name.clone(),
                 policy: set.policies[last].name.clone(),
                 rule: -1,
+                qualified: qualified(&tier.name, &set.policies[last]),
             });
             let step = Step::TierDeny { meta };
             self.v4.sentinel(&runs(&ids), step);
@@ -366,5 +368,13 @@ fn emit_rule<const D: usize>(
     for _ in first..emit.rules.len() {
         // A pass rule's `end` is its tier's last rule, set when the tier is closed.
         emit.steps.push(Step::Rule { meta, action, end: group_end });
+    }
+}
+
+/// A policy's name as Calico's flow logs write it: `tier.name`, or `namespace/tier.name`.
+fn qualified(tier: &str, policy: &Policy) -> String {
+    match &policy.namespace {
+        Some(ns) => format!("{ns}/{tier}.{}", policy.name),
+        None => format!("{tier}.{}", policy.name),
     }
 }

@@ -200,8 +200,8 @@ impl Topology {
     }
 
     /// The node's config: the three interfaces, routes to the three links and static
-    /// neighbours, `policy`, the control socket, the flow log, and `daemon_extra` lines added
-    /// to its `[daemon]` table (the last one).
+    /// neighbours, `policy`, the control socket, the flow log (in Margay's format, interval
+    /// 1 s), and `daemon_extra` lines added to its `[daemon]` table (the last one).
     pub fn node_config(&self, policy: &Path, socket: &Path, flows: &Path, daemon_extra: &str) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "policy = {:?}", policy.display().to_string());
@@ -220,7 +220,12 @@ impl Topology {
                 h.ip, h.mac, h.node_if
             );
         }
-        let _ = writeln!(s, "[flow_logs]\npath = {:?}\ninterval = 1", flows.display().to_string());
+        // Margay's own records: the suites read both sides' decisions and each flow event.
+        let _ = writeln!(
+            s,
+            "[flow_logs]\npath = {:?}\ninterval = 1\nformat = \"margay\"",
+            flows.display().to_string()
+        );
         let _ = writeln!(
             s,
             "[daemon]\ncontrol_socket = {:?}\nframes = 8192\nring_size = 1024",
@@ -528,6 +533,59 @@ impl Drop for Process {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// A tshark capture in a role's namespace, until stopped.
+#[derive(Debug)]
+pub struct Capture {
+    process: Process,
+    file: std::path::PathBuf,
+}
+
+impl Capture {
+    /// Captures on `interface` of `role`'s namespace what `filter` (pcap syntax) passes, into a
+    /// file in `work`, once tshark says it is capturing (up to 20 s).
+    pub fn start(
+        t: &Topology,
+        role: &str,
+        interface: &str,
+        filter: &str,
+        work: &Path,
+    ) -> anyhow::Result<Capture> {
+        let file = work.join(format!("{role}-{interface}-{}.pcapng", filter.len()));
+        let mut cmd = t.cmd(role, "tshark");
+        cmd.args(["-q", "-i", interface, "-f", filter, "-w"]).arg(&file);
+        let process =
+            Process::spawn(&mut cmd, "tshark", &work.join(format!("tshark-{role}-{interface}.log")))?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !process.log_text().contains("Capturing on") {
+            if std::time::Instant::now() > deadline {
+                bail!("tshark did not start: {}", process.log_text());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(Capture { process, file })
+    }
+
+    /// [`Capture::start`] on `eth0`, panicking when tshark does not start (for tests).
+    #[expect(clippy::expect_used, reason = "test setup")]
+    pub fn start_on_eth0(t: &Topology, role: &str, filter: &str, work: &Path) -> Capture {
+        Self::start(t, role, "eth0", filter, work).expect("tshark capture")
+    }
+
+    /// Stops it (300 ms after the last frame of interest) and returns the capture's file.
+    pub fn finish(mut self) -> anyhow::Result<std::path::PathBuf> {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        self.process.stop()?;
+        Ok(self.file.clone())
+    }
+
+    /// Stops it and returns each frame's `fields` ([`tshark_fields`]), panicking on failure.
+    #[expect(clippy::expect_used, reason = "test setup")]
+    pub fn fields(self, fields: &[&str]) -> Vec<Vec<String>> {
+        let file = self.finish().expect("stopping tshark");
+        tshark_fields(&file, fields).expect("reading the capture")
     }
 }
 
