@@ -14,6 +14,12 @@
 //!   what the in-memory backend's frame stream costs at 1M flows.
 //! - `new/1k-live`, `new/1M-live`: every packet opens a new allowed flow (classified, inserted,
 //!   a start record made) while 1,000 or 1,000,000 flows are live.
+//! - `new/1k-live+discard`, `+margay`, `+calico`, `+ipfix`: `new/1k-live` with the records
+//!   sent as the daemon's workers send them (`try_send` on a bounded channel of 65,536) to a
+//!   writer thread on core 0 that discards them (the daemon with no output), writes Margay's
+//!   JSON lines, Calico's interval aggregates, or IPFIX messages over UDP to a socket on
+//!   127.0.0.1. The rate is the worker's; the writer's CPU time per record and the records the
+//!   full channel dropped are printed beside it.
 //! - `conntrack memory`: the table's reserved bytes at 1M capacity, and the resident memory
 //!   it took to make and fill it.
 //! - `conntrack-only/1k`, `conntrack-only/1M`: the conntrack lookups and counter updates of
@@ -38,13 +44,17 @@ use std::time::{Duration, Instant};
 
 use margay_benches::policygen::{ENDPOINTS, endpoint_ip, scale_policy};
 use margay_config::PolicySet;
+use margay_config::daemon::Aggregation;
 use margay_config::daemon::{DaemonConfig, Timeouts};
 use margay_config::policy::Verdict;
 use margay_dataplane::conntrack::{DEFAULT_CAPACITY, Entry, FlowKey, Hint, State, Table};
 use margay_dataplane::driver::{All, Driver};
 use margay_dataplane::flowlog::FlowRecord;
+use margay_dataplane::flowlog::calico::{Aggregator, CalicoRecord};
+use margay_dataplane::flowlog::ipfix::Exporter;
 use margay_dataplane::io::{Clock, Disposition, MAX_BURST, MemIo, PacketIo};
 use margay_dataplane::pipeline::{BURST, PassTimes, Pipeline};
+use margay_dataplane::policy::PolicyVersions;
 use margay_rulecompiler::policy::Flow;
 use margay_rulecompiler::policy::compile::CompiledPolicy;
 use margay_rulecompiler::synth::SplitMix64;
@@ -175,10 +185,138 @@ fn perf_control(cmd: &str) {
     }
 }
 
+/// An output of flow records, as the daemon's flow-log thread has them.
+enum Encoder {
+    /// Counted and dropped (the daemon with neither a file nor IPFIX).
+    Discard,
+    /// Margay's JSON lines, into a buffer (cleared every 1 MB).
+    Margay(Vec<u8>),
+    /// Calico's interval aggregates and their lines (written when 65,536 are held).
+    Calico(Aggregator, Vec<u8>),
+    /// IPFIX messages over UDP to a socket on 127.0.0.1 (kept so the port stays bound).
+    Ipfix { exporter: Exporter, _collector: std::net::UdpSocket },
+}
+
+impl Encoder {
+    /// The encoder a case's name ends in (`+discard`, `+margay`, `+calico`, `+ipfix`).
+    fn named(name: &str) -> Option<Encoder> {
+        let (_, output) = name.rsplit_once('+')?;
+        Some(match output {
+            "margay" => Encoder::Margay(Vec::with_capacity(2 << 20)),
+            "calico" => Encoder::Calico(
+                Aggregator::new(Aggregation::None, Aggregation::None, "bench"),
+                Vec::with_capacity(2 << 20),
+            ),
+            "ipfix" => {
+                let collector = std::net::UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+                let at = collector.local_addr().unwrap_or_else(|e| panic!("{e}")).to_string();
+                let socket = Exporter::connect(&at).unwrap_or_else(|e| panic!("{e}"));
+                Encoder::Ipfix { exporter: Exporter::new(socket, 1, 32_473, 60, 1400), _collector: collector }
+            }
+            _ => Encoder::Discard,
+        })
+    }
+
+    fn take(&mut self, r: &FlowRecord, versions: &PolicyVersions) {
+        let line = |buf: &mut Vec<u8>, v: &dyn Fn(&mut Vec<u8>)| {
+            if buf.len() > 1 << 20 {
+                buf.clear();
+            }
+            v(buf);
+            buf.push(b'\n');
+        };
+        let json = |buf: &mut Vec<u8>, v: &CalicoRecord| {
+            line(buf, &|b| serde_json::to_writer(b, v).unwrap_or_else(|e| panic!("{e}")));
+        };
+        match self {
+            Encoder::Discard => {}
+            Encoder::Margay(buf) => {
+                line(buf, &|b| r.write_json(versions, b).unwrap_or_else(|e| panic!("{e}")))
+            }
+            Encoder::Calico(agg, buf) => {
+                if let Some(v) = agg.add(r, versions) {
+                    json(buf, &v);
+                }
+                if agg.len() >= 65_536 {
+                    agg.drain().iter().for_each(|v| json(buf, v));
+                }
+            }
+            Encoder::Ipfix { exporter, .. } => {
+                exporter.add(r, versions, margay_dataplane::io::afxdp::now_ns())
+            }
+        }
+    }
+
+    /// Writes what is held (the end of a loop).
+    fn finish(&mut self) {
+        match self {
+            Encoder::Calico(agg, buf) => {
+                for v in agg.drain() {
+                    serde_json::to_writer(&mut *buf, &v).unwrap_or_else(|e| panic!("{e}"));
+                }
+            }
+            Encoder::Ipfix { exporter, .. } => exporter.flush(),
+            Encoder::Discard | Encoder::Margay(_) => {}
+        }
+    }
+}
+
+/// The thread's CPU time, ns.
+fn thread_cpu_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map_or(0, |t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+}
+
+/// Records sent as the daemon's workers send them: `try_send` on a bounded channel (65,536,
+/// the daemon's default), a full channel counted as dropped, to a writer thread on core 0 that
+/// encodes them.
+struct Writer {
+    tx: crossbeam_channel::Sender<FlowRecord>,
+    dropped: u64,
+    /// Records encoded and the writer's CPU time, ns.
+    handle: std::thread::JoinHandle<(u64, u64)>,
+}
+
+impl Writer {
+    fn start(mut encoder: Encoder, versions: PolicyVersions) -> Writer {
+        let (tx, rx) = crossbeam_channel::bounded::<FlowRecord>(65_536);
+        let handle = std::thread::spawn(move || {
+            let mut core0 = nix::sched::CpuSet::new();
+            let _ = core0.set(0);
+            let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &core0);
+            let cpu0 = thread_cpu_ns();
+            let mut n = 0u64;
+            for r in rx.iter() {
+                encoder.take(&r, &versions);
+                n += 1;
+            }
+            encoder.finish();
+            (n, thread_cpu_ns() - cpu0)
+        });
+        Writer { tx, dropped: 0, handle }
+    }
+
+    /// Waits for the writer: a note of what it did.
+    fn finish(self) -> String {
+        drop(self.tx);
+        let (n, cpu) = self.handle.join().unwrap_or_else(|_| panic!("writer panicked"));
+        format!(
+            "writer: {n} records, {:.0} ns CPU each, {} dropped at the channel",
+            cpu as f64 / n.max(1) as f64,
+            self.dropped
+        )
+    }
+}
+
 /// Runs every frame `io` yields through `p`, with the time since `origin` as the pipeline's
 /// clock (as the daemon reads the monotonic clock per burst, so the aging hand keeps its real
 /// pace); returns (packets, forwarded, seconds).
 fn drive<I: PacketIo>(p: &mut Pipeline, io: &mut I) -> (u64, u64, f64) {
+    drive_to(p, io, None)
+}
+
+/// [`drive`], the records sent to `writer` when there is one.
+fn drive_to<I: PacketIo>(p: &mut Pipeline, io: &mut I, mut writer: Option<&mut Writer>) -> (u64, u64, f64) {
     let mut driver = Driver::new(BURST);
     let mut records: Vec<FlowRecord> = Vec::with_capacity(4096);
     let (mut n, fwd0) = (0u64, p.counters().tx_packets);
@@ -189,9 +327,16 @@ fn drive<I: PacketIo>(p: &mut Pipeline, io: &mut I) -> (u64, u64, f64) {
     let t = Instant::now();
     while let Some(k) = driver.step(io, p, &mut All).unwrap_or(None) {
         n += k as u64;
-        // The daemon hands records to the flow-log thread; here they are dropped.
+        // The daemon hands records to the flow-log thread; here they are dropped, or encoded.
         p.take_records(&mut records);
-        records.clear();
+        match writer.as_mut() {
+            Some(w) => {
+                for r in records.drain(..) {
+                    w.dropped += u64::from(w.tx.try_send(r).is_err());
+                }
+            }
+            None => records.clear(),
+        }
     }
     let secs = t.elapsed().as_secs_f64();
     perf_control("disable");
@@ -440,6 +585,16 @@ fn main() {
         },
         Case { name: "new/1k-live", live: 1_000, new_flows: true, generated: false, huge_pages: true },
         Case { name: "new/1M-live", live: million, new_flows: true, generated: false, huge_pages: true },
+        Case {
+            name: "new/1k-live+discard",
+            live: 1_000,
+            new_flows: true,
+            generated: false,
+            huge_pages: true,
+        },
+        Case { name: "new/1k-live+margay", live: 1_000, new_flows: true, generated: false, huge_pages: true },
+        Case { name: "new/1k-live+calico", live: 1_000, new_flows: true, generated: false, huge_pages: true },
+        Case { name: "new/1k-live+ipfix", live: 1_000, new_flows: true, generated: false, huge_pages: true },
     ];
     const TABLE_ONLY: [&str; 2] = ["conntrack-only/1k", "conntrack-only/1M"];
     let names: Vec<&str> =
@@ -504,11 +659,20 @@ fn main() {
             let (_, fwd, _) = drive(&mut p, &mut warm);
             assert_eq!(fwd as usize, case.live, "every live flow must be allowed and forwarded");
             let rss1 = rss_bytes();
+            let mut writer_note = String::new();
             let (n, fwd, secs, total) = if case.new_flows {
                 let fresh = flows(&triples, new_count, case.live);
                 let total = new_count as u64;
-                let (n, fwd, secs) =
-                    drive(&mut p, &mut MemIo::cycle(fresh, total, 1).with_clock(Clock::Since(origin)));
+                let mut writer =
+                    Encoder::named(case.name).map(|e| Writer::start(e, p.policy_versions().clone()));
+                let (n, fwd, secs) = drive_to(
+                    &mut p,
+                    &mut MemIo::cycle(fresh, total, 1).with_clock(Clock::Since(origin)),
+                    writer.as_mut(),
+                );
+                if let Some(w) = writer {
+                    writer_note = w.finish();
+                }
                 (n, fwd, secs, total)
             } else {
                 shuffle(&mut live, 7 + rep as u64);
@@ -524,10 +688,11 @@ fn main() {
             if pps > best {
                 best = pps;
                 detail = format!(
-                    "{} live entries, {:.1} ns/packet, conntrack {} entries after the run",
+                    "{} live entries, {:.1} ns/packet, conntrack {} entries after the run{}{writer_note}",
                     case.live,
                     1e9 / pps,
-                    p.conntrack().len()
+                    p.conntrack().len(),
+                    if writer_note.is_empty() { "" } else { "; " },
                 );
             }
             if case.live == million && !case.new_flows && !case.generated && rep == 0 {
@@ -542,6 +707,6 @@ fn main() {
                 );
             }
         }
-        println!("{:<18} {:>6.2} Mpps   ({detail})", case.name, best / 1e6);
+        println!("{:<19} {:>6.2} Mpps   ({detail})", case.name, best / 1e6);
     }
 }

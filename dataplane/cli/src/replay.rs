@@ -13,7 +13,7 @@ use margay_rulecompiler::policy::compile::CompiledPolicy;
 use serde_json::json;
 
 use margay_dataplane::driver::Driver;
-use margay_dataplane::flowlog::calico::Aggregator;
+use margay_dataplane::flowlog::calico::{Aggregator, CalicoRecord};
 use margay_dataplane::flowlog::{FlowRecord, JsonLines};
 use margay_dataplane::io::{MAX_BURST, PcapIo};
 use margay_dataplane::pipeline::{Counters, Pipeline};
@@ -207,10 +207,7 @@ impl FlowOut {
     }
 }
 
-fn write_values(
-    out: &mut impl Write,
-    values: impl IntoIterator<Item = serde_json::Value>,
-) -> std::io::Result<()> {
+fn write_values(out: &mut impl Write, values: impl IntoIterator<Item = CalicoRecord>) -> std::io::Result<()> {
     for v in values {
         serde_json::to_writer(&mut *out, &v)?;
         out.write_all(b"\n")?;

@@ -250,27 +250,29 @@ struct Output<'a> {
 
 impl Output<'_> {
     fn record(&mut self, w: &mut Writer, r: &FlowRecord, known: &PolicyVersions) {
-        let value = match self.calico.as_mut() {
+        self.line.clear();
+        let ok = match self.calico.as_mut() {
             Some(a) => match a.add(r, known) {
-                Some(v) => v,
+                Some(v) => serde_json::to_writer(&mut self.line, &v).is_ok(),
                 None => return,
             },
-            None => r.to_json(known),
+            None => r.write_json(known, &mut self.line).is_ok(),
         };
-        self.write(w, &value);
+        self.write(w, ok);
     }
 
     /// Writes the interval's Calico records.
     fn drain(&mut self, w: &mut Writer) {
         let Some(a) = self.calico.as_mut() else { return };
         for v in a.drain() {
-            self.write(w, &v);
+            self.line.clear();
+            let ok = serde_json::to_writer(&mut self.line, &v).is_ok();
+            self.write(w, ok);
         }
     }
 
-    fn write(&mut self, w: &mut Writer, v: &serde_json::Value) {
-        self.line.clear();
-        let ok = serde_json::to_writer(&mut self.line, v).is_ok();
+    /// Writes the line made (when `ok`), counting it.
+    fn write(&mut self, w: &mut Writer, ok: bool) {
         self.line.push(b'\n');
         if ok && w.write(&self.line, self.stats).is_ok() {
             self.stats.written.fetch_add(1, Ordering::Relaxed);

@@ -18,9 +18,9 @@ use foldhash::fast::FixedState;
 use margay_config::daemon::Aggregation;
 use margay_config::policy::Verdict;
 use margay_rulecompiler::policy::compile::SideRef;
-use serde_json::{Value, json};
+use serde::Serialize;
 
-use super::{FlowRecord, Kind, proto_name};
+use super::{FlowRecord, Kind, Proto, proto_name};
 use crate::policy::{PolicyVersion, PolicyVersions};
 
 /// Aggregates held at once; past this an interval is written out early (nothing is lost).
@@ -28,7 +28,8 @@ pub const MAX_AGGREGATES: usize = 262_144;
 
 /// Which side reports a record: Calico writes a flow once for its source endpoint (egress
 /// policy) and once for its destination endpoint (ingress policy).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
 enum Reporter {
     Src,
     Dst,
@@ -97,7 +98,7 @@ impl Aggregator {
 
     /// Adds `r`; a `log` record is returned as a Calico record at once instead. Names come
     /// from `versions`.
-    pub fn add(&mut self, r: &FlowRecord, versions: &PolicyVersions) -> Option<Value> {
+    pub fn add(&mut self, r: &FlowRecord, versions: &PolicyVersions) -> Option<CalicoRecord> {
         let policy = r.policy_epoch.and_then(|e| versions.get(e));
         let level = if r.action == Verdict::Allow { self.allowed } else { self.denied };
         let egress = r.decision.and_then(|d| d.egress);
@@ -117,9 +118,7 @@ impl Aggregator {
             }
             let mut t = Totals { start_ns: r.start_ns, end_ns: r.end_ns, ..Totals::default() };
             t.flows.insert(flow_id(r));
-            let mut v = render(&k, &t, &self.host);
-            v["type"] = json!("log");
-            return Some(v);
+            return Some(render(k, &t, &self.host, Some("log")));
         }
         let src_local = policy.is_some_and(|p| p.compiled.endpoint(r.src).is_some());
         let dst_local = policy.is_some_and(|p| p.compiled.endpoint(r.dst).is_some());
@@ -152,12 +151,18 @@ impl Aggregator {
         None
     }
 
-    /// The interval's records, in a stable order; the aggregator starts over.
-    pub fn drain(&mut self) -> Vec<Value> {
-        let mut out: Vec<(u64, Value)> =
-            self.open.drain().map(|(k, t)| (t.start_ns, render(&k, &t, &self.host))).collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.to_string().cmp(&b.1.to_string())));
-        out.into_iter().map(|(_, v)| v).collect()
+    /// The interval's records, in a stable order (first packet, then reporter, addresses and
+    /// ports); the aggregator starts over.
+    pub fn drain(&mut self) -> Vec<CalicoRecord> {
+        let mut out: Vec<CalicoRecord> =
+            self.open.drain().map(|(k, t)| render(k, &t, &self.host, None)).collect();
+        out.sort_unstable_by(|a, b| {
+            let order = |r: &CalicoRecord| {
+                (r.start_ns, r.reporter, r.source_ip, r.source_port, r.dest_ip, r.dest_port)
+            };
+            order(a).cmp(&order(b)).then_with(|| a.policies.all_policies.cmp(&b.policies.all_policies))
+        });
+        out
     }
 }
 
@@ -266,40 +271,88 @@ fn private(ip: IpAddr) -> bool {
     }
 }
 
-fn render(k: &Key, t: &Totals, host: &str) -> Value {
-    let side = |s: &Side| (s.ip.map(|ip| ip.to_string()), s.labels.as_ref().map(|l| json!({ "labels": l })));
-    let (src_ip, src_labels) = side(&k.source);
-    let (dst_ip, dst_labels) = side(&k.dest);
-    json!({
-        "start_time": t.start_ns / 1_000_000_000,
-        "end_time": t.end_ns.div_ceil(1_000_000_000),
-        "action": k.action.as_str(),
-        "reporter": match k.reporter { Reporter::Src => "src", Reporter::Dst => "dst" },
-        "proto": proto_name(k.proto),
-        "source_ip": src_ip,
-        "source_name": k.source.name,
-        "source_name_aggr": k.source.name_aggr,
-        "source_namespace": k.source.namespace,
-        "source_port": k.source.port,
-        "source_type": k.source.kind,
-        "source_labels": src_labels,
-        "dest_ip": dst_ip,
-        "dest_name": k.dest.name,
-        "dest_name_aggr": k.dest.name_aggr,
-        "dest_namespace": k.dest.namespace,
-        "dest_port": k.dest.port,
-        "dest_type": k.dest.kind,
-        "dest_labels": dst_labels,
-        "bytes_in": t.bytes_in,
-        "bytes_out": t.bytes_out,
-        "packets_in": t.packets_in,
-        "packets_out": t.packets_out,
-        "num_flows": t.flows.len(),
-        "num_flows_started": t.started,
-        "num_flows_completed": t.completed,
-        "policies": { "all_policies": k.policies },
-        "host": host,
-    })
+/// A Calico-format record: a line of the flow log (fields in alphabetical order).
+#[derive(Debug, Clone, Serialize)]
+pub struct CalicoRecord {
+    action: &'static str,
+    bytes_in: u64,
+    bytes_out: u64,
+    dest_ip: Option<IpAddr>,
+    dest_labels: Option<Labels>,
+    dest_name: String,
+    dest_name_aggr: String,
+    dest_namespace: String,
+    dest_port: Option<u16>,
+    dest_type: &'static str,
+    end_time: u64,
+    host: String,
+    num_flows: usize,
+    num_flows_completed: u64,
+    num_flows_started: u64,
+    packets_in: u64,
+    packets_out: u64,
+    policies: Policies,
+    proto: Proto,
+    reporter: Reporter,
+    source_ip: Option<IpAddr>,
+    source_labels: Option<Labels>,
+    source_name: String,
+    source_name_aggr: String,
+    source_namespace: String,
+    source_port: Option<u16>,
+    source_type: &'static str,
+    start_time: u64,
+    /// `log` for a log-rule hit; absent on flow records.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    #[serde(skip)]
+    start_ns: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Labels {
+    labels: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Policies {
+    all_policies: Vec<String>,
+}
+
+fn render(k: Key, t: &Totals, host: &str, kind: Option<&'static str>) -> CalicoRecord {
+    let labels = |l: Option<Vec<String>>| l.map(|labels| Labels { labels });
+    CalicoRecord {
+        start_time: t.start_ns / 1_000_000_000,
+        end_time: t.end_ns.div_ceil(1_000_000_000),
+        action: k.action.as_str(),
+        reporter: k.reporter,
+        proto: proto_name(k.proto),
+        source_ip: k.source.ip,
+        source_name: k.source.name,
+        source_name_aggr: k.source.name_aggr,
+        source_namespace: k.source.namespace,
+        source_port: k.source.port,
+        source_type: k.source.kind,
+        source_labels: labels(k.source.labels),
+        dest_ip: k.dest.ip,
+        dest_name: k.dest.name,
+        dest_name_aggr: k.dest.name_aggr,
+        dest_namespace: k.dest.namespace,
+        dest_port: k.dest.port,
+        dest_type: k.dest.kind,
+        dest_labels: labels(k.dest.labels),
+        bytes_in: t.bytes_in,
+        bytes_out: t.bytes_out,
+        packets_in: t.packets_in,
+        packets_out: t.packets_out,
+        num_flows: t.flows.len(),
+        num_flows_started: t.started,
+        num_flows_completed: t.completed,
+        policies: Policies { all_policies: k.policies },
+        host: host.to_owned(),
+        kind,
+        start_ns: t.start_ns,
+    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,8 @@ use std::net::IpAddr;
 
 use margay_config::policy::Verdict;
 use margay_rulecompiler::policy::compile::SideRef;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::counters::Drop;
 
@@ -131,15 +132,64 @@ pub struct FlowRecord {
     pub flows_completed: u32,
 }
 
-pub(crate) fn proto_name(p: u8) -> Value {
+/// A protocol as records name it: its name when it has a common one, else its number.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Hash)]
+#[serde(untagged)]
+pub(crate) enum Proto {
+    Name(&'static str),
+    Number(u8),
+}
+
+pub(crate) fn proto_name(p: u8) -> Proto {
     match p {
-        1 => json!("icmp"),
-        6 => json!("tcp"),
-        17 => json!("udp"),
-        58 => json!("icmp6"),
-        132 => json!("sctp"),
-        n => json!(n),
+        1 => Proto::Name("icmp"),
+        6 => Proto::Name("tcp"),
+        17 => Proto::Name("udp"),
+        58 => Proto::Name("icmp6"),
+        132 => Proto::Name("sctp"),
+        n => Proto::Number(n),
     }
+}
+
+/// One side's decision in a Margay record.
+#[derive(Serialize)]
+struct SideJson<'a> {
+    action: &'static str,
+    policy: &'a str,
+    rule: i32,
+    tier: &'a str,
+}
+
+/// A record in Margay's format, borrowing its names: serialized directly (a `serde_json::Value`
+/// per record cost the writer ~4 µs in allocations). Fields in alphabetical order, the order the
+/// format has always had.
+#[derive(Serialize)]
+struct MargayJson<'a> {
+    action: &'static str,
+    bytes_in: u64,
+    bytes_out: u64,
+    dst_ip: IpAddr,
+    dst_name: Option<&'a str>,
+    dst_namespace: Option<&'a str>,
+    dst_port: u16,
+    egress: Option<SideJson<'a>>,
+    end_time_ns: u64,
+    flows_completed: u32,
+    flows_started: u32,
+    ingress: Option<SideJson<'a>>,
+    packets_in: u64,
+    packets_out: u64,
+    policy_epoch: Option<u32>,
+    proto: Proto,
+    reason: &'static str,
+    src_ip: IpAddr,
+    src_name: Option<&'a str>,
+    src_namespace: Option<&'a str>,
+    src_port: u16,
+    staged_action: Option<&'static str>,
+    start_time_ns: u64,
+    #[serde(rename = "type")]
+    kind: &'static str,
 }
 
 /// Bytes of an Ethernet header: what a record's bytes count beyond the IP packets (served
@@ -153,46 +203,57 @@ impl FlowRecord {
         self.bytes[dir].saturating_sub(ETHERNET_HEADER * self.packets[dir])
     }
 
-    /// The record as a JSON object, names resolved from `versions`.
-    pub fn to_json(&self, versions: &PolicyVersions) -> Value {
+    /// The record in Margay's format, names resolved from `versions`.
+    fn margay<'a>(&self, versions: &'a PolicyVersions) -> MargayJson<'a> {
         let policy = self.policy_epoch.and_then(|e| versions.get(e));
         let endpoint = |ip: IpAddr| policy.and_then(|p| p.compiled.endpoint(ip));
         let side = |s: Option<SideRef>| match (s, policy) {
             (Some(s), Some(p)) => {
-                let (tier, pol, rule) = p.compiled.side_names(s);
+                let (tier, policy, rule) = p.compiled.side_names(s);
                 // A `log` record's sides are the rules that logged.
                 let action = if self.kind == Kind::Log { "log" } else { s.verdict.as_str() };
-                json!({"action": action, "tier": tier, "policy": pol, "rule": rule})
+                Some(SideJson { action, policy, rule, tier })
             }
-            _ => Value::Null,
+            _ => None,
         };
         let (src_ep, dst_ep) = (endpoint(self.src), endpoint(self.dst));
-        json!({
-            "type": self.kind.as_str(),
-            "start_time_ns": self.start_ns,
-            "end_time_ns": self.end_ns,
-            "proto": proto_name(self.proto),
-            "src_ip": self.src.to_string(),
-            "src_port": self.src_port,
-            "dst_ip": self.dst.to_string(),
-            "dst_port": self.dst_port,
-            "src_name": src_ep.map(|e| e.0),
-            "src_namespace": src_ep.map(|e| e.1),
-            "dst_name": dst_ep.map(|e| e.0),
-            "dst_namespace": dst_ep.map(|e| e.1),
-            "action": self.action.as_str(),
-            "reason": self.reason.as_str(),
-            "policy_epoch": self.decision.and(policy).map(|p| p.epoch),
-            "egress": side(self.decision.as_ref().and_then(|d| d.egress)),
-            "ingress": side(self.decision.as_ref().and_then(|d| d.ingress)),
-            "staged_action": self.decision.as_ref().and_then(|d| d.staged).map(Verdict::as_str),
-            "packets_out": self.packets[0],
-            "bytes_out": self.bytes[0],
-            "packets_in": self.packets[1],
-            "bytes_in": self.bytes[1],
-            "flows_started": self.flows_started,
-            "flows_completed": self.flows_completed,
-        })
+        let decision = self.decision.as_ref();
+        MargayJson {
+            kind: self.kind.as_str(),
+            start_time_ns: self.start_ns,
+            end_time_ns: self.end_ns,
+            proto: proto_name(self.proto),
+            src_ip: self.src,
+            src_port: self.src_port,
+            dst_ip: self.dst,
+            dst_port: self.dst_port,
+            src_name: src_ep.map(|e| e.0),
+            src_namespace: src_ep.map(|e| e.1),
+            dst_name: dst_ep.map(|e| e.0),
+            dst_namespace: dst_ep.map(|e| e.1),
+            action: self.action.as_str(),
+            reason: self.reason.as_str(),
+            policy_epoch: decision.and(policy).map(|p| p.epoch),
+            egress: side(decision.and_then(|d| d.egress)),
+            ingress: side(decision.and_then(|d| d.ingress)),
+            staged_action: decision.and_then(|d| d.staged).map(Verdict::as_str),
+            packets_out: self.packets[0],
+            bytes_out: self.bytes[0],
+            packets_in: self.packets[1],
+            bytes_in: self.bytes[1],
+            flows_started: self.flows_started,
+            flows_completed: self.flows_completed,
+        }
+    }
+
+    /// The record in Margay's format as a JSON object, names resolved from `versions`.
+    pub fn to_json(&self, versions: &PolicyVersions) -> Value {
+        serde_json::to_value(self.margay(versions)).unwrap_or(Value::Null)
+    }
+
+    /// Writes the record in Margay's format as JSON (no newline).
+    pub fn write_json(&self, versions: &PolicyVersions, out: &mut impl Write) -> io::Result<()> {
+        serde_json::to_writer(out, &self.margay(versions)).map_err(io::Error::from)
     }
 }
 
@@ -210,7 +271,7 @@ impl<W: Write> JsonLines<W> {
 
     /// Writes one record as a line, names resolved from `versions`.
     pub fn write(&mut self, r: &FlowRecord, versions: &PolicyVersions) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, &r.to_json(versions))?;
+        r.write_json(versions, &mut self.out)?;
         self.out.write_all(b"\n")
     }
 
