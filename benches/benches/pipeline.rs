@@ -238,7 +238,7 @@ impl Encoder {
                     json(buf, &v);
                 }
                 if agg.len() >= 65_536 {
-                    agg.drain().iter().for_each(|v| json(buf, v));
+                    agg.drain(versions).iter().for_each(|v| json(buf, v));
                 }
             }
             Encoder::Ipfix { exporter, .. } => {
@@ -248,10 +248,10 @@ impl Encoder {
     }
 
     /// Writes what is held (the end of a loop).
-    fn finish(&mut self) {
+    fn finish(&mut self, versions: &PolicyVersions) {
         match self {
             Encoder::Calico(agg, buf) => {
-                for v in agg.drain() {
+                for v in agg.drain(versions) {
                     serde_json::to_writer(&mut *buf, &v).unwrap_or_else(|e| panic!("{e}"));
                 }
             }
@@ -290,7 +290,7 @@ impl Writer {
                 encoder.take(&r, &versions);
                 n += 1;
             }
-            encoder.finish();
+            encoder.finish(&versions);
             (n, thread_cpu_ns() - cpu0)
         });
         Writer { tx, dropped: 0, handle }

@@ -104,7 +104,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     let frames_out = io.written;
     io.finish().with_context(|| format!("{}: cannot write", args.output.display()))?;
     if let Some(f) = flows {
-        f.finish()?;
+        f.finish(pipeline.policy_versions())?;
     }
     report(args, &pipeline, written, frames_out)
 }
@@ -186,7 +186,7 @@ impl FlowOut {
                 let since = *drained_at.get_or_insert(r.end_ns);
                 if r.end_ns.saturating_sub(since) >= *interval {
                     *drained_at = Some(r.end_ns);
-                    write_values(out, agg.drain())?;
+                    write_values(out, agg.drain(versions))?;
                 }
                 match agg.add(r, versions) {
                     Some(v) => write_values(out, [v]),
@@ -196,18 +196,21 @@ impl FlowOut {
         }
     }
 
-    fn finish(self) -> std::io::Result<()> {
+    fn finish(self, versions: &PolicyVersions) -> std::io::Result<()> {
         match self {
             FlowOut::Margay(w) => w.into_inner().map(drop),
             FlowOut::Calico { mut agg, mut out, .. } => {
-                write_values(&mut out, agg.drain())?;
+                write_values(&mut out, agg.drain(versions))?;
                 out.flush()
             }
         }
     }
 }
 
-fn write_values(out: &mut impl Write, values: impl IntoIterator<Item = CalicoRecord>) -> std::io::Result<()> {
+fn write_values<'a>(
+    out: &mut impl Write,
+    values: impl IntoIterator<Item = CalicoRecord<'a>>,
+) -> std::io::Result<()> {
     for v in values {
         serde_json::to_writer(&mut *out, &v)?;
         out.write_all(b"\n")?;

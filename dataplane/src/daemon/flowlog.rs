@@ -217,7 +217,7 @@ pub fn run(
                 || out.calico.as_ref().is_some_and(|a| a.len() >= calico::MAX_AGGREGATES))
         {
             drained_at = now;
-            out.drain(w);
+            out.drain(w, &known);
         }
         // Records leave for the collector within a second, or sooner when a message fills.
         if let Some(x) = ipfix.as_mut()
@@ -233,7 +233,7 @@ pub fn run(
         stats.set_ipfix(x.stats());
     }
     if let Some(w) = writer.as_mut() {
-        out.drain(w);
+        out.drain(w, &known);
         if let Err(e) = w.out.flush() {
             tracing::error!("flow log {}: {e}", w.path.display());
         }
@@ -258,27 +258,27 @@ impl Output<'_> {
             },
             None => r.write_json(known, &mut self.line).is_ok(),
         };
-        self.write(w, ok);
+        emit(&mut self.line, ok, w, self.stats);
     }
 
     /// Writes the interval's Calico records.
-    fn drain(&mut self, w: &mut Writer) {
+    fn drain(&mut self, w: &mut Writer, known: &PolicyVersions) {
         let Some(a) = self.calico.as_mut() else { return };
-        for v in a.drain() {
+        for v in a.drain(known) {
             self.line.clear();
             let ok = serde_json::to_writer(&mut self.line, &v).is_ok();
-            self.write(w, ok);
+            emit(&mut self.line, ok, w, self.stats);
         }
     }
+}
 
-    /// Writes the line made (when `ok`), counting it.
-    fn write(&mut self, w: &mut Writer, ok: bool) {
-        self.line.push(b'\n');
-        if ok && w.write(&self.line, self.stats).is_ok() {
-            self.stats.written.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
-        }
+/// Writes the `line` made (when `ok`), counting it.
+fn emit(line: &mut Vec<u8>, ok: bool, w: &mut Writer, stats: &FlowLogStats) {
+    line.push(b'\n');
+    if ok && w.write(line, stats).is_ok() {
+        stats.written.fetch_add(1, Ordering::Relaxed);
+    } else {
+        stats.write_errors.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -10,6 +10,7 @@
 //! say which happened); levels 1 and 2 fold flows together by a coarser key. `log` records
 //! are not aggregated: each is written as it comes.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::net::IpAddr;
@@ -35,27 +36,38 @@ enum Reporter {
     Dst,
 }
 
-/// One side of a record: who it is, at the aggregation level's resolution.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Side {
+/// Who a side of a record is, by index: names are resolved when the record is written, so an
+/// aggregate's key is a few words to hash, not a dozen strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Who {
+    /// A local endpoint, by index in the record's policy version.
+    Endpoint(u32),
+    /// Endpoints of one namespace and name prefix (level 2), by index in the groups.
+    Group(u32),
+    /// Not an endpoint: a private or a public address.
+    Net { private: bool },
+}
+
+/// One side of a record at the aggregation level's resolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct SideKey {
     ip: Option<IpAddr>,
-    name: String,
-    name_aggr: String,
-    namespace: String,
     port: Option<u16>,
-    kind: &'static str,
-    labels: Option<Vec<String>>,
+    who: Who,
 }
 
 /// What records aggregate by.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Key {
+    /// The policy version that names the endpoints and the rule.
+    epoch: Option<u32>,
     action: Verdict,
     reporter: Reporter,
     proto: u8,
-    source: Side,
-    dest: Side,
-    policies: Vec<String>,
+    source: SideKey,
+    dest: SideKey,
+    /// The reporting side's deciding rule.
+    rule: Option<SideRef>,
 }
 
 #[derive(Debug, Default)]
@@ -66,9 +78,19 @@ struct Totals {
     packets_out: u64,
     bytes_in: u64,
     bytes_out: u64,
-    flows: HashSet<u64, FixedState>,
+    /// The distinct flows folded in (levels 1 and 2; at level 0 a key is one flow).
+    flows: Option<HashSet<u64, FixedState>>,
     started: u64,
     completed: u64,
+}
+
+/// Endpoints of one namespace and name prefix, within an interval.
+#[derive(Debug)]
+struct Group {
+    namespace: String,
+    name_aggr: String,
+    /// The labels every member seen so far has.
+    labels: Vec<String>,
 }
 
 /// Folds flow records into Calico records over an interval.
@@ -78,12 +100,26 @@ pub struct Aggregator {
     denied: Aggregation,
     host: String,
     open: HashMap<Key, Totals, FixedState>,
+    groups: Vec<Group>,
+    group_of: HashMap<(u32, u32), u32, FixedState>,
+    group_by_name: HashMap<(String, String), u32, FixedState>,
+    /// The groups belong to the interval last drained: cleared at the next record.
+    groups_stale: bool,
 }
 
 impl Aggregator {
     /// An aggregator at these levels, naming `host` in its records.
     pub fn new(allowed: Aggregation, denied: Aggregation, host: &str) -> Aggregator {
-        Aggregator { allowed, denied, host: host.to_owned(), open: HashMap::default() }
+        Aggregator {
+            allowed,
+            denied,
+            host: host.to_owned(),
+            open: HashMap::default(),
+            groups: Vec::new(),
+            group_of: HashMap::default(),
+            group_by_name: HashMap::default(),
+            groups_stale: false,
+        }
     }
 
     /// Aggregates held.
@@ -98,43 +134,48 @@ impl Aggregator {
 
     /// Adds `r`; a `log` record is returned as a Calico record at once instead. Names come
     /// from `versions`.
-    pub fn add(&mut self, r: &FlowRecord, versions: &PolicyVersions) -> Option<CalicoRecord> {
+    pub fn add<'a>(&'a mut self, r: &FlowRecord, versions: &'a PolicyVersions) -> Option<CalicoRecord<'a>> {
+        if self.groups_stale {
+            self.groups.clear();
+            self.group_of.clear();
+            self.group_by_name.clear();
+            self.groups_stale = false;
+        }
         let policy = r.policy_epoch.and_then(|e| versions.get(e));
-        let level = if r.action == Verdict::Allow { self.allowed } else { self.denied };
         let egress = r.decision.and_then(|d| d.egress);
         let ingress = r.decision.and_then(|d| d.ingress);
         if r.kind == Kind::Log {
             // The rules that logged: the egress side's reports as the source, else the ingress
             // side's as the destination; both are named.
             let reporter = if egress.is_some() { Reporter::Src } else { Reporter::Dst };
-            let mut k = key(r, policy, Aggregation::None, reporter, None);
+            let k = self.key(r, policy, Aggregation::None, reporter, None);
+            let t = Totals { start_ns: r.start_ns, end_ns: r.end_ns, ..Totals::default() };
+            let mut v = render(&k, &t, self, versions, Some("log"));
             if let Some(p) = policy {
-                k.policies = [egress, ingress]
+                v.policies.all_policies = [egress, ingress]
                     .into_iter()
                     .flatten()
                     .enumerate()
                     .map(|(i, s)| policy_entry(i, p, s, "log"))
                     .collect();
             }
-            let mut t = Totals { start_ns: r.start_ns, end_ns: r.end_ns, ..Totals::default() };
-            t.flows.insert(flow_id(r));
-            return Some(render(k, &t, &self.host, Some("log")));
+            return Some(v);
         }
-        let src_local = policy.is_some_and(|p| p.compiled.endpoint(r.src).is_some());
-        let dst_local = policy.is_some_and(|p| p.compiled.endpoint(r.dst).is_some());
-        let mut reporters = Vec::with_capacity(2);
-        if src_local || !dst_local {
-            reporters.push((Reporter::Src, egress));
-        }
-        if dst_local {
-            reporters.push((Reporter::Dst, ingress));
-        }
-        for (reporter, side) in reporters {
-            let k = key(r, policy, level, reporter, side.map(|s| (s, s.verdict.as_str())));
-            let t = self.open.entry(k).or_default();
-            if t.start_ns == 0 || r.start_ns < t.start_ns {
-                t.start_ns = r.start_ns;
-            }
+        let level = if r.action == Verdict::Allow { self.allowed } else { self.denied };
+        let src_local = policy.is_some_and(|p| p.compiled.endpoint_index(r.src).is_some());
+        let dst_local = policy.is_some_and(|p| p.compiled.endpoint_index(r.dst).is_some());
+        let reporters = [
+            (src_local || !dst_local).then_some((Reporter::Src, egress)),
+            dst_local.then_some((Reporter::Dst, ingress)),
+        ];
+        for (reporter, side) in reporters.into_iter().flatten() {
+            let k = self.key(r, policy, level, reporter, side);
+            let t = self.open.entry(k).or_insert_with(|| Totals {
+                start_ns: r.start_ns,
+                flows: (level != Aggregation::None).then(HashSet::default),
+                ..Totals::default()
+            });
+            t.start_ns = t.start_ns.min(r.start_ns);
             t.end_ns = t.end_ns.max(r.end_ns);
             let (out, inn) = match reporter {
                 Reporter::Src => (0, 1),
@@ -144,7 +185,9 @@ impl Aggregator {
             t.packets_in += r.packets[inn];
             t.bytes_out += r.ip_bytes(out);
             t.bytes_in += r.ip_bytes(inn);
-            t.flows.insert(flow_id(r));
+            if let Some(f) = t.flows.as_mut() {
+                f.insert(flow_id(r));
+            }
             t.started += u64::from(r.flows_started);
             t.completed += u64::from(r.flows_completed);
         }
@@ -152,10 +195,13 @@ impl Aggregator {
     }
 
     /// The interval's records, in a stable order (first packet, then reporter, addresses and
-    /// ports); the aggregator starts over.
-    pub fn drain(&mut self) -> Vec<CalicoRecord> {
-        let mut out: Vec<CalicoRecord> =
-            self.open.drain().map(|(k, t)| render(k, &t, &self.host, None)).collect();
+    /// ports); the aggregator starts over. Names come from `versions`.
+    pub fn drain<'a>(&'a mut self, versions: &'a PolicyVersions) -> Vec<CalicoRecord<'a>> {
+        let open = std::mem::take(&mut self.open);
+        self.groups_stale = true;
+        let this: &'a Aggregator = self;
+        let mut out: Vec<CalicoRecord<'a>> =
+            open.iter().map(|(k, t)| render(k, t, this, versions, None)).collect();
         out.sort_unstable_by(|a, b| {
             let order = |r: &CalicoRecord| {
                 (r.start_ns, r.reporter, r.source_ip, r.source_port, r.dest_ip, r.dest_port)
@@ -164,32 +210,79 @@ impl Aggregator {
         });
         out
     }
+
+    fn key(
+        &mut self,
+        r: &FlowRecord,
+        policy: Option<&PolicyVersion>,
+        level: Aggregation,
+        reporter: Reporter,
+        rule: Option<SideRef>,
+    ) -> Key {
+        Key {
+            epoch: policy.map(|p| p.epoch),
+            action: r.action,
+            reporter,
+            proto: r.proto,
+            source: self.side(
+                r.src,
+                port(r, r.src_port).filter(|_| level == Aggregation::None),
+                policy,
+                level,
+            ),
+            dest: self.side(r.dst, port(r, r.dst_port), policy, level),
+            rule,
+        }
+    }
+
+    fn side(
+        &mut self,
+        ip: IpAddr,
+        port: Option<u16>,
+        policy: Option<&PolicyVersion>,
+        level: Aggregation,
+    ) -> SideKey {
+        let endpoint = policy.and_then(|p| p.compiled.endpoint_index(ip).map(|e| (p, e)));
+        let who = match (endpoint, level) {
+            (Some((p, e)), Aggregation::Prefixes) => Who::Group(self.group(p, e)),
+            (Some((_, e)), _) => Who::Endpoint(e),
+            (None, _) => Who::Net { private: private(ip) },
+        };
+        SideKey { ip: (level != Aggregation::Prefixes).then_some(ip), port, who }
+    }
+
+    /// The group of endpoint `e` of version `p`, made or joined (its labels narrowed to the ones
+    /// every member has).
+    fn group(&mut self, p: &PolicyVersion, e: u32) -> u32 {
+        if let Some(&g) = self.group_of.get(&(p.epoch, e)) {
+            return g;
+        }
+        let (name, namespace, labels) = p.compiled.endpoint_at(e).unwrap_or(("-", "-", &[]));
+        let id = (namespace.to_owned(), name_aggr(name).into_owned());
+        let g = match self.group_by_name.get(&id) {
+            Some(&g) => {
+                self.groups[g as usize].labels.retain(|l| labels.contains(l));
+                g
+            }
+            None => {
+                let g = self.groups.len() as u32;
+                self.groups.push(Group {
+                    namespace: id.0.clone(),
+                    name_aggr: id.1.clone(),
+                    labels: labels.to_vec(),
+                });
+                self.group_by_name.insert(id, g);
+                g
+            }
+        };
+        self.group_of.insert((p.epoch, e), g);
+        g
+    }
 }
 
 /// A flow's identity for `num_flows` (its 5-tuple, hashed).
 fn flow_id(r: &FlowRecord) -> u64 {
     FixedState::with_seed(0x6e75_6d66).hash_one((r.proto, r.src, r.src_port, r.dst, r.dst_port))
-}
-
-fn key(
-    r: &FlowRecord,
-    policy: Option<&PolicyVersion>,
-    level: Aggregation,
-    reporter: Reporter,
-    side: Option<(SideRef, &str)>,
-) -> Key {
-    let policies = match (side, policy) {
-        (Some((s, action)), Some(p)) => vec![policy_entry(0, p, s, action)],
-        _ => Vec::new(),
-    };
-    Key {
-        action: r.action,
-        reporter,
-        proto: r.proto,
-        source: endpoint_side(r.src, port(r, r.src_port), policy, level, true),
-        dest: endpoint_side(r.dst, port(r, r.dst_port), policy, level, false),
-        policies,
-    }
 }
 
 /// Calico's `INDEX|TIER|NAME|ACTION|RULE`, NAME being `tier.policy` or `namespace/tier.policy`;
@@ -207,50 +300,18 @@ fn port(r: &FlowRecord, p: u16) -> Option<u16> {
     (!matches!(r.proto, 1 | 58)).then_some(p)
 }
 
-fn endpoint_side(
-    ip: IpAddr,
-    port: Option<u16>,
-    policy: Option<&PolicyVersion>,
-    level: Aggregation,
-    source: bool,
-) -> Side {
-    let port = port.filter(|_| !source || level == Aggregation::None);
-    let ep = policy.and_then(|p| p.compiled.endpoint(ip).map(|e| (e, p.compiled.endpoint_labels(ip))));
-    let keep_names = level != Aggregation::Prefixes;
-    match ep {
-        Some(((name, namespace), labels)) => Side {
-            ip: keep_names.then_some(ip),
-            name: if keep_names { name.to_owned() } else { "-".to_owned() },
-            name_aggr: name_aggr(name),
-            namespace: namespace.to_owned(),
-            port,
-            kind: "wep",
-            labels: Some(labels.map(<[String]>::to_vec).unwrap_or_default()),
-        },
-        None => Side {
-            ip: keep_names.then_some(ip),
-            name: "-".to_owned(),
-            name_aggr: if private(ip) { "pvt" } else { "pub" }.to_owned(),
-            namespace: "-".to_owned(),
-            port,
-            kind: "net",
-            labels: None,
-        },
-    }
-}
-
 /// Calico's aggregated name: a Kubernetes-generated name (`web-7d4b9c-x2kfp`: a prefix, then
 /// five characters of Kubernetes' random alphabet) becomes its prefix and `*`; any other name
 /// stays as it is.
-pub fn name_aggr(name: &str) -> String {
+pub fn name_aggr(name: &str) -> Cow<'_, str> {
     const RANDOM: &str = "bcdfghjklmnpqrstvwxz2456789";
     match name.rsplit_once('-') {
         Some((prefix, tail))
             if !prefix.is_empty() && tail.len() == 5 && tail.chars().all(|c| RANDOM.contains(c)) =>
         {
-            format!("{prefix}-*")
+            Cow::Owned(format!("{prefix}-*"))
         }
-        _ => name.to_owned(),
+        _ => Cow::Borrowed(name),
     }
 }
 
@@ -271,21 +332,22 @@ fn private(ip: IpAddr) -> bool {
     }
 }
 
-/// A Calico-format record: a line of the flow log (fields in alphabetical order).
+/// A Calico-format record: a line of the flow log (fields in alphabetical order), borrowing
+/// its names from the policy version and the aggregator.
 #[derive(Debug, Clone, Serialize)]
-pub struct CalicoRecord {
+pub struct CalicoRecord<'a> {
     action: &'static str,
     bytes_in: u64,
     bytes_out: u64,
     dest_ip: Option<IpAddr>,
-    dest_labels: Option<Labels>,
-    dest_name: String,
-    dest_name_aggr: String,
-    dest_namespace: String,
+    dest_labels: Option<Labels<'a>>,
+    dest_name: &'a str,
+    dest_name_aggr: Cow<'a, str>,
+    dest_namespace: &'a str,
     dest_port: Option<u16>,
     dest_type: &'static str,
     end_time: u64,
-    host: String,
+    host: &'a str,
     num_flows: usize,
     num_flows_completed: u64,
     num_flows_started: u64,
@@ -295,10 +357,10 @@ pub struct CalicoRecord {
     proto: Proto,
     reporter: Reporter,
     source_ip: Option<IpAddr>,
-    source_labels: Option<Labels>,
-    source_name: String,
-    source_name_aggr: String,
-    source_namespace: String,
+    source_labels: Option<Labels<'a>>,
+    source_name: &'a str,
+    source_name_aggr: Cow<'a, str>,
+    source_namespace: &'a str,
     source_port: Option<u16>,
     source_type: &'static str,
     start_time: u64,
@@ -310,8 +372,8 @@ pub struct CalicoRecord {
 }
 
 #[derive(Debug, Clone, Serialize)]
-struct Labels {
-    labels: Vec<String>,
+struct Labels<'a> {
+    labels: &'a [String],
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -319,8 +381,48 @@ struct Policies {
     all_policies: Vec<String>,
 }
 
-fn render(k: Key, t: &Totals, host: &str, kind: Option<&'static str>) -> CalicoRecord {
-    let labels = |l: Option<Vec<String>>| l.map(|labels| Labels { labels });
+/// One side's names: name, aggregated name, namespace, type and labels.
+type Names<'a> = (&'a str, Cow<'a, str>, &'a str, &'static str, Option<Labels<'a>>);
+
+fn names<'a>(who: Who, policy: Option<&'a PolicyVersion>, groups: &'a [Group]) -> Names<'a> {
+    let endpoint = |e: u32| policy.and_then(|p| p.compiled.endpoint_at(e));
+    match who {
+        Who::Endpoint(e) => match endpoint(e) {
+            Some((name, namespace, labels)) => {
+                (name, name_aggr(name), namespace, "wep", Some(Labels { labels }))
+            }
+            None => ("-", Cow::Borrowed("-"), "-", "wep", None),
+        },
+        Who::Group(g) => match groups.get(g as usize) {
+            Some(g) => (
+                "-",
+                Cow::Borrowed(g.name_aggr.as_str()),
+                g.namespace.as_str(),
+                "wep",
+                Some(Labels { labels: &g.labels }),
+            ),
+            None => ("-", Cow::Borrowed("-"), "-", "wep", None),
+        },
+        Who::Net { private } => ("-", Cow::Borrowed(if private { "pvt" } else { "pub" }), "-", "net", None),
+    }
+}
+
+fn render<'a>(
+    k: &Key,
+    t: &Totals,
+    agg: &'a Aggregator,
+    versions: &'a PolicyVersions,
+    kind: Option<&'static str>,
+) -> CalicoRecord<'a> {
+    let policy = k.epoch.and_then(|e| versions.get(e));
+    let (source_name, source_name_aggr, source_namespace, source_type, source_labels) =
+        names(k.source.who, policy, &agg.groups);
+    let (dest_name, dest_name_aggr, dest_namespace, dest_type, dest_labels) =
+        names(k.dest.who, policy, &agg.groups);
+    let all_policies = match (k.rule, policy) {
+        (Some(s), Some(p)) => vec![policy_entry(0, p, s, s.verdict.as_str())],
+        _ => Vec::new(),
+    };
     CalicoRecord {
         start_time: t.start_ns / 1_000_000_000,
         end_time: t.end_ns.div_ceil(1_000_000_000),
@@ -328,28 +430,28 @@ fn render(k: Key, t: &Totals, host: &str, kind: Option<&'static str>) -> CalicoR
         reporter: k.reporter,
         proto: proto_name(k.proto),
         source_ip: k.source.ip,
-        source_name: k.source.name,
-        source_name_aggr: k.source.name_aggr,
-        source_namespace: k.source.namespace,
+        source_name,
+        source_name_aggr,
+        source_namespace,
         source_port: k.source.port,
-        source_type: k.source.kind,
-        source_labels: labels(k.source.labels),
+        source_type,
+        source_labels,
         dest_ip: k.dest.ip,
-        dest_name: k.dest.name,
-        dest_name_aggr: k.dest.name_aggr,
-        dest_namespace: k.dest.namespace,
+        dest_name,
+        dest_name_aggr,
+        dest_namespace,
         dest_port: k.dest.port,
-        dest_type: k.dest.kind,
-        dest_labels: labels(k.dest.labels),
+        dest_type,
+        dest_labels,
         bytes_in: t.bytes_in,
         bytes_out: t.bytes_out,
         packets_in: t.packets_in,
         packets_out: t.packets_out,
-        num_flows: t.flows.len(),
+        num_flows: t.flows.as_ref().map_or(1, HashSet::len),
         num_flows_started: t.started,
         num_flows_completed: t.completed,
-        policies: Policies { all_policies: k.policies },
-        host: host.to_owned(),
+        policies: Policies { all_policies },
+        host: &agg.host,
         kind,
         start_ns: t.start_ns,
     }
@@ -357,7 +459,115 @@ fn render(k: Key, t: &Totals, host: &str, kind: Option<&'static str>) -> CalicoR
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use margay_config::PolicySet;
+    use margay_rulecompiler::policy::compile::CompiledPolicy;
+
     use super::*;
+    use crate::flowlog::Reason;
+
+    const POLICY: &str = r#"
+[[endpoint]]
+name = "web-7d4b9c6f8d-x2kfp"
+ips = ["198.18.2.20"]
+labels = { app = "web", zone = "a" }
+[[endpoint]]
+name = "web-7d4b9c6f8d-q9wzt"
+ips = ["198.18.2.21"]
+labels = { app = "web", zone = "b" }
+"#;
+
+    fn versions() -> PolicyVersions {
+        let set = PolicySet::parse(POLICY, Path::new("p.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let compiled = CompiledPolicy::compile(&set).unwrap_or_else(|e| panic!("{e}"));
+        PolicyVersions::of(Arc::new(PolicyVersion { epoch: 1, compiled }))
+    }
+
+    /// A start record of a UDP flow from `src`:`sport` (outside) to `dst`:53, 2 frames of 60 bytes.
+    fn record(src: &str, sport: u16, dst: &str) -> FlowRecord {
+        FlowRecord {
+            kind: Kind::Start,
+            start_ns: 5_000_000_000,
+            end_ns: 5_500_000_000,
+            proto: 17,
+            src: src.parse().unwrap_or_else(|e| panic!("{e}")),
+            src_port: sport,
+            dst: dst.parse().unwrap_or_else(|e| panic!("{e}")),
+            dst_port: 53,
+            action: Verdict::Allow,
+            reason: Reason::Policy,
+            policy_epoch: Some(1),
+            decision: None,
+            packets: [2, 0],
+            bytes: [120, 0],
+            flows_started: 1,
+            flows_completed: 0,
+        }
+    }
+
+    fn lines(level: Aggregation) -> Vec<serde_json::Value> {
+        let v = versions();
+        let mut a = Aggregator::new(level, Aggregation::None, "node-1");
+        for (src, sport, dst) in [
+            ("8.8.8.8", 1000, "198.18.2.20"),
+            ("8.8.8.8", 1001, "198.18.2.20"),
+            ("10.0.0.1", 1000, "198.18.2.21"),
+        ] {
+            assert!(a.add(&record(src, sport, dst), &v).is_none());
+        }
+        // A flow's second record in the interval folds into its first.
+        assert!(a.add(&record("8.8.8.8", 1000, "198.18.2.20"), &v).is_none());
+        a.drain(&v).iter().map(|r| serde_json::to_value(r).unwrap_or_else(|e| panic!("{e}"))).collect()
+    }
+
+    #[test]
+    fn level_0_is_a_record_per_flow_and_reporting_side() {
+        let l = lines(Aggregation::None);
+        // Sources are outside: the destination reports each flow, once.
+        assert_eq!(l.len(), 3, "{l:#?}");
+        let first = &l[0];
+        assert_eq!(first["reporter"], "dst");
+        assert_eq!((first["packets_in"].as_u64(), first["bytes_in"].as_u64()), (Some(4), Some(184)));
+        assert_eq!((first["num_flows"].as_u64(), first["num_flows_started"].as_u64()), (Some(1), Some(2)));
+        assert_eq!(first["source_type"], "net");
+        assert_eq!(first["source_name_aggr"], "pub");
+        assert_eq!(first["dest_name"], "web-7d4b9c6f8d-x2kfp");
+        assert_eq!(first["dest_labels"]["labels"], serde_json::json!(["app=web", "zone=a"]));
+        assert_eq!(first["host"], "node-1");
+        assert_eq!(l[2]["source_name_aggr"], "pvt");
+    }
+
+    #[test]
+    fn level_1_folds_source_ports() {
+        let l = lines(Aggregation::SourcePorts);
+        assert_eq!(l.len(), 2, "{l:#?}");
+        let pub_ = l.iter().find(|r| r["source_ip"] == "8.8.8.8").unwrap_or_else(|| panic!("{l:#?}"));
+        assert_eq!(pub_["source_port"], serde_json::Value::Null);
+        assert_eq!((pub_["num_flows"].as_u64(), pub_["packets_in"].as_u64()), (Some(2), Some(6)));
+    }
+
+    #[test]
+    fn level_2_folds_endpoints_by_name_prefix_keeping_common_labels() {
+        let l = lines(Aggregation::Prefixes);
+        // The two public-source flows and the private one differ in source (pub, pvt).
+        assert_eq!(l.len(), 2, "{l:#?}");
+        for r in &l {
+            assert_eq!(
+                (&r["source_ip"], &r["dest_ip"]),
+                (&serde_json::Value::Null, &serde_json::Value::Null)
+            );
+            assert_eq!(r["dest_name"], "-");
+            assert_eq!(r["dest_name_aggr"], "web-7d4b9c6f8d-*");
+        }
+        // The group's labels are those every pod of it seen in the interval has.
+        for r in &l {
+            assert_eq!(r["dest_labels"]["labels"], serde_json::json!(["app=web"]), "{r}");
+        }
+        let public = l.iter().find(|r| r["source_name_aggr"] == "pub").unwrap_or_else(|| panic!("{l:#?}"));
+        assert_eq!(public["num_flows"], 2);
+    }
 
     #[test]
     fn generated_names_aggregate_to_their_prefix() {

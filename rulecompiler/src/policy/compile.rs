@@ -265,10 +265,14 @@ impl CompiledPolicy {
         self.endpoints.get(e as usize).map(|e| (e.name.as_str(), e.namespace.as_str()))
     }
 
-    /// The labels of the local endpoint with address `ip`, as `key=value`, sorted.
-    pub fn endpoint_labels(&self, ip: IpAddr) -> Option<&[String]> {
-        let e = self.endpoint_of.get(ip)?;
-        self.endpoints.get(e as usize).map(|e| e.labels.as_slice())
+    /// The index of the local endpoint with address `ip` (for [`CompiledPolicy::endpoint_at`]).
+    pub fn endpoint_index(&self, ip: IpAddr) -> Option<u32> {
+        self.endpoint_of.get(ip)
+    }
+
+    /// Name, namespace and labels (`key=value`, sorted) of the endpoint of index `e`.
+    pub fn endpoint_at(&self, e: u32) -> Option<(&str, &str, &[String])> {
+        self.endpoints.get(e as usize).map(|e| (e.name.as_str(), e.namespace.as_str(), e.labels.as_slice()))
     }
 
     /// A side's policy as Calico's flow logs name it (`tier.name`, or `namespace/tier.name`
