@@ -400,6 +400,99 @@ impl Exporter {
 mod tests {
     use super::*;
 
+    /// An aggregate record of a UDP flow, `n` packets of 100-byte frames each way.
+    fn record(src: &str, dst: &str, n: u64) -> FlowRecord {
+        FlowRecord {
+            kind: Kind::Aggregate,
+            start_ns: 1_700_000_000_000_000_000,
+            end_ns: 1_700_000_001_000_000_000,
+            proto: 17,
+            src: src.parse().unwrap_or_else(|e| panic!("{e}")),
+            src_port: 40_000,
+            dst: dst.parse().unwrap_or_else(|e| panic!("{e}")),
+            dst_port: 53,
+            action: Verdict::Allow,
+            reason: Reason::Policy,
+            policy_epoch: None,
+            decision: None,
+            packets: [n, n],
+            bytes: [100 * n, 100 * n],
+            flows_started: 0,
+            flows_completed: 0,
+        }
+    }
+
+    /// A message's header fields and its sets' (id, length).
+    fn parse(m: &[u8]) -> ((u16, u16, u32, u32), Vec<(u16, usize)>) {
+        let be16 = |i: usize| u16::from_be_bytes([m[i], m[i + 1]]);
+        let be32 = |i: usize| u32::from_be_bytes([m[i], m[i + 1], m[i + 2], m[i + 3]]);
+        let header = (be16(0), be16(2), be32(8), be32(12));
+        let mut sets = Vec::new();
+        let mut at = 16;
+        while at < m.len() {
+            let (id, len) = (be16(at), usize::from(be16(at + 2)));
+            assert!(len >= 4 && at + len <= m.len(), "set at {at} of length {len} overruns the message");
+            sets.push((id, len));
+            at += len;
+        }
+        (header, sets)
+    }
+
+    #[test]
+    fn messages_fit_count_their_records_and_refresh_templates() {
+        let collector = UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        collector.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap_or_else(|e| panic!("{e}"));
+        let at = collector.local_addr().unwrap_or_else(|e| panic!("{e}")).to_string();
+        let mut x =
+            Exporter::new(Exporter::connect(&at).unwrap_or_else(|e| panic!("{e}")), 7, 32_473, 60, 600);
+        let versions = PolicyVersions::default();
+        let t0 = 1_700_000_000_000_000_000;
+        // 40 flows, alternating families: 80 data records (both directions of each).
+        for i in 0..40 {
+            let r = if i % 2 == 0 {
+                record("198.18.1.10", "198.18.2.20", 3)
+            } else {
+                record("2001:2::10", "2001:2::20", 3)
+            };
+            x.add(&r, &versions, t0);
+        }
+        x.flush();
+        // Past the refresh interval: the next message carries the templates again.
+        x.add(&record("198.18.1.10", "198.18.2.20", 1), &versions, t0 + 61_000_000_000);
+        x.flush();
+        let mut buf = [0u8; 2048];
+        let mut messages = Vec::new();
+        while let Ok(n) = collector.recv(&mut buf) {
+            messages.push(parse(&buf[..n]));
+            assert_eq!(
+                usize::from(messages.last().map_or(0, |m| m.0.1)),
+                n,
+                "the header's length is the datagram's"
+            );
+            if messages.len() as u64 == x.stats().messages {
+                break;
+            }
+        }
+        assert_eq!(x.stats().records, 82);
+        assert_eq!(x.stats().send_errors, 0);
+        let mut sequence = 0u32;
+        for (i, ((version, len, seq, domain), sets)) in messages.iter().enumerate() {
+            assert_eq!((*version, *domain), (10, 7));
+            assert!(*len <= 600, "message {i} is {len} bytes");
+            assert_eq!(*seq, sequence, "message {i}: the data records sent before it");
+            let with_templates = sets.iter().any(|(id, _)| *id == 2);
+            assert_eq!(with_templates, i == 0 || i == messages.len() - 1, "message {i}: {sets:?}");
+            for (id, set_len) in sets.iter().filter(|(id, _)| *id != 2) {
+                // A record: 59 bytes of fixed-length fields (83 with IPv6 addresses), ten
+                // empty strings (a length byte each), the reason "policy" (7 bytes).
+                let each = if *id == TEMPLATE_V4 { 59 + 10 + 7 } else { 83 + 10 + 7 };
+                assert_eq!((set_len - 4) % each, 0, "set {id} of {set_len} bytes");
+                sequence += ((set_len - 4) / each) as u32;
+            }
+        }
+        assert_eq!(sequence, 82);
+    }
+
     #[test]
     fn strings_take_one_or_three_length_bytes() {
         let mut o = Vec::new();

@@ -290,3 +290,25 @@ fn record(
         flows_completed: 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::LogBudget;
+
+    #[test]
+    fn the_log_budget_allows_a_burst_then_its_rate() {
+        const S: u64 = 1_000_000_000;
+        let mut b = LogBudget::new(3);
+        let t0 = 10 * S;
+        assert_eq!((0..5).filter(|_| b.take(t0)).count(), 3, "a second's worth at once");
+        assert!(!b.take(t0 + S / 10), "a tenth of a second earns 0.3 of a record");
+        assert!(b.take(t0 + S / 2), "half a second earns 1.5");
+        assert_eq!(
+            (0..10).filter(|_| b.take(t0 + 100 * S)).count(),
+            3,
+            "never more than a second's worth saved"
+        );
+        let mut off = LogBudget::new(0);
+        assert!(!off.take(t0) && !off.take(t0 + 100 * S), "rate 0: no log records");
+    }
+}
