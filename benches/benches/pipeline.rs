@@ -34,7 +34,7 @@
 //! of the decide passes to the parse pass, which compares two builds across the machine's
 //! phases better than their totals do (docs/benchmarks.md, 2026-12-01 late).
 //!
-//! `cargo bench -p margay-benches --bench pipeline [-- --reps N --quick --only CASE --packets N]`;
+//! `cargo bench -p margay-benches --bench pipeline [-- --reps N --quick --only CASE,... --packets N]`;
 //! pin it with `taskset -c 1`. To profile only the timed loops: `mkfifo /tmp/ctl; PERF_CTL=/tmp/ctl
 //! perf record -D -1 --control fifo:/tmp/ctl -e cpu-clock BENCH ...`. Targets: established >= 10 M/s, new flows >= 2 M/s, 1M entries <= 160 MB.
 
@@ -536,7 +536,7 @@ usage: cargo bench -p margay-benches --bench pipeline [-- OPTIONS]
        (or the bench binary itself: target/release/deps/pipeline-HASH OPTIONS)
 
 options:
-  --only CASE     run one case; default: every case
+  --only CASES    run these cases (comma-separated); default: every case
   --reps N        measurements per case, the best printed (default 3)
   --packets N     packets (lookups) per measurement of the established, conntrack-only and
                   model cases (default 20,000,000; 4,000,000 with --quick)
@@ -553,7 +553,9 @@ fn main() {
     let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1));
     let reps: usize = value("--reps").and_then(|v| v.parse().ok()).unwrap_or(3);
     let quick = args.iter().any(|a| a == "--quick");
-    let only = value("--only").cloned();
+    // `--only A,B,...`: those cases, in the bench's order.
+    let only: Option<Vec<String>> = value("--only").map(|v| v.split(',').map(str::to_owned).collect());
+    let wanted = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|c| c == name));
     let million = if quick { 100_000 } else { 1_000_000 };
     // Packets (lookups) per measurement of the established, conntrack-only and model cases.
     let packets: u64 =
@@ -603,9 +605,7 @@ fn main() {
         println!("{USAGE}\n\ncases: {}", names.join(", "));
         return;
     }
-    if let Some(o) = &only
-        && !names.contains(&o.as_str())
-    {
+    if let Some(o) = only.iter().flatten().find(|o| !names.contains(&o.as_str())) {
         eprintln!("pipeline: no case named {o:?}; the cases: {}", names.join(", "));
         std::process::exit(2);
     }
@@ -621,7 +621,7 @@ fn main() {
     );
 
     for (name, live) in TABLE_ONLY.into_iter().zip([1_000, million]) {
-        if only.as_deref().is_none_or(|o| o == name) {
+        if wanted(name) {
             let best = best_of(reps, |r| table_only(live, packets, 11 + r as u64));
             println!(
                 "{name:<18} {:>6.2} Mpps   ({live} live entries, {:.1} ns/lookup)",
@@ -630,7 +630,7 @@ fn main() {
             );
         }
     }
-    if only.as_deref().is_none_or(|o| o == "decide-only") {
+    if wanted("decide-only") {
         let n = if quick { 100_000 } else { 1_000_000 };
         let best = best_of(reps, |_| decide_only(&probe, &triples, n));
         println!(
@@ -640,7 +640,7 @@ fn main() {
             1e9 / best
         );
     }
-    for case in cases.iter().filter(|c| only.as_deref().is_none_or(|o| c.name == o)) {
+    for case in cases.iter().filter(|c| wanted(c.name)) {
         let mut best = 0.0f64;
         let mut detail = String::new();
         for rep in 0..reps {
