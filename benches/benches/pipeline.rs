@@ -51,7 +51,7 @@ use margay_dataplane::conntrack::{DEFAULT_CAPACITY, Entry, FlowKey, Hint, State,
 use margay_dataplane::driver::{All, Driver};
 use margay_dataplane::flowlog::FlowRecord;
 use margay_dataplane::flowlog::calico::{Aggregator, CalicoRecord};
-use margay_dataplane::flowlog::ipfix::Exporter;
+use margay_dataplane::flowlog::ipfix::{Exporter, Transport};
 use margay_dataplane::io::{Clock, Disposition, MAX_BURST, MemIo, PacketIo};
 use margay_dataplane::pipeline::{BURST, PassTimes, Pipeline};
 use margay_dataplane::policy::PolicyVersions;
@@ -210,7 +210,7 @@ impl Encoder {
             "ipfix" => {
                 let collector = std::net::UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
                 let at = collector.local_addr().unwrap_or_else(|e| panic!("{e}")).to_string();
-                let socket = Exporter::connect(&at).unwrap_or_else(|e| panic!("{e}"));
+                let socket = Transport::open(&at, false).unwrap_or_else(|e| panic!("{e}"));
                 Encoder::Ipfix { exporter: Exporter::new(socket, 1, 32_473, 60, 1400), _collector: collector }
             }
             _ => Encoder::Discard,

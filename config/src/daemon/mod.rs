@@ -47,8 +47,9 @@
 //! keep = 4
 //! channel = 65536                    # records in flight to the writer; more are counted lost
 //!
-//! [ipfix]                            # IPFIX (RFC 7011) export over UDP; none: off
+//! [ipfix]                            # IPFIX (RFC 7011) export; none: off
 //! collector = "198.18.0.1:4739"      # HOST:PORT
+//! transport = "udp"                  # or "tcp"
 //! observation_domain = 1
 //! template_refresh = 60              # seconds between template resends
 //! enterprise = 32473                 # private enterprise number of Margay's own elements
@@ -269,11 +270,24 @@ impl Aggregation {
     }
 }
 
+/// How IPFIX messages travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpfixTransport {
+    /// Datagrams; templates resent every `template_refresh`.
+    #[default]
+    Udp,
+    /// A connection; templates once per connection, withdrawn at the end.
+    Tcp,
+}
+
 /// `[ipfix]`: IPFIX export of flow records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ipfix {
-    /// `HOST:PORT` of the collector (UDP).
+    /// `HOST:PORT` of the collector.
     pub collector: String,
+    /// UDP (the default) or TCP.
+    pub transport: IpfixTransport,
     /// The observation domain in every message header.
     pub observation_domain: u32,
     /// Seconds between template resends (UDP has no other way to teach a restarted collector).

@@ -167,6 +167,8 @@ impl Default for RawFlowLogs {
 #[serde(deny_unknown_fields)]
 struct RawIpfix {
     collector: Spanned<String>,
+    #[serde(default)]
+    transport: IpfixTransport,
     observation_domain: Option<Spanned<u32>>,
     template_refresh: Option<Spanned<u64>>,
     enterprise: Option<Spanned<u32>>,
@@ -414,6 +416,7 @@ impl Check<'_> {
         }
         Ok(Ipfix {
             collector: collector.clone(),
+            transport: i.transport,
             observation_domain: self.in_range(
                 i.observation_domain,
                 1,

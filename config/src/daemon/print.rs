@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::{DaemonConfig, FailMode, FastPath, FlowLogFormat, Mac};
+use super::{DaemonConfig, FailMode, FastPath, FlowLogFormat, IpfixTransport, Mac};
 
 /// A TOML string: quoted, with `"` and `\` escaped.
 fn quoted(s: &str) -> String {
@@ -89,8 +89,12 @@ impl DaemonConfig {
         if let Some(i) = &self.ipfix {
             writeln!(
                 o,
-                "\n[ipfix]\ncollector = {}\nobservation_domain = {}\ntemplate_refresh = {}\nenterprise = {}\nmax_message = {}",
+                "\n[ipfix]\ncollector = {}\ntransport = {}\nobservation_domain = {}\ntemplate_refresh = {}\nenterprise = {}\nmax_message = {}",
                 quoted(&i.collector),
+                quoted(match i.transport {
+                    IpfixTransport::Udp => "udp",
+                    IpfixTransport::Tcp => "tcp",
+                }),
                 i.observation_domain,
                 i.template_refresh,
                 i.enterprise,

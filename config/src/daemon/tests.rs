@@ -138,7 +138,7 @@ fn errors_name_the_place() {
 #[test]
 fn the_config_prints_back_to_itself() {
     let full = format!(
-        "policy = \"/etc/margay/policy.toml\"\n{OK}[flow_logs]\npath = \"/var/log/m \\\"x\\\".jsonl\"\nkeep = 2\nformat = \"margay\"\naggregate_allowed = 2\nlog_rate = 7\n[ipfix]\ncollector = \"[2001:db8::1]:4739\"\nobservation_domain = 9\n[daemon]\nfail_mode = \"closed\"\ncores = [1, 3]\nmetrics = \"127.0.0.1:9464\"\nforward_only = true\n"
+        "policy = \"/etc/margay/policy.toml\"\n{OK}[flow_logs]\npath = \"/var/log/m \\\"x\\\".jsonl\"\nkeep = 2\nformat = \"margay\"\naggregate_allowed = 2\nlog_rate = 7\n[ipfix]\ncollector = \"[2001:db8::1]:4739\"\ntransport = \"tcp\"\nobservation_domain = 9\n[daemon]\nfail_mode = \"closed\"\ncores = [1, 3]\nmetrics = \"127.0.0.1:9464\"\nforward_only = true\n"
     );
     let store = format!(
         "{OK}[datastore]\nkind = \"etcd\"\nendpoints = [\"https://198.18.0.1:2379\", \"198.18.0.2:2379\"]\nca = \"/etc/ca.pem\"\ncert = \"/etc/c.pem\"\nkey = \"/etc/k.pem\"\nname = \"node-1\"\nquiet_ms = 50\n"

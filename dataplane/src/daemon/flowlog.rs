@@ -228,9 +228,10 @@ pub fn run(
             stats.set_ipfix(x.stats());
         }
     }
-    if let Some(x) = ipfix.as_mut() {
+    if let Some(mut x) = ipfix {
         x.flush();
         stats.set_ipfix(x.stats());
+        x.finish(super::now_ns());
     }
     if let Some(w) = writer.as_mut() {
         out.drain(w, &known);

@@ -42,7 +42,7 @@ use crate::policy::PolicyVersion;
 
 use self::flowlog::FlowLogStats;
 use self::worker::Worker;
-use crate::flowlog::ipfix::Exporter;
+use crate::flowlog::ipfix::{Exporter, Transport};
 
 /// Wall-clock nanoseconds (flow records carry real times).
 pub fn now_ns() -> u64 {
@@ -267,9 +267,10 @@ impl Daemon {
         }
         let ipfix = match &config.ipfix {
             Some(i) => {
-                let socket = Exporter::connect(&i.collector)
+                let tcp = i.transport == margay_config::daemon::IpfixTransport::Tcp;
+                let socket = Transport::open(&i.collector, tcp)
                     .with_context(|| format!("[ipfix] collector {}", i.collector))?;
-                tracing::info!(collector = %i.collector, "IPFIX export on");
+                tracing::info!(collector = %i.collector, transport = ?i.transport, "IPFIX export on");
                 Some(Exporter::new(
                     socket,
                     i.observation_domain,

@@ -1,8 +1,9 @@
-//! IPFIX (RFC 7011) export of flow records over UDP: an IPv4 and an IPv6 template of standard
+//! IPFIX (RFC 7011) export of flow records over UDP or TCP: an IPv4 and an IPv6 template of standard
 //! information elements and Margay's own (endpoint names, tier, policy, rule), messages up to
-//! a configured size, sequence numbers counting data records per observation domain, and
-//! templates sent before the first data and again every refresh interval (UDP carries no
-//! other way to teach a collector that restarted). docs/guide/ipfix.md has the elements.
+//! a configured size, sequence numbers counting data records per observation domain and
+//! transport session, and templates sent before the first data (over UDP again every
+//! refresh interval: it carries no other way to teach a collector that restarted; over TCP
+//! once per connection, and withdrawn at the end). docs/guide/ipfix.md has the elements.
 //!
 //! Hand-written: the crates on crates.io that speak IPFIX parse it (collectors); none encodes
 //! with enterprise-specific, variable-length elements. The encoding is small, and the tests
@@ -12,8 +13,9 @@
 //! record (`biflowDirection` 1, initiator) and its replies, when there were any, another
 //! (`biflowDirection` 2, reverse initiator, addresses and ports swapped).
 
-use std::io;
-use std::net::{IpAddr, UdpSocket};
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::time::Duration;
 
 use margay_config::policy::Verdict;
 use margay_rulecompiler::policy::compile::SideRef;
@@ -251,19 +253,112 @@ pub struct ExportStats {
     pub lost: u64,
 }
 
-/// Builds IPFIX messages and sends them over a connected UDP socket.
+/// Where messages go.
+#[derive(Debug)]
+pub enum Transport {
+    /// A connected, non-blocking UDP socket: a refused send is counted, never retried.
+    Udp(UdpSocket),
+    /// A TCP connection to `addr`, made when a message is begun and remade after a failure
+    /// (at most once a second). Writes wait at most [`TCP_WRITE_TIMEOUT`]; a connection that
+    /// cannot take a message is closed and the message's records counted lost.
+    Tcp {
+        /// The collector.
+        addr: SocketAddr,
+        /// The connection, when there is one.
+        stream: Option<TcpStream>,
+        /// When to try connecting again (wall-clock ns).
+        retry_at: u64,
+    },
+}
+
+/// How long a TCP write may wait for the collector before the connection is given up.
+pub const TCP_WRITE_TIMEOUT: Duration = Duration::from_millis(200);
+const TCP_RETRY_NS: u64 = 1_000_000_000;
+
+impl Transport {
+    /// A transport to `collector` (`HOST:PORT`, resolved now): a connected UDP socket, or a
+    /// TCP collector connected to when the first message is sent.
+    pub fn open(collector: &str, tcp: bool) -> io::Result<Transport> {
+        use std::net::ToSocketAddrs;
+        let addr = collector
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "resolves to no address"))?;
+        if tcp {
+            return Ok(Transport::Tcp { addr, stream: None, retry_at: 0 });
+        }
+        let bind: SocketAddr = if addr.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let s = UdpSocket::bind(bind)?;
+        s.connect(addr)?;
+        s.set_nonblocking(true)?;
+        Ok(Transport::Udp(s))
+    }
+
+    /// Ready to send at `now`: true when a new TCP connection (a new transport session) was
+    /// just made, false otherwise (UDP; a TCP connection already up; none to be had).
+    fn connect(&mut self, now: u64) -> bool {
+        let Transport::Tcp { addr, stream, retry_at } = self else { return false };
+        if stream.is_some() || now < *retry_at {
+            return false;
+        }
+        match TcpStream::connect_timeout(addr, Duration::from_secs(1)) {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                let _ = s.set_write_timeout(Some(TCP_WRITE_TIMEOUT));
+                *stream = Some(s);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(collector = %addr, "IPFIX over TCP: cannot connect: {e}; retrying in 1 s");
+                *retry_at = now + TCP_RETRY_NS;
+                false
+            }
+        }
+    }
+
+    fn send(&mut self, msg: &[u8], now: u64) -> io::Result<()> {
+        match self {
+            Transport::Udp(s) => s.send(msg).map(drop),
+            Transport::Tcp { stream, retry_at, .. } => {
+                let Some(s) = stream.as_mut() else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotConnected,
+                        "no connection to the collector",
+                    ));
+                };
+                s.write_all(msg).inspect_err(|_| {
+                    *stream = None;
+                    *retry_at = now + TCP_RETRY_NS;
+                })
+            }
+        }
+    }
+
+    fn is_tcp(&self) -> bool {
+        matches!(self, Transport::Tcp { .. })
+    }
+}
+
+/// Builds IPFIX messages and sends them to a collector.
 #[derive(Debug)]
 pub struct Exporter {
-    socket: UdpSocket,
+    transport: Transport,
     domain: u32,
     enterprise: u32,
     refresh_ns: u64,
     max: usize,
-    /// When templates were last sent (wall-clock ns); none: never.
+    /// When templates were last sent (wall-clock ns); none: never in this session.
     templates_at: Option<u64>,
-    /// Data records sent before the message being built, mod 2^32 (RFC 7011 3.1).
+    /// Data records sent before the message being built, mod 2^32 (RFC 7011 3.1), in this
+    /// transport session (a TCP connection starts at 0).
     sequence: u32,
     msg: Vec<u8>,
+    /// When `msg` was begun (its export time), ns.
+    begun: u64,
     /// The open data set: its offset in `msg` and template.
     set: Option<(usize, u16)>,
     /// Data records in `msg`.
@@ -273,10 +368,10 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    /// An exporter sending from an ephemeral port to `socket`'s peer (already connected).
-    pub fn new(socket: UdpSocket, domain: u32, enterprise: u32, refresh_s: u64, max: u16) -> Exporter {
+    /// An exporter over `transport`.
+    pub fn new(transport: Transport, domain: u32, enterprise: u32, refresh_s: u64, max: u16) -> Exporter {
         Exporter {
-            socket,
+            transport,
             domain,
             enterprise,
             refresh_ns: refresh_s * 1_000_000_000,
@@ -284,29 +379,12 @@ impl Exporter {
             templates_at: None,
             sequence: 0,
             msg: Vec::with_capacity(usize::from(max)),
+            begun: 0,
             set: None,
             in_msg: 0,
             scratch: Vec::with_capacity(256),
             stats: ExportStats::default(),
         }
-    }
-
-    /// Connects a UDP socket to `collector` (`HOST:PORT`, resolved now).
-    pub fn connect(collector: &str) -> io::Result<UdpSocket> {
-        use std::net::ToSocketAddrs;
-        let addr = collector
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "resolves to no address"))?;
-        let bind: std::net::SocketAddr = if addr.is_ipv4() {
-            ([0, 0, 0, 0], 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let s = UdpSocket::bind(bind)?;
-        s.connect(addr)?;
-        s.set_nonblocking(true)?;
-        Ok(s)
     }
 
     /// Counters so far.
@@ -347,16 +425,30 @@ impl Exporter {
         }
     }
 
-    /// Starts a message: the header, and the templates when they are due.
+    /// Starts a message: the header, and the templates when they are due (over UDP every
+    /// refresh interval; over TCP once per connection, which is reliable).
     fn begin(&mut self, now: u64) {
+        if self.transport.connect(now) {
+            self.sequence = 0;
+            self.templates_at = None;
+        }
+        self.begun = now;
+        self.header(now);
+        let due = match self.templates_at {
+            None => true,
+            Some(t) => !self.transport.is_tcp() && now.saturating_sub(t) >= self.refresh_ns,
+        };
+        if due {
+            template_set(self.enterprise, &mut self.msg);
+            self.templates_at = Some(now);
+        }
+    }
+
+    fn header(&mut self, now: u64) {
         self.msg.extend_from_slice(&[0, 10, 0, 0]);
         self.msg.extend_from_slice(&((now / 1_000_000_000) as u32).to_be_bytes());
         self.msg.extend_from_slice(&self.sequence.to_be_bytes());
         self.msg.extend_from_slice(&self.domain.to_be_bytes());
-        if self.templates_at.is_none_or(|t| now.saturating_sub(t) >= self.refresh_ns) {
-            template_set(self.enterprise, &mut self.msg);
-            self.templates_at = Some(now);
-        }
     }
 
     fn close_set(&mut self) {
@@ -379,8 +471,8 @@ impl Exporter {
         // The sequence number counts records sent, lost or not: a collector that sees a gap
         // knows records went missing (RFC 7011 10.3.2).
         self.sequence = self.sequence.wrapping_add(self.in_msg);
-        match self.socket.send(&self.msg) {
-            Ok(_) => {
+        match self.transport.send(&self.msg, self.begun) {
+            Ok(()) => {
                 self.stats.messages += 1;
                 self.stats.records += u64::from(self.in_msg);
             }
@@ -393,6 +485,27 @@ impl Exporter {
         }
         self.msg.clear();
         self.in_msg = 0;
+    }
+
+    /// Sends what is held and ends the session: over TCP, a message withdrawing both
+    /// templates (RFC 7011 8.1), then the connection is closed. (Over UDP a collector ignores
+    /// withdrawals, RFC 7011 8.4: the templates expire there.)
+    pub fn finish(mut self, now: u64) {
+        self.flush();
+        if let Transport::Tcp { stream: Some(_), .. } = &self.transport {
+            self.header(now);
+            self.msg.extend_from_slice(&[0, 2, 0, 12]);
+            for id in [TEMPLATE_V4, TEMPLATE_V6] {
+                self.msg.extend_from_slice(&id.to_be_bytes());
+                self.msg.extend_from_slice(&[0, 0]);
+            }
+            let len = self.msg.len() as u16;
+            self.msg[2..4].copy_from_slice(&len.to_be_bytes());
+            let _ = self.transport.send(&self.msg, now);
+            if let Transport::Tcp { stream: Some(s), .. } = &self.transport {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
     }
 }
 
@@ -422,8 +535,11 @@ mod tests {
         }
     }
 
+    /// A message's header: version, length, sequence number, observation domain.
+    type Header = (u16, u16, u32, u32);
+
     /// A message's header fields and its sets' (id, length).
-    fn parse(m: &[u8]) -> ((u16, u16, u32, u32), Vec<(u16, usize)>) {
+    fn parse(m: &[u8]) -> (Header, Vec<(u16, usize)>) {
         let be16 = |i: usize| u16::from_be_bytes([m[i], m[i + 1]]);
         let be32 = |i: usize| u32::from_be_bytes([m[i], m[i + 1], m[i + 2], m[i + 3]]);
         let header = (be16(0), be16(2), be32(8), be32(12));
@@ -441,10 +557,10 @@ mod tests {
     #[test]
     fn messages_fit_count_their_records_and_refresh_templates() {
         let collector = UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-        collector.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap_or_else(|e| panic!("{e}"));
+        collector.set_read_timeout(Some(Duration::from_secs(2))).unwrap_or_else(|e| panic!("{e}"));
         let at = collector.local_addr().unwrap_or_else(|e| panic!("{e}")).to_string();
         let mut x =
-            Exporter::new(Exporter::connect(&at).unwrap_or_else(|e| panic!("{e}")), 7, 32_473, 60, 600);
+            Exporter::new(Transport::open(&at, false).unwrap_or_else(|e| panic!("{e}")), 7, 32_473, 60, 600);
         let versions = PolicyVersions::default();
         let t0 = 1_700_000_000_000_000_000;
         // 40 flows, alternating families: 80 data records (both directions of each).
@@ -516,5 +632,83 @@ mod tests {
         let v4 = 4 + 14 * 4 + 13 * 8;
         assert_eq!(&o[4 + v4..4 + v4 + 4], &[1, 1, 0, 27]);
         assert_eq!(o.len(), 4 + 2 * v4);
+    }
+
+    /// Messages read off a TCP stream until it closes, each split at its header's length.
+    /// (Or until `wait` passes without data, for a stream still open.)
+    fn read_messages(mut s: TcpStream, wait: Duration) -> Vec<Vec<u8>> {
+        use std::io::Read;
+        let mut all = Vec::new();
+        s.set_read_timeout(Some(wait)).unwrap_or_else(|e| panic!("{e}"));
+        let _ = s.read_to_end(&mut all);
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at + 4 <= all.len() {
+            let len = usize::from(u16::from_be_bytes([all[at + 2], all[at + 3]]));
+            assert!(len >= 16 && at + len <= all.len(), "a message of length {len} at {at} of {}", all.len());
+            out.push(all[at..at + len].to_vec());
+            at += len;
+        }
+        assert_eq!(at, all.len(), "a partial message at the end of the stream");
+        out
+    }
+
+    #[test]
+    fn over_tcp_templates_go_once_per_connection_and_are_withdrawn_at_the_end() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let at = listener.local_addr().unwrap_or_else(|e| panic!("{e}")).to_string();
+        let mut x =
+            Exporter::new(Transport::open(&at, true).unwrap_or_else(|e| panic!("{e}")), 3, 32_473, 1, 600);
+        let versions = PolicyVersions::default();
+        let t0 = 1_700_000_000_000_000_000;
+        for i in 0..20 {
+            // Past the refresh interval each time: TCP sends templates once anyway.
+            x.add(&record("198.18.1.10", "198.18.2.20", 1), &versions, t0 + i * 2_000_000_000);
+        }
+        x.flush();
+        let (first, _) = listener.accept().unwrap_or_else(|e| panic!("{e}"));
+        let session: Vec<_> =
+            read_messages(first.try_clone().unwrap_or_else(|e| panic!("{e}")), Duration::from_millis(300))
+                .iter()
+                .map(|m| parse(m))
+                .collect();
+        assert!(session.len() > 2, "{session:?}");
+        for (i, ((_, _, seq, _), sets)) in session.iter().enumerate() {
+            assert_eq!(
+                sets.iter().any(|s| s.0 == 2),
+                i == 0,
+                "templates in the first message only: {session:?}"
+            );
+            assert_eq!(*seq == 0, i == 0);
+        }
+        // The collector goes away: the next message fails and is counted; a second later the
+        // exporter connects again, to a new session (sequence 0, templates again).
+        drop(first);
+        let sent = x.stats();
+        let mut lost_at = None;
+        for i in 0..200 {
+            x.add(&record("198.18.1.10", "198.18.2.20", 1), &versions, t0 + 100_000_000_000);
+            x.flush();
+            if x.stats().send_errors > 0 {
+                lost_at = Some(i);
+                break;
+            }
+        }
+        assert!(lost_at.is_some(), "writing to a closed connection never failed: {:?}", x.stats());
+        assert_eq!(x.stats().messages, sent.messages + lost_at.unwrap_or(0) as u64);
+        x.add(&record("2001:2::10", "2001:2::20", 1), &versions, t0 + 102_000_000_000);
+        x.flush();
+        let (second, _) = listener.accept().unwrap_or_else(|e| panic!("{e}"));
+        x.finish(t0 + 103_000_000_000);
+        let messages = read_messages(second, Duration::from_secs(5));
+        let parsed: Vec<_> = messages.iter().map(|m| parse(m)).collect();
+        assert_eq!(parsed.len(), 2, "{parsed:?}");
+        let ((_, _, seq, domain), sets) = &parsed[0];
+        assert_eq!((*seq, *domain), (0, 3), "a new session counts from 0");
+        assert_eq!(sets.iter().map(|s| s.0).collect::<Vec<_>>(), [2, TEMPLATE_V6]);
+        // The last message withdraws both templates: a template set of two empty templates.
+        let ((_, len, seq, _), sets) = &parsed[1];
+        assert_eq!((*len, *seq, sets.as_slice()), (28, 2, &[(2, 12)][..]));
+        assert_eq!(&messages[1][20..28], &[1, 0, 0, 0, 1, 1, 0, 0]);
     }
 }
