@@ -86,6 +86,7 @@ pub(super) fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             source,
             compiled.stats().classifier_rules
         );
+        println!("{}", outputs_plan(&config)?);
         return Ok(ExitCode::SUCCESS);
     }
     let daemon = Daemon::start(config, &args.config)?;
@@ -100,6 +101,43 @@ pub(super) fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         records = %stats["flow_records"]["written"], "stopped"
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where flow records will go, for `run --check`: the flow log and its format, and the IPFIX
+/// collector (resolved now, as the daemon will at start).
+fn outputs_plan(config: &DaemonConfig) -> anyhow::Result<String> {
+    let f = &config.flow_logs;
+    let log = match (&f.path, f.format) {
+        (None, _) => "flow log: none (records counted, not written)".to_owned(),
+        (Some(p), margay_config::daemon::FlowLogFormat::Margay) => {
+            format!("flow log: {} (margay)", p.display())
+        }
+        (Some(p), margay_config::daemon::FlowLogFormat::Calico) => format!(
+            "flow log: {} (calico, aggregation {} allowed / {} denied, every {} s)",
+            p.display(),
+            f.aggregate_allowed.level(),
+            f.aggregate_denied.level(),
+            f.interval
+        ),
+    };
+    let ipfix = match &config.ipfix {
+        None => "IPFIX: off".to_owned(),
+        Some(i) => {
+            use std::net::ToSocketAddrs;
+            let addr = i
+                .collector
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .with_context(|| format!("[ipfix] collector {}: does not resolve", i.collector))?;
+            let transport = match i.transport {
+                margay_config::daemon::IpfixTransport::Udp => "udp",
+                margay_config::daemon::IpfixTransport::Tcp => "tcp",
+            };
+            format!("IPFIX: {transport} to {} ({addr})", i.collector)
+        }
+    };
+    Ok(format!("{log}; {ipfix}"))
 }
 
 /// Arguments of `margay ctl`.

@@ -307,6 +307,36 @@ fn run_explains_what_is_wrong_before_touching_anything() {
         "{}",
         text(&out.stdout)
     );
+    assert!(
+        text(&out.stdout).contains("flow log: none (records counted, not written); IPFIX: off"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // Where records go: the flow log's format and the IPFIX collector, resolved (or refused).
+    let base = format!("policy = {policy:?}\n[[interface]]\nname = \"lo\"\nmac = \"02:00:00:00:00:01\"\n");
+    let outputs = s.file(
+        "outputs.toml",
+        &format!("{base}[flow_logs]\npath = \"/tmp/f.jsonl\"\naggregate_denied = 1\n[ipfix]\ncollector = \"127.0.0.1:4739\"\ntransport = \"tcp\"\n"),
+    );
+    let out = margay(&["run", "--check", "--config", outputs.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(
+            "flow log: /tmp/f.jsonl (calico, aggregation 0 allowed / 1 denied, every 10 s); IPFIX: tcp to 127.0.0.1:4739 (127.0.0.1:4739)"
+        ),
+        "{}",
+        text(&out.stdout)
+    );
+    let unresolvable =
+        s.file("bad.toml", &format!("{base}[ipfix]\ncollector = \"collector.invalid:4739\"\n"));
+    let out = margay(&["run", "--check", "--config", unresolvable.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("[ipfix] collector collector.invalid:4739: does not resolve"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

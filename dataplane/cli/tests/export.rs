@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use margay_testkit::netns::{self, Capture, DaemonProcess, Process, Topology};
+use margay_testkit::schema;
 use serde_json::{Value, json};
 
 const EXE: &str = env!("CARGO_BIN_EXE_margay");
@@ -128,27 +129,6 @@ fn udp_flood(ns: &str, to: &str, n: u32) {
     .unwrap();
 }
 
-/// Every record validated against the repository's schema by Python's `jsonschema` (formats
-/// checked): the errors, one line each, or nothing.
-fn schema_errors(flows: &Path) -> String {
-    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/schema/calico-flow-log.schema.json");
-    let script = "import json, sys, jsonschema\n\
-        s = json.load(open(sys.argv[1]))\n\
-        jsonschema.Draft202012Validator.check_schema(s)\n\
-        v = jsonschema.Draft202012Validator(s, format_checker=jsonschema.FormatChecker())\n\
-        for n, line in enumerate(open(sys.argv[2]), 1):\n\
-        \x20   for e in v.iter_errors(json.loads(line)):\n\
-        \x20       print(f'line {n}: {e.json_path}: {e.message}')\n";
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .arg(&schema)
-        .arg(flows)
-        .output()
-        .expect("python3 with jsonschema (scripts/deps.sh test installs python3-jsonschema)");
-    assert!(out.status.success(), "schema check failed to run: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// nfdump's reading of the collector's folder: per flow record, source and destination
 /// address and port, protocol, packets and bytes.
 fn nfdump(dir: &Path) -> Vec<(String, String, u16, u16, String, u64, u64)> {
@@ -246,7 +226,7 @@ fn calico_records_log_rules_and_ipfix_to_nfcapd_from_real_traffic() {
     nfcapd.stop().unwrap();
 
     // --- The Calico-schema flow log.
-    let errors = schema_errors(&flows);
+    let errors = schema::errors(&schema::calico_flow_log(), &flows).unwrap();
     assert!(errors.is_empty(), "records that do not validate:\n{errors}");
     let records: Vec<Value> =
         std::fs::read_to_string(&flows).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();

@@ -318,16 +318,8 @@ fn calico_records_of_the_replay_match_their_snapshot_and_the_schema() {
         writeln!(normalized, "{r}").unwrap();
     }
     snapshot("flows-calico.jsonl", &normalized);
-    let schema = repo("docs/schema/calico-flow-log.schema.json");
-    let script = "import json, sys, jsonschema\n\
-        s = json.load(open(sys.argv[1]))\n\
-        v = jsonschema.Draft202012Validator(s, format_checker=jsonschema.FormatChecker())\n\
-        for n, line in enumerate(open(sys.argv[2]), 1):\n\
-        \x20   for e in v.iter_errors(json.loads(line)):\n\
-        \x20       print(f'line {n}: {e.json_path}: {e.message}')\n";
-    let out = Command::new("python3").args(["-c", script]).arg(&schema).arg(&flows).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    let errors = margay_testkit::schema::errors(&margay_testkit::schema::calico_flow_log(), &flows).unwrap();
+    assert!(errors.is_empty(), "{errors}");
     // The allowed TCP flow's 7 packets, once per reporting side (both ends are endpoints).
     let tcp = |reporter: &str| -> u64 {
         records

@@ -16,6 +16,7 @@ pub mod fuzzing;
 #[expect(unsafe_code, reason = "xsk-rs frame ownership for the generator's UMEM (see its docs)")]
 pub mod generator;
 pub mod netns;
+pub mod schema;
 pub mod sink;
 
 #[expect(
