@@ -1,7 +1,8 @@
 //! `margay demo`: the README's main command. Builds a namespace topology (a client, the Margay
 //! node, a web and a database server), runs `margay run` on the node with an embedded policy,
 //! drives real traffic (ping, curl, UDP, an iperf3 TCP stream), hot-swaps the policy mid-run,
-//! prints a summary and removes everything it made, also when interrupted (SIGINT/SIGTERM).
+//! exports its flow records over IPFIX to a collector on the node's loopback, prints a summary
+//! and removes everything it made, also when interrupted (SIGINT/SIGTERM).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -107,7 +108,12 @@ fn demo(args: &DemoArgs, work: &Path, stop: &Arc<AtomicBool>) -> anyhow::Result<
 
     println!("margay demo: client, node, web and db namespaces over veth (198.18.0.0/15)");
     let t = Topology::build(&format!("mgdemo{}", std::process::id()))?;
-    std::fs::write(&config, t.node_config(&v1, &socket, &flows, ""))?;
+    // Flow records also go over IPFIX to a collector on the node's loopback (`IPFIX_PORT`).
+    let collector_stop = Arc::new(AtomicBool::new(false));
+    let collector = ipfix_collector(&t, Arc::clone(&collector_stop))?;
+    let node = t.node_config(&v1, &socket, &flows, "")
+        + &format!("[ipfix]\ncollector = \"127.0.0.1:{IPFIX_PORT}\"\n");
+    std::fs::write(&config, node)?;
     interrupted(stop)?;
     let started = Instant::now();
     let mut daemon = DaemonProcess::start(&t, &exe, &config, &socket, &work.join("margay.log"))?;
@@ -154,10 +160,17 @@ fn demo(args: &DemoArgs, work: &Path, stop: &Arc<AtomicBool>) -> anyhow::Result<
     for s in servers {
         let _ = s.join();
     }
+    collector_stop.store(true, Ordering::Relaxed);
+    let exported = collector.join().map_err(|_| anyhow::anyhow!("the IPFIX collector thread panicked"))??;
+    checks.check(
+        "IPFIX messages reached the collector, none refused",
+        true,
+        exported.messages > 0 && exported.malformed == 0 && final_stats["ipfix"]["send_errors"] == 0,
+    );
     let xdp_left = ["c0", "s1", "s2"].iter().any(|i| t.xdp_attached(i).unwrap_or(true));
     checks.check("XDP detached after a clean stop (fail open)", false, xdp_left);
     drop(t);
-    summary(&flows, &final_stats, &stream, &explain);
+    summary(&flows, &final_stats, &stream, &explain, &exported);
     let failed: Vec<&Check> = checks.0.iter().filter(|c| c.got != c.want).collect();
     if failed.is_empty() {
         println!("\nAll {} checks passed.", checks.0.len());
@@ -256,7 +269,52 @@ fn policy_v2(t: &Topology, a: &Addrs, checks: &mut Checks, stop: &AtomicBool) ->
     Ok(())
 }
 
-fn summary(flows: &Path, final_stats: &Value, s: &Stream, explain: &Value) {
+/// The IPFIX collector's port on the node's loopback.
+const IPFIX_PORT: u16 = 4739;
+
+/// What the demo's collector received.
+#[derive(Debug, Default)]
+struct Exported {
+    messages: u64,
+    bytes: u64,
+    /// Datagrams that are not IPFIX messages: version 10, a length equal to the datagram's.
+    malformed: u64,
+}
+
+/// A minimal IPFIX collector on the node's loopback: it checks each message's header and
+/// counts, until `stop`.
+fn ipfix_collector(
+    t: &Topology,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<Exported>>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let h = netns::spawn_in(&t.ns("node"), move || -> Exported {
+        let mut got = Exported::default();
+        let Ok(s) = std::net::UdpSocket::bind(("127.0.0.1", IPFIX_PORT)) else {
+            let _ = ready_tx.send(false);
+            return got;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+        let _ = ready_tx.send(true);
+        let mut buf = [0u8; 65_536];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok(n) = s.recv(&mut buf) {
+                let ok =
+                    n >= 16 && buf[..2] == [0, 10] && usize::from(u16::from_be_bytes([buf[2], buf[3]])) == n;
+                got.messages += u64::from(ok);
+                got.malformed += u64::from(!ok);
+                got.bytes += n as u64;
+            }
+        }
+        got
+    })?;
+    if ready_rx.recv_timeout(Duration::from_secs(5)) != Ok(true) {
+        bail!("the demo's IPFIX collector could not bind 127.0.0.1:{IPFIX_PORT} in the node's namespace");
+    }
+    Ok(h)
+}
+
+fn summary(flows: &Path, final_stats: &Value, s: &Stream, explain: &Value, exported: &Exported) {
     let records: Vec<Value> = std::fs::read_to_string(flows)
         .unwrap_or_default()
         .lines()
@@ -283,6 +341,10 @@ fn summary(flows: &Path, final_stats: &Value, s: &Stream, explain: &Value) {
     );
     println!("  policy reload                      {:.2} ms, no connection lost", s.build_ms);
     println!("  flow records written               {}", records.len());
+    println!(
+        "  IPFIX export                       {} messages ({} bytes) received on 127.0.0.1:{IPFIX_PORT}",
+        exported.messages, exported.bytes
+    );
     println!(
         "  explain tcp client -> db:5432      {} (ingress: tier '{}', policy '{}')",
         explain["decision"]["verdict"].as_str().unwrap_or("?"),
