@@ -280,7 +280,8 @@ struct Writer {
 impl Writer {
     fn start(mut encoder: Encoder, versions: PolicyVersions) -> Writer {
         let (tx, rx) = crossbeam_channel::bounded::<FlowRecord>(65_536);
-        let handle = std::thread::spawn(move || {
+        let spawn = std::thread::Builder::new().name("flowlog-writer".into());
+        let handle = spawn.spawn(move || {
             let mut core0 = nix::sched::CpuSet::new();
             let _ = core0.set(0);
             let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &core0);
@@ -293,6 +294,7 @@ impl Writer {
             encoder.finish(&versions);
             (n, thread_cpu_ns() - cpu0)
         });
+        let handle = handle.unwrap_or_else(|e| panic!("spawning the writer: {e}"));
         Writer { tx, dropped: 0, handle }
     }
 
