@@ -74,6 +74,9 @@ types = ["ingress"]
 "#;
 
 const COLLECTOR_PORT: u16 = 4739;
+
+/// One test at a time: each starts a daemon on a 2-core machine.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const LOG_RATE: u64 = 5;
 
 struct Env {
@@ -159,6 +162,7 @@ fn nfdump(dir: &Path) -> Vec<(String, String, u16, u16, String, u64, u64)> {
 
 #[test]
 fn calico_records_log_rules_and_ipfix_to_nfcapd_from_real_traffic() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let work = std::env::temp_dir().join(format!("margay-export-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(work.join("nfcapd")).unwrap();
@@ -336,5 +340,112 @@ fn calico_records_log_rules_and_ipfix_to_nfcapd_from_real_traffic() {
     }
     assert!(frames.iter().any(|f| f[2].split(',').any(|t| t == "256")), "no IPv4 template: {frames:?}");
     assert!(frames.iter().any(|f| f[3].split(',').any(|a| a == "198.18.1.10")), "{frames:?}");
+    drop(env);
+}
+
+/// IPFIX over TCP from a daemon, to a collector reading the connection in the node's
+/// namespace: the session opens with the templates, its sequence numbers count up from 0, and a
+/// clean stop withdraws both templates before closing. tshark dissects the capture as IPFIX.
+#[test]
+fn ipfix_over_tcp_opens_with_templates_and_a_clean_stop_withdraws_them() {
+    const PORT: u16 = 4739;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let work = std::env::temp_dir().join(format!("margay-export-tcp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let t = Topology::build(&format!("mgy{}", std::process::id() % 100_000))
+        .expect("building the namespace topology needs root and iproute2 (scripts/deps.sh test)");
+    let mut env = Env { t, work: work.clone(), daemon: None };
+    let policy = work.join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let mut config = env.t.node_config(&policy, &work.join("margay.sock"), &work.join("flows.jsonl"), "");
+    config.push_str(&format!("\n[ipfix]\ncollector = \"127.0.0.1:{PORT}\"\ntransport = \"tcp\"\n"));
+    std::fs::write(work.join("node.toml"), &config).unwrap();
+
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let collector = netns::spawn_in(&env.t.ns("node"), move || {
+        use std::io::Read;
+        let l = std::net::TcpListener::bind(("127.0.0.1", PORT)).unwrap();
+        ready_tx.send(()).unwrap();
+        // Not past 30 s: a daemon that never connects fails the test instead of hanging it.
+        l.set_nonblocking(true).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut s = loop {
+            match l.accept() {
+                Ok((s, _)) => break s,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!("no connection from the daemon in 30 s: {e}"),
+            }
+        };
+        s.set_nonblocking(false).unwrap();
+        let mut all = Vec::new();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.read_to_end(&mut all).unwrap();
+        all
+    })
+    .unwrap();
+    ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let capture = Capture::start(&env.t, "node", "lo", &format!("tcp port {PORT}"), &work).unwrap();
+    env.daemon = Some(
+        DaemonProcess::start(
+            &env.t,
+            Path::new(EXE),
+            &work.join("node.toml"),
+            &work.join("margay.sock"),
+            &work.join("margay.log"),
+        )
+        .unwrap(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let echo =
+        netns::udp_echo(&env.t.ns("web"), "198.18.2.20:7".parse().unwrap(), Arc::clone(&stop)).unwrap();
+    assert_eq!(udp_exchange(&env.t.ns("client"), "198.18.2.20:7", 10).1, 10);
+    assert_eq!(netns::ping(&env.t, "client", "198.18.2.20", 3).unwrap(), 3);
+    std::thread::sleep(Duration::from_millis(1500));
+    let stats = env.daemon.as_ref().unwrap().ctl(&json!({"cmd": "stats"})).unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let _ = echo.join();
+    env.daemon.as_mut().unwrap().stop().unwrap();
+    let stream = collector.join().unwrap().unwrap();
+    let pcap = capture.finish().unwrap();
+
+    let sent = stats["ipfix"]["records"].as_u64().unwrap();
+    assert!(sent >= 2 && stats["ipfix"]["send_errors"] == 0, "{stats}");
+    // The stream, message by message: (sequence number, the sets' IDs).
+    let be16 = |b: &[u8], i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
+    let mut messages = Vec::new();
+    let mut at = 0;
+    while at < stream.len() {
+        let m = &stream[at..];
+        assert_eq!(be16(m, 0), 10, "not an IPFIX message at byte {at}");
+        let len = usize::from(be16(m, 2));
+        let mut sets = Vec::new();
+        let mut s = 16;
+        while s < len {
+            sets.push((be16(m, s), usize::from(be16(m, s + 2))));
+            s += usize::from(be16(m, s + 2)).max(4);
+        }
+        assert_eq!(s, len, "sets overrun the message at byte {at}");
+        messages.push((u32::from_be_bytes([m[8], m[9], m[10], m[11]]), sets, m[..len].to_vec()));
+        at += len;
+    }
+    assert!(messages.len() >= 2, "{messages:?}");
+    let (seq, sets, _) = &messages[0];
+    assert_eq!(*seq, 0, "a TCP session counts from 0");
+    assert_eq!(sets[0].0, 2, "the session opens with the templates: {sets:?}");
+    assert!(messages[1..].iter().all(|(_, sets, _)| sets.iter().all(|s| s.0 != 2) || sets == &[(2, 12)]));
+    let (last_seq, last_sets, last) = messages.last().unwrap();
+    assert_eq!(last_sets, &[(2, 12)], "the last message withdraws the templates");
+    assert_eq!(&last[20..28], &[1, 0, 0, 0, 1, 1, 0, 0]);
+    assert!(u64::from(*last_seq) >= sent, "{last_seq} records in the session, {sent} when asked");
+
+    let frames =
+        netns::tshark_fields(&pcap, &["cflow.version", "cflow.template_id", "_ws.malformed"]).unwrap();
+    let ipfix: Vec<_> = frames.iter().filter(|f| !f[0].is_empty()).collect();
+    assert!(ipfix.len() >= 2, "{frames:?}");
+    assert!(ipfix.iter().all(|f| f[0].split(',').all(|v| v == "10") && f[2].is_empty()), "{frames:?}");
+    assert!(ipfix.iter().any(|f| f[1].split(',').any(|t| t == "256")), "{frames:?}");
     drop(env);
 }
