@@ -258,9 +258,12 @@ pub struct ExportStats {
 pub enum Transport {
     /// A connected, non-blocking UDP socket: a refused send is counted, never retried.
     Udp(UdpSocket),
-    /// A TCP connection to `addr`, made when a message is begun and remade after a failure
-    /// (at most once a second). Writes wait at most [`TCP_WRITE_TIMEOUT`]; a connection that
-    /// cannot take a message is closed and the message's records counted lost.
+    /// A TCP connection to `addr`, made when a message is begun and remade after a failure:
+    /// a connection attempt waits at most [`TCP_CONNECT_TIMEOUT`], and after a failed one the
+    /// next waits 1 s, then twice as long each time up to 30 s (a collector that is down costs
+    /// the flow-log thread a few hundred ms a minute, not its time). Writes wait at most
+    /// [`TCP_WRITE_TIMEOUT`]; a connection that cannot take a message is closed and the
+    /// message's records counted lost.
     Tcp {
         /// The collector.
         addr: SocketAddr,
@@ -268,12 +271,17 @@ pub enum Transport {
         stream: Option<TcpStream>,
         /// When to try connecting again (wall-clock ns).
         retry_at: u64,
+        /// The wait after the next failure, ns.
+        backoff: u64,
     },
 }
 
 /// How long a TCP write may wait for the collector before the connection is given up.
 pub const TCP_WRITE_TIMEOUT: Duration = Duration::from_millis(200);
+/// How long a TCP connection attempt may wait.
+pub const TCP_CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
 const TCP_RETRY_NS: u64 = 1_000_000_000;
+const TCP_RETRY_MAX_NS: u64 = 30_000_000_000;
 
 impl Transport {
     /// A transport to `collector` (`HOST:PORT`, resolved now): a connected UDP socket, or a
@@ -285,7 +293,7 @@ impl Transport {
             .next()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "resolves to no address"))?;
         if tcp {
-            return Ok(Transport::Tcp { addr, stream: None, retry_at: 0 });
+            return Ok(Transport::Tcp { addr, stream: None, retry_at: 0, backoff: TCP_RETRY_NS });
         }
         let bind: SocketAddr = if addr.is_ipv4() {
             ([0, 0, 0, 0], 0).into()
@@ -301,20 +309,22 @@ impl Transport {
     /// Ready to send at `now`: true when a new TCP connection (a new transport session) was
     /// just made, false otherwise (UDP; a TCP connection already up; none to be had).
     fn connect(&mut self, now: u64) -> bool {
-        let Transport::Tcp { addr, stream, retry_at } = self else { return false };
+        let Transport::Tcp { addr, stream, retry_at, backoff } = self else { return false };
         if stream.is_some() || now < *retry_at {
             return false;
         }
-        match TcpStream::connect_timeout(addr, Duration::from_secs(1)) {
+        match TcpStream::connect_timeout(addr, TCP_CONNECT_TIMEOUT) {
             Ok(s) => {
                 let _ = s.set_nodelay(true);
                 let _ = s.set_write_timeout(Some(TCP_WRITE_TIMEOUT));
                 *stream = Some(s);
+                *backoff = TCP_RETRY_NS;
                 true
             }
             Err(e) => {
-                tracing::warn!(collector = %addr, "IPFIX over TCP: cannot connect: {e}; retrying in 1 s");
-                *retry_at = now + TCP_RETRY_NS;
+                tracing::warn!(collector = %addr, "IPFIX over TCP: cannot connect: {e}; retrying in {} s", *backoff / 1_000_000_000);
+                *retry_at = now + *backoff;
+                *backoff = (*backoff * 2).min(TCP_RETRY_MAX_NS);
                 false
             }
         }
@@ -323,7 +333,7 @@ impl Transport {
     fn send(&mut self, msg: &[u8], now: u64) -> io::Result<()> {
         match self {
             Transport::Udp(s) => s.send(msg).map(drop),
-            Transport::Tcp { stream, retry_at, .. } => {
+            Transport::Tcp { stream, retry_at, backoff, .. } => {
                 let Some(s) = stream.as_mut() else {
                     return Err(io::Error::new(
                         io::ErrorKind::NotConnected,
@@ -332,7 +342,7 @@ impl Transport {
                 };
                 s.write_all(msg).inspect_err(|_| {
                     *stream = None;
-                    *retry_at = now + TCP_RETRY_NS;
+                    *retry_at = now + *backoff;
                 })
             }
         }
