@@ -144,11 +144,14 @@ impl Aggregator {
         let policy = r.policy_epoch.and_then(|e| versions.get(e));
         let egress = r.decision.and_then(|d| d.egress);
         let ingress = r.decision.and_then(|d| d.ingress);
+        // The endpoints at each end, looked up once for both reporters' keys.
+        let ends = policy
+            .map_or([None, None], |p| [p.compiled.endpoint_index(r.src), p.compiled.endpoint_index(r.dst)]);
         if r.kind == Kind::Log {
             // The rules that logged: the egress side's reports as the source, else the ingress
             // side's as the destination; both are named.
             let reporter = if egress.is_some() { Reporter::Src } else { Reporter::Dst };
-            let k = self.key(r, policy, Aggregation::None, reporter, None);
+            let k = Key { reporter, ..self.key(r, policy, ends, Aggregation::None) };
             let t = Totals { start_ns: r.start_ns, end_ns: r.end_ns, ..Totals::default() };
             let mut v = render(&k, &t, self, versions, Some("log"));
             if let Some(p) = policy {
@@ -162,14 +165,14 @@ impl Aggregator {
             return Some(v);
         }
         let level = if r.action == Verdict::Allow { self.allowed } else { self.denied };
-        let src_local = policy.is_some_and(|p| p.compiled.endpoint_index(r.src).is_some());
-        let dst_local = policy.is_some_and(|p| p.compiled.endpoint_index(r.dst).is_some());
+        let [src_local, dst_local] = ends.map(|e| e.is_some());
+        let base = self.key(r, policy, ends, level);
         let reporters = [
             (src_local || !dst_local).then_some((Reporter::Src, egress)),
             dst_local.then_some((Reporter::Dst, ingress)),
         ];
         for (reporter, side) in reporters.into_iter().flatten() {
-            let k = self.key(r, policy, level, reporter, side);
+            let k = Key { reporter, rule: side, ..base };
             let t = self.open.entry(k).or_insert_with(|| Totals {
                 start_ns: r.start_ns,
                 flows: (level != Aggregation::None).then(HashSet::default),
@@ -211,38 +214,35 @@ impl Aggregator {
         out
     }
 
+    /// `r`'s key at `level`, as the source reports it with no rule (callers set both); `ends`
+    /// are the endpoints at its source and destination.
     fn key(
         &mut self,
         r: &FlowRecord,
         policy: Option<&PolicyVersion>,
+        ends: [Option<u32>; 2],
         level: Aggregation,
-        reporter: Reporter,
-        rule: Option<SideRef>,
     ) -> Key {
+        let source_port = port(r, r.src_port).filter(|_| level == Aggregation::None);
         Key {
             epoch: policy.map(|p| p.epoch),
             action: r.action,
-            reporter,
+            reporter: Reporter::Src,
             proto: r.proto,
-            source: self.side(
-                r.src,
-                port(r, r.src_port).filter(|_| level == Aggregation::None),
-                policy,
-                level,
-            ),
-            dest: self.side(r.dst, port(r, r.dst_port), policy, level),
-            rule,
+            source: self.side(r.src, source_port, policy.zip(ends[0]), level),
+            dest: self.side(r.dst, port(r, r.dst_port), policy.zip(ends[1]), level),
+            rule: None,
         }
     }
 
+    /// A side at `level`: `endpoint`, when the address is one, is its version and index.
     fn side(
         &mut self,
         ip: IpAddr,
         port: Option<u16>,
-        policy: Option<&PolicyVersion>,
+        endpoint: Option<(&PolicyVersion, u32)>,
         level: Aggregation,
     ) -> SideKey {
-        let endpoint = policy.and_then(|p| p.compiled.endpoint_index(ip).map(|e| (p, e)));
         let who = match (endpoint, level) {
             (Some((p, e)), Aggregation::Prefixes) => Who::Group(self.group(p, e)),
             (Some((_, e)), _) => Who::Endpoint(e),
