@@ -85,6 +85,39 @@ struct Env {
     daemon: Option<DaemonProcess>,
 }
 
+impl Env {
+    /// A namespace topology (prefix `prefix`) and a work folder (`tag`) holding [`POLICY`]
+    /// and `node.toml`: the topology's node config as `edit` changes it (the daemon's serial
+    /// lock held by the caller).
+    fn new(tag: &str, prefix: &str, edit: impl FnOnce(String) -> String) -> Env {
+        let work = std::env::temp_dir().join(format!("margay-export-{tag}{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work).unwrap();
+        let t = Topology::build(&format!("{prefix}{}", std::process::id() % 100_000))
+            .expect("building the namespace topology needs root and iproute2 (scripts/deps.sh test)");
+        let env = Env { t, work, daemon: None };
+        let policy = env.work.join("policy.toml");
+        std::fs::write(&policy, POLICY).unwrap();
+        let config =
+            env.t.node_config(&policy, &env.work.join("margay.sock"), &env.work.join("flows.jsonl"), "");
+        std::fs::write(env.work.join("node.toml"), edit(config)).unwrap();
+        env
+    }
+
+    /// Starts `margay run` on `node.toml`.
+    fn start_daemon(&mut self) {
+        let w = &self.work;
+        let d = DaemonProcess::start(
+            &self.t,
+            Path::new(EXE),
+            &w.join("node.toml"),
+            &w.join("margay.sock"),
+            &w.join("margay.log"),
+        );
+        self.daemon = Some(d.unwrap());
+    }
+}
+
 impl Drop for Env {
     fn drop(&mut self) {
         if std::thread::panicking()
@@ -163,24 +196,19 @@ fn nfdump(dir: &Path) -> Vec<(String, String, u16, u16, String, u64, u64)> {
 #[test]
 fn calico_records_log_rules_and_ipfix_to_nfcapd_from_real_traffic() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let work = std::env::temp_dir().join(format!("margay-export-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(work.join("nfcapd")).unwrap();
-    let t = Topology::build(&format!("mgx{}", std::process::id() % 100_000))
-        .expect("building the namespace topology needs root and iproute2 (scripts/deps.sh test)");
-    let mut env = Env { t, work: work.clone(), daemon: None };
-    let policy = work.join("policy.toml");
-    std::fs::write(&policy, POLICY).unwrap();
+    let mut env = Env::new("udp", "mgx", |config| {
+        config.replace(
+            "format = \"margay\"",
+            &format!(
+                "format = \"calico\"\nlog_rate = {LOG_RATE}\naggregate_allowed = 0\naggregate_denied = 0"
+            ),
+        ) + &format!(
+            "\n[ipfix]\ncollector = \"127.0.0.1:{COLLECTOR_PORT}\"\nobservation_domain = 7\ntemplate_refresh = 2\n"
+        )
+    });
+    let work = env.work.clone();
     let flows = work.join("flows.jsonl");
-    let mut config = env.t.node_config(&policy, &work.join("margay.sock"), &flows, "");
-    config = config.replace(
-        "format = \"margay\"",
-        &format!("format = \"calico\"\nlog_rate = {LOG_RATE}\naggregate_allowed = 0\naggregate_denied = 0"),
-    );
-    config.push_str(&format!(
-        "\n[ipfix]\ncollector = \"127.0.0.1:{COLLECTOR_PORT}\"\nobservation_domain = 7\ntemplate_refresh = 2\n"
-    ));
-    std::fs::write(work.join("node.toml"), &config).unwrap();
+    std::fs::create_dir_all(work.join("nfcapd")).unwrap();
 
     // The collector and a capture of what reaches it, on the node's loopback.
     let mut nfcapd = Process::spawn(
@@ -196,16 +224,7 @@ fn calico_records_log_rules_and_ipfix_to_nfcapd_from_real_traffic() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(nfcapd.alive(), "nfcapd did not start: {}", nfcapd.log_text());
 
-    env.daemon = Some(
-        DaemonProcess::start(
-            &env.t,
-            Path::new(EXE),
-            &work.join("node.toml"),
-            &work.join("margay.sock"),
-            &work.join("margay.log"),
-        )
-        .unwrap(),
-    );
+    env.start_daemon();
     let stop = Arc::new(AtomicBool::new(false));
     let echo =
         netns::udp_echo(&env.t.ns("web"), "198.18.2.20:7".parse().unwrap(), Arc::clone(&stop)).unwrap();
@@ -350,17 +369,10 @@ fn calico_records_log_rules_and_ipfix_to_nfcapd_from_real_traffic() {
 fn ipfix_over_tcp_opens_with_templates_and_a_clean_stop_withdraws_them() {
     const PORT: u16 = 4739;
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let work = std::env::temp_dir().join(format!("margay-export-tcp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).unwrap();
-    let t = Topology::build(&format!("mgy{}", std::process::id() % 100_000))
-        .expect("building the namespace topology needs root and iproute2 (scripts/deps.sh test)");
-    let mut env = Env { t, work: work.clone(), daemon: None };
-    let policy = work.join("policy.toml");
-    std::fs::write(&policy, POLICY).unwrap();
-    let mut config = env.t.node_config(&policy, &work.join("margay.sock"), &work.join("flows.jsonl"), "");
-    config.push_str(&format!("\n[ipfix]\ncollector = \"127.0.0.1:{PORT}\"\ntransport = \"tcp\"\n"));
-    std::fs::write(work.join("node.toml"), &config).unwrap();
+    let mut env = Env::new("tcp", "mgy", |config| {
+        config + &format!("\n[ipfix]\ncollector = \"127.0.0.1:{PORT}\"\ntransport = \"tcp\"\n")
+    });
+    let work = env.work.clone();
 
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let collector = netns::spawn_in(&env.t.ns("node"), move || {
@@ -388,16 +400,7 @@ fn ipfix_over_tcp_opens_with_templates_and_a_clean_stop_withdraws_them() {
     .unwrap();
     ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
     let capture = Capture::start(&env.t, "node", "lo", &format!("tcp port {PORT}"), &work).unwrap();
-    env.daemon = Some(
-        DaemonProcess::start(
-            &env.t,
-            Path::new(EXE),
-            &work.join("node.toml"),
-            &work.join("margay.sock"),
-            &work.join("margay.log"),
-        )
-        .unwrap(),
-    );
+    env.start_daemon();
     let stop = Arc::new(AtomicBool::new(false));
     let echo =
         netns::udp_echo(&env.t.ns("web"), "198.18.2.20:7".parse().unwrap(), Arc::clone(&stop)).unwrap();
